@@ -1,0 +1,30 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="stllm",
+    version="0.1.0",
+    description="Spatio-temporal large language models of cities (UrbanGPT-style instruction tuning)",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["stllm", "stllm.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.2",
+        "transformers>=5.0",
+        "peft>=0.17",
+        "numpy>=1.24",
+        "einops>=0.7",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "ruff>=0.5"],
+        "deepspeed": ["deepspeed>=0.16"],
+        "gpu": ["flash-attn>=2.5", "deepspeed>=0.16"],
+    },
+    entry_points={"console_scripts": ["stllm=stllm.cli:main"]},
+)

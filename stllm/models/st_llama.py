@@ -1,0 +1,388 @@
+"""STLlamaForCausalLM: a causal LM that reads city windows and coordinates at placeholder tokens.
+
+The forward pass is the picture in DESIGN.md: encode each (window, region) history once, project
+to the LLM width, write the features into the input embeddings at ``<st_his>`` / ``<geo>`` slots
+with one ``masked_scatter``, run any Hugging Face causal LM, and read the hidden states at
+``<st_pre>`` slots (and the history slots they answer) with the regression and classification
+heads. The Llama name is what users expect; the backbone is whatever ``text_config`` describes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from stllm.encoders.geo_encoder import GeoEncoder
+from stllm.encoders.io import load_encoder
+from stllm.encoders.st_encoder import STEncoder
+from stllm.models.configuration import STLlamaConfig
+from stllm.models.heads import ClassificationHead, RegressionHead
+from stllm.models.projector import STProjector
+from stllm.tokens import add_st_tokens
+
+# Inputs consumed by the splice: only the prefill step of ``generate`` sees them.
+SPLICE_INPUTS = ("st_values", "st_window", "st_region", "st_adj", "geo_coords")
+
+
+@dataclass
+class STCausalLMOutput(ModelOutput):
+    """Joint loss and its terms, LM logits, and the heads' outputs at prediction placeholders.
+
+    ``reg_pred`` / ``cls_logits`` are ``(Q, horizon, st_slots)`` with one row per ``<ST_PRE>``
+    placeholder in reading order; regression is in scaled units, classification in logits.
+    """
+
+    loss: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    reg_loss: torch.FloatTensor | None = None
+    cls_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    reg_pred: torch.FloatTensor | None = None
+    cls_logits: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _is_prefill(past_key_values) -> bool:
+    return past_key_values is None or past_key_values.get_seq_length() == 0
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is true (all if None); 0 when nothing is valid."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class STLlamaPreTrainedModel(PreTrainedModel):
+    config_class = STLlamaConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    # The joint loss is a mean per micro-batch; let the Trainer scale it for gradient accumulation.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        """ST modules keep PyTorch's default (fan-in) init; the backbone dispatches its own."""
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
+    """Spatio-temporal LLM over any Hugging Face causal-LM backbone (Llama/Vicuna by default)."""
+
+    def __init__(self, config: STLlamaConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if backbone is None:
+            backbone = AutoModelForCausalLM.from_config(config.text_config)
+        self.backbone = backbone
+        config.text_config = backbone.config  # one object: resizing the vocab updates both
+        hidden = config.text_config.hidden_size
+        self.st_encoder = STEncoder(config.st_encoder)
+        self.st_projector = STProjector(self.st_encoder.token_dim, hidden, config.projector_type)
+        self.geo_encoder = GeoEncoder(config.geo_encoder)
+        self.geo_projector = STProjector(self.geo_encoder.token_dim, hidden, config.projector_type)
+        horizon = config.st_encoder.horizon
+        self.reg_head = RegressionHead(hidden, config.head_dim, horizon)
+        self.cls_head = ClassificationHead(hidden, config.head_dim, horizon)
+        self.post_init()
+
+    # -- Hugging Face plumbing: the backbone owns embeddings, cache and attention ------------------
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.backbone.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.backbone.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        emb = self.backbone.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.text_config = self.backbone.config
+        return emb
+
+    # -- the splice ---------------------------------------------------------------------------------
+    def _check_input_ids(self, input_ids: torch.Tensor) -> None:
+        vocab = self.get_input_embeddings().weight.shape[0]
+        if ((input_ids < 0) | (input_ids >= vocab)).any():
+            bad = input_ids[(input_ids < 0) | (input_ids >= vocab)]
+            raise ValueError(
+                f"input_ids contain token ids outside the vocabulary [0, {vocab}): {bad.unique()[:8].tolist()}"
+            )
+
+    def encode_history(
+        self,
+        st_values: torch.Tensor,
+        st_window: torch.Tensor,
+        st_region: torch.Tensor,
+        st_adj: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encoder tokens ``(P, K, D)`` for each history placeholder's (window, region).
+
+        Without graph mixing regions are independent, so only the P selected series are encoded
+        (cheaper than all W x N when a batch touches few regions); with graph mixing every window
+        is encoded over all its regions once and the placeholders gather from the result.
+        """
+        if st_values.dim() != 4:
+            raise ValueError(f"st_values must be (W, T, N, C) city windows, got shape {tuple(st_values.shape)}")
+        w, _, n, c = st_values.shape
+        enc_cfg = self.st_encoder.config
+        if c != enc_cfg.in_channels:
+            raise ValueError(f"st_values has {c} channels; the ST encoder was built for {enc_cfg.in_channels}")
+        if not torch.isfinite(st_values).all():
+            raise ValueError("st_values contains NaN or inf; fill or mask missing values before the model")
+        for name, idx, size in (("st_window", st_window, w), ("st_region", st_region, n)):
+            if idx is None:
+                raise ValueError(f"st_values given without {name}: pass one index per history placeholder")
+            if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"{name} must be a 1-D integer tensor, got {idx.dtype} {tuple(idx.shape)}")
+            if idx.numel() and (idx.min() < 0 or idx.max() >= size):
+                raise ValueError(f"{name} holds indices outside [0, {size}): {idx.tolist()[:8]}...")
+        if st_window.shape != st_region.shape:
+            raise ValueError(
+                f"st_window ({st_window.numel()}) and st_region ({st_region.numel()}) must have one entry "
+                "per history placeholder each"
+            )
+        ref = next(self.st_encoder.parameters())  # cast to the encoder's dtype/device, whatever came in
+        x = st_values.to(device=ref.device, dtype=ref.dtype)
+        st_window, st_region = st_window.to(x.device), st_region.to(x.device)
+        if enc_cfg.graph_mixing:
+            return self.st_encoder(x, st_adj).tokens[st_window, st_region]
+        series = x[st_window, :, st_region]  # (P, T, C)
+        return self.st_encoder(series.transpose(0, 1).unsqueeze(0)).tokens[0]
+
+    @staticmethod
+    def _scatter(embeds, mask, feats, what: str, slots: int, n_items: int):
+        n_slots = int(mask.sum())
+        if n_slots != feats.shape[0]:
+            raise ValueError(
+                f"{what}: input_ids hold {n_slots} slot tokens but {n_items} placeholder feature sets x "
+                f"{slots} slots = {feats.shape[0]} features were given"
+            )
+        return embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
+
+    def splice(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        st_values: torch.Tensor | None = None,
+        st_window: torch.Tensor | None = None,
+        st_region: torch.Tensor | None = None,
+        st_adj: torch.Tensor | None = None,
+        geo_coords: torch.Tensor | None = None,
+        strict: bool = True,
+    ) -> torch.Tensor:
+        """Write projected encoder features into ``inputs_embeds`` at the slot tokens (rule 1).
+
+        ``strict`` (prefill) makes slot tokens without features an error; in cached decoding a
+        generated slot token is an ordinary token with its own embedding row.
+        """
+        cfg = self.config
+        for token_id, values, what, name in (
+            (cfg.st_his_token_id, st_values, "<st_his>", "st_values"),
+            (cfg.geo_token_id, geo_coords, "<geo>", "geo_coords"),
+        ):
+            if values is None:
+                if strict and token_id is not None and (input_ids == token_id).any():
+                    raise ValueError(f"input_ids contain {what} slot tokens but no {name} was given")
+                continue
+            if token_id is None:
+                raise ValueError(f"{name} given but config.{what[1:-1]}_token_id is not set")
+            mask = input_ids == token_id
+            if name == "st_values":
+                tokens = self.encode_history(st_values, st_window, st_region, st_adj)  # (P, K, D)
+                feats = self.st_projector(tokens).flatten(0, 1)
+                inputs_embeds = self._scatter(inputs_embeds, mask, feats, what, cfg.st_slots, tokens.shape[0])
+            else:
+                coords = geo_coords.to(device=inputs_embeds.device).reshape(-1, 2)
+                feats = self.geo_projector(self.geo_encoder(coords))
+                inputs_embeds = self._scatter(inputs_embeds, mask, feats, what, 1, coords.shape[0])
+        return inputs_embeds
+
+    # -- heads ----------------------------------------------------------------------------------------
+    def _slot_hidden(self, input_ids, hidden, strict: bool):
+        """Hidden states ``(Q, K, H)`` at each ``<st_pre>`` placeholder and at its history placeholder.
+
+        Prediction placeholder q is paired with the nearest history placeholder before it in the same
+        sample (one per prompt in the usual case; the last view when a prompt carries several).
+        """
+        cfg, k = self.config, self.config.st_slots
+        if cfg.st_pre_token_id is None or cfg.st_his_token_id is None:
+            return None
+        pre_mask = input_ids == cfg.st_pre_token_id
+        n_pre = int(pre_mask.sum())
+        if n_pre == 0:
+            return None
+        his_mask = input_ids == cfg.st_his_token_id
+        if n_pre % k:
+            raise ValueError(f"{n_pre} <st_pre> tokens is not a multiple of st_slots={k}")
+        rows, cols = (i.view(-1, k) for i in torch.nonzero(pre_mask, as_tuple=True))  # (Q, K) each
+        if not ((rows[:, 0] == rows[:, -1]) & (cols[:, -1] - cols[:, 0] == k - 1)).all():
+            raise ValueError(f"<st_pre> slot tokens must come in consecutive runs of st_slots={k}")
+        his_count = his_mask.long()
+        his_before = (his_count.cumsum(dim=1) - his_count)[rows[:, 0], cols[:, 0]]  # in the same row
+        if (his_before < k).any():
+            if not strict:
+                return None
+            raise ValueError("an <st_pre> placeholder has no <st_his> placeholder before it in its prompt")
+        row_offset = his_count.sum(dim=1).cumsum(0) - his_count.sum(dim=1)  # his tokens in earlier rows
+        his_group = (row_offset[rows[:, 0]] + his_before) // k - 1  # nearest preceding history placeholder
+        his_h = hidden[his_mask].view(-1, k, hidden.shape[-1])
+        pre_h = hidden[pre_mask].view(-1, k, hidden.shape[-1])
+        return his_h[his_group], pre_h
+
+    # -- forward ------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        st_values: torch.Tensor | None = None,
+        st_window: torch.LongTensor | None = None,
+        st_region: torch.LongTensor | None = None,
+        st_adj: torch.Tensor | None = None,
+        geo_coords: torch.Tensor | None = None,
+        reg_targets: torch.Tensor | None = None,
+        reg_mask: torch.Tensor | None = None,
+        cls_targets: torch.Tensor | None = None,
+        cls_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> STCausalLMOutput:
+        """Joint forward; see :class:`STCausalLMOutput`. Targets are ``(Q, horizon, st_slots)``."""
+        kwargs.pop("num_items_in_batch", None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        prefill = _is_prefill(past_key_values)
+        if inputs_embeds is None:
+            self._check_input_ids(input_ids)
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self.splice(
+                input_ids, inputs_embeds, st_values, st_window, st_region, st_adj, geo_coords, strict=prefill
+            )
+        out = self.backbone(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=True,
+            logits_to_keep=logits_to_keep,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = out.hidden_states[-1]
+        reg_pred = cls_logits = None
+        slots = None if input_ids is None else self._slot_hidden(input_ids, hidden, strict=prefill)
+        if slots is not None:
+            reg_pred = self.reg_head(*slots)
+            cls_logits = self.cls_head(*slots)
+
+        cfg, terms = self.config, {}
+        if labels is not None:
+            terms["lm_loss"] = self._lm_loss(out.logits, labels)
+        for name, pred, target, mask in (
+            ("reg_loss", reg_pred, reg_targets, reg_mask),
+            ("cls_loss", cls_logits, cls_targets, cls_mask),
+        ):
+            if target is None:
+                continue
+            if pred is None:
+                raise ValueError(f"{name[:3]}_targets given but input_ids hold no <st_pre> placeholder")
+            if target.shape != pred.shape:
+                raise ValueError(f"{name[:3]}_targets has shape {tuple(target.shape)}, predictions {tuple(pred.shape)}")
+            if mask is not None and mask.shape != target.shape:
+                raise ValueError(f"{name[:3]}_mask has shape {tuple(mask.shape)}, targets {tuple(target.shape)}")
+            target = target.to(device=pred.device, dtype=torch.float32)
+            mask = None if mask is None else mask.to(pred.device)
+            if name == "reg_loss":
+                per = (pred.float() - target).abs()
+            else:
+                per = F.binary_cross_entropy_with_logits(pred.float(), target, reduction="none")
+            terms[name] = masked_mean(per, mask)
+        weights = {"lm_loss": cfg.lm_loss_weight, "reg_loss": cfg.reg_loss_weight, "cls_loss": cfg.cls_loss_weight}
+        loss = sum(weights[n] * v for n, v in terms.items()) if terms else None
+        return STCausalLMOutput(
+            loss=loss,
+            logits=out.logits,
+            reg_pred=reg_pred,
+            cls_logits=cls_logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states if output_hidden_states else None,
+            attentions=getattr(out, "attentions", None),
+            **terms,
+        )
+
+    @staticmethod
+    def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy over labelled positions (-100 ignored); 0 when none are labelled."""
+        labels = labels.to(logits.device)
+        shift_logits = logits[:, :-1].flatten(0, 1).float()
+        shift_labels = labels[:, 1:].flatten()
+        total = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+        return total / (shift_labels != -100).sum().clamp_min(1)
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        """Splice on prefill only: later steps reuse the cache and drop the city inputs."""
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for key in SPLICE_INPUTS:
+                inputs.pop(key, None)
+        return inputs
+
+    # -- wrapping an existing checkpoint ------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone_path: str | os.PathLike,
+        tokenizer=None,
+        st_encoder_path: str | os.PathLike | None = None,
+        dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        **config_kwargs,
+    ):
+        """Wrap a local Llama/Vicuna (or any causal LM) checkpoint directory plus its tokenizer.
+
+        Adds the slot tokens to the tokenizer, resizes the embeddings (new rows = mean of the old
+        ones) and builds fresh ST modules around the pretrained backbone. Returns ``(model,
+        tokenizer)``. ``config_kwargs`` go to :class:`STLlamaConfig` (encoder configs, head sizes,
+        loss weights).
+        """
+        path = os.fspath(backbone_path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"backbone directory not found: {path}")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"backbone directory {path} has no config.json")
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        load_kwargs = {"dtype": dtype or "auto"}
+        if attn_implementation is not None:
+            load_kwargs["attn_implementation"] = attn_implementation
+        backbone = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+        ids = add_st_tokens(tokenizer, backbone)
+        config = STLlamaConfig(text_config=backbone.config, **ids.as_config(), **config_kwargs)
+        model = cls(config, backbone=backbone)
+        if st_encoder_path is not None:
+            model.st_encoder.load_state_dict(load_encoder(st_encoder_path).state_dict())
+        backbone_dtype = next(backbone.parameters()).dtype
+        return model.to(backbone_dtype), tokenizer

@@ -1,0 +1,60 @@
+"""The special tokens of stllm and how they enter a tokenizer and a backbone.
+
+Prompts carry human-readable placeholders (``<ST_HIS>``, ``<ST_PRE>``, ``<GEO>``); the collator
+expands each into ``slots`` copies of the matching *slot token* (``<st_his>``, ``<st_pre>``,
+``<geo>``). Only slot tokens reach the model, and their ids live in ``STLlamaConfig`` -- never
+hard-coded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Human-readable placeholders written in prompt text.
+ST_HIS_PLACEHOLDER = "<ST_HIS>"
+ST_PRE_PLACEHOLDER = "<ST_PRE>"
+GEO_PLACEHOLDER = "<GEO>"
+
+# Slot tokens: added to the vocabulary as special tokens.
+ST_HIS_TOKEN = "<st_his>"
+ST_PRE_TOKEN = "<st_pre>"
+GEO_TOKEN = "<geo>"
+SLOT_TOKENS = (ST_HIS_TOKEN, ST_PRE_TOKEN, GEO_TOKEN)
+
+PLACEHOLDER_TO_SLOT = {
+    ST_HIS_PLACEHOLDER: ST_HIS_TOKEN,
+    ST_PRE_PLACEHOLDER: ST_PRE_TOKEN,
+    GEO_PLACEHOLDER: GEO_TOKEN,
+}
+
+
+@dataclass(frozen=True)
+class STTokenIds:
+    """Ids of the slot tokens in one tokenizer; spread into ``STLlamaConfig(**ids.as_config())``."""
+
+    st_his_token_id: int
+    st_pre_token_id: int
+    geo_token_id: int
+
+    def as_config(self) -> dict[str, int]:
+        return {
+            "st_his_token_id": self.st_his_token_id,
+            "st_pre_token_id": self.st_pre_token_id,
+            "geo_token_id": self.geo_token_id,
+        }
+
+
+def add_st_tokens(tokenizer, model=None) -> STTokenIds:
+    """Add the slot tokens to ``tokenizer`` (idempotent) and return their ids.
+
+    When ``model`` (any HF model with input embeddings) is given, its embeddings are resized to the
+    tokenizer length, new rows initialised to the mean of the existing rows (so the new tokens start
+    as an "average word" rather than noise that would dominate the first attention layers).
+    """
+    missing = [t for t in SLOT_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    ids = STTokenIds(*(tokenizer.convert_tokens_to_ids(t) for t in SLOT_TOKENS))
+    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return ids
