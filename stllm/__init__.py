@@ -5,7 +5,14 @@
 forecasts flows and events with its regression and classification heads.
 """
 
-from stllm.encoders import GeoEncoder, GeoEncoderConfig, STEncoder, STEncoderConfig, load_encoder, save_encoder
+from stllm.encoders import (
+    GeoEncoder,
+    GeoEncoderConfig,
+    STEncoder,
+    STEncoderConfig,
+    load_encoder,
+    save_encoder,
+)
 from stllm.models import (
     ClassificationHead,
     RegressionHead,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 # Human-readable placeholders written in prompt text.
 ST_HIS_PLACEHOLDER = "<ST_HIS>"
 ST_PRE_PLACEHOLDER = "<ST_PRE>"
@@ -55,6 +57,19 @@ def add_st_tokens(tokenizer, model=None) -> STTokenIds:
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     ids = STTokenIds(*(tokenizer.convert_tokens_to_ids(t) for t in SLOT_TOKENS))
-    if model is not None and model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if model is not None:
+        resize_with_mean_rows(model, len(tokenizer))
     return ids
+
+
+@torch.no_grad()
+def resize_with_mean_rows(model, new_size: int) -> None:
+    """Grow input (and untied output) embeddings to ``new_size``; new rows = mean of the old rows."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if new_size <= old:
+        return
+    model.resize_token_embeddings(new_size, mean_resizing=False)
+    for emb in {
+        id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+    }.values():
+        emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)

@@ -40,7 +40,9 @@ def load_encoder(path: str | os.PathLike) -> STEncoder | GeoEncoder:
             raise FileNotFoundError(f"encoder directory {path} is missing {name}")
     meta = json.loads((path / CONFIG_NAME).read_text())
     if meta.get("kind") not in _KINDS:
-        raise ValueError(f"{path / CONFIG_NAME}: field 'kind' must be one of {sorted(_KINDS)}, got {meta.get('kind')!r}")
+        raise ValueError(
+            f"{path / CONFIG_NAME}: field 'kind' must be one of {sorted(_KINDS)}, got {meta.get('kind')!r}"
+        )
     cls, cfg_cls = _KINDS[meta["kind"]]
     encoder = cls(cfg_cls.from_dict(meta["config"]))
     encoder.load_state_dict(load_file(str(path / WEIGHTS_NAME)))

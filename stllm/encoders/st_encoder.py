@@ -131,9 +131,7 @@ class STEncoder(nn.Module):
             self.filter_convs.append(
                 DilatedInception(cfg.residual_channels, cfg.conv_channels, cfg.kernel_set, dilation)
             )
-            self.gate_convs.append(
-                DilatedInception(cfg.residual_channels, cfg.conv_channels, cfg.kernel_set, dilation)
-            )
+            self.gate_convs.append(DilatedInception(cfg.residual_channels, cfg.conv_channels, cfg.kernel_set, dilation))
             self.residual_convs.append(nn.Conv2d(cfg.conv_channels, cfg.residual_channels, 1))
             self.skip_convs.append(nn.Conv2d(cfg.conv_channels, cfg.skip_channels, (1, length)))
             if cfg.graph_mixing:

@@ -9,6 +9,7 @@ heads. The Llama name is what users expect; the backbone is whatever ``text_conf
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -97,6 +98,17 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         self.reg_head = RegressionHead(hidden, config.head_dim, horizon)
         self.cls_head = ClassificationHead(hidden, config.head_dim, horizon)
         self.post_init()
+        if backbone.generation_config is not None:
+            self.generation_config = copy.deepcopy(backbone.generation_config)
+        self._suppress_feature_slots()
+
+    def _suppress_feature_slots(self) -> None:
+        """Never generate <st_his>/<geo>: their meaning comes from features only a prompt can carry."""
+        if self.generation_config is None:
+            return
+        never = [i for i in (self.config.st_his_token_id, self.config.geo_token_id) if i is not None]
+        old = list(self.generation_config.suppress_tokens or [])
+        self.generation_config.suppress_tokens = sorted(set(old) | set(never)) or None
 
     # -- Hugging Face plumbing: the backbone owns embeddings, cache and attention ------------------
     def get_input_embeddings(self):
@@ -271,6 +283,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
     ) -> STCausalLMOutput:
         """Joint forward; see :class:`STCausalLMOutput`. Targets are ``(Q, horizon, st_slots)``."""
         kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("return_dict", None)  # always a ModelOutput (indexable, and .to_tuple() for tuples)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         prefill = _is_prefill(past_key_values)
@@ -380,7 +393,9 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             load_kwargs["attn_implementation"] = attn_implementation
         backbone = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
         ids = add_st_tokens(tokenizer, backbone)
-        config = STLlamaConfig(text_config=backbone.config, **ids.as_config(), **config_kwargs)
+        # a copy: building the composite config must not touch the live backbone's config
+        text_config = copy.deepcopy(backbone.config)
+        config = STLlamaConfig(text_config=text_config, **ids.as_config(), **config_kwargs)
         model = cls(config, backbone=backbone)
         if st_encoder_path is not None:
             model.st_encoder.load_state_dict(load_encoder(st_encoder_path).state_dict())

@@ -1,0 +1,75 @@
+"""Run-time detection of GPU-only features, so one code path runs on a laptop and on a GPU node.
+
+Nothing here imports flash-attn or DeepSpeed at import time; each is probed when asked for, and
+the CPU fallback (SDPA attention, fp32, gloo) is announced in one log line rather than failing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import platform
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger("stllm")
+
+
+def has_package(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str
+    attn_implementation: str
+    dtype: torch.dtype
+    dist_backend: str
+    reason: str
+
+    def log_line(self) -> str:
+        return (
+            f"stllm runtime: device={self.device} attention={self.attn_implementation} "
+            f"dtype={str(self.dtype).removeprefix('torch.')} backend={self.dist_backend} ({self.reason})"
+        )
+
+
+def detect_runtime(prefer_flash: bool = True) -> Runtime:
+    """flash-attention 2 + bf16 + NCCL on a capable GPU; SDPA + fp32 + gloo otherwise."""
+    if not torch.cuda.is_available():
+        return Runtime("cpu", "sdpa", torch.float32, "gloo", "no CUDA device: SDPA attention, fp32")
+    bf16 = torch.cuda.is_bf16_supported()
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    if prefer_flash and has_package("flash_attn") and bf16:
+        return Runtime("cuda", "flash_attention_2", dtype, "nccl", "flash-attn installed")
+    why = "flash-attn not installed" if not has_package("flash_attn") else "GPU lacks bf16 for flash-attn"
+    return Runtime("cuda", "sdpa", dtype, "nccl", f"{why}: SDPA attention")
+
+
+def environment_report() -> dict[str, str]:
+    """Versions and capabilities, for bug reports and for ``stllm env``."""
+    import transformers
+
+    rt = detect_runtime()
+    report = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda available": str(torch.cuda.is_available()),
+        "gpus": str(torch.cuda.device_count()),
+        "cpu threads": str(torch.get_num_threads()),
+    }
+    for pkg in ("peft", "deepspeed", "flash_attn", "tokenizers"):
+        if has_package(pkg):
+            mod = importlib.import_module(pkg) if pkg != "deepspeed" else None
+            report[pkg] = getattr(mod, "__version__", "installed") if mod else "installed"
+        else:
+            report[pkg] = "not installed"
+    report["attention"] = rt.attn_implementation
+    report["dtype"] = str(rt.dtype).removeprefix("torch.")
+    report["distributed backend"] = rt.dist_backend
+    report["note"] = rt.reason
+    return report

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from stllm import STEncoder, STEncoderConfig
+
+
+def test_default_parameter_count_is_urbangpt_size():
+    n = sum(p.numel() for p in STEncoder().parameters())
+    assert abs(n - 95_000) / 95_000 < 0.10, n
+
+
+def test_shapes_follow_config():
+    cfg = STEncoderConfig(in_channels=3, out_channels=4, horizon=6, num_tokens=3, token_dim=16)
+    out = STEncoder(cfg).eval()(torch.randn(5, 12, 7, 3))
+    assert out.tokens.shape == (5, 7, 3, 16)
+    assert out.forecast.shape == (5, 7, 6, 4)
+
+
+def test_left_padding_reaches_the_whole_window():
+    """Input shorter than the receptive field is left-padded, and every step still matters."""
+    enc = STEncoder().eval()
+    assert enc.config.receptive_field > enc.config.input_window
+    x = torch.randn(1, 12, 4, 2)
+    base = enc(x).tokens
+    for t in (0, 11):
+        y = x.clone()
+        y[0, t] += 1.0
+        assert not torch.allclose(enc(y).tokens, base)
+
+
+def test_regions_do_not_leak_without_graph_mixing():
+    enc = STEncoder().eval()
+    x = torch.randn(2, 12, 5, 2)
+    y = x.clone()
+    y[:, :, 2] += 3.0
+    a, b = enc(x), enc(y)
+    others = [0, 1, 3, 4]
+    assert torch.equal(a.tokens[:, others], b.tokens[:, others])
+    assert torch.equal(a.forecast[:, others], b.forecast[:, others])
+    assert not torch.allclose(a.tokens[:, 2], b.tokens[:, 2])
+
+
+def test_graph_mixing_propagates_along_edges_only():
+    enc = STEncoder(STEncoderConfig(graph_mixing=True)).eval()
+    adj = torch.zeros(4, 4)
+    adj[0, 1] = adj[1, 0] = 1.0  # regions 2 and 3 are isolated
+    x = torch.randn(1, 12, 4, 2)
+    y = x.clone()
+    y[:, :, 0] += 3.0
+    a, b = enc(x, adj).tokens, enc(y, adj).tokens
+    assert not torch.allclose(a[:, 1], b[:, 1])  # neighbour sees it
+    assert torch.equal(a[:, 2:], b[:, 2:])  # isolated regions do not
+    with pytest.raises(ValueError, match="st_adj"):
+        enc(x)
+
+
+@pytest.mark.parametrize(
+    "shape,match", [((2, 12, 3), "W, T, N, C"), ((1, 12, 3, 5), "channels"), ((1, 10, 3, 2), "input_window")]
+)
+def test_bad_input_shapes(shape, match):
+    with pytest.raises(ValueError, match=match):
+        STEncoder()(torch.randn(*shape))
+
+
+def test_config_rejects_indivisible_channels():
+    with pytest.raises(ValueError, match="divisible"):
+        STEncoderConfig(conv_channels=30)

@@ -1,0 +1,240 @@
+"""STLlamaForCausalLM: splice, causality, errors, losses, gradients, save/load, backbones, generate."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import GEO, HIS, PRE, VOCAB, make_batch, tiny_model
+from transformers import AutoModelForCausalLM
+
+from stllm import STLlamaForCausalLM
+from stllm.models.lora import add_lora
+
+
+def naive_splice(model, input_ids, st_values, st_window, st_region):
+    """Per-sample reference: walk each row and fill <st_his> slots with features in reading order."""
+    embeds = model.get_input_embeddings()(input_ids).clone()
+    k = model.config.st_slots
+    feats = []
+    for w, r in zip(st_window.tolist(), st_region.tolist()):
+        series = st_values[w : w + 1, :, r : r + 1]  # one window, one region
+        tokens = model.st_encoder(series).tokens[0, 0]  # (K, D)
+        feats.extend(model.st_projector(tokens))
+    it = iter(feats)
+    for b in range(input_ids.shape[0]):
+        for t in range(input_ids.shape[1]):
+            if input_ids[b, t] == HIS:
+                embeds[b, t] = next(it)
+    assert next(it, None) is None and len(feats) == k * len(st_window)
+    return embeds
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_splice_equals_naive_reference(model, padding_side):
+    b = make_batch(pad=4, padding_side=padding_side, his_at=(1, 6, 10), pre_at=(13, 16, 20))
+    with torch.no_grad():
+        fast = model.splice(b["input_ids"], model.get_input_embeddings()(b["input_ids"]), **_st(b))
+        slow = naive_splice(model, b["input_ids"], **_st(b))
+    torch.testing.assert_close(fast, slow)
+    his = b["input_ids"] == HIS
+    assert not torch.allclose(fast[his], model.get_input_embeddings()(b["input_ids"])[his])
+
+
+def test_graph_mixing_splice_gathers_from_full_windows():
+    model = tiny_model(st_encoder_config={"graph_mixing": True})
+    b = make_batch()
+    adj = (torch.rand(7, 7) > 0.5).float()
+    with torch.no_grad():
+        tokens = model.encode_history(b["st_values"], b["st_window"], b["st_region"], adj)
+        full = model.st_encoder(b["st_values"], adj).tokens
+    torch.testing.assert_close(tokens, full[b["st_window"], b["st_region"]])
+
+
+def _st(b):
+    return {k: b[k] for k in ("st_values", "st_window", "st_region")}
+
+
+def test_st_values_affect_hidden_states_at_and_after_first_history_slot_only(model):
+    b = make_batch()
+    other = dict(b, st_values=b["st_values"] + torch.randn_like(b["st_values"]))
+    with torch.no_grad():
+        h1 = model(**b, output_hidden_states=True).hidden_states[-1]
+        h2 = model(**other, output_hidden_states=True).hidden_states[-1]
+    for row in range(b["input_ids"].shape[0]):
+        first = int((b["input_ids"][row] == HIS).nonzero()[0])
+        assert torch.equal(h1[row, :first], h2[row, :first])
+        diff = (h1[row, first:] - h2[row, first:]).abs().amax(dim=-1)
+        assert (diff > 1e-6).all()
+
+
+def test_heads_read_prediction_slots_and_pair_with_their_history(model):
+    b = make_batch()
+    with torch.no_grad():
+        out = model(**b, output_hidden_states=True)
+    hidden = out.hidden_states[-1]
+    k = model.config.st_slots
+    his = hidden[b["input_ids"] == HIS].view(-1, k, hidden.shape[-1])
+    pre = hidden[b["input_ids"] == PRE].view(-1, k, hidden.shape[-1])
+    torch.testing.assert_close(out.reg_pred, model.reg_head(his, pre))
+    torch.testing.assert_close(out.cls_logits, model.cls_head(his, pre))
+    assert out.reg_pred.shape == (3, model.config.st_encoder.horizon, k)
+
+
+def test_prediction_pairs_with_nearest_preceding_history_view(model):
+    """A prompt with two history views: the prediction reads the later one."""
+    ids = torch.randint(3, 290, (1, 20))
+    ids[0, 2:4] = HIS
+    ids[0, 7:9] = HIS
+    ids[0, 12:14] = PRE
+    x = torch.randn(1, 12, 3, 2)
+    with torch.no_grad():
+        out = model(
+            input_ids=ids,
+            st_values=x,
+            st_window=torch.tensor([0, 0]),
+            st_region=torch.tensor([0, 1]),
+            output_hidden_states=True,
+        )
+    h = out.hidden_states[-1][0]
+    torch.testing.assert_close(out.reg_pred, model.reg_head(h[7:9][None], h[12:14][None]))
+
+
+def _errors_cases():
+    b = make_batch()
+    bad_values = b["st_values"].clone()
+    bad_values[0, 3, 1, 0] = float("nan")
+    inf_values = b["st_values"].clone()
+    inf_values[1, 0, 0, 1] = float("inf")
+    ids_oov = b["input_ids"].clone()
+    ids_oov[0, 0] = VOCAB + 5
+    return [
+        (dict(b, st_window=b["st_window"][:2], st_region=b["st_region"][:2]), r"6 slot tokens .* = 4 features"),
+        (dict(b, st_values=b["st_values"][0]), r"\(W, T, N, C\)"),
+        (dict(b, st_values=torch.randn(2, 12, 7, 3)), "3 channels"),
+        (dict(b, st_values=bad_values), "NaN or inf"),
+        (dict(b, st_values=inf_values), "NaN or inf"),
+        (dict(b, st_region=torch.tensor([0, 7, 1])), r"st_region holds indices outside \[0, 7\)"),
+        (dict(b, st_window=torch.tensor([0, 2, 1])), r"st_window holds indices outside \[0, 2\)"),
+        ({"input_ids": b["input_ids"]}, "no st_values"),
+        (dict(b, input_ids=ids_oov), "outside the vocabulary"),
+        (dict(b, st_window=None), "without st_window"),
+        (dict(b, reg_targets=torch.zeros(3, 12, 3)), "reg_targets has shape"),
+    ]
+
+
+@pytest.mark.parametrize("inputs,match", _errors_cases())
+def test_bad_input_raises_clear_error(model, inputs, match):
+    with pytest.raises(ValueError, match=match):
+        model(**inputs)
+
+
+def test_geo_slots_receive_geo_features(model):
+    ids = torch.randint(3, 290, (2, 10))
+    ids[0, 2] = GEO
+    ids[1, 4] = GEO
+    ids[1, 6] = GEO
+    coords = torch.tensor([[40.7, -74.0], [40.8, -73.9], [31.2, 121.5]])
+    with torch.no_grad():
+        emb = model.splice(ids, model.get_input_embeddings()(ids), geo_coords=coords)
+        expected = model.geo_projector(model.geo_encoder(coords))
+    torch.testing.assert_close(emb[ids == GEO], expected)
+    with pytest.raises(ValueError, match="3 slot tokens but 2 placeholder"):
+        model(input_ids=ids, geo_coords=coords[:2])
+
+
+def test_loss_is_weighted_sum_of_terms_and_ignores_masked_targets():
+    model = tiny_model(lm_loss_weight=0.5, reg_loss_weight=2.0, cls_loss_weight=3.0)
+    b = make_batch()
+    labels = b["input_ids"].clone()
+    labels[:, :10] = -100
+    shape = (3, 12, 2)
+    reg_t, cls_t = torch.randn(shape), (torch.rand(shape) > 0.5).float()
+    reg_m = torch.rand(shape) > 0.3
+    cls_m = torch.rand(shape) > 0.3
+    with torch.no_grad():
+        out = model(**b, labels=labels, reg_targets=reg_t, reg_mask=reg_m, cls_targets=cls_t, cls_mask=cls_m)
+    torch.testing.assert_close(out.loss, 0.5 * out.lm_loss + 2.0 * out.reg_loss + 3.0 * out.cls_loss)
+    ref_lm = F.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.lm_loss, ref_lm)
+    torch.testing.assert_close(out.reg_loss, (out.reg_pred - reg_t).abs()[reg_m].mean())
+    ref_cls = F.binary_cross_entropy_with_logits(out.cls_logits[cls_m], cls_t[cls_m])
+    torch.testing.assert_close(out.cls_loss, ref_cls)
+    # changing targets where the mask is off changes nothing
+    reg_t2 = torch.where(reg_m, reg_t, reg_t + 100.0)
+    cls_t2 = torch.where(cls_m, cls_t, 1.0 - cls_t)
+    with torch.no_grad():
+        out2 = model(**b, labels=labels, reg_targets=reg_t2, reg_mask=reg_m, cls_targets=cls_t2, cls_mask=cls_m)
+    torch.testing.assert_close(out2.loss, out.loss)
+
+
+def test_gradients_reach_trainable_parts_only():
+    model = tiny_model().train()
+    peft_model = add_lora(model, r=4, alpha=8, dropout=0.0)
+    b = make_batch()
+    out = peft_model(**b, labels=b["input_ids"], reg_targets=torch.randn(3, 12, 2), cls_targets=torch.ones(3, 12, 2))
+    out.loss.backward()
+    grads = {n: p.grad for n, p in peft_model.named_parameters()}
+    nonzero = {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
+    for part in ("st_projector", "reg_head", "cls_head", "lora_B", "trainable_tokens_delta"):
+        assert any(part in n for n in nonzero), part
+    frozen = [n for n, p in peft_model.named_parameters() if not p.requires_grad]
+    assert any("st_encoder" in n for n in frozen) and any("embed_tokens.token_adapter.base_layer" in n for n in frozen)
+    assert all(grads[n] is None for n in frozen)
+    # only the slot-token rows are trainable: <st_pre> learns; <st_his> rows are overwritten by the splice
+    delta = next(p for n, p in peft_model.named_parameters() if "trainable_tokens_delta" in n)
+    assert delta.shape[0] == 3
+    assert delta.grad[1].abs().sum() > 0 and delta.grad[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_save_and_load_are_bit_identical(tmp_path, kind):
+    model = tiny_model(kind)
+    b = make_batch()
+    with torch.no_grad():
+        ref = model(**b)
+    model.save_pretrained(tmp_path)
+    for loader in (STLlamaForCausalLM, AutoModelForCausalLM):
+        back = loader.from_pretrained(tmp_path).eval()
+        assert type(back) is STLlamaForCausalLM
+        with torch.no_grad():
+            out = back(**b)
+        assert torch.equal(out.logits, ref.logits)
+        assert torch.equal(out.reg_pred, ref.reg_pred)
+        assert torch.equal(out.cls_logits, ref.cls_logits)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+def test_backbones_train_end_to_end(kind):
+    model = tiny_model(kind).train()
+    b = make_batch()
+    out = model(**b, labels=b["input_ids"], reg_targets=torch.randn(3, 12, 2))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.st_projector.net.weight.grad.abs().sum() > 0
+    assert model.reg_head.out.weight.grad.abs().sum() > 0
+    assert out.logits.shape == (3, 24, VOCAB)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_generate_with_placeholders_matches_no_cache_forward(kind):
+    model = tiny_model(kind)
+    b = make_batch(pad=3, padding_side="left", his_at=(1, 3, 5), pre_at=(12, 14, 16))
+    with torch.no_grad():
+        full = model(**b)
+        seqs = model.generate(**b, max_new_tokens=6, do_sample=False)
+        no_cache = model.generate(**b, max_new_tokens=6, do_sample=False, use_cache=False)
+    prompt_len = b["input_ids"].shape[1]
+    assert seqs.shape == (3, prompt_len + 6)
+    assert torch.equal(seqs[:, prompt_len], full.logits[:, -1].argmax(-1))
+    assert torch.equal(seqs, no_cache)
+    assert not torch.isin(seqs[:, prompt_len:], torch.tensor([HIS, GEO])).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtype_follows_backbone(dtype):
+    model = tiny_model().to(dtype)
+    b = make_batch()
+    b["st_values"] = b["st_values"].double()  # any float input is cast to the model's dtype
+    with torch.no_grad():
+        out = model(**b, reg_targets=torch.zeros(3, 12, 2))
+    assert out.logits.dtype == dtype and out.reg_pred.dtype == dtype
+    assert out.reg_loss.dtype == torch.float32  # losses are computed in fp32
