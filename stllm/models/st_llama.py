@@ -293,18 +293,16 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             inputs_embeds = self.splice(
                 input_ids, inputs_embeds, st_values, st_window, st_region, st_adj, geo_coords, strict=prefill
             )
-        out = self.backbone(
+        out, hidden = self._run_backbone(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
-            output_hidden_states=True,
+            output_hidden_states=output_hidden_states,
             logits_to_keep=logits_to_keep,
-            return_dict=True,
             **kwargs,
         )
-        hidden = out.hidden_states[-1]
         reg_pred = cls_logits = None
         slots = None if input_ids is None else self._slot_hidden(input_ids, hidden, strict=prefill)
         if slots is not None:
@@ -341,10 +339,32 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             reg_pred=reg_pred,
             cls_logits=cls_logits,
             past_key_values=out.past_key_values,
-            hidden_states=out.hidden_states if output_hidden_states else None,
+            hidden_states=out.hidden_states,
             attentions=getattr(out, "attentions", None),
             **terms,
         )
+
+    def _run_backbone(self, **kwargs):
+        """Run the whole backbone (so model-specific logit scaling/softcapping stays intact) and
+        capture its decoder's final hidden state with a hook scoped to this call -- rather than
+        ``output_hidden_states=True``, which would keep every layer's activations alive."""
+        decoder = self.backbone.get_decoder()
+        if decoder is self.backbone:  # no separate decoder module to hook
+            out = self.backbone(return_dict=True, **{**kwargs, "output_hidden_states": True})
+            return out, out.hidden_states[-1]
+        captured = []
+
+        def grab(module, args, output):
+            captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+        handle = decoder.register_forward_hook(grab)
+        try:
+            out = self.backbone(return_dict=True, **kwargs)
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"{type(decoder).__name__}.forward was not called by {type(self.backbone).__name__}")
+        return out, captured[-1]
 
     @staticmethod
     def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

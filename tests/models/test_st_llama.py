@@ -66,7 +66,9 @@ def test_st_values_affect_hidden_states_at_and_after_first_history_slot_only(mod
         assert (diff > 1e-6).all()
 
 
-def test_heads_read_prediction_slots_and_pair_with_their_history(model):
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+def test_heads_read_prediction_slots_and_pair_with_their_history(kind):
+    model = tiny_model(kind)
     b = make_batch()
     with torch.no_grad():
         out = model(**b, output_hidden_states=True)
@@ -77,6 +79,7 @@ def test_heads_read_prediction_slots_and_pair_with_their_history(model):
     torch.testing.assert_close(out.reg_pred, model.reg_head(his, pre))
     torch.testing.assert_close(out.cls_logits, model.cls_head(his, pre))
     assert out.reg_pred.shape == (3, model.config.st_encoder.horizon, k)
+    assert not model.backbone.get_decoder()._forward_hooks  # the capture hook is scoped to the call
 
 
 def test_prediction_pairs_with_nearest_preceding_history_view(model):
