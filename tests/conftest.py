@@ -1,92 +1,7 @@
-"""Tiny models and batches shared by the tests (width 64, two layers, built from configs)."""
-
-from __future__ import annotations
+"""Pytest fixtures shared by all tests; the helpers live in model_fixtures.py (importable by name)."""
 
 import pytest
-import torch
-from transformers import GPT2Config, LlamaConfig, Qwen2Config
-
-from stllm import STLlamaConfig, STLlamaForCausalLM
-
-VOCAB = 300
-HIS, PRE, GEO = 297, 298, 299
-
-
-def tiny_text_config(kind: str = "llama"):
-    if kind == "llama":
-        return LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=VOCAB,
-        )
-    if kind == "qwen2":
-        return Qwen2Config(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=VOCAB,
-        )
-    if kind == "gpt2":
-        return GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
-    raise ValueError(kind)
-
-
-def tiny_model(kind: str = "llama", seed: int = 0, **config_kwargs) -> STLlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = STLlamaConfig(
-        text_config=tiny_text_config(kind),
-        st_his_token_id=HIS,
-        st_pre_token_id=PRE,
-        geo_token_id=GEO,
-        **config_kwargs,
-    )
-    return STLlamaForCausalLM(cfg).eval()
-
-
-def make_batch(
-    batch: int = 3,
-    length: int = 24,
-    slots: int = 2,
-    his_at=(2, 5, 9),
-    pre_at=(12, 15, 18),
-    pad: int = 0,
-    padding_side: str = "right",
-    windows: int = 2,
-    regions: int = 7,
-    channels: int = 2,
-    seed: int = 0,
-) -> dict:
-    """One history and one prediction placeholder per sample, at sample-specific positions.
-
-    ``pad`` tokens of padding are added to every sample after the first, on ``padding_side``.
-    """
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, HIS - 1, (batch, length), generator=g)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    for b in range(batch):
-        ids[b, his_at[b] : his_at[b] + slots] = HIS
-        ids[b, pre_at[b] : pre_at[b] + slots] = PRE
-    if pad:
-        ids = torch.cat([ids, torch.zeros(batch, pad, dtype=torch.long)], dim=1)
-        mask = torch.cat([mask, torch.zeros(batch, pad, dtype=torch.long)], dim=1)
-        mask[0, length:] = 1  # sample 0 is the longest
-        ids[0, length:] = torch.randint(3, HIS - 1, (pad,), generator=g)
-        if padding_side == "left":
-            for b in range(1, batch):
-                ids[b] = torch.roll(ids[b], pad)
-                mask[b] = torch.roll(mask[b], pad)
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "st_values": torch.randn(windows, 12, regions, channels, generator=g),
-        "st_window": torch.randint(0, windows, (batch,), generator=g),
-        "st_region": torch.randint(0, regions, (batch,), generator=g),
-    }
+from model_fixtures import make_batch, tiny_model
 
 
 @pytest.fixture
@@ -97,17 +12,3 @@ def model():
 @pytest.fixture
 def batch():
     return make_batch()
-
-
-def tiny_word_tokenizer(vocab_size: int = VOCAB):
-    """A word-level tokenizer over ``w0 .. w{n}`` with pad/unk/bos/eos, built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<s>", "</s>"]
-    vocab = {t: i for i, t in enumerate(specials + [f"w{i}" for i in range(vocab_size - len(specials))])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )

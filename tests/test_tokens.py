@@ -1,5 +1,5 @@
 import torch
-from conftest import VOCAB, tiny_text_config, tiny_word_tokenizer
+from model_fixtures import VOCAB, tiny_text_config, tiny_word_tokenizer
 from transformers import AutoModelForCausalLM
 
 from stllm.tokens import GEO_TOKEN, ST_HIS_TOKEN, ST_PRE_TOKEN, add_st_tokens

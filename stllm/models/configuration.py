@@ -16,6 +16,8 @@ class STLlamaConfig(PretrainedConfig):
     ``st_slots`` is the number of ``<st_his>`` tokens per history placeholder (the encoder's
     ``num_tokens``) and of ``<st_pre>`` tokens per prediction placeholder; slot ``k`` of a
     prediction placeholder forecasts output channel ``k`` (UrbanGPT: 2 = inflow, outflow).
+    ``backbone_name_or_path`` records where pretrained backbone weights came from, so LoRA
+    checkpoints need not copy them.
     """
 
     model_type = "stllm"
@@ -34,6 +36,7 @@ class STLlamaConfig(PretrainedConfig):
     reg_loss_weight: float = 1.0
     cls_loss_weight: float = 1.0
     tie_word_embeddings: bool = False
+    backbone_name_or_path: str | None = None
 
     def __post_init__(self, **kwargs):
         if isinstance(self.st_encoder_config, STEncoderConfig):

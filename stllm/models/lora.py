@@ -60,10 +60,7 @@ def add_lora(
         target_modules=targets,
         fan_in_fan_out=fan_in_fan_out,
         trainable_token_indices=new_rows if (train_new_token_rows and new_rows) else None,
+        # saved with the adapter, so checkpoints and Trainer resumes carry the ST modules too
+        modules_to_save=list(ST_TRAINABLE + (("st_encoder",) if tune_st_encoder else ())),
     )
-    peft_model = get_peft_model(model, lora)
-    trainable = ST_TRAINABLE + (("st_encoder",) if tune_st_encoder else ())
-    for name in trainable:
-        for p in getattr(model, name).parameters():
-            p.requires_grad_(True)
-    return peft_model
+    return get_peft_model(model, lora)

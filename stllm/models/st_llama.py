@@ -383,6 +383,15 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                 inputs.pop(key, None)
         return inputs
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a full checkpoint (standard) or an stllm LoRA checkpoint (adapter merged on load)."""
+        from stllm.models.checkpoint import is_lora_checkpoint, load_lora_checkpoint
+
+        if is_lora_checkpoint(pretrained_model_name_or_path):
+            return load_lora_checkpoint(cls, pretrained_model_name_or_path, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     # -- wrapping an existing checkpoint ------------------------------------------------------------
     @classmethod
     def from_backbone(
@@ -415,7 +424,9 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         ids = add_st_tokens(tokenizer, backbone)
         # a copy: building the composite config must not touch the live backbone's config
         text_config = copy.deepcopy(backbone.config)
-        config = STLlamaConfig(text_config=text_config, **ids.as_config(), **config_kwargs)
+        config = STLlamaConfig(
+            text_config=text_config, backbone_name_or_path=os.path.abspath(path), **ids.as_config(), **config_kwargs
+        )
         model = cls(config, backbone=backbone)
         if st_encoder_path is not None:
             model.st_encoder.load_state_dict(load_encoder(st_encoder_path).state_dict())

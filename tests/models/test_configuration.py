@@ -1,5 +1,5 @@
 import pytest
-from conftest import tiny_text_config
+from model_fixtures import tiny_text_config
 from transformers import AutoConfig
 
 from stllm import STLlamaConfig

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import VOCAB, make_batch, tiny_text_config, tiny_word_tokenizer
+from model_fixtures import VOCAB, make_batch, tiny_text_config, tiny_word_tokenizer
 from transformers import AutoModelForCausalLM
 
 from stllm import STEncoder, STLlamaForCausalLM, save_encoder

@@ -1,5 +1,5 @@
 import pytest
-from conftest import tiny_model
+from model_fixtures import tiny_model
 
 from stllm.models.lora import attention_projections
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GEO, HIS, PRE, VOCAB, make_batch, tiny_model
+from model_fixtures import GEO, HIS, PRE, VOCAB, make_batch, tiny_model
 from transformers import AutoModelForCausalLM
 
 from stllm import STLlamaForCausalLM

@@ -1,0 +1,186 @@
+"""Instruction templates shared by training and evaluation: same inputs -> same text, always.
+
+A template turns a :class:`PromptContext` (region, time ranges, task) into a :class:`Conversation`
+(system, user, answer). The user turn carries the ``<ST_HIS>`` placeholder(s) (and ``<GEO>`` when
+asked); the answer carries exactly one ``<ST_PRE>``. :class:`ChatFormatter` renders a conversation
+with the tokenizer's chat template when it has one, else as a plain Vicuna v1.1 conversation.
+Wording is fixed: POI categories are sorted by count then name, never by set order.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from stllm.data.city import Region, freq_words
+from stllm.tokens import GEO_PLACEHOLDER, ST_HIS_PLACEHOLDER, ST_PRE_PLACEHOLDER
+
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+VIEW_WORDS = {"day": "one day earlier", "week": "one week earlier"}
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One instruction sample as text: the answer is the supervised part."""
+
+    system: str
+    user: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class PromptContext:
+    """Everything a template may mention. Times are slot starts, in minutes since the epoch."""
+
+    task: str
+    region: Region
+    channels: tuple[str, ...]
+    history_start: int
+    target_start: int
+    input_len: int
+    output_len: int
+    freq_minutes: int
+    quantity: str = ""
+    place: str = ""
+    extra_views: tuple[str, ...] = ()  # names in VIEW_WORDS, oldest first; their <ST_HIS> come first
+    with_geo: bool = False
+    top_pois: int = 5
+
+
+@lru_cache(maxsize=65536)
+def describe_range(start_minutes: int, n_steps: int, freq_minutes: int) -> str:
+    """``January 1, 2020, 00:00, Wednesday to January 1, 2020, 05:30, Wednesday, with data points
+    recorded at 30-minute intervals`` (dates only for daily or coarser steps)."""
+    first = _dt.datetime(1970, 1, 1) + _dt.timedelta(minutes=start_minutes)
+    last = first + _dt.timedelta(minutes=freq_minutes * (n_steps - 1))
+    daily = freq_minutes % 1440 == 0
+    fmt = "%B {d}, %Y, %A" if daily else "%B {d}, %Y, %H:%M, %A"
+    words = freq_words(np.timedelta64(freq_minutes, "m"))
+    a, b = (t.strftime(fmt.replace("{d}", str(t.day))) for t in (first, last))
+    return f"{a} to {b}, with data points recorded at {words} intervals"
+
+
+def describe_region(region: Region, top_pois: int = 5) -> str:
+    where = f" within the {region.borough} borough district" if region.borough else ""
+    if region.pois:
+        cats = ", ".join(f"{c} ({n})" for c, n in region.top_pois(top_pois))
+        return f"{region.name} is located{where} and encompasses POIs covering {cats}."
+    return f"{region.name} is located{where}; no POI description is available for this region."
+
+
+def _list_words(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _history_sentence(ctx: PromptContext, what: str) -> str:
+    views = "".join(
+        f" The target time steps {VIEW_WORDS[v]} are encoded as {ST_HIS_PLACEHOLDER}." for v in ctx.extra_views
+    )
+    return (
+        f"{views} To improve prediction accuracy, a spatio-temporal model encodes the historical {what} "
+        f"data as tokens {ST_HIS_PLACEHOLDER}, one per channel ({_list_words(ctx.channels)})."
+    )
+
+
+def _head(ctx: PromptContext, what: str) -> str:
+    place = f" of {ctx.place}" if ctx.place else ""
+    geo = f" Its centre is at {GEO_PLACEHOLDER}." if ctx.with_geo else ""
+    hist = describe_range(ctx.history_start, ctx.input_len, ctx.freq_minutes)
+    return (
+        f"Given the historical data for {what} over {ctx.input_len} time steps in {ctx.region.name}, "
+        f"a region{place}. The history runs from {hist}. Here is the region information: "
+        f"{describe_region(ctx.region, ctx.top_pois)}{geo}"
+    )
+
+
+def flow_prompt(ctx: PromptContext) -> Conversation:
+    """Regression of every channel (in/out flow) over the next ``output_len`` steps."""
+    what = f"{ctx.quantity} flow".strip()
+    target = describe_range(ctx.target_start, ctx.output_len, ctx.freq_minutes)
+    user = (
+        f"{_head(ctx, what)} Now we want to predict the {_list_words(ctx.channels)} for the next "
+        f"{ctx.output_len} time steps, from {target}.{_history_sentence(ctx, what)} Please analyse the "
+        "traffic patterns in this region, taking into account the provided time and regional information, "
+        "and then generate the predictive tokens for regression."
+    )
+    answer = f"Based on the given information, the predictive tokens of {what} in this region are {ST_PRE_PLACEHOLDER}."
+    return Conversation(VICUNA_SYSTEM, user, answer)
+
+
+def event_prompt(ctx: PromptContext) -> Conversation:
+    """Binary "will an event of each category happen" per step, over the next ``output_len`` steps."""
+    what = ctx.quantity or "event"
+    cats = _list_words([c.lower() for c in ctx.channels])
+    target = describe_range(ctx.target_start, ctx.output_len, ctx.freq_minutes)
+    user = (
+        f"{_head(ctx, what)} Now we aim to predict whether each of these {what} categories will occur in this "
+        f"region in each of the next {ctx.output_len} time steps, from {target}: {cats}."
+        f"{_history_sentence(ctx, what)} Please analyse the {what} patterns in this region, considering the "
+        "provided time and regional information, and then generate the prediction tokens for classification."
+    )
+    answer = f"Based on the given information, the predicted tokens of {what} in this region are {ST_PRE_PLACEHOLDER}."
+    return Conversation(VICUNA_SYSTEM, user, answer)
+
+
+TEMPLATES = {"flow": flow_prompt, "event": event_prompt}
+
+
+def build_conversation(ctx: PromptContext) -> Conversation:
+    try:
+        template = TEMPLATES[ctx.task]
+    except KeyError:
+        raise ValueError(f"no prompt template for task {ctx.task!r}; known: {sorted(TEMPLATES)}") from None
+    return template(ctx)
+
+
+class ChatFormatter:
+    """Render a :class:`Conversation` as ``(prompt_text, answer_text)``; prompt + answer = full text.
+
+    With a chat template, the template is rendered once with sentinel contents and cut into a frame
+    that later conversations are pasted into (a jinja render per sample is the slowest part of
+    collation otherwise); the frame is checked against a real render at construction. Without one,
+    Vicuna v1.1: ``<s>{system} USER: {user} ASSISTANT: {answer}</s>``.
+    """
+
+    _SENTINELS = ("\x00SYS\x00", "\x00USR\x00", "\x00ANS\x00")
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer
+        self.bos = getattr(tokenizer, "bos_token", None) or ""
+        self.eos = getattr(tokenizer, "eos_token", None) or ""
+        self.frame = self._frame() if getattr(tokenizer, "chat_template", None) else None
+
+    def _render(self, conv: Conversation, with_answer: bool) -> str:
+        msgs = [{"role": "system", "content": conv.system}, {"role": "user", "content": conv.user}]
+        if with_answer:
+            msgs.append({"role": "assistant", "content": conv.answer})
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=not with_answer)
+
+    def _frame(self) -> tuple[str, ...] | None:
+        s, u, a = self._SENTINELS
+        probe = Conversation(s, u, a)
+        prompt, full = self._render(probe, False), self._render(probe, True)
+        if not full.startswith(prompt) or prompt.count(s) != 1 or prompt.count(u) != 1 or full.count(a) != 1:
+            return None  # unusual template: fall back to rendering each conversation
+        pre, rest = prompt.split(s)
+        mid, post_user = rest.split(u)
+        ans_pre, ans_post = full[len(prompt):].split(a)
+        return pre, mid, post_user, ans_pre, ans_post
+
+    def __call__(self, conv: Conversation) -> tuple[str, str]:
+        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
+            if self.frame is None:
+                prompt, full = self._render(conv, False), self._render(conv, True)
+                if not full.startswith(prompt):
+                    raise ValueError("chat template: the rendered prompt is not a prefix of the full conversation")
+                return prompt, full[len(prompt):]
+            pre, mid, post_user, ans_pre, ans_post = self.frame
+            return f"{pre}{conv.system}{mid}{conv.user}{post_user}", f"{ans_pre}{conv.answer}{ans_post}"
+        return f"{self.bos}{conv.system} USER: {conv.user} ASSISTANT:", f" {conv.answer}{self.eos}"

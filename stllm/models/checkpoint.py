@@ -1,0 +1,99 @@
+"""LoRA checkpoints that hold everything evaluation needs, loadable by ``from_pretrained``.
+
+A LoRA checkpoint directory has peft's ``adapter_config.json`` + ``adapter_model.safetensors``
+(LoRA weights, the trained projectors/heads via ``modules_to_save``, the slot-token embedding
+rows), our ``config.json`` (:class:`STLlamaConfig`), and ``st_base.safetensors``: the base weights
+that cannot be re-read from ``config.backbone_name_or_path`` -- the ST modules (e.g. a stage-1
+encoder) and, when the backbone was built from a config rather than loaded, the backbone too.
+Pretrained backbone weights are never copied into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ADAPTER_CONFIG = "adapter_config.json"
+BASE_WEIGHTS = "st_base.safetensors"
+
+# peft wrapper parts of parameter names, removed to recover the plain model's names
+_DROP = re.compile(r"(lora_[A-Za-z]+\.|\.modules_to_save\.|trainable_tokens_)")
+_UNWRAP = ((".token_adapter.base_layer.", "."), (".base_layer.", "."), (".original_module.", "."))
+
+
+def is_lora_checkpoint(path) -> bool:
+    p = Path(os.fspath(path))
+    return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and (p / BASE_WEIGHTS).is_file()
+
+
+def base_state_dict(peft_model) -> dict[str, torch.Tensor]:
+    """The wrapped model's own (pre-LoRA) weights under their plain names."""
+    base = peft_model.get_base_model()
+    state = {}
+    for name, tensor in base.state_dict().items():
+        if _DROP.search(name):
+            continue
+        for old, new in _UNWRAP:
+            name = name.replace(old, new)
+        state[name] = tensor
+    keep_backbone = base.config.backbone_name_or_path is None
+    return {k: v for k, v in state.items() if keep_backbone or not k.startswith("backbone.")}
+
+
+def save_lora_extras(peft_model, output_dir) -> None:
+    """Write the config and the base weights beside the adapter files peft already wrote."""
+    base = peft_model.get_base_model()
+    base.config.save_pretrained(output_dir)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in base_state_dict(peft_model).items()}
+    # tied weights share storage; safetensors stores each tensor once
+    seen, unique = {}, {}
+    for k, v in tensors.items():
+        key = (v.data_ptr(), v.shape, v.dtype)
+        if key not in seen:
+            seen[key] = k
+            unique[k] = v.clone()
+    save_file(unique, os.path.join(output_dir, BASE_WEIGHTS))
+
+
+def load_lora_checkpoint(cls, path, merge: bool = True, dtype=None, **kwargs):
+    """Rebuild the base model, load ``st_base.safetensors``, apply the adapter and (by default) merge it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from stllm.models.configuration import STLlamaConfig
+    from stllm.tokens import resize_with_mean_rows
+
+    path = Path(os.fspath(path))
+    config = STLlamaConfig.from_pretrained(path)
+    text_config = config.text_config
+    if config.backbone_name_or_path:
+        src = config.backbone_name_or_path
+        if not Path(src).is_dir():
+            raise FileNotFoundError(f"{path / 'config.json'}: backbone_name_or_path {src} does not exist")
+        backbone = AutoModelForCausalLM.from_pretrained(src, dtype=dtype or "auto")
+        resize_with_mean_rows(backbone, text_config.vocab_size)
+    else:
+        backbone = AutoModelForCausalLM.from_config(text_config)
+    model = cls(config, backbone=backbone)
+    missing, unexpected = model.load_state_dict(load_file(str(path / BASE_WEIGHTS)), strict=False)
+    if unexpected:
+        raise ValueError(f"{path / BASE_WEIGHTS}: unexpected weights {unexpected[:5]}")
+    if config.backbone_name_or_path is None:
+        non_tied = [k for k in missing if k not in model.all_tied_weights_keys]
+        if non_tied:
+            raise ValueError(f"{path / BASE_WEIGHTS}: missing weights {non_tied[:5]}")
+        model.tie_weights()
+    peft_model = PeftModel.from_pretrained(model, str(path))
+    # With tied input/output embeddings, merging the slot-token rows would also move the output rows
+    # that training never changed (peft applies the row delta to the input side only): keep it unmerged.
+    if merge and not config.tie_word_embeddings:
+        model = peft_model.merge_and_unload()
+    else:
+        model = peft_model
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()

@@ -1,0 +1,75 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from stllm.data import (
+    CityDataError,
+    STDataCollator,
+    STInstructionDataset,
+    STScaler,
+    UrbanGPTDataset,
+    load_urbangpt,
+    write_urbangpt,
+)
+
+
+@pytest.fixture()
+def files(tmp_path, city):
+    ds = STInstructionDataset(city, regions=city.region_ids[:4], stride=24)
+    j, p = tmp_path / "NYCtaxi.json", tmp_path / "NYCtaxi_pkl.pkl"
+    n = write_urbangpt(j, p, ds, windows=[0, 3, 5], kind=1)
+    return ds, j, p, n
+
+
+def test_round_trip(files, city):
+    ds, j, p, n = files
+    data = load_urbangpt(j, p, trust_pickle=True)
+    assert n == len(data.samples) == 12 and data.x.shape == (3, 12, city.n_regions, 2)
+    assert data.kind.tolist() == [1, 1, 1]
+    for k, w in enumerate([0, 3, 5]):
+        t0 = int(ds.starts[w])
+        np.testing.assert_array_equal(data.x[k], city.values[t0:t0 + 12])
+        np.testing.assert_array_equal(data.y[k], city.values[t0 + 12:t0 + 24])
+    s = data.samples[5]  # window 3 (k=1), second region
+    assert (s.window, s.region) == (1, 1)
+    conv = ds[ds.index_of(3, 1)]["conversation"]
+    assert (s.human, s.gpt) == (conv.user, conv.answer)
+
+
+def test_pickle_needs_trust(files):
+    _, j, p, _ = files
+    with pytest.raises(PermissionError, match="trust_pickle=True"):
+        load_urbangpt(j, p)
+
+
+def test_conversation_without_placeholder_names_id(files):
+    _, j, p, _ = files
+    records = json.loads(j.read_text())
+    records[2]["conversations"][0]["value"] = "no placeholder"
+    j.write_text(json.dumps(records))
+    with pytest.raises(CityDataError, match=rf"id='{records[2]['id']}'.*no <ST_HIS> placeholder"):
+        load_urbangpt(j, p, trust_pickle=True)
+
+
+def test_pickle_not_matching_json(files):
+    _, j, p, _ = files
+    blobs = pickle.loads(p.read_bytes())
+    p.write_bytes(pickle.dumps(blobs[:2]))
+    with pytest.raises(CityDataError, match=r"refers to window 2.*holds 2 windows"):
+        load_urbangpt(j, p, trust_pickle=True)
+    blobs[1]["data_x"] = blobs[1]["data_x"][:, :, :3]
+    p.write_bytes(pickle.dumps(blobs))
+    with pytest.raises(CityDataError, match="data_x': windows differ in shape"):
+        load_urbangpt(j, p, trust_pickle=True)
+
+
+def test_urbangpt_dataset_collates(files, tokenizer, city):
+    _, j, p, _ = files
+    data = load_urbangpt(j, p, trust_pickle=True)
+    scaler = STScaler.fit(city)
+    ds = UrbanGPTDataset(data, scaler)
+    b = STDataCollator(tokenizer, st_slots=2)([ds[i] for i in range(8)])
+    assert b["st_values"].shape[0] == 2 and b["st_region"].tolist() == [0, 1, 2, 3] * 2
+    np.testing.assert_allclose(b["reg_targets"][5].numpy(), scaler.transform(data.y[1, :, 1]), rtol=1e-6)

@@ -1,0 +1,55 @@
+"""LoRA checkpoints: adapter + config + base weights reload through from_pretrained."""
+
+import pytest
+import torch
+from model_fixtures import make_batch, tiny_model
+
+from stllm import STLlamaForCausalLM
+from stllm.models.checkpoint import BASE_WEIGHTS, base_state_dict, is_lora_checkpoint, save_lora_extras
+from stllm.models.lora import add_lora
+
+
+def _trained_lora(kind):
+    model = tiny_model(kind).train()
+    peft_model = add_lora(model, r=4, dropout=0.0)
+    b = make_batch()
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        peft_model(**b, labels=b["input_ids"], reg_targets=torch.randn(3, 12, 2)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return peft_model.eval(), b
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_lora_checkpoint_reloads_to_the_same_predictions(tmp_path, kind):
+    peft_model, b = _trained_lora(kind)
+    with torch.no_grad():
+        ref = peft_model(**b)
+    peft_model.save_pretrained(tmp_path)
+    save_lora_extras(peft_model, tmp_path)
+    assert is_lora_checkpoint(tmp_path)
+    back = STLlamaForCausalLM.from_pretrained(tmp_path)
+    if kind == "llama":  # untied embeddings: adapter merged into a plain STLlamaForCausalLM
+        assert type(back) is STLlamaForCausalLM
+    with torch.no_grad():
+        out = back(**b)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.reg_pred, ref.reg_pred, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out.reg_pred, tiny_model(kind)(**b).reg_pred)  # training changed something
+
+
+def test_base_state_has_plain_names_and_skips_adapters():
+    peft_model, _ = _trained_lora("llama")
+    names = set(base_state_dict(peft_model))
+    plain = set(tiny_model("llama").state_dict())
+    assert names == plain
+    assert not any("lora_" in n or "modules_to_save" in n for n in names)
+
+
+def test_missing_base_weights_means_not_an_stllm_checkpoint(tmp_path):
+    peft_model, _ = _trained_lora("llama")
+    peft_model.save_pretrained(tmp_path)
+    save_lora_extras(peft_model, tmp_path)
+    (tmp_path / BASE_WEIGHTS).unlink()
+    assert not is_lora_checkpoint(tmp_path)
