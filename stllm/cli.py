@@ -49,16 +49,33 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stllm.train.memory import add_estimate_memory_parser
+
     parser = argparse.ArgumentParser(prog="stllm", description="Spatio-temporal LLMs of cities.")
     sub = parser.add_subparsers(dest="command", required=True)
     env = sub.add_parser("env", help="print the environment and run a tiny model check")
     env.add_argument("--no-check", action="store_true", help="skip the tiny model forward")
     env.set_defaults(func=cmd_env)
+    # these take their own flags (HfArgumentParser / argparse in their modules): everything after the name
+    for name, target, text in (
+        ("train", "stllm.train.train_mem", "stage-2 instruction tuning (same as stllm/train/train_mem.py)"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.set_defaults(func=None, module=target)
+    add_estimate_memory_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "module", None):
+        import importlib
+
+        return importlib.import_module(args.module).main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

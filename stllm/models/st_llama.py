@@ -128,6 +128,13 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         self.config.text_config = self.backbone.config
         return emb
 
+    def train(self, mode: bool = True):
+        """A frozen ST encoder stays in eval mode (no dropout noise on features it cannot adapt to)."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.st_encoder.parameters()):
+            self.st_encoder.eval()
+        return self
+
     # -- the splice ---------------------------------------------------------------------------------
     def _check_input_ids(self, input_ids: torch.Tensor) -> None:
         vocab = self.get_input_embeddings().weight.shape[0]

@@ -1,0 +1,1 @@
+"""Training utilities: memory planning for DeepSpeed ZeRO runs."""

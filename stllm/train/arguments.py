@@ -1,0 +1,109 @@
+"""Command-line / file arguments of stage-2 training, parsed with ``HfArgumentParser``.
+
+Every field has a default and a help string, so ``stllm train --help`` documents the whole
+recipe; ``parse_args(["config.yaml"])`` (or ``.json``) reads the same fields from a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser, TrainingArguments
+
+TINY_PRESETS = {
+    # hidden, layers, heads, kv heads, intermediate
+    "tiny": (64, 2, 4, 2, 128),
+    "small": (256, 4, 4, 2, 688),
+}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Local Llama/Vicuna (or any causal LM) checkpoint directory with its tokenizer. "
+                  "Unset: build a tiny Llama from --tiny_preset and train an offline tokenizer."},
+    )
+    tiny_preset: str = field(
+        default="tiny", metadata={"help": f"Backbone size without a checkpoint: {sorted(TINY_PRESETS)}"}
+    )
+    st_encoder_path: str | None = field(
+        default=None, metadata={"help": "Stage-1 encoder directory (stllm pretrain-encoder output)."}
+    )
+    tune_st_encoder: bool = field(default=False, metadata={"help": "Also train the ST encoder (frozen by default)."})
+    full_finetune: bool | None = field(
+        default=None,
+        metadata={"help": "Train every backbone weight instead of LoRA. Default: LoRA on a pretrained backbone, "
+                  "full fine-tuning on a backbone built from --tiny_preset (LoRA on random weights learns little)."},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated module names for LoRA. Default: the backbone's attention projections, "
+                  "found from its module names."},
+    )
+    projector_type: str = field(default="linear", metadata={"help": "STProjector kind: linear or mlp2x_gelu."})
+    lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the language-model cross-entropy."})
+    reg_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the regression MAE (flows)."})
+    cls_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the classification BCE (events)."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Force an attention implementation; default: flash_attention_2 on GPU when "
+                                "installed, sdpa otherwise."},
+    )
+
+
+@dataclass
+class DataArguments:
+    data: str = field(
+        default="synthetic",
+        metadata={"help": "synthetic | manhattan-taxi | manhattan-bike | crime | a path to an .npz file."},
+    )
+    data_root: str | None = field(default=None, metadata={"help": "Where real data lives (default ../shared/data)."})
+    synthetic_regions: int = field(default=24, metadata={"help": "Regions of the synthetic city."})
+    synthetic_days: int = field(default=21, metadata={"help": "Days of the synthetic city."})
+    synthetic_freq: str = field(default="1h", metadata={"help": "Step of the synthetic city."})
+    synthetic_task: str = field(default="flow", metadata={"help": "Synthetic data kind: flow or event."})
+    test_regions: float = field(default=0.25, metadata={"help": "Fraction of regions held out for zero-shot."})
+    train_time: float = field(default=0.75, metadata={"help": "Fraction of the time range used for training."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the region split."})
+    input_len: int = field(default=12, metadata={"help": "History steps per sample."})
+    output_len: int = field(default=12, metadata={"help": "Forecast steps per sample."})
+    stride: int = field(default=1, metadata={"help": "Step between window starts."})
+    extra_views: str = field(default="", metadata={"help": "Extra history views: comma list of day,week."})
+    with_geo: bool = field(default=False, metadata={"help": "Add a <GEO> placeholder with the region centroid."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap training samples (quick runs)."})
+    tokenizer_vocab: int = field(default=600, metadata={"help": "Vocabulary of the offline tokenizer."})
+
+
+@dataclass
+class STTrainingArguments(TrainingArguments):
+    output_dir: str = field(default="runs/stllm", metadata={"help": "Where checkpoints and logs go."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep st_values & co.: the model consumes non-text inputs."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Micro-batch per device."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into an output directory that holds another run."}
+    )
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, STTrainingArguments))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, STTrainingArguments]:
+    """Parse flags, or a single ``.yaml``/``.json`` file holding the same fields."""
+    parser = build_parser()
+    if argv and len(argv) == 1 and Path(argv[0]).suffix in (".yaml", ".yml", ".json"):
+        path = Path(argv[0])
+        if not path.is_file():
+            raise FileNotFoundError(f"argument file not found: {path}")
+        if path.suffix == ".json":
+            return parser.parse_json_file(str(path))
+        return parser.parse_yaml_file(str(path))
+    return parser.parse_args_into_dataclasses(args=argv)

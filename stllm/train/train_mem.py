@@ -1,0 +1,209 @@
+"""Stage-2 instruction tuning: ``torchrun --nproc_per_node=G stllm/train/train_mem.py [--deepspeed ...]``.
+
+The same command trains a tiny model on a laptop CPU (SDPA, fp32, gloo) and a Vicuna on a GPU
+node (flash-attention 2 when installed, bf16, NCCL); one log line says which. Data are split by
+region and time before anything is fitted, and the checkpoint records what was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, set_seed
+
+from stllm.data import (
+    CityData,
+    RegionSplit,
+    STDataCollator,
+    STInstructionDataset,
+    STScaler,
+    load_manhattan_flows,
+    load_npz,
+    load_nyc_crime,
+    split_record,
+    synthetic_city,
+    train_tokenizer,
+)
+from stllm.data.prompts import ChatFormatter
+from stllm.encoders.io import CONFIG_NAME as ENCODER_CONFIG
+from stllm.encoders.io import load_encoder
+from stllm.models import STLlamaConfig, STLlamaForCausalLM
+from stllm.models.lora import add_lora
+from stllm.runtime import detect_runtime
+from stllm.tokens import add_st_tokens
+from stllm.train.arguments import TINY_PRESETS, DataArguments, ModelArguments, STTrainingArguments, parse_args
+from stllm.train.trainer import STTrainer
+
+logger = logging.getLogger("stllm")
+
+
+@dataclass
+class PreparedData:
+    city: CityData
+    regions: RegionSplit
+    train_time: slice
+    scaler: STScaler
+    train: STInstructionDataset
+
+    def artifacts(self) -> dict[str, str]:
+        record = split_record(self.city, self.regions.train, self.train_time)
+        return {"scaler.json": self.scaler.to_json(), "split.json": record.to_json()}
+
+
+def load_city(data_args: DataArguments) -> CityData:
+    """The city named by ``--data``: a preset or an ``.npz`` path."""
+    name = data_args.data
+    if name == "synthetic":
+        return synthetic_city(
+            seed=data_args.split_seed, n_regions=data_args.synthetic_regions, days=data_args.synthetic_days,
+            freq=data_args.synthetic_freq, task=data_args.synthetic_task,
+        )
+    if name in ("manhattan-taxi", "manhattan-bike"):
+        return load_manhattan_flows(mode=name.split("-")[1], root=data_args.data_root)
+    if name == "crime":
+        return load_nyc_crime(root=data_args.data_root)
+    if name.endswith(".npz"):
+        return load_npz(name)
+    raise ValueError(f"--data {name!r}: use synthetic, manhattan-taxi, manhattan-bike, crime or a .npz path")
+
+
+def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> PreparedData:
+    """Split regions and time, fit (or reuse the stage-1) scaler on the training part only."""
+    city = load_city(data_args)
+    regions = RegionSplit.random(city, test=data_args.test_regions, seed=data_args.split_seed)
+    train_time = slice(0, int(round(city.n_steps * data_args.train_time)))
+    scaler_file = Path(encoder_dir) / "scaler.json" if encoder_dir else None
+    if scaler_file is not None and scaler_file.is_file():
+        scaler = STScaler.load(scaler_file)  # the encoder was trained on this scaling
+    else:
+        scaler = STScaler.fit(city, regions=regions.train, time=train_time)
+    views = tuple(v for v in data_args.extra_views.split(",") if v)
+    train = STInstructionDataset(
+        city, scaler, regions=regions.train, time=train_time, input_len=data_args.input_len,
+        output_len=data_args.output_len, stride=data_args.stride, extra_views=views, with_geo=data_args.with_geo,
+    )
+    return PreparedData(city, regions, train_time, scaler, train)
+
+
+def _encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None) -> dict:
+    c = city.n_channels
+    if encoder_dir:
+        cfg_file = Path(encoder_dir) / ENCODER_CONFIG
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"--st_encoder_path {encoder_dir} has no {ENCODER_CONFIG}")
+        enc = load_encoder(encoder_dir).config.to_dict()
+        if enc["in_channels"] != c:
+            raise ValueError(
+                f"data {data_args.data!r} has {c} channels {city.channels}; the encoder at {encoder_dir} "
+                f"was built for {enc['in_channels']}"
+            )
+        return enc
+    return {"in_channels": c, "out_channels": c, "num_tokens": c, "input_window": data_args.input_len,
+            "horizon": data_args.output_len}  # fmt: skip
+
+
+def build_model(model_args: ModelArguments, data_args: DataArguments, data: PreparedData, attn: str):
+    """A pretrained backbone wrapped with ST modules, or a tiny Llama with an offline tokenizer."""
+    enc_cfg = _encoder_config(data.city, data_args, model_args.st_encoder_path)
+    common = dict(
+        st_encoder_config=enc_cfg, projector_type=model_args.projector_type, lm_loss_weight=model_args.lm_loss_weight,
+        reg_loss_weight=model_args.reg_loss_weight, cls_loss_weight=model_args.cls_loss_weight,
+    )
+    if model_args.model_name_or_path:
+        return STLlamaForCausalLM.from_backbone(
+            model_args.model_name_or_path, st_encoder_path=model_args.st_encoder_path,
+            attn_implementation=model_args.attn_implementation or attn, **common,
+        )
+    formatter = ChatFormatter(None)
+    n = len(data.train)
+    picks = np.linspace(0, n - 1, num=min(n, 400)).astype(int)
+    texts = ["\n".join(formatter(data.train[int(i)]["conversation"])) for i in picks]
+    tokenizer = train_tokenizer(texts, vocab_size=data_args.tokenizer_vocab)
+    ids = add_st_tokens(tokenizer)
+    hidden, layers, heads, kv, inter = TINY_PRESETS[model_args.tiny_preset]
+    text = LlamaConfig(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+        intermediate_size=inter, vocab_size=len(tokenizer), max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    config = STLlamaConfig(text_config=text, **ids.as_config(), **common)
+    config._attn_implementation = model_args.attn_implementation or attn
+    model = STLlamaForCausalLM(config)
+    if model_args.st_encoder_path:
+        model.st_encoder.load_state_dict(load_encoder(model_args.st_encoder_path).state_dict())
+    return model, tokenizer
+
+
+def make_trainable(model: STLlamaForCausalLM, model_args: ModelArguments):
+    """LoRA (default) or full fine-tuning; the ST encoder stays frozen unless asked."""
+    full = model_args.full_finetune
+    if full is None:
+        full = model.config.backbone_name_or_path is None
+    if full:
+        model.requires_grad_(True)
+        model.st_encoder.requires_grad_(model_args.tune_st_encoder)
+        return model
+    targets = model_args.lora_target_modules.split(",") if model_args.lora_target_modules else None
+    return add_lora(
+        model, r=model_args.lora_r, alpha=model_args.lora_alpha, dropout=model_args.lora_dropout,
+        target_modules=targets, tune_st_encoder=model_args.tune_st_encoder,
+    )
+
+
+def check_output_dir(args: STTrainingArguments) -> None:
+    """Refuse to write a new run over another one, unless resuming or told to overwrite."""
+    out = Path(args.output_dir)
+    if args.resume_from_checkpoint or args.overwrite_output_dir or not out.is_dir():
+        return
+    if any(out.iterdir()):
+        raise FileExistsError(
+            f"output directory {out} already holds a run; pass --overwrite_output_dir to replace it or "
+            "--resume_from_checkpoint to continue it"
+        )
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: STTrainingArguments) -> STTrainer:
+    """Build everything from the arguments, train, save the final checkpoint; returns the trainer."""
+    rt = detect_runtime()
+    if training_args.process_index == 0:
+        logger.warning(rt.log_line())
+    if training_args.deepspeed and not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    check_output_dir(training_args)
+    set_seed(training_args.seed)
+    data = prepare_data(data_args, model_args.st_encoder_path)
+    model, tokenizer = build_model(model_args, data_args, data, rt.attn_implementation)
+    if rt.device == "cuda" and not (training_args.bf16 or training_args.fp16):
+        training_args.bf16 = rt.dtype == torch.bfloat16
+    model = make_trainable(model, model_args)
+    train_set = data.train
+    if data_args.max_train_samples is not None:
+        rng = np.random.default_rng(training_args.seed)
+        keep = np.sort(rng.choice(len(train_set), size=min(len(train_set), data_args.max_train_samples), replace=False))
+        train_set = torch.utils.data.Subset(train_set, keep.tolist())
+    collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
+    trainer = STTrainer(
+        model=model, args=training_args, train_dataset=train_set, data_collator=collator,
+        processing_class=tokenizer, artifacts=data.artifacts(),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    train(model_args, data_args, training_args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
