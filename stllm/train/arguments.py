@@ -6,9 +6,11 @@ recipe; ``parse_args(["config.yaml"])`` (or ``.json``) reads the same fields fro
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 TINY_PRESETS = {
@@ -90,6 +92,16 @@ class STTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output directory that holds another run."}
     )
+
+
+    def __post_init__(self):
+        # Without CUDA, accelerate only forms a multi-process (gloo) group when told it runs on CPU;
+        # DeepSpeed brings its own CPU accelerator (DS_ACCELERATOR=cpu) and process group instead.
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+        if self.deepspeed and not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        super().__post_init__()
 
 
 def build_parser() -> HfArgumentParser:

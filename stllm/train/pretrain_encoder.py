@@ -1,0 +1,484 @@
+"""Stage 1: pretrain :class:`STEncoder` on the training regions and training time range only.
+
+``pretrain_st_encoder(city, split_regions, time_slice, ...)`` fits (or takes) an :class:`STScaler` on the
+training regions x training time range, trains the encoder on forecast MAE + masked reconstruction
+(:mod:`stllm.encoders.pretrain`) over random (window, region subset) batches from those regions and
+steps only, early-stops on a validation slice (the last part of the training time range, same
+regions) and writes an encoder directory::
+
+    encoder_config.json, model.safetensors   save_encoder: what STLlamaForCausalLM loads by path
+    recon_decoder.safetensors                the auxiliary reconstruction decoder (not part of the encoder)
+    scaler.json                              the fitted STScaler
+    split.json                               SplitRecord of the regions / time range trained on (+ step indices)
+    metrics.json                             train/val MAE per channel in original units, the last-value
+                                             baseline on the same windows, the per-epoch history
+
+Command line: ``python -m stllm.train.pretrain_encoder --help`` (``stllm pretrain-encoder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from stllm.data.city import CityData
+from stllm.data.scaler import STScaler
+from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, split_record
+from stllm.encoders.io import CONFIG_NAME, WEIGHTS_NAME, save_encoder
+from stllm.encoders.pretrain import STPretrainObjective, WindowSampler, gather_windows
+from stllm.encoders.st_encoder import STEncoder, STEncoderConfig
+
+logger = logging.getLogger(__name__)
+
+SCALER_NAME, SPLIT_NAME, METRICS_NAME = "scaler.json", "split.json", "metrics.json"
+MAX_TRAIN_EVAL_WINDOWS = 1024  # training-set MAE is measured on at most this many evenly spaced windows
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain_st_encoder` produced; ``output_dir`` is None when nothing was saved."""
+
+    encoder: STEncoder  # the best (lowest validation MAE) weights, in eval mode
+    scaler: STScaler
+    split: SplitRecord
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    output_dir: Path | None = None
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _steps(sl: slice | None, n: int, what: str) -> tuple[int, int]:
+    if sl is None:
+        return 0, n
+    start, stop, step = sl.indices(n)
+    if step != 1:
+        raise ValueError(f"{what} must be a contiguous slice (step 1), got {sl}")
+    if stop <= start:
+        raise ValueError(f"{what} {sl} is empty for a city of {n} steps")
+    return start, stop
+
+
+def _encoder_config(config, city: CityData) -> STEncoderConfig:
+    c = city.n_channels
+    if config is None:
+        return STEncoderConfig(in_channels=c, out_channels=c)
+    cfg = STEncoderConfig.from_dict(config)
+    if cfg.in_channels != c or cfg.out_channels != c:
+        raise ValueError(
+            f"{city.source}: the city has {c} channels {list(city.channels)} but the encoder config has "
+            f"in_channels={cfg.in_channels}, out_channels={cfg.out_channels}; stage 1 forecasts every input channel"
+        )
+    return cfg
+
+
+@torch.no_grad()
+def evaluate_windows(
+    encoder: STEncoder,
+    scaled: np.ndarray,
+    raw: np.ndarray,
+    observed: np.ndarray | None,
+    starts: np.ndarray,
+    scaler: STScaler,
+    adj: torch.Tensor | None = None,
+    chunk: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    """MAE per channel in original units of ``encoder`` and of the last value, on windows ``starts``.
+
+    ``scaled`` (encoder inputs) and ``raw`` (targets, last value) are the same ``(T, N, C)`` steps;
+    targets that are not ``observed`` are ignored. Returns sums so callers can report per channel.
+    """
+    cfg = encoder.config
+    was_training = encoder.training
+    encoder.eval()
+    c = raw.shape[-1]
+    err = np.zeros(c)
+    err_last = np.zeros(c)
+    count = np.zeros(c)
+    for i in range(0, len(starts), chunk):
+        s = starts[i : i + chunk]
+        xb = gather_windows(scaled, s, None, cfg.input_window, cfg.horizon)
+        rb = gather_windows(raw, s, None, cfg.input_window, cfg.horizon, observed)
+        forecast = encoder(xb.x.to(device), adj).forecast  # (W, N, H, C) scaled
+        pred = scaler.inverse(forecast.double()).permute(0, 2, 1, 3).cpu().numpy()  # (W, H, N, C)
+        y = rb.y.double().numpy()
+        last = rb.x[:, -1:].double().numpy()  # (W, 1, N, C): the last observed step, held flat
+        m = np.ones(y.shape, dtype=bool) if rb.y_observed is None else rb.y_observed.numpy()
+        err += np.where(m, np.abs(pred - y), 0.0).sum(axis=(0, 1, 2))
+        err_last += np.where(m, np.abs(last - y), 0.0).sum(axis=(0, 1, 2))
+        count += m.sum(axis=(0, 1, 2))
+    encoder.train(was_training)
+    count = np.maximum(count, 1)
+    return {"mae": err / count, "last_value_mae": err_last / count, "count": count}
+
+
+def _metrics_block(res: dict, channels: Sequence[str], n_windows: int, n_regions: int) -> dict:
+    return {
+        "mae": {ch: float(v) for ch, v in zip(channels, res["mae"])},
+        "mae_mean": float(np.mean(res["mae"])),
+        "last_value_mae": {ch: float(v) for ch, v in zip(channels, res["last_value_mae"])},
+        "last_value_mae_mean": float(np.mean(res["last_value_mae"])),
+        "windows": int(n_windows),
+        "regions": int(n_regions),
+    }
+
+
+# -- training --------------------------------------------------------------------------------------------
+def pretrain_st_encoder(
+    city: CityData,
+    split_regions: Sequence[str | int] | None = None,
+    time_slice: slice | None = None,
+    val_fraction: float = 0.2,
+    val_slice: slice | None = None,
+    encoder_config: STEncoderConfig | dict | None = None,
+    epochs: int = 20,
+    max_steps: int | None = None,
+    steps_per_epoch: int | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    regions_per_batch: int | None = None,
+    mask_ratio: float = 0.25,
+    recon_weight: float = 0.5,
+    patience: int = 5,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    scaler: STScaler | None = None,
+    log1p: bool = False,
+    val_stride: int = 1,
+    grad_clip: float | None = 5.0,
+    device: str | torch.device | None = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PretrainResult:
+    """Pretrain an :class:`STEncoder` on ``split_regions`` (ids; all if None) x ``time_slice`` (steps; all if None).
+
+    The validation slice is ``val_slice`` (absolute steps inside ``time_slice``) or the last
+    ``val_fraction`` of ``time_slice``; training windows (inputs and targets) end before it, validation
+    windows have their targets inside it (their inputs may reach back into the training part). Nothing
+    outside ``split_regions`` x ``time_slice`` is read, the scaler included (unless ``scaler`` is given).
+    An epoch is one pass over all training window starts (or ``steps_per_epoch`` batches); ``max_steps``
+    caps the total; training stops after ``patience`` epochs without a better validation MAE and the
+    best weights are kept. Deterministic for a ``seed`` on one device.
+    """
+    t_begin = time.time()
+    dev = _resolve_device(device)
+    out = None if output_dir is None else Path(output_dir)
+    if out is not None and not overwrite:
+        held = [n for n in (CONFIG_NAME, WEIGHTS_NAME, METRICS_NAME) if (out / n).exists()]
+        if held:
+            raise FileExistsError(
+                f"output directory {out} already holds a run ({', '.join(held)}); pass overwrite=True "
+                f"(--overwrite_output_dir) to replace it"
+            )
+    cfg = _encoder_config(encoder_config, city)
+    train_ids = city.region_ids if split_regions is None else tuple(str(r) for r in split_regions)
+    if len(set(train_ids)) != len(train_ids):
+        raise ValueError("split_regions contains duplicated region ids")
+    region_idx = city.region_index(train_ids, field_name="split_regions")
+    t0, t1 = _steps(time_slice, city.n_steps, "time_slice")
+    window = cfg.input_window + cfg.horizon
+    if val_slice is not None:
+        v0, v1 = _steps(val_slice, city.n_steps, "val_slice")
+        if not t0 < v0 < v1 <= t1:
+            raise ValueError(f"val_slice [{v0}, {v1}) must lie inside the training time range [{t0}, {t1}) "
+                             f"and leave steps before it for training")
+    else:
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        v0, v1 = t1 - max(cfg.horizon, int(round(val_fraction * (t1 - t0)))), t1
+    if v0 - t0 < window:
+        raise ValueError(
+            f"training part [{t0}, {v0}) has {v0 - t0} steps, fewer than one window (input_window + horizon = "
+            f"{window}); use a longer time_slice or a smaller validation part"
+        )
+    if v1 - v0 < cfg.horizon:
+        raise ValueError(f"validation slice [{v0}, {v1}) is shorter than the horizon {cfg.horizon}")
+
+    # Only the training regions x training steps are ever touched from here on.
+    if scaler is None:
+        scaler = STScaler.fit(city, regions=train_ids, time=slice(t0, t1), log1p=log1p)
+    elif len(scaler.mean) != city.n_channels:
+        raise ValueError(f"scaler has {len(scaler.mean)} channels, the city has {city.n_channels}")
+    raw = city.values[t0:t1][:, region_idx]  # (T', N', C) original units
+    observed = None if city.mask is None else city.mask[t0:t1][:, region_idx]
+    scaled = scaler.transform(raw).astype(np.float32)
+    if observed is not None:
+        scaled = np.where(observed, scaled, np.float32(0))  # missing inputs read as the training mean
+    adj = None
+    if cfg.graph_mixing:
+        if city.adjacency is None:
+            raise ValueError(f"{city.source}: graph_mixing needs city adjacency, the city has none")
+        adj_np = city.adjacency[np.ix_(region_idx, region_idx)]
+        adj = torch.from_numpy(adj_np).to(dev)
+    record = split_record(city, train_ids, slice(t0, t1))
+
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        gen = torch.Generator().manual_seed(seed)
+        encoder = STEncoder(cfg)
+        objective = STPretrainObjective(encoder, mask_ratio=mask_ratio, recon_weight=recon_weight).to(dev)
+        sampler = WindowSampler(
+            scaled, cfg.input_window, cfg.horizon, batch_size, time_start=0, time_stop=v0 - t0,
+            regions_per_batch=regions_per_batch, shared_regions=cfg.graph_mixing, mask=observed, seed=rng,
+        )  # fmt: skip
+        val_starts = np.arange(max(0, v0 - t0 - cfg.input_window), v1 - t0 - window + 1, max(1, int(val_stride)))
+        n_train_eval = min(sampler.n_windows, MAX_TRAIN_EVAL_WINDOWS)
+        train_starts = np.unique(np.linspace(0, sampler.last, n_train_eval).round().astype(np.int64))
+        optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
+
+        spe = int(steps_per_epoch) if steps_per_epoch else len(sampler)
+        total = epochs * spe if max_steps is None else min(epochs * spe, int(max_steps))
+        n_epochs = math.ceil(total / spe) if total else 0
+
+        def batches():
+            while True:
+                yield from sampler
+
+        stream = batches()
+        history: list[dict] = []
+        best_val, best_state, best_epoch, bad_epochs, step = math.inf, None, 0, 0, 0
+        bar = tqdm(total=total, desc="stage-1 STEncoder", unit="step", disable=not progress, dynamic_ncols=True)
+        stopped_early = False
+        objective.train()
+        for epoch in range(1, n_epochs + 1):
+            sums = np.zeros(3)
+            n_ep = min(spe, total - step)
+            for _ in range(n_ep):
+                b = next(stream)
+                sub_adj = None
+                if adj is not None:
+                    r = torch.as_tensor(b.regions, device=dev)
+                    sub_adj = adj[r][:, r]
+                yo = None if b.y_observed is None else b.y_observed.to(dev)
+                xo = None if b.x_observed is None else b.x_observed.to(dev)
+                losses = objective(b.x.to(dev), b.y.to(dev), yo, xo, adj=sub_adj, generator=gen)
+                optimizer.zero_grad(set_to_none=True)
+                losses.loss.backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(objective.parameters(), grad_clip)
+                optimizer.step()
+                step += 1
+                sums += [losses.loss.item(), losses.forecast_loss.item(), losses.recon_loss.item()]
+                bar.update(1)
+            val = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev)
+            val_mae = float(np.mean(val["mae"]))
+            entry = {"epoch": epoch, "step": step, "loss": sums[0] / n_ep, "forecast_loss": sums[1] / n_ep,
+                     "recon_loss": sums[2] / n_ep, "val_mae": val_mae}
+            history.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", val_mae=f"{val_mae:.3f}", best=f"{min(best_val, val_mae):.3f}")
+            if val_mae < best_val - 1e-9:
+                best_val, best_epoch, bad_epochs = val_mae, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in objective.state_dict().items()}
+            else:
+                bad_epochs += 1
+                if bad_epochs >= patience:
+                    stopped_early = True
+                    break
+        bar.close()
+        if best_state is not None:
+            objective.load_state_dict(best_state)
+        objective.eval()
+
+        val = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev)
+        train = evaluate_windows(encoder, scaled, raw, observed, train_starts, scaler, adj, device=dev)
+
+    channels = list(city.channels)
+    metrics = {
+        "units": "original (inverse-scaled) counts; masked MAE over observed targets",
+        "channels": channels,
+        "val": _metrics_block(val, channels, len(val_starts), len(train_ids)),
+        "train": _metrics_block(train, channels, len(train_starts), len(train_ids)),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "steps": step,
+        "stopped_early": stopped_early,
+        "seconds": round(time.time() - t_begin, 2),
+        "history": history,
+        "settings": {
+            "seed": seed, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+            "regions_per_batch": regions_per_batch, "mask_ratio": mask_ratio, "recon_weight": recon_weight,
+            "epochs": epochs, "max_steps": max_steps, "steps_per_epoch": spe, "patience": patience,
+            "val_stride": val_stride, "train_steps": [t0, v0], "val_steps": [v0, v1],
+        },
+    }  # fmt: skip
+    metrics["val"]["beats_last_value"] = metrics["val"]["mae_mean"] < metrics["val"]["last_value_mae_mean"]
+    encoder = encoder.cpu().eval()
+
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_encoder(encoder, out, extra={"stage": "stllm-pretrain-encoder", "scaler": SCALER_NAME,
+                                          "split": SPLIT_NAME})
+        objective.cpu().save_decoder(out)
+        _write_atomic(out / SCALER_NAME, scaler.to_json())
+        split = json.loads(record.to_json())
+        split.update({
+            "time_steps": [t0, t1],
+            "train_steps": [t0, v0],
+            "val_steps": [v0, v1],
+            "val_time_range": [str(city.timestamps[v0]), str(city.timestamps[v1 - 1] + city.freq)],
+        })  # fmt: skip
+        _write_atomic(out / SPLIT_NAME, json.dumps(split, indent=2, sort_keys=True))
+        _write_atomic(out / METRICS_NAME, json.dumps(metrics, indent=2))
+    return PretrainResult(encoder, scaler, record, metrics, history, out)
+
+
+# -- command line ----------------------------------------------------------------------------------------
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add stage-1 options to ``parser`` (a new one if None); ``stllm pretrain-encoder`` reuses this."""
+    if parser is None:
+        parser = argparse.ArgumentParser(
+            prog="python -m stllm.train.pretrain_encoder",
+            description="Stage 1: pretrain the STEncoder on the training regions x training time range "
+            "(forecast MAE + masked reconstruction), early-stop on the last part of the training time range, "
+            "and save an encoder directory (config, weights, scaler.json, split.json, metrics.json).",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+    d = parser.add_argument_group("data")
+    d.add_argument("--data", choices=("synthetic", "manhattan", "bikenyc"), default="synthetic",
+                   help="synthetic city, Manhattan taxi/bike flows, or BikeNYC (files under --data_root)")
+    d.add_argument("--mode", choices=("taxi", "bike"), default="taxi", help="which Manhattan flow (--data manhattan)")
+    d.add_argument("--data_root", default=None,
+                   help="folder of the real data files; unset: $STLLM_DATA_ROOT, else ../shared/data")
+    d.add_argument("--synthetic_regions", type=int, default=24, help="regions of the synthetic city")
+    d.add_argument("--synthetic_days", type=int, default=28, help="days of the synthetic city")
+    d.add_argument("--synthetic_freq", default="1h", help="time step of the synthetic city")
+    d.add_argument("--data_seed", type=int, default=0, help="seed of the synthetic city")
+    d.add_argument("--test_regions", type=float, default=0.2,
+                   help="fraction of regions held out (never read) for zero-shot evaluation")
+    d.add_argument("--split_seed", type=int, default=0, help="seed of the random region split")
+    d.add_argument("--train_regions", default=None,
+                   help="comma-separated training region ids (overrides --test_regions)")
+    d.add_argument("--train_frac", type=float, default=0.7,
+                   help="first fraction of the time steps that is the training time range")
+    d.add_argument("--val_frac", type=float, default=0.2,
+                   help="last fraction of the training time range used for early stopping")
+    d.add_argument("--log1p", action="store_true", help="scale log1p(counts) instead of counts")
+    m = parser.add_argument_group("encoder")
+    m.add_argument("--encoder_config", default=None,
+                   help="JSON file of STEncoderConfig fields (channels are taken from the data)")
+    m.add_argument("--input_window", type=int, default=12, help="input steps per window")
+    m.add_argument("--horizon", type=int, default=12, help="forecast steps per window")
+    m.add_argument("--graph_mixing", action="store_true", help="mix regions over the city adjacency")
+    t = parser.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=20, help="epochs (one pass over all training window starts)")
+    t.add_argument("--max_steps", type=int, default=None, help="cap on optimizer steps (no cap if unset)")
+    t.add_argument("--steps_per_epoch", type=int, default=None,
+                   help="batches per epoch; unset: one pass over all training window starts")
+    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    t.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
+    t.add_argument("--batch_size", type=int, default=32, help="windows per batch")
+    t.add_argument("--regions_per_batch", type=int, default=None,
+                   help="regions drawn per window; unset: all training regions")
+    t.add_argument("--mask_ratio", type=float, default=0.25, help="fraction of input steps hidden per series")
+    t.add_argument("--recon_weight", type=float, default=0.5, help="weight of the masked reconstruction loss")
+    t.add_argument("--patience", type=int, default=5, help="epochs without a better validation MAE before stopping")
+    t.add_argument("--val_stride", type=int, default=1, help="step between validation window starts")
+    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and masking")
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto")
+    t.add_argument("--num_threads", type=int, default=0,
+                   help="torch CPU threads; 0 keeps torch's choice (1 is often fastest for small encoders)")
+    t.add_argument("--output_dir", default="checkpoints/st_encoder", help="where the encoder directory is written")
+    t.add_argument("--overwrite_output_dir", action="store_true", help="replace a run already in --output_dir")
+    t.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    return parser
+
+
+def load_city(args: argparse.Namespace) -> CityData:
+    if args.data == "synthetic":
+        from stllm.data.synthetic import synthetic_city
+
+        return synthetic_city(args.data_seed, args.synthetic_regions, args.synthetic_days, args.synthetic_freq)
+    from stllm.data import loaders
+
+    if args.data == "manhattan":
+        return loaders.load_manhattan_flows(args.mode, root=args.data_root)
+    return loaders.load_bikenyc(root=args.data_root)
+
+
+def run(args: argparse.Namespace) -> PretrainResult:
+    """Run stage 1 from parsed arguments (the body of ``main`` and of ``stllm pretrain-encoder``)."""
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    city = load_city(args)
+    if args.train_regions:
+        train_ids = tuple(r.strip() for r in args.train_regions.split(",") if r.strip())
+    elif args.test_regions > 0:
+        train_ids = RegionSplit.random(city, test=args.test_regions, seed=args.split_seed).train
+    else:
+        train_ids = city.region_ids
+    if not 0 < args.train_frac <= 1:
+        raise SystemExit(f"--train_frac must be in (0, 1], got {args.train_frac}")
+    t_end = city.n_steps if args.train_frac == 1 else TimeSplit.by_fraction(city, args.train_frac, 0.0).train_end
+    cfg = {}
+    if args.encoder_config:
+        cfg = json.loads(Path(args.encoder_config).read_text())
+    cfg.update(in_channels=city.n_channels, out_channels=city.n_channels)
+    cfg.setdefault("input_window", args.input_window)
+    cfg.setdefault("horizon", args.horizon)
+    if args.graph_mixing:
+        cfg["graph_mixing"] = True
+    result = pretrain_st_encoder(
+        city, train_ids, slice(0, t_end), val_fraction=args.val_frac, encoder_config=cfg, epochs=args.epochs,
+        max_steps=args.max_steps, steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, regions_per_batch=args.regions_per_batch, mask_ratio=args.mask_ratio,
+        recon_weight=args.recon_weight, patience=args.patience, seed=args.seed, output_dir=args.output_dir,
+        log1p=args.log1p, val_stride=args.val_stride, device=args.device, overwrite=args.overwrite_output_dir,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    val = result.metrics["val"]
+    print(f"city {city.name}: {len(train_ids)}/{city.n_regions} training regions, steps "
+          f"{result.metrics['settings']['train_steps']} train / {result.metrics['settings']['val_steps']} val; "
+          f"{result.metrics['steps']} steps, best epoch {result.metrics['best_epoch']}")
+    print(f"{'channel':<12} {'val MAE':>10} {'last value':>11}")
+    for ch in result.metrics["channels"]:
+        print(f"{ch:<12} {val['mae'][ch]:>10.3f} {val['last_value_mae'][ch]:>11.3f}")
+    print(f"{'mean':<12} {val['mae_mean']:>10.3f} {val['last_value_mae_mean']:>11.3f}")
+    print(f"saved encoder directory: {result.output_dir}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
