@@ -23,8 +23,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.5"],
-        "deepspeed": ["deepspeed>=0.16"],
-        "gpu": ["flash-attn>=2.5", "deepspeed>=0.16"],
+        "deepspeed": ["deepspeed>=0.16", "ninja"],
+        "gpu": ["flash-attn>=2.5", "deepspeed>=0.16", "ninja"],
     },
     entry_points={"console_scripts": ["stllm=stllm.cli:main"]},
 )

@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, add_help=False)
         p.set_defaults(func=None, module=target)
     add_estimate_memory_parser(sub)
+    from stllm.train import pretrain_encoder
+    from stllm.train.export import add_export_parser
+
+    add_export_parser(sub)
+
+    pre = sub.add_parser(
+        "pretrain-encoder",
+        help="stage 1: pretrain the STEncoder on training regions and times",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pretrain_encoder.build_parser(pre)
+    pre.set_defaults(func=lambda args: (pretrain_encoder.run(args), 0)[1])
     return parser
 
 

@@ -6,6 +6,8 @@ recipe; ``parse_args(["config.yaml"])`` (or ``.json``) reads the same fields fro
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +67,12 @@ class DataArguments:
     )
     data_root: str | None = field(default=None, metadata={"help": "Where real data lives (default ../shared/data)."})
     synthetic_regions: int = field(default=24, metadata={"help": "Regions of the synthetic city."})
-    synthetic_days: int = field(default=21, metadata={"help": "Days of the synthetic city."})
+    synthetic_days: int = field(default=28, metadata={"help": "Days of the synthetic city."})
     synthetic_freq: str = field(default="1h", metadata={"help": "Step of the synthetic city."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic city."})
     synthetic_task: str = field(default="flow", metadata={"help": "Synthetic data kind: flow or event."})
-    test_regions: float = field(default=0.25, metadata={"help": "Fraction of regions held out for zero-shot."})
-    train_time: float = field(default=0.75, metadata={"help": "Fraction of the time range used for training."})
+    test_regions: float = field(default=0.2, metadata={"help": "Fraction of regions held out for zero-shot."})
+    train_time: float = field(default=0.7, metadata={"help": "Fraction of the time range used for training."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the region split."})
     input_len: int = field(default=12, metadata={"help": "History steps per sample."})
     output_len: int = field(default=12, metadata={"help": "Forecast steps per sample."})
@@ -95,13 +98,53 @@ class STTrainingArguments(TrainingArguments):
 
 
     def __post_init__(self):
-        # Without CUDA, accelerate only forms a multi-process (gloo) group when told it runs on CPU;
-        # DeepSpeed brings its own CPU accelerator (DS_ACCELERATOR=cpu) and process group instead.
+        if self.deepspeed:
+            _check_deepspeed(self.deepspeed)
         if not torch.cuda.is_available():
-            self.use_cpu = True
-        if self.deepspeed and not torch.cuda.is_available():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            if self.deepspeed:
+                _configure_cpu_deepspeed(self)
+            else:
+                # accelerate forms a multi-process (gloo) group without CUDA only when told it runs on CPU
+                self.use_cpu = True
         super().__post_init__()
+
+
+def _check_deepspeed(config) -> None:
+    """Fail early, naming the file, instead of deep inside DeepSpeed or accelerate."""
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError("--deepspeed needs DeepSpeed: pip install 'stllm[deepspeed]' (CPU: also ninja and gcc)")
+    if isinstance(config, dict):
+        return
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"--deepspeed config not found: {path}")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from e
+    stage = cfg.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"{path}: zero_optimization.stage must be 0-3, got {stage!r}")
+
+
+def _configure_cpu_deepspeed(args: STTrainingArguments) -> None:
+    """DeepSpeed on CPU (its CPU accelerator, gloo): accelerate gives DeepSpeed no process-group
+    backend without CUDA and falls back to one process, so set up the shared distributed state here
+    (DeepSpeed initialised on gloo) and tell TrainingArguments to use it."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "LOCAL_RANK" not in os.environ:
+        return  # a single process needs no group
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    config = args.accelerator_config
+    if config is None:
+        args.accelerator_config = {"use_configured_state": True}
+    elif isinstance(config, dict):
+        config["use_configured_state"] = True
+    else:
+        config.use_configured_state = True
 
 
 def build_parser() -> HfArgumentParser:

@@ -375,7 +375,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--synthetic_regions", type=int, default=24, help="regions of the synthetic city")
     d.add_argument("--synthetic_days", type=int, default=28, help="days of the synthetic city")
     d.add_argument("--synthetic_freq", default="1h", help="time step of the synthetic city")
-    d.add_argument("--data_seed", type=int, default=0, help="seed of the synthetic city")
+    d.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic city")
     d.add_argument("--test_regions", type=float, default=0.2,
                    help="fraction of regions held out (never read) for zero-shot evaluation")
     d.add_argument("--split_seed", type=int, default=0, help="seed of the random region split")
@@ -420,7 +420,7 @@ def load_city(args: argparse.Namespace) -> CityData:
     if args.data == "synthetic":
         from stllm.data.synthetic import synthetic_city
 
-        return synthetic_city(args.data_seed, args.synthetic_regions, args.synthetic_days, args.synthetic_freq)
+        return synthetic_city(args.synthetic_seed, args.synthetic_regions, args.synthetic_days, args.synthetic_freq)
     from stllm.data import loaders
 
     if args.data == "manhattan":

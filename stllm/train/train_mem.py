@@ -7,6 +7,7 @@ region and time before anything is fitted, and the checkpoint records what was t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from transformers import LlamaConfig, set_seed
 from stllm.data import (
     CityData,
     RegionSplit,
+    SplitRecord,
     STDataCollator,
     STInstructionDataset,
     STScaler,
@@ -61,7 +63,7 @@ def load_city(data_args: DataArguments) -> CityData:
     name = data_args.data
     if name == "synthetic":
         return synthetic_city(
-            seed=data_args.split_seed, n_regions=data_args.synthetic_regions, days=data_args.synthetic_days,
+            seed=data_args.synthetic_seed, n_regions=data_args.synthetic_regions, days=data_args.synthetic_days,
             freq=data_args.synthetic_freq, task=data_args.synthetic_task,
         )
     if name in ("manhattan-taxi", "manhattan-bike"):
@@ -78,6 +80,17 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
     city = load_city(data_args)
     regions = RegionSplit.random(city, test=data_args.test_regions, seed=data_args.split_seed)
     train_time = slice(0, int(round(city.n_steps * data_args.train_time)))
+    split_file = Path(encoder_dir) / "split.json" if encoder_dir else None
+    if split_file is not None and split_file.is_file():
+        # the stage-1 encoder saw these regions: stage 2 trains on the same ones, so regions held out
+        # for zero-shot evaluation are unseen by both stages
+        record = SplitRecord.from_json(split_file.read_text())
+        if record.city != city.name:
+            raise ValueError(f"{split_file}: encoder was pretrained on city {record.city!r}, data is {city.name!r}")
+        train_ids = set(record.regions)
+        regions = RegionSplit(
+            train=record.regions, test=tuple(r for r in city.region_ids if r not in train_ids)
+        ).validate(city)
     scaler_file = Path(encoder_dir) / "scaler.json" if encoder_dir else None
     if scaler_file is not None and scaler_file.is_file():
         scaler = STScaler.load(scaler_file)  # the encoder was trained on this scaling
@@ -134,10 +147,25 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, data: Prep
     )
     config = STLlamaConfig(text_config=text, **ids.as_config(), **common)
     config._attn_implementation = model_args.attn_implementation or attn
-    model = STLlamaForCausalLM(config)
+    with _without_zero3_init():  # a tiny model gains nothing from partitioned construction
+        model = STLlamaForCausalLM(config)
     if model_args.st_encoder_path:
         model.st_encoder.load_state_dict(load_encoder(model_args.st_encoder_path).state_dict())
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _without_zero3_init():
+    """Build a model with plain tensors even when a ZeRO-3 config is active (the engine partitions it
+    when training starts); ``zero.Init`` is for models too big to build on one process."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = ref
 
 
 def make_trainable(model: STLlamaForCausalLM, model_args: ModelArguments):
@@ -200,8 +228,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: S
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
-    train(model_args, data_args, training_args)
+    try:
+        model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+        train(model_args, data_args, training_args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # our checks: the message is the answer
+        print(f"stllm train: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -96,3 +96,35 @@ def test_arguments_from_a_yaml_file_equal_flags(tmp_path):
     m, d, t = parse_args([str(tmp_path / "run.yaml")])
     m2, d2, t2 = parse_args(["--output_dir", "/tmp/r", "--lora_r", "4", "--max_steps", "3"])
     assert (m, d) == (m2, d2) and t.max_steps == t2.max_steps == 3
+
+
+def test_stage2_trains_on_the_stage1_regions_with_its_encoder_and_scaler(tmp_path):
+    from stllm.train.pretrain_encoder import main as pretrain_main
+
+    enc = tmp_path / "enc"
+    args = ["--output_dir", str(enc), "--synthetic_regions", "8", "--synthetic_days", "6", "--epochs", "1",
+            "--max_steps", "3", "--test_regions", "0.4", "--no_progress"]  # fmt: skip
+    assert pretrain_main(args) == 0
+    stage1 = json.loads((enc / "split.json").read_text())
+    trainer = run(tmp_path / "out", "--max_steps", "2", "--st_encoder_path", str(enc))
+    stage2 = json.loads((tmp_path / "out" / "split.json").read_text())
+    assert set(stage2["regions"]) == set(stage1["regions"]) and len(stage1["regions"]) == 5
+    assert (tmp_path / "out" / "scaler.json").read_text() == (enc / "scaler.json").read_text()
+    model = STLlamaForCausalLM.from_pretrained(tmp_path / "out")
+    reference = __import__("stllm").load_encoder(enc)
+    for k, v in reference.state_dict().items():
+        assert torch.equal(model.st_encoder.state_dict()[k], v)
+    assert trainer.state.global_step == 2
+
+
+def test_bad_deepspeed_configs_name_the_file(tmp_path):
+    from stllm.train.train_mem import main
+
+    bad = tmp_path / "ds.json"
+    bad.write_text("{ not json")
+    with pytest.raises(ValueError, match="ds.json: not valid JSON"):
+        parse_args(["--output_dir", str(tmp_path / "o"), "--deepspeed", str(bad)])
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        parse_args(["--output_dir", str(tmp_path / "o"), "--deepspeed", str(tmp_path / "missing.json")])
+    # the command line prints the message, no traceback, exit code 2
+    assert main(["--output_dir", str(tmp_path / "o"), "--deepspeed", str(bad)]) == 2
