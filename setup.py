@@ -22,7 +22,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.5"],
+        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3"],
         "deepspeed": ["deepspeed>=0.16", "ninja"],
         "gpu": ["flash-attn>=2.5", "deepspeed>=0.16", "ninja"],
     },

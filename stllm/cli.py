@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pretrain_encoder.build_parser(pre)
     pre.set_defaults(func=lambda args: (pretrain_encoder.run(args), 0)[1])
+    from stllm import demo
+    from stllm.eval import zero_shot
+
+    ev = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint against baselines",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    zero_shot.build_parser(ev)
+    ev.set_defaults(func=zero_shot.run)
+    dm = sub.add_parser("demo", help="the whole pipeline on CPU in minutes (synthetic city by default)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    demo.build_parser(dm)
+    dm.set_defaults(func=demo.run)
     return parser
 
 

@@ -8,6 +8,8 @@ region and time before anything is fitted, and the checkpoint records what was t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -53,9 +55,15 @@ class PreparedData:
     scaler: STScaler
     train: STInstructionDataset
 
+    data_args: DataArguments | None = None
+
     def artifacts(self) -> dict[str, str]:
+        """Files every checkpoint carries: the fitted scaler, what was trained on, how the data was built."""
         record = split_record(self.city, self.regions.train, self.train_time)
-        return {"scaler.json": self.scaler.to_json(), "split.json": record.to_json()}
+        files = {"scaler.json": self.scaler.to_json(), "split.json": record.to_json()}
+        if self.data_args is not None:
+            files["data_args.json"] = json.dumps(dataclasses.asdict(self.data_args), indent=2)
+        return files
 
 
 def load_city(data_args: DataArguments) -> CityData:
@@ -101,7 +109,7 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
         city, scaler, regions=regions.train, time=train_time, input_len=data_args.input_len,
         output_len=data_args.output_len, stride=data_args.stride, extra_views=views, with_geo=data_args.with_geo,
     )
-    return PreparedData(city, regions, train_time, scaler, train)
+    return PreparedData(city, regions, train_time, scaler, train, data_args)
 
 
 def _encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None) -> dict:

@@ -1,0 +1,146 @@
+"""Batched prediction: one teacher-forced forward pass over prompt + answer template per batch.
+
+The answer template is fixed, so the heads read the ``<st_pre>`` hidden states without generating
+a token (DESIGN rule 4); only the last position's logits are computed (``logits_to_keep=1``).
+Rows stream to a JSONL file keyed by (region, window) as they are produced: a killed run resumes
+where it stopped, without duplicates, and refuses a file written by another run. The final file
+is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from stllm.data import STDataCollator, STInstructionDataset, STScaler
+
+
+def sample_key(dataset: STInstructionDataset, i: int) -> str:
+    """``region_id|first target timestamp``: stable across runs, readable in the file."""
+    w, r = divmod(i, dataset.n_regions)
+    city = dataset.city
+    t = int(dataset.starts[w]) + dataset.input_len
+    return f"{city.regions[int(dataset.region_idx[r])].id}|{city.timestamps[t]}"
+
+
+def _batches(indices: list[int], batch_size: int) -> Iterator[list[int]]:
+    for k in range(0, len(indices), batch_size):
+        yield indices[k : k + batch_size]
+
+
+@torch.inference_mode()
+def predict_batch(model, batch: dict, task: str, scaler: STScaler | None) -> np.ndarray:
+    """``(B, horizon, C)`` predictions in original units (flows) or probabilities (events)."""
+    batch = {k: v for k, v in batch.items() if k not in ("labels", "meta") and not k.endswith(("_targets", "_mask"))}
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    out = model(**batch, logits_to_keep=1)
+    if task == "event":
+        return torch.sigmoid(out.cls_logits.float()).cpu().numpy()
+    pred = out.reg_pred.float().cpu().numpy()
+    return pred if scaler is None else np.asarray(scaler.inverse(pred), dtype=np.float32)
+
+
+class PredictionFile:
+    """Append-only JSONL of predictions with a header naming the run; resumable, atomically finalised."""
+
+    def __init__(self, path: str | os.PathLike, run: dict):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.run = run
+
+    def done(self) -> dict[str, list]:
+        """Rows already written by this run (from the partial file); refuses another run's file."""
+        for candidate in (self.partial, self.path):
+            if not candidate.is_file():
+                continue
+            with candidate.open(encoding="utf-8") as f:
+                header = json.loads(f.readline() or "{}")
+                if header.get("run") != self.run:
+                    raise ValueError(
+                        f"{candidate} holds predictions of another run ({header.get('run')}); "
+                        "delete it or choose another output path"
+                    )
+                rows = {}
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by the kill: recomputed
+                        break
+                    rows[row["key"]] = row["pred"]
+                return rows
+        return {}
+
+    def open_for_append(self):
+        fresh = not self.partial.is_file()
+        if fresh and self.path.is_file():  # resume from a finished file: start a partial from it
+            self.partial.write_bytes(self.path.read_bytes())
+            fresh = False
+        f = self.partial.open("a", encoding="utf-8")
+        if fresh:
+            f.write(json.dumps({"run": self.run}) + "\n")
+        return f
+
+    def finalise(self, keys: list[str], rows: dict[str, list]) -> None:
+        """Write all rows in dataset order to a temp file and rename it over the final path."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(json.dumps({"run": self.run}) + "\n")
+            for key in keys:
+                f.write(json.dumps({"key": key, "pred": rows[key]}) + "\n")
+        os.replace(tmp, self.path)
+        self.partial.unlink(missing_ok=True)
+
+
+def predict(
+    model,
+    tokenizer,
+    dataset: STInstructionDataset,
+    scaler: STScaler | None = None,
+    batch_size: int = 32,
+    output: str | os.PathLike | None = None,
+    run: dict | None = None,
+    progress: bool = True,
+    max_batches: int | None = None,
+) -> np.ndarray:
+    """Predictions ``(W, R, horizon, C)`` for every (window, region) of ``dataset``.
+
+    ``scaler`` inverts flow predictions to original units. With ``output`` rows stream to
+    ``output.partial`` and a rerun with the same ``run`` dict skips finished rows; ``max_batches``
+    stops early (what a killed run looks like, for tests).
+    """
+    model.eval()
+    collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
+    keys = [sample_key(dataset, i) for i in range(len(dataset))]
+    file = PredictionFile(output, run or {}) if output is not None else None
+    rows = file.done() if file is not None else {}
+    todo = [i for i, k in enumerate(keys) if k not in rows]
+    sink = file.open_for_append() if (file is not None and todo) else None
+    task = dataset.city.task
+    try:
+        bar = tqdm(total=len(todo), desc="predict", unit="sample", disable=not progress)
+        for n, idx in enumerate(_batches(todo, batch_size)):
+            if max_batches is not None and n >= max_batches:
+                return np.empty(0)
+            pred = predict_batch(model, collator([dataset[i] for i in idx]), task, scaler)
+            for i, p in zip(idx, pred):
+                rows[keys[i]] = np.round(p, 6).tolist()
+                if sink is not None:
+                    sink.write(json.dumps({"key": keys[i], "pred": rows[keys[i]]}) + "\n")
+            if sink is not None:
+                sink.flush()
+            bar.update(len(idx))
+        bar.close()
+    finally:
+        if sink is not None:
+            sink.close()
+    if file is not None:
+        file.finalise(keys, rows)
+    out = np.asarray([rows[k] for k in keys], dtype=np.float32)
+    return out.reshape(dataset.n_windows, dataset.n_regions, *out.shape[1:])

@@ -1,0 +1,238 @@
+"""``stllm eval``: cross-region / cross-city / cross-dataset zero-shot evaluation with baselines.
+
+Checks from the checkpoint's ``split.json`` that the evaluated regions (or city) and time range
+were never trained on, and refuses otherwise (naming the overlap) unless ``--allow-overlap``.
+stllm and every baseline run on the same windows in the same call; one table is printed and
+``metrics.json``, ``predictions.jsonl`` and plots are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from stllm.data import SplitRecord, STInstructionDataset, STScaler, assert_zero_shot, split_record
+from stllm.encoders.io import save_encoder
+from stllm.eval.baselines import baseline_label, eval_targets, run_baselines
+from stllm.eval.metrics import event_metrics, flow_metrics
+from stllm.eval.plots import plot_error_map, plot_forecasts
+from stllm.eval.predict import predict
+from stllm.models import STLlamaForCausalLM
+from stllm.train.arguments import DataArguments
+from stllm.train.train_mem import load_city
+
+logger = logging.getLogger("stllm")
+MODES = ("cross-region", "cross-city", "cross-dataset")
+REQUIRED = ("config.json", "scaler.json", "split.json", "tokenizer_config.json")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, dict[str, float]]
+    table: str
+    output_dir: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def _check_checkpoint(path: Path) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is missing {name}")
+
+
+def _data_args(checkpoint: Path, overrides: dict) -> DataArguments:
+    """The data the checkpoint was trained on (``data_args.json``), with the user's overrides."""
+    base = {}
+    if (checkpoint / "data_args.json").is_file():
+        base = json.loads((checkpoint / "data_args.json").read_text())
+    known = set(DataArguments.__dataclass_fields__)
+    return DataArguments(**{k: v for k, v in {**base, **overrides}.items() if k in known and v is not None})
+
+
+def _eval_time(city, train: SplitRecord, mode: str, start: str | None, days: float | None, input_len: int) -> slice:
+    """Cross-region: after the training time range; otherwise the whole series (or ``start``)."""
+    if start is not None:
+        first = city.time_index(start)
+        first = max(first - input_len, 0)  # history may precede the first evaluated target
+    elif mode == "cross-region" and train.city == city.name:
+        end = np.datetime64(train.time_range[1])
+        first = int(np.searchsorted(city.timestamps, end))
+    else:
+        first = 0
+    if first >= city.n_steps:
+        raise ValueError(f"evaluation start is outside the data ({city.timestamps[0]} .. {city.timestamps[-1]})")
+    stop = city.n_steps
+    if days is not None:
+        stop = min(stop, first + input_len + int(np.timedelta64(int(days * 86400), "s") // city.freq))
+    return slice(first, stop)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not np.isfinite(v) else (f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}")
+
+
+def format_table(metrics: dict[str, dict[str, float]], columns: list[str]) -> str:
+    width = max(len(n) for n in metrics) + 2
+    lines = ["method".ljust(width) + "".join(c.rjust(max(12, len(c) + 2)) for c in columns)]
+    for name, row in metrics.items():
+        lines.append(name.ljust(width) + "".join(_fmt(row[c]).rjust(max(12, len(c) + 2)) for c in columns))
+    return "\n".join(lines)
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    mode: str = "cross-region",
+    data: str | None = None,
+    data_root: str | None = None,
+    eval_start: str | None = None,
+    eval_days: float | None = None,
+    stride: int | None = None,
+    batch_size: int = 32,
+    baselines: list[str] | None = None,
+    supervised: bool = True,
+    allow_overlap: bool = False,
+    progress: bool = True,
+    plots: bool = True,
+    data_overrides: dict | None = None,
+) -> EvalResult:
+    """Evaluate ``checkpoint`` zero-shot against baselines; see the module docstring."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    ckpt, out = Path(checkpoint), Path(output_dir)
+    _check_checkpoint(ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    model = STLlamaForCausalLM.from_pretrained(ckpt)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    scaler = STScaler.load(ckpt / "scaler.json")
+    train = SplitRecord.from_json((ckpt / "split.json").read_text())
+    d_args = _data_args(ckpt, {"data": data, "data_root": data_root, **(data_overrides or {})})
+    city = load_city(d_args)
+    enc = model.config.st_encoder
+    if city.n_channels != enc.in_channels:
+        raise ValueError(
+            f"data {d_args.data!r} has {city.n_channels} channels {city.channels}; the checkpoint's encoder "
+            f"was built for {enc.in_channels}"
+        )
+    if mode == "cross-region" and train.city != city.name:
+        raise ValueError(f"cross-region evaluates the training city {train.city!r}, data is {city.name!r}")
+    if mode != "cross-region" and train.city == city.name and not allow_overlap:
+        raise ValueError(f"{mode} needs a city other than the training city {train.city!r}")
+    seen = set(train.regions) if train.city == city.name else set()
+    regions = [r for r in city.region_ids if r not in seen] if mode == "cross-region" else list(city.region_ids)
+    if allow_overlap and mode == "cross-region" and not regions:
+        regions = list(city.region_ids)
+    if not regions:
+        raise ValueError(f"no regions left to evaluate: all {city.n_regions} regions of {city.name!r} were trained on")
+    input_len, output_len = enc.input_window, enc.horizon
+    time = _eval_time(city, train, mode, eval_start, eval_days, input_len)
+    record = split_record(city, regions, time)
+    if not allow_overlap:
+        assert_zero_shot(train, record, require=("regions", "time"))
+    ds = STInstructionDataset(city, scaler, regions=regions, time=time, input_len=input_len, output_len=output_len,
+                              stride=stride or output_len)  # fmt: skip
+    logger.warning("evaluating %d regions x %d windows of %s (%s)", ds.n_regions, ds.n_windows, city.name, mode)
+    run = {"checkpoint": str(ckpt.resolve()), "eval": json.loads(record.to_json()), "stride": stride or output_len}
+    preds = {"stllm": predict(model, tokenizer, ds, scaler, batch_size=batch_size, output=out / "predictions.jsonl",
+                              run=run, progress=progress)}  # fmt: skip
+    y, mask = eval_targets(city, ds.starts, ds.region_idx, input_len, output_len)
+
+    encoder_dir = out / "encoder_from_checkpoint"  # the model's own (stage-1) encoder, zero-shot
+    save_encoder(model.st_encoder, encoder_dir)
+    scaler.save(encoder_dir / "scaler.json")
+    names = baselines or ["last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average",
+                          "encoder_only"]  # fmt: skip
+    train_time = slice(0, int(ds.starts[0]) + input_len) if supervised else None
+    if supervised and train_time.stop > 2 * (input_len + output_len) and "supervised_encoder" not in names:
+        names = [*names, "supervised_encoder"]
+    base = run_baselines(city, ds.starts, ds.region_idx, input_len, output_len, names=names,
+                         encoder_dir=encoder_dir, train_time=train_time,
+                         pretrain_kwargs={"epochs": 5, "progress": False})  # fmt: skip
+    preds.update({baseline_label(k): v for k, v in base.items()})
+
+    if city.task == "event":
+        metrics = {k: event_metrics(p, y, mask, classes=city.channels) for k, p in preds.items()}
+        columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1"]
+    else:
+        metrics = {k: flow_metrics(p, y, mask, channels=city.channels) for k, p in preds.items()}
+        columns = [f"{m}/{c}" for c in city.channels for m in ("MAE", "RMSE")]
+    table = format_table(metrics, columns)
+    files = [out / "predictions.jsonl", _write_json(out / "metrics.json", {
+        "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range,
+        "windows": ds.n_windows, "checkpoint": str(ckpt), "metrics": metrics})]  # fmt: skip
+    if plots:
+        files += _plots(out, city, ds, y, preds, metrics)
+    (out / "table.txt").write_text(table + "\n")
+    return EvalResult(metrics, table, out, files)
+
+
+def _write_json(path: Path, obj) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def _plots(out: Path, city, ds, y, preds, metrics) -> list[Path]:
+    names = [city.regions[int(i)].name for i in ds.region_idx]
+    key = "Macro-F1" if city.task == "event" else "MAE"
+    others = {k: v for k, v in metrics.items() if k != "stllm" and "not zero-shot" not in k}
+    best = (max if city.task == "event" else min)(others, key=lambda k: others[k][key]) if others else None
+    shown = {"stllm": preds["stllm"], **({best: preds[best]} if best else {})}
+    files = [plot_forecasts(out / "forecasts.png", y, shown, names, list(city.channels))]
+    coords = city.coords[ds.region_idx]
+    if np.isfinite(coords).all() and city.task != "event":
+        err = np.abs(preds["stllm"] - y).mean(axis=(0, 2, 3))
+        files.append(plot_error_map(out / "error_map.png", coords[:, 0], coords[:, 1], err, names,
+                                    f"stllm MAE per held-out region ({city.name})"))  # fmt: skip
+    return files
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="stllm eval", description=__doc__,
+                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("checkpoint", help="a checkpoint directory written by stllm train (or stllm export)")
+    p.add_argument("--output_dir", default=None, help="where results go (default: <checkpoint>/eval-<mode>)")
+    p.add_argument("--mode", choices=MODES, default="cross-region", help="which zero-shot setting")
+    p.add_argument("--data", default=None, help="data preset or .npz (default: what the checkpoint trained on)")
+    p.add_argument("--data_root", default=None, help="folder of the real data (default ../shared/data)")
+    p.add_argument("--eval_start", default=None, help="first evaluated target time, e.g. 2020-01-01")
+    p.add_argument("--eval_days", type=float, default=None, help="evaluate this many days from the start")
+    p.add_argument("--stride", type=int, default=None, help="steps between windows (default: the horizon)")
+    p.add_argument("--batch_size", type=int, default=32, help="samples per forward pass")
+    p.add_argument("--baselines", default=None, help="comma list (default: all zero-shot ones)")
+    p.add_argument("--no_supervised", action="store_true", help="skip the supervised (not zero-shot) reference")
+    p.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
+                   help="evaluate even where the split check finds regions/time seen in training")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.output_dir or str(Path(args.checkpoint) / f"eval-{args.mode}")
+    try:
+        result = evaluate(
+            args.checkpoint, out, mode=args.mode, data=args.data, data_root=args.data_root,
+            eval_start=args.eval_start, eval_days=args.eval_days, stride=args.stride, batch_size=args.batch_size,
+            baselines=args.baselines.split(",") if args.baselines else None, supervised=not args.no_supervised,
+            allow_overlap=args.allow_overlap, progress=not args.no_progress,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        print(f"stllm eval: error: {e}")
+        return 2
+    print(result.table)
+    print("\nwrote " + ", ".join(str(f) for f in result.files))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
