@@ -1,6 +1,8 @@
 """torchrun with 2 CPU processes: plain DDP (gloo), DeepSpeed ZeRO-2 and ZeRO-3 (CPU accelerator)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +22,14 @@ def torchrun(tmp_path, *extra):
            str(tmp_path / "rep"), "--output_dir", str(tmp_path / "out"), "--synthetic_regions", "8",
            "--synthetic_days", "6", "--max_steps", "3", "--per_device_train_batch_size", "4", "--disable_tqdm", "true",
            *extra]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers: a hang leaves no orphans
+        raise
+    assert proc.returncode == 0, err[-3000:]
     return [json.loads((tmp_path / "rep" / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
