@@ -55,7 +55,8 @@ def _data_args(checkpoint: Path, overrides: dict) -> DataArguments:
     if (checkpoint / "data_args.json").is_file():
         base = json.loads((checkpoint / "data_args.json").read_text())
     known = set(DataArguments.__dataclass_fields__)
-    return DataArguments(**{k: v for k, v in {**base, **overrides}.items() if k in known and v is not None})
+    merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}  # unset flags keep the run's data
+    return DataArguments(**{k: v for k, v in merged.items() if k in known})
 
 
 def _eval_time(city, train: SplitRecord, mode: str, start: str | None, days: float | None, input_len: int) -> slice:
@@ -135,7 +136,9 @@ def evaluate(
         raise ValueError(f"no regions left to evaluate: all {city.n_regions} regions of {city.name!r} were trained on")
     input_len, output_len = enc.input_window, enc.horizon
     time = _eval_time(city, train, mode, eval_start, eval_days, input_len)
-    record = split_record(city, regions, time)
+    # what is evaluated are the targets: histories may precede them (from held-out regions), targets may not
+    # fall in a training period
+    record = split_record(city, regions, slice(time.start + input_len, time.stop))
     if not allow_overlap:
         assert_zero_shot(train, record, require=("regions", "time"))
     ds = STInstructionDataset(city, scaler, regions=regions, time=time, input_len=input_len, output_len=output_len,
@@ -156,7 +159,7 @@ def evaluate(
         names = [*names, "supervised_encoder"]
     base = run_baselines(city, ds.starts, ds.region_idx, input_len, output_len, names=names,
                          encoder_dir=encoder_dir, train_time=train_time,
-                         pretrain_kwargs={"epochs": 5, "progress": False})  # fmt: skip
+                         pretrain_kwargs={"epochs": 5, "steps_per_epoch": 100, "progress": False})  # fmt: skip
     preds.update({baseline_label(k): v for k, v in base.items()})
 
     if city.task == "event":

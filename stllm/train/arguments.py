@@ -73,6 +73,13 @@ class DataArguments:
     synthetic_task: str = field(default="flow", metadata={"help": "Synthetic data kind: flow or event."})
     test_regions: float = field(default=0.2, metadata={"help": "Fraction of regions held out for zero-shot."})
     train_time: float = field(default=0.7, metadata={"help": "Fraction of the time range used for training."})
+    train_start: str | None = field(default=None, metadata={"help": "First training time (overrides the fraction)."})
+    train_end: str | None = field(
+        default=None, metadata={"help": "End of training time, exclusive, e.g. 2020-01-01 (overrides the fraction)."}
+    )
+    max_train_windows: int | None = field(
+        default=None, metadata={"help": "Keep only the last N training window starts (quick runs on long series)."}
+    )
     split_seed: int = field(default=0, metadata={"help": "Seed of the region split."})
     input_len: int = field(default=12, metadata={"help": "History steps per sample."})
     output_len: int = field(default=12, metadata={"help": "Forecast steps per sample."})

@@ -83,11 +83,28 @@ def load_city(data_args: DataArguments) -> CityData:
     raise ValueError(f"--data {name!r}: use synthetic, manhattan-taxi, manhattan-bike, crime or a .npz path")
 
 
+def train_time_slice(city: CityData, data_args: DataArguments) -> slice:
+    """Training steps: ``[train_start, train_end)`` when given, else the first ``train_time`` fraction;
+    ``max_train_windows`` keeps only the most recent part (enough for the last N window starts)."""
+    start = city.time_index(data_args.train_start) if data_args.train_start else 0
+    stop = int(round(city.n_steps * data_args.train_time))
+    if data_args.train_end:
+        stop = city.time_index(data_args.train_end)
+    if stop - start < data_args.input_len + data_args.output_len:
+        raise ValueError(
+            f"{city.source}: training time [{city.timestamps[min(start, city.n_steps - 1)]}, step {stop}) is shorter "
+            f"than one window of {data_args.input_len}+{data_args.output_len} steps"
+        )
+    if data_args.max_train_windows:
+        start = max(start, stop - data_args.max_train_windows - data_args.input_len - data_args.output_len + 1)
+    return slice(start, stop)
+
+
 def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> PreparedData:
     """Split regions and time, fit (or reuse the stage-1) scaler on the training part only."""
     city = load_city(data_args)
     regions = RegionSplit.random(city, test=data_args.test_regions, seed=data_args.split_seed)
-    train_time = slice(0, int(round(city.n_steps * data_args.train_time)))
+    train_time = train_time_slice(city, data_args)
     split_file = Path(encoder_dir) / "split.json" if encoder_dir else None
     if split_file is not None and split_file.is_file():
         # the stage-1 encoder saw these regions: stage 2 trains on the same ones, so regions held out

@@ -58,3 +58,11 @@ def test_channel_mismatch_is_refused(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="4 channels"):
         evaluate(checkpoint, tmp_path, data_overrides={"synthetic_task": "event", "synthetic_days": 60},
                  supervised=False, progress=False)  # fmt: skip
+
+
+def test_evaluation_rebuilds_the_training_data_from_the_checkpoint(checkpoint):
+    from stllm.eval.zero_shot import _data_args
+
+    args = _data_args(checkpoint, {"data": None, "data_root": None})
+    assert (args.synthetic_regions, args.synthetic_days) == (8, 10)  # not the defaults (24, 28)
+    assert _data_args(checkpoint, {"synthetic_days": 12}).synthetic_days == 12
