@@ -16,6 +16,8 @@ class STLlamaConfig(PretrainedConfig):
     ``st_slots`` is the number of ``<st_his>`` tokens per history placeholder (the encoder's
     ``num_tokens``) and of ``<st_pre>`` tokens per prediction placeholder; slot ``k`` of a
     prediction placeholder forecasts output channel ``k`` (UrbanGPT: 2 = inflow, outflow).
+    ``cls_pos_weight`` (one per channel) up-weights positives in the event BCE: rare events
+    (crime categories on ~10% of region-days) are otherwise learned as "never".
     ``backbone_name_or_path`` records where pretrained backbone weights came from, so LoRA
     checkpoints need not copy them.
     """
@@ -35,6 +37,7 @@ class STLlamaConfig(PretrainedConfig):
     lm_loss_weight: float = 1.0
     reg_loss_weight: float = 1.0
     cls_loss_weight: float = 1.0
+    cls_pos_weight: list[float] | None = None
     tie_word_embeddings: bool = False
     backbone_name_or_path: str | None = None
 

@@ -336,7 +336,10 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             if name == "reg_loss":
                 per = (pred.float() - target).abs()
             else:
-                per = F.binary_cross_entropy_with_logits(pred.float(), target, reduction="none")
+                pos_weight = None
+                if cfg.cls_pos_weight is not None:
+                    pos_weight = torch.tensor(cfg.cls_pos_weight, dtype=torch.float32, device=pred.device)
+                per = F.binary_cross_entropy_with_logits(pred.float(), target, reduction="none", pos_weight=pos_weight)
             terms[name] = masked_mean(per, mask)
         weights = {"lm_loss": cfg.lm_loss_weight, "reg_loss": cfg.reg_loss_weight, "cls_loss": cfg.cls_loss_weight}
         loss = sum(weights[n] * v for n, v in terms.items()) if terms else None

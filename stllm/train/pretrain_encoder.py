@@ -92,7 +92,8 @@ def _steps(sl: slice | None, n: int, what: str) -> tuple[int, int]:
 def _encoder_config(config, city: CityData) -> STEncoderConfig:
     c = city.n_channels
     if config is None:
-        return STEncoderConfig(in_channels=c, out_channels=c)
+        # one token per channel: the LLM's heads predict channel k from slot k (UrbanGPT: in/out flow)
+        return STEncoderConfig(in_channels=c, out_channels=c, num_tokens=c)
     cfg = STEncoderConfig.from_dict(config)
     if cfg.in_channels != c or cfg.out_channels != c:
         raise ValueError(

@@ -141,15 +141,30 @@ def _encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str |
                 f"data {data_args.data!r} has {c} channels {city.channels}; the encoder at {encoder_dir} "
                 f"was built for {enc['in_channels']}"
             )
+        if enc["num_tokens"] != c:
+            raise ValueError(
+                f"the encoder at {encoder_dir} gives {enc['num_tokens']} tokens per region, but the heads predict "
+                f"channel k from slot k, so it needs one per channel ({c}); pretrain it with num_tokens={c}"
+            )
         return enc
     return {"in_channels": c, "out_channels": c, "num_tokens": c, "input_window": data_args.input_len,
             "horizon": data_args.output_len}  # fmt: skip
+
+
+def event_pos_weight(data: PreparedData, cap: float = 20.0) -> list[float] | None:
+    """Per-category (negatives / positives) on the training regions and times, for a balanced BCE."""
+    if data.city.task != "event":
+        return None
+    idx = data.city.region_index(data.regions.train)
+    rate = (data.city.values[data.train_time][:, idx] > 0).mean(axis=(0, 1))
+    return [float(min(cap, (1 - p) / max(p, 1e-6))) for p in rate]
 
 
 def build_model(model_args: ModelArguments, data_args: DataArguments, data: PreparedData, attn: str):
     """A pretrained backbone wrapped with ST modules, or a tiny Llama with an offline tokenizer."""
     enc_cfg = _encoder_config(data.city, data_args, model_args.st_encoder_path)
     common = dict(
+        cls_pos_weight=event_pos_weight(data),
         st_encoder_config=enc_cfg, projector_type=model_args.projector_type, lm_loss_weight=model_args.lm_loss_weight,
         reg_loss_weight=model_args.reg_loss_weight, cls_loss_weight=model_args.cls_loss_weight,
     )

@@ -241,3 +241,14 @@ def test_dtype_follows_backbone(dtype):
         out = model(**b, reg_targets=torch.zeros(3, 12, 2))
     assert out.logits.dtype == dtype and out.reg_pred.dtype == dtype
     assert out.reg_loss.dtype == torch.float32  # losses are computed in fp32
+
+
+def test_event_loss_uses_positive_class_weights():
+    model = tiny_model(cls_pos_weight=[4.0, 9.0])
+    b = make_batch()
+    target = (torch.rand(3, 12, 2) > 0.8).float()
+    with torch.no_grad():
+        out = model(**b, cls_targets=target)
+    ref = F.binary_cross_entropy_with_logits(out.cls_logits, target, pos_weight=torch.tensor([4.0, 9.0]))
+    torch.testing.assert_close(out.cls_loss, ref)
+    assert out.cls_loss > F.binary_cross_entropy_with_logits(out.cls_logits, target)

@@ -128,3 +128,16 @@ def test_bad_deepspeed_configs_name_the_file(tmp_path):
         parse_args(["--output_dir", str(tmp_path / "o"), "--deepspeed", str(tmp_path / "missing.json")])
     # the command line prints the message, no traceback, exit code 2
     assert main(["--output_dir", str(tmp_path / "o"), "--deepspeed", str(bad)]) == 2
+
+
+def test_event_training_balances_rare_categories():
+    from stllm.train.train_mem import event_pos_weight
+
+    m, d, t = parse_args(["--output_dir", "/tmp/unused", "--synthetic_task", "event", "--synthetic_days", "60",
+                          "--synthetic_regions", "8"])  # fmt: skip
+    data = prepare_data(d)
+    w = event_pos_weight(data)
+    idx = data.city.region_index(data.regions.train)
+    rate = (data.city.values[data.train_time][:, idx] > 0).mean(axis=(0, 1))
+    assert len(w) == data.city.n_channels
+    np.testing.assert_allclose(w, np.minimum(20, (1 - rate) / rate), rtol=1e-6)
