@@ -105,6 +105,7 @@ def evaluate(
     progress: bool = True,
     plots: bool = True,
     data_overrides: dict | None = None,
+    rescale: bool | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` zero-shot against baselines; see the module docstring."""
     if mode not in MODES:
@@ -141,6 +142,10 @@ def evaluate(
     record = split_record(city, regions, slice(time.start + input_len, time.stop))
     if not allow_overlap:
         assert_zero_shot(train, record, require=("regions", "time"))
+    if rescale is None:
+        rescale = mode != "cross-region"
+    if rescale:  # a new city's own history before the first evaluated target sets its scale (no targets used)
+        scaler = STScaler.fit(city, regions=regions, time=slice(0, time.start + input_len))
     ds = STInstructionDataset(city, scaler, regions=regions, time=time, input_len=input_len, output_len=output_len,
                               stride=stride or output_len)  # fmt: skip
     logger.warning("evaluating %d regions x %d windows of %s (%s)", ds.n_regions, ds.n_windows, city.name, mode)
@@ -170,7 +175,7 @@ def evaluate(
         columns = [f"{m}/{c}" for c in city.channels for m in ("MAE", "RMSE")]
     table = format_table(metrics, columns)
     files = [out / "predictions.jsonl", _write_json(out / "metrics.json", {
-        "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range,
+        "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range, "rescaled": rescale,
         "windows": ds.n_windows, "checkpoint": str(ckpt), "metrics": metrics})]  # fmt: skip
     if plots:
         files += _plots(out, city, ds, y, preds, metrics)
@@ -217,6 +222,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
                    help="evaluate even where the split check finds regions/time seen in training")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--rescale", choices=("auto", "yes", "no"), default="auto",
+                   help="fit the scaler on the evaluated city's history before the first target "
+                        "(auto: for cross-city/cross-dataset)")
     return p
 
 
@@ -228,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
             eval_start=args.eval_start, eval_days=args.eval_days, stride=args.stride, batch_size=args.batch_size,
             baselines=args.baselines.split(",") if args.baselines else None, supervised=not args.no_supervised,
             allow_overlap=args.allow_overlap, progress=not args.no_progress,
+            rescale={"auto": None, "yes": True, "no": False}[args.rescale],
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"stllm eval: error: {e}")

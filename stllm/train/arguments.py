@@ -63,7 +63,7 @@ class ModelArguments:
 class DataArguments:
     data: str = field(
         default="synthetic",
-        metadata={"help": "synthetic | manhattan-taxi | manhattan-bike | crime | a path to an .npz file."},
+        metadata={"help": "synthetic | manhattan-taxi | manhattan-bike | crime | bikenyc | a path to an .npz file."},
     )
     data_root: str | None = field(default=None, metadata={"help": "Where real data lives (default ../shared/data)."})
     synthetic_regions: int = field(default=24, metadata={"help": "Regions of the synthetic city."})

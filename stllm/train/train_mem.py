@@ -27,6 +27,7 @@ from stllm.data import (
     STDataCollator,
     STInstructionDataset,
     STScaler,
+    load_bikenyc,
     load_manhattan_flows,
     load_npz,
     load_nyc_crime,
@@ -78,9 +79,11 @@ def load_city(data_args: DataArguments) -> CityData:
         return load_manhattan_flows(mode=name.split("-")[1], root=data_args.data_root)
     if name == "crime":
         return load_nyc_crime(root=data_args.data_root)
+    if name == "bikenyc":
+        return load_bikenyc(root=data_args.data_root)
     if name.endswith(".npz"):
         return load_npz(name)
-    raise ValueError(f"--data {name!r}: use synthetic, manhattan-taxi, manhattan-bike, crime or a .npz path")
+    raise ValueError(f"--data {name!r}: use synthetic, manhattan-taxi, manhattan-bike, crime, bikenyc or a .npz path")
 
 
 def train_time_slice(city: CityData, data_args: DataArguments) -> slice:

@@ -66,3 +66,13 @@ def test_evaluation_rebuilds_the_training_data_from_the_checkpoint(checkpoint):
     args = _data_args(checkpoint, {"data": None, "data_root": None})
     assert (args.synthetic_regions, args.synthetic_days) == (8, 10)  # not the defaults (24, 28)
     assert _data_args(checkpoint, {"synthetic_days": 12}).synthetic_days == 12
+
+
+def test_cross_city_rescales_on_the_new_citys_history(checkpoint, tmp_path):
+    res = evaluate(checkpoint, tmp_path, mode="cross-city", data_overrides={"synthetic_seed": 5},
+                   eval_start="2024-01-08", eval_days=1, supervised=False, progress=False, plots=False)  # fmt: skip
+    meta = json.loads((tmp_path / "metrics.json").read_text())
+    assert meta["city"] == "synthetic-5" and meta["rescaled"] is True and len(meta["regions"]) == 8
+    assert np.isfinite(res.metrics["stllm"]["MAE"])
+    with pytest.raises(ValueError, match="needs a city other than the training city"):
+        evaluate(checkpoint, tmp_path / "x", mode="cross-city", supervised=False, progress=False)
