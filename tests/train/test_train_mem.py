@@ -34,9 +34,11 @@ def predictions(model, trainer, n=8):
         return model.eval()(**batch)
 
 
-@pytest.mark.parametrize("task,term,days", [("flow", "reg_loss", "6"), ("event", "cls_loss", "120")])
-def test_a_few_steps_lower_each_loss_term_and_full_checkpoint_reloads(tmp_path, task, term, days):
-    trainer = run(tmp_path, "--max_steps", "60", "--learning_rate", "3e-3", "--per_device_train_batch_size", "16",
+@pytest.mark.parametrize(
+    "task,term,days,steps", [("flow", "reg_loss", "6", "60"), ("event", "cls_loss", "120", "100")]
+)
+def test_a_few_steps_lower_each_loss_term_and_full_checkpoint_reloads(tmp_path, task, term, days, steps):
+    trainer = run(tmp_path, "--max_steps", steps, "--learning_rate", "3e-3", "--per_device_train_batch_size", "16",
                   "--synthetic_task", task, "--synthetic_days", days)  # fmt: skip
     for key in ("lm_loss", term):
         values = logged(trainer, key)
