@@ -10,6 +10,7 @@ is written atomically (temp file + rename).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from stllm.data import STDataCollator, STInstructionDataset, STScaler
+
+logger = logging.getLogger("stllm")
 
 
 def sample_key(dataset: STInstructionDataset, i: int) -> str:
@@ -44,6 +47,40 @@ def predict_batch(model, batch: dict, task: str, scaler: STScaler | None) -> np.
     if task == "event":
         return torch.sigmoid(out.cls_logits.float()).cpu().numpy()
     pred = out.reg_pred.float().cpu().numpy()
+    return pred if scaler is None else np.asarray(scaler.inverse(pred), dtype=np.float32)
+
+
+@torch.inference_mode()
+def predict_generated(
+    model, batch: dict, task: str, scaler: STScaler | None, extra_tokens: int = 8
+) -> np.ndarray | None:
+    """UrbanGPT-style, one sample: generate the answer from the prompt, find the generated ``<st_pre>``
+    run, and read the heads there with one forward over prompt + generation.
+
+    Returns ``(horizon, C)`` or None when the generation holds no complete prediction run (a parse
+    failure: counted by the caller, never replaced by a fallback value).
+    """
+    cfg, k = model.config, model.config.st_slots
+    device = next(model.parameters()).device
+    ids, labels = batch["input_ids"][:1], batch["labels"][:1]
+    answer_at = int((labels[0] != -100).nonzero()[0])
+    n_answer = int((labels[0] != -100).sum())
+    st = {key: batch[key].to(device) for key in ("st_values", "st_window", "st_region", "geo_coords", "st_adj")
+          if key in batch}  # fmt: skip
+    prompt = ids[:, :answer_at].to(device)
+    seq = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **st, do_sample=False,
+                         max_new_tokens=n_answer + extra_tokens, pad_token_id=cfg.text_config.pad_token_id)  # fmt: skip
+    gen = seq[0, answer_at:]
+    is_pre = (gen == cfg.st_pre_token_id).long()
+    run = torch.nn.functional.conv1d(is_pre[None, None].float(), torch.ones(1, 1, k)).flatten()
+    starts = (run == k).nonzero().flatten()
+    if starts.numel() == 0:
+        return None
+    end = answer_at + int(starts[0]) + k  # keep the first complete run, drop anything after it
+    out = model(input_ids=seq[:, :end], **st, logits_to_keep=1)
+    if task == "event":
+        return torch.sigmoid(out.cls_logits[-1].float()).cpu().numpy()
+    pred = out.reg_pred[-1].float().cpu().numpy()
     return pred if scaler is None else np.asarray(scaler.inverse(pred), dtype=np.float32)
 
 
@@ -108,12 +145,15 @@ def predict(
     run: dict | None = None,
     progress: bool = True,
     max_batches: int | None = None,
+    generate: bool = False,
 ) -> np.ndarray:
     """Predictions ``(W, R, horizon, C)`` for every (window, region) of ``dataset``.
 
     ``scaler`` inverts flow predictions to original units. With ``output`` rows stream to
     ``output.partial`` and a rerun with the same ``run`` dict skips finished rows; ``max_batches``
-    stops early (what a killed run looks like, for tests).
+    stops early (what a killed run looks like, for tests). ``generate`` switches to UrbanGPT's
+    per-sample generation (slow; for parity checks): samples whose generation holds no prediction
+    slots are NaN rows in the result (never a fallback value) and their number is logged.
     """
     model.eval()
     collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
@@ -128,9 +168,12 @@ def predict(
         for n, idx in enumerate(_batches(todo, batch_size)):
             if max_batches is not None and n >= max_batches:
                 return np.empty(0)
-            pred = predict_batch(model, collator([dataset[i] for i in idx]), task, scaler)
+            if generate:
+                pred = [predict_generated(model, collator([dataset[i]]), task, scaler) for i in idx]
+            else:
+                pred = predict_batch(model, collator([dataset[i] for i in idx]), task, scaler)
             for i, p in zip(idx, pred):
-                rows[keys[i]] = np.round(p, 6).tolist()
+                rows[keys[i]] = None if p is None else np.round(p, 6).tolist()
                 if sink is not None:
                     sink.write(json.dumps({"key": keys[i], "pred": rows[keys[i]]}) + "\n")
             if sink is not None:
@@ -142,5 +185,11 @@ def predict(
             sink.close()
     if file is not None:
         file.finalise(keys, rows)
-    out = np.asarray([rows[k] for k in keys], dtype=np.float32)
+    shape = next((np.shape(r) for r in rows.values() if r is not None), (dataset.output_len, dataset.city.n_channels))
+    failed = [k for k in keys if rows[k] is None]
+    if failed:
+        logger.warning("generate: %d of %d samples hold no prediction slots (failed to parse), left as NaN",
+                       len(failed), len(keys))  # fmt: skip
+    out = np.stack([np.full(shape, np.nan, np.float32) if rows[k] is None else np.asarray(rows[k], np.float32)
+                    for k in keys])  # fmt: skip
     return out.reshape(dataset.n_windows, dataset.n_regions, *out.shape[1:])

@@ -106,6 +106,7 @@ def evaluate(
     plots: bool = True,
     data_overrides: dict | None = None,
     rescale: bool | None = None,
+    generate: bool = False,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` zero-shot against baselines; see the module docstring."""
     if mode not in MODES:
@@ -150,9 +151,13 @@ def evaluate(
                               stride=stride or output_len)  # fmt: skip
     logger.warning("evaluating %d regions x %d windows of %s (%s)", ds.n_regions, ds.n_windows, city.name, mode)
     run = {"checkpoint": str(ckpt.resolve()), "eval": json.loads(record.to_json()), "stride": stride or output_len}
-    preds = {"stllm": predict(model, tokenizer, ds, scaler, batch_size=batch_size, output=out / "predictions.jsonl",
-                              run=run, progress=progress)}  # fmt: skip
+    run["generate"] = generate
+    stllm = predict(model, tokenizer, ds, scaler, batch_size=batch_size, output=out / "predictions.jsonl", run=run,
+                    progress=progress, generate=generate)  # fmt: skip
     y, mask = eval_targets(city, ds.starts, ds.region_idx, input_len, output_len)
+    failed = np.isnan(stllm).any(axis=(-2, -1))  # generate mode: samples whose answer held no prediction slots
+    name = "stllm" if not generate else f"stllm (generate, {int((~failed).sum())}/{failed.size} parsed)"
+    preds = {name: stllm}
 
     encoder_dir = out / "encoder_from_checkpoint"  # the model's own (stage-1) encoder, zero-shot
     save_encoder(model.st_encoder, encoder_dir)
@@ -167,6 +172,8 @@ def evaluate(
                          pretrain_kwargs={"epochs": 5, "steps_per_epoch": 100, "progress": False})  # fmt: skip
     preds.update({baseline_label(k): v for k, v in base.items()})
 
+    # parse failures are reported in the row name and scored for no method (same samples for all rows)
+    mask = mask & ~failed[..., None, None]
     if city.task == "event":
         metrics = {k: event_metrics(p, y, mask, classes=city.channels) for k, p in preds.items()}
         columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1"]
@@ -176,6 +183,7 @@ def evaluate(
     table = format_table(metrics, columns)
     files = [out / "predictions.jsonl", _write_json(out / "metrics.json", {
         "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range, "rescaled": rescale,
+        "generate_failures": int(failed.sum()),
         "windows": ds.n_windows, "checkpoint": str(ckpt), "metrics": metrics})]  # fmt: skip
     if plots:
         files += _plots(out, city, ds, y, preds, metrics)
@@ -193,13 +201,14 @@ def _write_json(path: Path, obj) -> Path:
 def _plots(out: Path, city, ds, y, preds, metrics) -> list[Path]:
     names = [city.regions[int(i)].name for i in ds.region_idx]
     key = "Macro-F1" if city.task == "event" else "MAE"
-    others = {k: v for k, v in metrics.items() if k != "stllm" and "not zero-shot" not in k}
+    others = {k: v for k, v in metrics.items() if not k.startswith("stllm") and "not zero-shot" not in k}
     best = (max if city.task == "event" else min)(others, key=lambda k: others[k][key]) if others else None
-    shown = {"stllm": preds["stllm"], **({best: preds[best]} if best else {})}
+    first = next(iter(preds))
+    shown = {first: np.nan_to_num(preds[first]), **({best: preds[best]} if best else {})}
     files = [plot_forecasts(out / "forecasts.png", y, shown, names, list(city.channels))]
     coords = city.coords[ds.region_idx]
     if np.isfinite(coords).all() and city.task != "event":
-        err = np.abs(preds["stllm"] - y).mean(axis=(0, 2, 3))
+        err = np.nanmean(np.abs(preds[first] - y), axis=(0, 2, 3))
         files.append(plot_error_map(out / "error_map.png", coords[:, 0], coords[:, 1], err, names,
                                     f"stllm MAE per held-out region ({city.name})"))  # fmt: skip
     return files
@@ -222,6 +231,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--allow-overlap", dest="allow_overlap", action="store_true",
                    help="evaluate even where the split check finds regions/time seen in training")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--generate", action="store_true",
+                   help="UrbanGPT parity: generate each answer and read the heads at the generated slots (slow)")
     p.add_argument("--rescale", choices=("auto", "yes", "no"), default="auto",
                    help="fit the scaler on the evaluated city's history before the first target "
                         "(auto: for cross-city/cross-dataset)")
@@ -236,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             eval_start=args.eval_start, eval_days=args.eval_days, stride=args.stride, batch_size=args.batch_size,
             baselines=args.baselines.split(",") if args.baselines else None, supervised=not args.no_supervised,
             allow_overlap=args.allow_overlap, progress=not args.no_progress,
-            rescale={"auto": None, "yes": True, "no": False}[args.rescale],
+            rescale={"auto": None, "yes": True, "no": False}[args.rescale], generate=args.generate,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"stllm eval: error: {e}")

@@ -241,8 +241,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         sample (one per prompt in the usual case; the last view when a prompt carries several).
         """
         cfg, k = self.config, self.config.st_slots
-        if cfg.st_pre_token_id is None or cfg.st_his_token_id is None:
-            return None
+        if not strict or cfg.st_pre_token_id is None or cfg.st_his_token_id is None:
+            return None  # cached decoding: the history is not in this forward; heads run on a full pass
         pre_mask = input_ids == cfg.st_pre_token_id
         n_pre = int(pre_mask.sum())
         if n_pre == 0:
@@ -256,8 +256,6 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         his_count = his_mask.long()
         his_before = (his_count.cumsum(dim=1) - his_count)[rows[:, 0], cols[:, 0]]  # in the same row
         if (his_before < k).any():
-            if not strict:
-                return None
             raise ValueError("an <st_pre> placeholder has no <st_his> placeholder before it in its prompt")
         row_offset = his_count.sum(dim=1).cumsum(0) - his_count.sum(dim=1)  # his tokens in earlier rows
         his_group = (row_offset[rows[:, 0]] + his_before) // k - 1  # nearest preceding history placeholder

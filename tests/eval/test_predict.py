@@ -72,3 +72,27 @@ def test_events_give_probabilities():
     model, tok, ds, scaler = _setup("event")
     prob = predict(model, tok, ds, scaler, batch_size=8, progress=False)
     assert prob.shape[-1] == ds.city.n_channels and ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_generate_mode_reads_heads_at_generated_slots_and_never_falls_back(setup, monkeypatch):
+    model, tok, ds, scaler = setup
+    forced = predict(model, tok, ds, scaler, batch_size=8, progress=False)
+    collator = STDataCollator(tok, st_slots=2)
+    answers = {}
+    for i in range(len(ds)):
+        b = collator([ds[i]])
+        answers[tuple(b["input_ids"][0][b["labels"][0] == -100].tolist())] = b["input_ids"][0]
+
+    def perfect(input_ids, **kwargs):  # a generator that writes exactly the answer template
+        return answers[tuple(input_ids[0].tolist())][None]
+
+    monkeypatch.setattr(model, "generate", perfect)
+    generated = predict(model, tok, ds, scaler, progress=False, generate=True)
+    np.testing.assert_allclose(generated, forced, atol=1e-4)
+
+    def no_slots(input_ids, **kwargs):  # generation without the prediction run: a parse failure
+        return torch.cat([input_ids, torch.full((1, 5), 7)], dim=1)
+
+    monkeypatch.setattr(model, "generate", no_slots)
+    failed = predict(model, tok, ds, scaler, progress=False, generate=True)
+    assert np.isnan(failed).all()  # no fallback value is invented
