@@ -92,7 +92,8 @@ def build_checkins(user, poi, category, lat, lon, time, trajectory, source: str 
     categories, cat = _vocab(np.asarray(category))
     traj_ids, traj = _vocab(np.asarray(trajectory))
     n = len(user)
-    for name, col in (("poi", poi), ("category", cat), ("lat", lat), ("lon", lon), ("time", time), ("trajectory", traj)):
+    cols = (("poi", poi), ("category", cat), ("lat", lat), ("lon", lon), ("time", time), ("trajectory", traj))
+    for name, col in cols:
         if len(col) != n:
             raise CheckInError(f"{source or 'check-ins'}: column {name} has {len(col)} rows, user has {n}")
     _check_coords(lat, lon, source, rows=None)
@@ -116,7 +117,7 @@ def _check_coords(lat: np.ndarray, lon: np.ndarray, source: str, rows: np.ndarra
             hint = ""
             if name == "latitude" and np.isfinite(col[i]) and abs(lon[i]) <= 90.0:
                 hint = " (latitude outside +-90: are latitude and longitude swapped?)"
-            raise CheckInError(f"{where}: {row}: {name} {col[i]!r} out of range [-{lim:g}, {lim:g}]{hint}; "
+            raise CheckInError(f"{where}: {row}: {name} {float(col[i])!r} out of range [-{lim:g}, {lim:g}]{hint}; "
                                f"{bad.size} bad row(s) in all")
 
 
