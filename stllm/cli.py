@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage 1: pretrain the STEncoder on training regions and times",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    pre.add_argument("--encoder", choices=("st", "geo"), default="st",
+                     help="which encoder: st (TCN on city windows) or geo (GPS coordinates; see --encoder geo --help)")
     pretrain_encoder.build_parser(pre)
     pre.set_defaults(func=lambda args: (pretrain_encoder.run(args), 0)[1])
     from stllm import demo
@@ -91,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pretrain-encoder"] and "--encoder" in argv:
+        i = argv.index("--encoder")
+        if argv[i + 1 : i + 2] == ["geo"]:  # the geo encoder has its own options
+            from stllm.train import pretrain_geo
+
+            return pretrain_geo.main(argv[1:i] + argv[i + 2 :])
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "module", None):

@@ -162,12 +162,12 @@ class GeoPretrainObjective(nn.Module):
         z = self.encoder(torch.cat((coords, positives), dim=0))  # one encoder pass
         za, zp = z[:b], z[b:]
 
-        # hierarchical cells: both views predict the anchor's cells (same cell for a jitter is the norm)
+        # hierarchical cells, on the anchors only (the n_buckets-wide logits dominate the step's cost)
         targets = self.cell_ids(coords).to(z.device)  # (B, L)
         ce, acc = [], []
         for level, head in enumerate(self.classifiers):
-            logits = head(z)  # (2B, n_buckets)
-            t = targets[:, level].repeat(2)
+            logits = head(za)  # (B, n_buckets)
+            t = targets[:, level]
             ce.append(F.cross_entropy(logits, t))
             acc.append((logits.detach().argmax(-1) == t).float().mean())
         cell_per_level = torch.stack(ce)

@@ -209,8 +209,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     src.add_argument("--synthetic", action="store_true", help="random points in a city box (see --box)")
     p.add_argument("--n_synthetic", type=int, default=5000, help="number of synthetic points")
     p.add_argument(
-        "--box", type=float, nargs=4, default=list(NYC_BOX), metavar=("LAT_MIN", "LAT_MAX", "LON_MIN", "LON_MAX"),
-        help="box for --synthetic (default: New York City)",
+        "--box",
+        type=float,
+        nargs=4,
+        default=list(NYC_BOX),
+        metavar=("LAT_MIN", "LAT_MAX", "LON_MIN", "LON_MAX"),
+        help="box for --synthetic (New York City)",
     )
     p.add_argument("--output_dir", default="checkpoints/geo_encoder", help="encoder directory to write")
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps")
