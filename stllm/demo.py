@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from stllm.data import RegionSplit
 from stllm.eval.zero_shot import evaluate
 from stllm.train.arguments import parse_args
@@ -42,6 +44,7 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
     quick: bool = False,
+    with_geo: bool = False,
 ):
     """Run the four stages into ``output_dir`` and return the evaluation result.
 
@@ -58,11 +61,14 @@ def run_demo(
     out = Path(output_dir)
     t0 = time.time()
     flags = [*flags, "--extra_views", extra_views, *(["--data_root", data_root] if data_root else [])]
+    if with_geo:  # a <GEO> slot with the region centroid in every prompt, read by a pretrained GeoEncoder
+        flags += ["--with_geo", "true"]
     model_args, data_args, train_args = parse_args([
         "--output_dir", str(out / "model"), *flags, "--max_steps", str(steps or default_steps),
         "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "25",
         "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
         "--st_encoder_path", str(out / "encoder"), "--disable_tqdm", str(not progress).lower(),
+        *(["--geo_encoder_path", str(out / "geo_encoder")] if with_geo else []),
     ])  # fmt: skip
     city = load_city(data_args)
     regions = RegionSplit.random(city, test=data_args.test_regions, seed=data_args.split_seed)
@@ -76,6 +82,13 @@ def run_demo(
     val = pre.metrics["val"]
     last = val["last_value_mae_mean"]
     print(f"      encoder validation MAE {val['mae_mean']:.3f} (last value {last:.3f})", flush=True)
+
+    if with_geo:
+        from stllm.train.pretrain_geo import pretrain_geo_encoder, synthetic_coords
+
+        coords = np.concatenate([synthetic_coords(4000, seed=seed), city.coords])  # city box + the centroids
+        pretrain_geo_encoder(coords, steps=20 if quick else 300, seed=seed, output_dir=out / "geo_encoder")
+        print(f"      geo encoder pretrained on {len(coords)} points -> {out / 'geo_encoder'}", flush=True)
 
     _say(3, "stage 2: instruction tuning a tiny Llama (offline tokenizer, encoder frozen)")
     train(model_args, data_args, train_args)
@@ -99,10 +112,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers mean nothing)")
+    p.add_argument("--with_geo", action="store_true", help="add <GEO> region-centroid tokens (pretrained GeoEncoder)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     run_demo(args.output_dir, args.data, args.data_root, args.steps, args.extra_views, args.seed, not args.no_progress,
-             args.quick)  # fmt: skip
+             args.quick, args.with_geo)  # fmt: skip
     return 0

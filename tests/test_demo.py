@@ -17,3 +17,16 @@ def test_quick_demo_runs_all_stages_and_prints_the_table(tmp_path, capsys):
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["regions"]
     assert not set(split["regions"]) & set(evaluated)
     assert (tmp_path / "eval" / "forecasts.png").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_quick_demo_with_geo_tokens_uses_the_pretrained_geo_encoder(tmp_path, capsys):
+    import torch
+
+    from stllm import STLlamaForCausalLM, load_encoder
+
+    assert main(["demo", "--quick", "--with_geo", "--output_dir", str(tmp_path), "--no_progress"]) == 0
+    geo = load_encoder(tmp_path / "geo_encoder")
+    model = STLlamaForCausalLM.from_pretrained(tmp_path / "model")
+    for k, v in geo.state_dict().items():  # loaded, then kept frozen through stage 2
+        assert torch.equal(model.geo_encoder.state_dict()[k], v)
+    assert json.loads((tmp_path / "model" / "data_args.json").read_text())["with_geo"] is True

@@ -35,6 +35,9 @@ class ModelArguments:
     st_encoder_path: str | None = field(
         default=None, metadata={"help": "Stage-1 encoder directory (stllm pretrain-encoder output)."}
     )
+    geo_encoder_path: str | None = field(
+        default=None, metadata={"help": "Stage-1 GeoEncoder directory (stllm pretrain-encoder --encoder geo)."}
+    )
     tune_st_encoder: bool = field(default=False, metadata={"help": "Also train the ST encoder (frozen by default)."})
     full_finetune: bool | None = field(
         default=None,

@@ -211,6 +211,22 @@ def _without_zero3_init():
         hf_ds._hf_deepspeed_config_weak_ref = ref
 
 
+def load_geo_encoder(model: STLlamaForCausalLM, path: str | None) -> None:
+    """Put a pretrained GeoEncoder into the model (its config must match the model's)."""
+    if not path:
+        return
+    geo = load_encoder(path)
+    if type(geo).__name__ != "GeoEncoder":
+        raise ValueError(f"--geo_encoder_path {path} holds a {type(geo).__name__}, not a GeoEncoder")
+    if geo.config.to_dict() != model.geo_encoder.config.to_dict():
+        model.config.geo_encoder_config = geo.config.to_dict()
+        model.geo_encoder = geo.to(next(model.parameters()).dtype)
+        model.geo_projector = type(model.geo_projector)(geo.token_dim, model.config.hidden_size,
+                                                        model.config.projector_type)  # fmt: skip
+    else:
+        model.geo_encoder.load_state_dict(geo.state_dict())
+
+
 def make_trainable(model: STLlamaForCausalLM, model_args: ModelArguments):
     """LoRA (default) or full fine-tuning; the ST encoder stays frozen unless asked."""
     full = model_args.full_finetune
@@ -219,6 +235,8 @@ def make_trainable(model: STLlamaForCausalLM, model_args: ModelArguments):
     if full:
         model.requires_grad_(True)
         model.st_encoder.requires_grad_(model_args.tune_st_encoder)
+        if model_args.geo_encoder_path:  # a pretrained GeoEncoder stays as pretrained, like the ST encoder
+            model.geo_encoder.requires_grad_(model_args.tune_st_encoder)
         return model
     targets = model_args.lora_target_modules.split(",") if model_args.lora_target_modules else None
     return add_lora(
@@ -250,6 +268,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: S
     set_seed(training_args.seed)
     data = prepare_data(data_args, model_args.st_encoder_path)
     model, tokenizer = build_model(model_args, data_args, data, rt.attn_implementation)
+    load_geo_encoder(model, model_args.geo_encoder_path)
     if rt.device == "cuda" and not (training_args.bf16 or training_args.fp16):
         training_args.bf16 = rt.dtype == torch.bfloat16
     model = make_trainable(model, model_args)
