@@ -8,6 +8,7 @@ hard-coded.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,7 @@ def add_st_tokens(tokenizer, model=None) -> STTokenIds:
     """
     missing = [t for t in SLOT_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
+        logging.getLogger("stllm").warning("tokenizer lacked the slot tokens %s: adding them", missing)
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     ids = STTokenIds(*(tokenizer.convert_tokens_to_ids(t) for t in SLOT_TOKENS))
     if model is not None:

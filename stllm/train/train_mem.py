@@ -245,6 +245,27 @@ def make_trainable(model: STLlamaForCausalLM, model_args: ModelArguments):
     )
 
 
+ARCHITECTURE_FIELDS = ("st_slots", "head_dim", "projector_type", "st_his_token_id", "st_pre_token_id", "geo_token_id",
+                       "st_encoder_config", "geo_encoder_config")  # fmt: skip
+TEXT_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "vocab_size")  # fmt: skip
+
+
+def check_resume_compatible(checkpoint: str | os.PathLike, config: STLlamaConfig) -> None:
+    """Refuse to resume into a model built differently from the checkpoint's, naming the fields."""
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume_from_checkpoint {checkpoint} has no config.json")
+    saved, now = json.loads(path.read_text()), config.to_dict()
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}"
+             for k in ARCHITECTURE_FIELDS if saved.get(k) != now.get(k)]  # fmt: skip
+    st, nt = saved.get("text_config", {}), now.get("text_config", {})
+    diffs += [f"text_config.{k}: checkpoint {st.get(k)!r}, now {nt.get(k)!r}"
+              for k in TEXT_FIELDS if st.get(k) != nt.get(k)]  # fmt: skip
+    if diffs:
+        raise ValueError(f"cannot resume from {checkpoint}: the model differs in " + "; ".join(diffs))
+
+
 def check_output_dir(args: STTrainingArguments) -> None:
     """Refuse to write a new run over another one, unless resuming or told to overwrite."""
     out = Path(args.output_dir)
@@ -269,6 +290,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: S
     data = prepare_data(data_args, model_args.st_encoder_path)
     model, tokenizer = build_model(model_args, data_args, data, rt.attn_implementation)
     load_geo_encoder(model, model_args.geo_encoder_path)
+    if training_args.resume_from_checkpoint:
+        check_resume_compatible(training_args.resume_from_checkpoint, model.config)
     if rt.device == "cuda" and not (training_args.bf16 or training_args.fp16):
         training_args.bf16 = rt.dtype == torch.bfloat16
     model = make_trainable(model, model_args)

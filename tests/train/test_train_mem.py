@@ -143,3 +143,10 @@ def test_event_training_balances_rare_categories():
     rate = (data.city.values[data.train_time][:, idx] > 0).mean(axis=(0, 1))
     assert len(w) == data.city.n_channels
     np.testing.assert_allclose(w, np.minimum(20, (1 - rate) / rate), rtol=1e-6)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_and_names_the_fields(tmp_path):
+    run(tmp_path / "a", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2")
+    with pytest.raises(ValueError, match="text_config.hidden_size: checkpoint 64, now 256"):
+        run(tmp_path / "b", "--max_steps", "4", "--tiny_preset", "small",
+            "--resume_from_checkpoint", str(tmp_path / "a" / "checkpoint-2"))  # fmt: skip
