@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stllm.data import STDataCollator, STInstructionDataset, STScaler
+from stllm.models.st_llama import SPLICE_INPUTS
 
 logger = logging.getLogger("stllm")
 
@@ -37,13 +38,17 @@ def _batches(indices: list[int], batch_size: int) -> Iterator[list[int]]:
         yield indices[k : k + batch_size]
 
 
+def model_inputs(model, batch: dict, keys: tuple[str, ...] = ()) -> dict:
+    """``keys`` plus the city inputs the splice consumes, on the model's device (no labels or targets:
+    prediction never computes a loss)."""
+    device = next(model.parameters()).device
+    return {k: batch[k].to(device) for k in (*keys, *SPLICE_INPUTS) if k in batch}
+
+
 @torch.inference_mode()
 def predict_batch(model, batch: dict, task: str, scaler: STScaler | None) -> np.ndarray:
     """``(B, horizon, C)`` predictions in original units (flows) or probabilities (events)."""
-    batch = {k: v for k, v in batch.items() if k not in ("labels", "meta") and not k.endswith(("_targets", "_mask"))}
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    out = model(**batch, logits_to_keep=1)
+    out = model(**model_inputs(model, batch, ("input_ids", "attention_mask")), logits_to_keep=1)
     if task == "event":
         return torch.sigmoid(out.cls_logits.float()).cpu().numpy()
     pred = out.reg_pred.float().cpu().numpy()
@@ -65,8 +70,7 @@ def predict_generated(
     ids, labels = batch["input_ids"][:1], batch["labels"][:1]
     answer_at = int((labels[0] != -100).nonzero()[0])
     n_answer = int((labels[0] != -100).sum())
-    st = {key: batch[key].to(device) for key in ("st_values", "st_window", "st_region", "geo_coords", "st_adj")
-          if key in batch}  # fmt: skip
+    st = model_inputs(model, batch)
     prompt = ids[:, :answer_at].to(device)
     seq = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **st, do_sample=False,
                          max_new_tokens=n_answer + extra_tokens, pad_token_id=cfg.text_config.pad_token_id)  # fmt: skip

@@ -96,3 +96,14 @@ def test_generate_mode_reads_heads_at_generated_slots_and_never_falls_back(setup
     monkeypatch.setattr(model, "generate", no_slots)
     failed = predict(model, tok, ds, scaler, progress=False, generate=True)
     assert np.isnan(failed).all()  # no fallback value is invented
+
+
+def test_padding_side_does_not_change_predictions(setup):
+    """The attention mask reaches the model: left padding (pads before the prompt) must not leak in."""
+    from stllm.eval.predict import predict_batch
+
+    model, tok, ds, scaler = setup
+    samples = [ds[i] for i in range(0, len(ds), 3)]
+    right = predict_batch(model, STDataCollator(tok, st_slots=2, padding_side="right")(samples), "flow", scaler)
+    left = predict_batch(model, STDataCollator(tok, st_slots=2, padding_side="left")(samples), "flow", scaler)
+    np.testing.assert_allclose(left, right, rtol=1e-4, atol=1e-3)
