@@ -27,14 +27,10 @@ from stllm.data import (
     STDataCollator,
     STInstructionDataset,
     STScaler,
-    load_bikenyc,
-    load_manhattan_flows,
-    load_npz,
-    load_nyc_crime,
     split_record,
-    synthetic_city,
     train_tokenizer,
 )
+from stllm.data.loaders import load_preset
 from stllm.data.prompts import ChatFormatter
 from stllm.encoders.io import CONFIG_NAME as ENCODER_CONFIG
 from stllm.encoders.io import load_encoder
@@ -69,21 +65,10 @@ class PreparedData:
 
 def load_city(data_args: DataArguments) -> CityData:
     """The city named by ``--data``: a preset or an ``.npz`` path."""
-    name = data_args.data
-    if name == "synthetic":
-        return synthetic_city(
-            seed=data_args.synthetic_seed, n_regions=data_args.synthetic_regions, days=data_args.synthetic_days,
-            freq=data_args.synthetic_freq, task=data_args.synthetic_task,
-        )
-    if name in ("manhattan-taxi", "manhattan-bike"):
-        return load_manhattan_flows(mode=name.split("-")[1], root=data_args.data_root)
-    if name == "crime":
-        return load_nyc_crime(root=data_args.data_root)
-    if name == "bikenyc":
-        return load_bikenyc(root=data_args.data_root)
-    if name.endswith(".npz"):
-        return load_npz(name)
-    raise ValueError(f"--data {name!r}: use synthetic, manhattan-taxi, manhattan-bike, crime, bikenyc or a .npz path")
+    return load_preset(
+        data_args.data, data_args.data_root, seed=data_args.synthetic_seed, n_regions=data_args.synthetic_regions,
+        days=data_args.synthetic_days, freq=data_args.synthetic_freq, task=data_args.synthetic_task,
+    )
 
 
 def train_time_slice(city: CityData, data_args: DataArguments) -> slice:
@@ -283,8 +268,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: S
     rt = detect_runtime()
     if training_args.process_index == 0:
         logger.warning(rt.log_line())
-    if training_args.deepspeed and not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     check_output_dir(training_args)
     set_seed(training_args.seed)
     data = prepare_data(data_args, model_args.st_encoder_path)
@@ -311,6 +294,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: S
     return trainer
 
 
+def shutdown_distributed() -> None:
+    """Destroy the process group before the interpreter exits: left to teardown, gloo's threads can
+    abort a rank ("terminate called without an active exception") after the run itself succeeded."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
@@ -319,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # our checks: the message is the answer
         print(f"stllm train: error: {e}", file=sys.stderr)
         return 2
+    shutdown_distributed()
     return 0
 
 
