@@ -11,25 +11,18 @@ VOCAB = 300
 HIS, PRE, GEO = 297, 298, 299
 
 
+# width 64, two layers, grouped-query attention: the shape every tiny Llama-like backbone shares
+LLAMA_LIKE = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    vocab_size=VOCAB,
+)
+
+
 def tiny_text_config(kind: str = "llama"):
     if kind == "llama":
-        return LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=VOCAB,
-        )
+        return LlamaConfig(**LLAMA_LIKE)
     if kind == "qwen2":
-        return Qwen2Config(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=VOCAB,
-        )
+        return Qwen2Config(**LLAMA_LIKE)
     if kind == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0)
     raise ValueError(kind)

@@ -220,3 +220,23 @@ def load_bikenyc(root: str | os.PathLike | None = None) -> CityData:
     return load_npz(path, {"values": "data", "time": "time_inferred", "adjacency": "adj"}, regions=regions,
                     channels=("inflow", "outflow"), task="flow", name="bikenyc", quantity="bike",
                     place="New York City")
+
+
+PRESETS = ("synthetic", "manhattan-taxi", "manhattan-bike", "crime", "bikenyc")
+
+
+def load_preset(name: str, root: str | os.PathLike | None = None, **synthetic) -> CityData:
+    """A city by name (``PRESETS``) or an ``.npz`` path; ``synthetic`` holds ``synthetic_city`` options."""
+    if name == "synthetic":
+        from stllm.data.synthetic import synthetic_city
+
+        return synthetic_city(**synthetic)
+    if name in ("manhattan-taxi", "manhattan-bike"):
+        return load_manhattan_flows(mode=name.split("-")[1], root=root)
+    if name == "crime":
+        return load_nyc_crime(root=root)
+    if name == "bikenyc":
+        return load_bikenyc(root=root)
+    if name.endswith(".npz"):
+        return load_npz(name)
+    raise ValueError(f"data {name!r}: use one of {', '.join(PRESETS)} or a path to an .npz file")

@@ -162,10 +162,11 @@ def evaluate(
     encoder_dir = out / "encoder_from_checkpoint"  # the model's own (stage-1) encoder, zero-shot
     save_encoder(model.st_encoder, encoder_dir)
     scaler.save(encoder_dir / "scaler.json")
-    names = baselines or ["last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average",
-                          "encoder_only"]  # fmt: skip
-    train_time = slice(0, int(ds.starts[0]) + input_len) if supervised else None
-    if supervised and train_time.stop > 2 * (input_len + output_len) and "supervised_encoder" not in names:
+    # run_baselines' defaults: the simple ones, encoder_only (encoder_dir), supervised_encoder (train_time)
+    history = int(ds.starts[0]) + input_len  # steps before the first evaluated target
+    train_time = slice(0, history) if supervised and history > 2 * (input_len + output_len) else None
+    names = baselines
+    if names is not None and train_time is not None and "supervised_encoder" not in names:
         names = [*names, "supervised_encoder"]
     base = run_baselines(city, ds.starts, ds.region_idx, input_len, output_len, names=names,
                          encoder_dir=encoder_dir, train_time=train_time,

@@ -59,6 +59,15 @@ def save_lora_extras(peft_model, output_dir) -> None:
     save_file(unique, os.path.join(output_dir, BASE_WEIGHTS))
 
 
+def merge_adapter(peft_model):
+    """The plain model with the adapter merged -- unless input/output embeddings are tied: merging the
+    slot-token rows would then also move the output rows that training never changed (peft applies
+    the row delta to the input side only), so the model stays wrapped."""
+    if peft_model.get_base_model().config.tie_word_embeddings:
+        return peft_model
+    return peft_model.merge_and_unload()
+
+
 def load_lora_checkpoint(cls, path, merge: bool = True, dtype=None, **kwargs):
     """Rebuild the base model, load ``st_base.safetensors``, apply the adapter and (by default) merge it."""
     from peft import PeftModel
@@ -88,12 +97,7 @@ def load_lora_checkpoint(cls, path, merge: bool = True, dtype=None, **kwargs):
             raise ValueError(f"{path / BASE_WEIGHTS}: missing weights {non_tied[:5]}")
         model.tie_weights()
     peft_model = PeftModel.from_pretrained(model, str(path))
-    # With tied input/output embeddings, merging the slot-token rows would also move the output rows
-    # that training never changed (peft applies the row delta to the input side only): keep it unmerged.
-    if merge and not config.tie_word_embeddings:
-        model = peft_model.merge_and_unload()
-    else:
-        model = peft_model
+    model = merge_adapter(peft_model) if merge else peft_model
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()

@@ -31,7 +31,7 @@ def zero_shards(checkpoint: Path) -> Path | None:
 def load_trained(checkpoint: str | Path):
     """The trained :class:`STLlamaForCausalLM` from any checkpoint kind (LoRA merged where possible)."""
     from stllm.models import STLlamaConfig, STLlamaForCausalLM
-    from stllm.models.checkpoint import is_lora_checkpoint, load_lora_checkpoint
+    from stllm.models.checkpoint import is_lora_checkpoint, load_lora_checkpoint, merge_adapter
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
@@ -52,8 +52,8 @@ def load_trained(checkpoint: str | Path):
     if missing or unexpected:
         raise ValueError(f"{shards}: ZeRO weights do not match the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")  # fmt: skip
-    if hasattr(model, "merge_and_unload") and not model.get_base_model().config.tie_word_embeddings:
-        model = model.merge_and_unload()
+    if hasattr(model, "merge_and_unload"):
+        model = merge_adapter(model)
     return model.eval()
 
 

@@ -418,15 +418,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def load_city(args: argparse.Namespace) -> CityData:
-    if args.data == "synthetic":
-        from stllm.data.synthetic import synthetic_city
+    from stllm.data.loaders import load_preset
 
-        return synthetic_city(args.synthetic_seed, args.synthetic_regions, args.synthetic_days, args.synthetic_freq)
-    from stllm.data import loaders
-
-    if args.data == "manhattan":
-        return loaders.load_manhattan_flows(args.mode, root=args.data_root)
-    return loaders.load_bikenyc(root=args.data_root)
+    name = f"manhattan-{args.mode}" if args.data == "manhattan" else args.data
+    return load_preset(name, args.data_root, seed=args.synthetic_seed, n_regions=args.synthetic_regions,
+                       days=args.synthetic_days, freq=args.synthetic_freq)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> PretrainResult:

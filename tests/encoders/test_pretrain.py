@@ -18,15 +18,6 @@ from stllm.encoders.pretrain import (
 SMALL = dict(residual_channels=8, conv_channels=8, skip_channels=16, end_channels=16, token_dim=8, dropout=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: intra-op threads only add overhead, and stall badly on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_encoder(**kw) -> STEncoder:
     torch.manual_seed(0)
     return STEncoder(STEncoderConfig(**{**SMALL, **kw}))

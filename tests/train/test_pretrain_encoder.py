@@ -18,15 +18,6 @@ SMALL = dict(residual_channels=16, conv_channels=16, skip_channels=32, end_chann
 TRAIN_STEPS = 280  # of 336 hourly steps: the rest is never read
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: intra-op threads only add overhead, and stall badly on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def city():
     return synthetic_city(0, n_regions=12, days=14, freq="1h")
