@@ -17,17 +17,20 @@ import torch
 ST_HIS_PLACEHOLDER = "<ST_HIS>"
 ST_PRE_PLACEHOLDER = "<ST_PRE>"
 GEO_PLACEHOLDER = "<GEO>"
+POI_PRE_PLACEHOLDER = "<POI_PRE>"
 
 # Slot tokens: added to the vocabulary as special tokens.
 ST_HIS_TOKEN = "<st_his>"
 ST_PRE_TOKEN = "<st_pre>"
 GEO_TOKEN = "<geo>"
-SLOT_TOKENS = (ST_HIS_TOKEN, ST_PRE_TOKEN, GEO_TOKEN)
+POI_PRE_TOKEN = "<poi_pre>"  # where the candidate head reads (next-POI): one per prompt
+SLOT_TOKENS = (ST_HIS_TOKEN, ST_PRE_TOKEN, GEO_TOKEN, POI_PRE_TOKEN)
 
 PLACEHOLDER_TO_SLOT = {
     ST_HIS_PLACEHOLDER: ST_HIS_TOKEN,
     ST_PRE_PLACEHOLDER: ST_PRE_TOKEN,
     GEO_PLACEHOLDER: GEO_TOKEN,
+    POI_PRE_PLACEHOLDER: POI_PRE_TOKEN,
 }
 
 
@@ -38,12 +41,14 @@ class STTokenIds:
     st_his_token_id: int
     st_pre_token_id: int
     geo_token_id: int
+    poi_pre_token_id: int
 
     def as_config(self) -> dict[str, int]:
         return {
             "st_his_token_id": self.st_his_token_id,
             "st_pre_token_id": self.st_pre_token_id,
             "geo_token_id": self.geo_token_id,
+            "poi_pre_token_id": self.poi_pre_token_id,
         }
 
 

@@ -8,7 +8,7 @@ from transformers import GPT2Config, LlamaConfig, Qwen2Config
 from stllm import STLlamaConfig, STLlamaForCausalLM
 
 VOCAB = 300
-HIS, PRE, GEO = 297, 298, 299
+HIS, PRE, GEO, POI = 296, 297, 298, 299
 
 
 # width 64, two layers, grouped-query attention: the shape every tiny Llama-like backbone shares
@@ -35,6 +35,7 @@ def tiny_model(kind: str = "llama", seed: int = 0, **config_kwargs) -> STLlamaFo
         st_his_token_id=HIS,
         st_pre_token_id=PRE,
         geo_token_id=GEO,
+        poi_pre_token_id=POI,
         **config_kwargs,
     )
     return STLlamaForCausalLM(cfg).eval()

@@ -215,15 +215,15 @@ def user_trajectories(checkins: CheckIns, min_visits: int = 2) -> tuple[dict[int
     return out, skipped
 
 
-def next_poi_samples(checkins: CheckIns, history: int = 10, target_mask: np.ndarray | None = None,
-                     min_visits: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Next-POI samples from each user's sequence: every check-in after a user's first is a target.
+def next_poi_rows(checkins: CheckIns, history: int = 10, target_mask: np.ndarray | None = None,
+                  min_visits: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Next-POI samples as row indices: every check-in after a user's first is a target.
 
-    Returns ``(hist, target)``: ``hist`` (N, history) int64 row indices of the preceding check-ins of the
-    same user, right-aligned (the last column is the last visit) and left-padded with -1; ``target`` (N,)
-    the target POI index (-1 when the POI is not in the table). ``target_mask`` (n,) bool restricts which
-    rows may be targets (e.g. the test part of a chronological split, history still drawn from all rows).
-    Users with fewer than ``min_visits`` check-ins give no samples.
+    Returns ``(hist, rows)``: ``hist`` (N, history) int64 row indices of the preceding check-ins of the
+    same user, right-aligned (the last column is the last visit) and left-padded with -1; ``rows`` (N,)
+    the target check-in's row. ``target_mask`` (n,) bool restricts which rows may be targets (e.g. the test
+    part of a chronological split, history still drawn from all rows). Users with fewer than
+    ``min_visits`` check-ins give no samples.
     """
     if history < 1:
         raise ValueError(f"history must be >= 1, got {history}")
@@ -246,7 +246,33 @@ def next_poi_samples(checkins: CheckIns, history: int = 10, target_mask: np.ndar
     src = t[:, None] - lag[None, :]
     valid = lag[None, :] <= pos[t][:, None]
     hist = np.where(valid, rows[np.clip(src, 0, None)], -1).astype(np.int64)
-    return hist, checkins.poi[rows[t]].astype(np.int64)
+    return hist, rows[t].astype(np.int64)
+
+
+def next_poi_samples(checkins: CheckIns, history: int = 10, target_mask: np.ndarray | None = None,
+                     min_visits: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`next_poi_rows` with the target as a POI index (-1 when the POI is not in the table)."""
+    hist, rows = next_poi_rows(checkins, history=history, target_mask=target_mask, min_visits=min_visits)
+    return hist, checkins.poi[rows].astype(np.int64)
+
+
+def merge_checkins(train: CheckIns, test: CheckIns) -> tuple[CheckIns, np.ndarray]:
+    """``test`` re-indexed onto ``train``'s tables (:func:`align_checkins`) and appended to ``train``'s rows.
+
+    Returns ``(merged, is_test)``: ``is_test`` (n,) marks the rows that came from ``test``. Next-POI
+    evaluation draws a seen user's history from both files (what a deployed system would know) while
+    targets come from ``test`` only.
+    """
+    aligned = align_checkins(test, train)
+    n_traj = len(train.trajectory_ids)
+    cols = {f: np.concatenate([getattr(train, f), getattr(aligned, f)]) for f in _ROW_FIELDS}
+    cols["trajectory"] = np.concatenate([train.trajectory, aligned.trajectory + n_traj])
+    is_test = np.concatenate([np.zeros(len(train), bool), np.ones(len(aligned), bool)])
+    order = np.lexsort((cols["time"], cols["user"]))
+    merged = replace(aligned, **{f: v[order] for f, v in cols.items()},
+                     trajectory_ids=np.concatenate([train.trajectory_ids, aligned.trajectory_ids]),
+                     source=f"{train.source} + {test.source}")
+    return merged, is_test[order]
 
 
 def chronological_split(checkins: CheckIns, frac: float = 0.8) -> tuple[CheckIns, CheckIns]:

@@ -28,7 +28,45 @@ from stllm.tokens import (
 
 # Split points: after sentence punctuation before a space, and around slot-token runs. With byte-level
 # BPE these are pre-tokenizer boundaries, so per-segment ids concatenate to the whole-text ids.
-_SEGMENT_RE = re.compile(r"(?<=[.:,])(?= )|((?:<st_his>|<st_pre>|<geo>)+)")
+_SEGMENT_RE = re.compile(r"(?<=[.:,;])(?= )|((?:<st_his>|<st_pre>|<geo>|<poi_pre>)+)")
+
+
+def pack_prompts(
+    prompts: list[list[int]],
+    answers: list[list[int]],
+    pad_id: int,
+    padding_side: str = "right",
+    max_length: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    ids: Sequence | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids of prompt + answer per sample -> padded ``(input_ids, attention_mask, labels)`` (B, L).
+
+    Labels are the answer tokens (-100 elsewhere). Over-long samples are refused, never truncated:
+    truncation would cut placeholders. ``ids`` name the samples in that error.
+    """
+    b = len(prompts)
+    p_len = np.fromiter((len(x) for x in prompts), dtype=np.int64, count=b)
+    a_len = np.fromiter((len(x) for x in answers), dtype=np.int64, count=b)
+    lens = p_len + a_len
+    if max_length is not None and lens.max() > max_length:
+        i = int(lens.argmax())
+        name = ids[i] if ids is not None else i
+        raise ValueError(
+            f"sample {name} is {int(lens[i])} tokens, over max_length={max_length}; "
+            "truncating would cut placeholders, so shorten the prompt or raise max_length"
+        )
+    length = int(lens.max())
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    pos = np.arange(length)[None, :]
+    offset = (length - lens)[:, None] if padding_side == "left" else np.zeros((b, 1), np.int64)
+    filled = (pos >= offset) & (pos < offset + lens[:, None])
+    is_answer = (pos >= offset + p_len[:, None]) & filled
+    flat = np.fromiter((t for i in range(b) for t in (*prompts[i], *answers[i])), dtype=np.int64, count=int(lens.sum()))
+    input_ids = np.full((b, length), pad_id, dtype=np.int64)
+    input_ids[filled] = flat  # row-major order == sample order, prompt then answer
+    return input_ids, filled, np.where(is_answer, input_ids, -100)
 
 
 class SegmentEncoder:
@@ -105,7 +143,7 @@ class STDataCollator:
         self.tokenizer, self.st_slots, self.geo_slots = tokenizer, st_slots, geo_slots
         self.padding_side, self.max_length, self.pad_to_multiple_of = padding_side, max_length, pad_to_multiple_of
         self.with_adjacency, self.return_meta = with_adjacency, return_meta
-        self.his_id, self.pre_id, self.geo_id = (vocab[t] for t in SLOT_TOKENS)
+        self.his_id, self.pre_id, self.geo_id = (vocab[t] for t in (ST_HIS_TOKEN, ST_PRE_TOKEN, GEO_TOKEN))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("tokenizer has neither a pad nor an eos token to pad with")
@@ -149,28 +187,9 @@ class STDataCollator:
         b = len(samples)
         pairs = [self.texts(s) for s in samples]
         enc = self.encode([p for p, _ in pairs] + [a for _, a in pairs])
-        p_len = np.fromiter((len(x) for x in enc[:b]), dtype=np.int64, count=b)
-        a_len = np.fromiter((len(x) for x in enc[b:]), dtype=np.int64, count=b)
-        lens = p_len + a_len
-        if self.max_length is not None and lens.max() > self.max_length:
-            i = int(lens.argmax())
-            raise ValueError(
-                f"sample {samples[i].get('id', i)} is {int(lens[i])} tokens, over max_length={self.max_length}; "
-                "truncating would cut placeholders, so shorten the prompt or raise max_length"
-            )
-        length = int(lens.max())
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        pos = np.arange(length)[None, :]
-        offset = (length - lens)[:, None] if self.padding_side == "left" else np.zeros((b, 1), np.int64)
-        filled = (pos >= offset) & (pos < offset + lens[:, None])
-        is_answer = (pos >= offset + p_len[:, None]) & filled
-        flat = np.fromiter(
-            (t for i in range(b) for t in (*enc[i], *enc[b + i])), dtype=np.int64, count=int(lens.sum())
-        )
-        input_ids = np.full((b, length), self.pad_id, dtype=np.int64)
-        input_ids[filled] = flat  # row-major order == sample order, prompt then answer
-        labels = np.where(is_answer, input_ids, -100)
+        names = [s.get("id", i) for i, s in enumerate(samples)]
+        input_ids, filled, labels = pack_prompts(enc[:b], enc[b:], self.pad_id, self.padding_side, self.max_length,
+                                                 self.pad_to_multiple_of, names)
         self._check_slots(input_ids, filled, samples)
 
         out = {

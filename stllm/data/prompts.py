@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from stllm.data.city import Region, freq_words
-from stllm.tokens import GEO_PLACEHOLDER, ST_HIS_PLACEHOLDER, ST_PRE_PLACEHOLDER
+from stllm.tokens import GEO_PLACEHOLDER, POI_PRE_PLACEHOLDER, ST_HIS_PLACEHOLDER, ST_PRE_PLACEHOLDER
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -130,6 +130,25 @@ def event_prompt(ctx: PromptContext) -> Conversation:
 
 
 TEMPLATES = {"flow": flow_prompt, "event": event_prompt}
+
+
+def when_words(minutes: int) -> str:
+    """``Friday 08:29``: weekday and clock time of a check-in (minutes since the epoch, local time)."""
+    t = _dt.datetime(1970, 1, 1) + _dt.timedelta(minutes=int(minutes))
+    return t.strftime("%A %H:%M")
+
+
+def next_poi_prompt(visits: list[tuple[int, str]], target_minutes: int, answer_poi: int | None) -> Conversation:
+    """Next-POI recommendation: the user's recent check-ins ``(minutes, category)``, oldest first, each
+    with a ``<GEO>`` slot for its coordinates; the answer opens with ``<POI_PRE>`` (where the candidate
+    head reads, before any answer text) and names the POI by its table index (for ``generate``)."""
+    lines = "; ".join(f"{when_words(m)}, {cat} at {GEO_PLACEHOLDER}" for m, cat in visits)
+    user = (
+        f"Here are a user's {len(visits)} most recent check-ins, oldest first: {lines}. "
+        f"Which POI will the user visit next, on {when_words(target_minutes)}?"
+    )
+    named = f" The next POI is POI {answer_poi}." if answer_poi is not None and answer_poi >= 0 else ""
+    return Conversation(VICUNA_SYSTEM, user, f"{POI_PRE_PLACEHOLDER}{named}")
 
 
 def build_conversation(ctx: PromptContext) -> Conversation:

@@ -81,6 +81,14 @@ def multiscale_features(coords: torch.Tensor, config: GeoEncoderConfig) -> torch
     return torch.cat((xyz, phase.sin(), phase.cos()), dim=-1)
 
 
+def haversine_m(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Great-circle distance in metres between ``(..., 2)`` degree tensors (broadcasting)."""
+    a, b = torch.deg2rad(a.double()), torch.deg2rad(b.double())
+    dlat, dlon = b[..., 0] - a[..., 0], b[..., 1] - a[..., 1]
+    h = (dlat / 2).sin() ** 2 + a[..., 0].cos() * b[..., 0].cos() * (dlon / 2).sin() ** 2
+    return 2 * EARTH_RADIUS_M * h.clamp(0, 1).sqrt().asin()
+
+
 class GeoEncoder(nn.Module):
     """``(..., 2)`` (lat, lon) in degrees -> ``(..., out_dim)``."""
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stllm.encoders.geo_encoder import EARTH_RADIUS_M, GeoEncoder, check_coordinates
+from stllm.encoders.geo_encoder import EARTH_RADIUS_M, GeoEncoder, check_coordinates, haversine_m
 
 KM_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0 / 1000.0  # ~111.19 km
 _MIN_COS_LAT = 1e-3  # lon step cap near the poles (cells stay finite)
@@ -95,14 +95,6 @@ def jitter(coords: torch.Tensor, radius_m: float, generator: torch.Generator | N
     lat = (c[..., 0] + dlat).clamp(-90.0, 90.0)
     lon = torch.remainder(c[..., 1] + dlon + 180.0, 360.0) - 180.0
     return torch.stack((lat, lon), dim=-1).to(coords.dtype)
-
-
-def haversine_m(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Great-circle distance in metres between ``(..., 2)`` degree tensors (broadcasting)."""
-    a, b = torch.deg2rad(a.double()), torch.deg2rad(b.double())
-    dlat, dlon = b[..., 0] - a[..., 0], b[..., 1] - a[..., 1]
-    h = (dlat / 2).sin() ** 2 + a[..., 0].cos() * b[..., 0].cos() * (dlon / 2).sin() ** 2
-    return 2 * EARTH_RADIUS_M * h.clamp(0, 1).sqrt().asin()
 
 
 class GeoPretrainObjective(nn.Module):

@@ -11,18 +11,21 @@ never overrides a real count.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from stllm.data.checkins import CheckIns, next_poi_samples, user_trajectories
+from stllm.data.checkins import CheckIns, user_trajectories
+from stllm.data.next_poi import next_poi_eval_task
+from stllm.encoders.geo_encoder import haversine_m
 from stllm.eval.ranking import metrics_from_ranks, target_ranks
-
-EARTH_RADIUS_KM = 6371.0088
 
 
 def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in km, broadcasting over its arguments (degrees)."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lon1, lat2, lon2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    """Great-circle distance in km, broadcasting over its arguments (degrees); numpy in, numpy out."""
+    a = torch.stack(torch.broadcast_tensors(torch.as_tensor(lat1, dtype=torch.float64),
+                                            torch.as_tensor(lon1, dtype=torch.float64)), dim=-1)
+    b = torch.stack(torch.broadcast_tensors(torch.as_tensor(lat2, dtype=torch.float64),
+                                            torch.as_tensor(lon2, dtype=torch.float64)), dim=-1)
+    return (haversine_m(a, b) / 1000.0).numpy()
 
 
 class POIBaseline:
@@ -66,26 +69,17 @@ class MostPopular(POIBaseline):
 
 
 class UserMostFrequent(POIBaseline):
-    """The user's own training visit counts per POI; popularity breaks ties and covers unseen users."""
+    """The user's own visit counts per POI over the sample's history window (every earlier check-in of the
+    user the model may see, training file included); popularity breaks ties and covers empty histories."""
 
     name = "user most frequent"
 
-    def fit(self, train):
-        super().fit(train)
-        ok = train.poi >= 0
-        users, inv = np.unique(train.user[ok], return_inverse=True)
-        self.user_row = {uid: i for i, uid in enumerate(train.user_ids[users].tolist())}
-        self.user_counts = np.zeros((len(users), train.n_pois), dtype=np.float64)
-        np.add.at(self.user_counts, (inv, train.poi[ok]), 1.0)
-        return self
-
     def scores(self, checkins, hist):
-        last = self._check(checkins, hist)
-        out = np.broadcast_to(self.popular, (len(last), len(self.popular))).astype(np.float32)
-        raw = checkins.user_ids[checkins.user[last]].tolist()
-        rows = np.array([self.user_row.get(u, -1) for u in raw], dtype=np.int64)
-        seen = rows >= 0
-        out[seen] += self.user_counts[rows[seen]].astype(np.float32)
+        self._check(checkins, hist)
+        out = np.broadcast_to(self.popular, (len(hist), len(self.popular))).astype(np.float32)
+        poi = np.where(hist >= 0, checkins.poi[np.clip(hist, 0, None)], -1)
+        rows, cols = np.nonzero(poi >= 0)
+        np.add.at(out, (rows, poi[rows, cols]), 1.0)
         return out
 
 
@@ -148,18 +142,22 @@ class MarkovTransition(POIBaseline):
 BASELINES = (MostPopular, UserMostFrequent, NearestPOI, MarkovTransition)
 
 
-def evaluate_poi_baselines(train: CheckIns, test: CheckIns, history: int = 10, target_mask=None,
-                           batch_size: int = 2048) -> dict[str, dict[str, float]]:
-    """Fit every baseline on ``train`` and score next-POI samples of ``test`` (aligned to ``train``'s POI table).
-
-    Returns {baseline name: ranking metrics}; unknown target POIs count as misses (``n_unknown``).
-    Scores are computed in batches of ``batch_size`` samples to bound memory.
-    """
-    hist, target = next_poi_samples(test, history=history, target_mask=target_mask)
-    results = {}
+def poi_baseline_ranks(train: CheckIns, task, batch_size: int = 2048) -> dict[str, np.ndarray]:
+    """Fit every baseline on ``train``; 0-based rank of each target of ``task`` (a
+    :class:`~stllm.data.next_poi.NextPOITask` over check-ins sharing ``train``'s POI table), ``inf`` when the
+    target POI is not in the table. Scores are computed ``batch_size`` samples at a time to bound memory."""
+    hist, target = task.hist, task.target
+    out = {}
     for cls in BASELINES:
         model = cls().fit(train)
-        ranks = np.concatenate([target_ranks(model.scores(test, hist[i:i + batch_size]), target[i:i + batch_size])
-                                for i in range(0, len(target), batch_size)]) if len(target) else np.zeros(0)
-        results[model.name] = metrics_from_ranks(ranks)
-    return results
+        parts = [target_ranks(model.scores(task.checkins, hist[i:i + batch_size]), target[i:i + batch_size])
+                 for i in range(0, len(target), batch_size)]
+        out[model.name] = np.concatenate(parts) if parts else np.zeros(0)
+    return out
+
+
+def evaluate_poi_baselines(train: CheckIns, test: CheckIns, history: int = 100) -> dict[str, dict[str, float]]:
+    """Ranking metrics of every baseline on the next-POI targets of ``test``, history reaching into ``train``
+    (see :func:`~stllm.data.next_poi.next_poi_eval_task`). Unknown target POIs count as misses (``n_unknown``)."""
+    task = next_poi_eval_task(train, test, history=history)
+    return {name: metrics_from_ranks(r) for name, r in poi_baseline_ranks(train, task).items()}

@@ -31,12 +31,14 @@ class STLlamaConfig(PretrainedConfig):
     st_his_token_id: int | None = None
     st_pre_token_id: int | None = None
     geo_token_id: int | None = None
+    poi_pre_token_id: int | None = None
     st_slots: int | None = None
     projector_type: str = "linear"
     head_dim: int = 128
     lm_loss_weight: float = 1.0
     reg_loss_weight: float = 1.0
     cls_loss_weight: float = 1.0
+    poi_loss_weight: float = 1.0
     cls_pos_weight: list[float] | None = None
     tie_word_embeddings: bool = False
     backbone_name_or_path: str | None = None
@@ -62,7 +64,8 @@ class STLlamaConfig(PretrainedConfig):
 
     def _check_token_ids(self) -> None:
         vocab = getattr(self.text_config, "vocab_size", None)
-        named = {n: getattr(self, n) for n in ("st_his_token_id", "st_pre_token_id", "geo_token_id")}
+        names = ("st_his_token_id", "st_pre_token_id", "geo_token_id", "poi_pre_token_id")
+        named = {n: getattr(self, n) for n in names}
         given = {n: v for n, v in named.items() if v is not None}
         if len(set(given.values())) != len(given):
             raise ValueError(f"slot token ids must be distinct, got {given}")

@@ -16,7 +16,7 @@ from transformers.pytorch_utils import Conv1D
 from stllm.models.st_llama import STLlamaForCausalLM
 
 # Modules that are trained in stage 2 by default; the encoder joins them with tune_st_encoder.
-ST_TRAINABLE = ("st_projector", "geo_projector", "reg_head", "cls_head")
+ST_TRAINABLE = ("st_projector", "geo_projector", "reg_head", "cls_head", "poi_head")
 
 
 def attention_projections(backbone: nn.Module) -> list[str]:

@@ -23,11 +23,14 @@ from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.heads import ClassificationHead, RegressionHead
+from stllm.models.poi import CandidateHead, relation_features
 from stllm.models.projector import STProjector
 from stllm.tokens import add_st_tokens
 
 # Inputs consumed by the splice: only the prefill step of ``generate`` sees them.
 SPLICE_INPUTS = ("st_values", "st_window", "st_region", "st_adj", "geo_coords")
+# Next-POI inputs: the candidate table and each sample's visit history (see stllm.models.poi).
+POI_INPUTS = ("poi_coords", "poi_category", "poi_category_tokens", "poi_history", "poi_anchor")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class STCausalLMOutput(ModelOutput):
 
     ``reg_pred`` / ``cls_logits`` are ``(Q, horizon, st_slots)`` with one row per ``<ST_PRE>``
     placeholder in reading order; regression is in scaled units, classification in logits.
+    ``poi_scores`` is ``(B, P)``: every candidate POI's score for each sample (next-POI prompts).
     """
 
     loss: torch.FloatTensor | None = None
@@ -45,6 +49,8 @@ class STCausalLMOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     reg_pred: torch.FloatTensor | None = None
     cls_logits: torch.FloatTensor | None = None
+    poi_loss: torch.FloatTensor | None = None
+    poi_scores: torch.FloatTensor | None = None
     past_key_values: object | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -97,6 +103,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         horizon = config.st_encoder.horizon
         self.reg_head = RegressionHead(hidden, config.head_dim, horizon)
         self.cls_head = ClassificationHead(hidden, config.head_dim, horizon)
+        self.poi_head = CandidateHead(hidden, config.head_dim)
         self.post_init()
         if backbone.generation_config is not None:
             self.generation_config = copy.deepcopy(backbone.generation_config)
@@ -263,6 +270,43 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         pre_h = hidden[pre_mask].view(-1, k, hidden.shape[-1])
         return his_h[his_group], pre_h
 
+    def candidate_embeddings(
+        self, poi_coords: torch.Tensor, poi_category: torch.Tensor, poi_category_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """``(P, H)``: projected GeoEncoder features of each candidate plus the mean input embedding of
+        its category name's tokens (``poi_category_tokens`` (C, L), -1 padded; ``poi_category`` (P,))."""
+        if poi_coords.dim() != 2 or poi_category.shape != poi_coords.shape[:1]:
+            raise ValueError(f"poi_coords must be (P, 2) and poi_category (P,), got {tuple(poi_coords.shape)} "
+                             f"and {tuple(poi_category.shape)}")
+        n_cat = poi_category_tokens.shape[0]
+        if poi_category.numel() and (int(poi_category.min()) < 0 or int(poi_category.max()) >= n_cat):
+            raise ValueError(f"poi_category holds indices outside the {n_cat} categories of poi_category_tokens")
+        emb = self.get_input_embeddings()
+        valid = (poi_category_tokens >= 0).unsqueeze(-1)
+        tok = emb(poi_category_tokens.clamp_min(0).to(emb.weight.device)) * valid.to(emb.weight.device)
+        cat = tok.sum(dim=1) / valid.sum(dim=1).clamp_min(1).to(tok)
+        geo = self.geo_projector(self.geo_encoder(poi_coords.to(emb.weight.device)))
+        return geo + cat[poi_category.to(cat.device)].to(geo.dtype)
+
+    def _poi_query(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden state ``(B, H)`` at each row's single ``<poi_pre>`` token."""
+        token = self.config.poi_pre_token_id
+        if token is None:
+            raise ValueError("next-POI inputs given but config.poi_pre_token_id is not set")
+        mask = input_ids == token
+        per_row = mask.sum(dim=1)
+        if (per_row != 1).any():
+            bad = int(torch.nonzero(per_row != 1)[0, 0])
+            raise ValueError(f"next-POI scoring needs one <poi_pre> per prompt; row {bad} has {int(per_row[bad])}")
+        return hidden[mask]
+
+    def score_candidates(self, query, poi_coords, poi_category, poi_category_tokens, poi_history, poi_anchor):
+        """``(B, P)`` scores of every candidate for each query (see :class:`~stllm.models.poi.CandidateHead`)."""
+        cands = self.candidate_embeddings(poi_coords, poi_category, poi_category_tokens)
+        rel = relation_features(poi_history.to(cands.device), cands.shape[0], poi_coords.to(cands.device),
+                                poi_anchor.to(cands.device))
+        return self.poi_head(query, cands, rel)
+
     # -- forward ------------------------------------------------------------------------------------
     def forward(
         self,
@@ -281,12 +325,19 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         reg_mask: torch.Tensor | None = None,
         cls_targets: torch.Tensor | None = None,
         cls_mask: torch.Tensor | None = None,
+        poi_coords: torch.Tensor | None = None,
+        poi_category: torch.LongTensor | None = None,
+        poi_category_tokens: torch.LongTensor | None = None,
+        poi_history: torch.LongTensor | None = None,
+        poi_anchor: torch.Tensor | None = None,
+        poi_targets: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> STCausalLMOutput:
-        """Joint forward; see :class:`STCausalLMOutput`. Targets are ``(Q, horizon, st_slots)``."""
+        """Joint forward; see :class:`STCausalLMOutput`. Targets are ``(Q, horizon, st_slots)``; next-POI
+        targets ``(B,)`` candidate indices (-1: not in the table, left out of the loss)."""
         kwargs.pop("num_items_in_batch", None)
         kwargs.pop("return_dict", None)  # always a ModelOutput (indexable, and .to_tuple() for tuples)
         if (input_ids is None) == (inputs_embeds is None):
@@ -313,6 +364,13 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         if slots is not None:
             reg_pred = self.reg_head(*slots)
             cls_logits = self.cls_head(*slots)
+        poi_scores = None
+        if poi_coords is not None and input_ids is not None and prefill:
+            given = dict(zip(POI_INPUTS, (poi_coords, poi_category, poi_category_tokens, poi_history, poi_anchor)))
+            missing = [k for k, v in given.items() if v is None]
+            if missing:
+                raise ValueError(f"next-POI scoring needs {', '.join(POI_INPUTS)}; missing {', '.join(missing)}")
+            poi_scores = self.score_candidates(self._poi_query(input_ids, hidden), **given)
 
         cfg, terms = self.config, {}
         if labels is not None:
@@ -339,13 +397,23 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                     pos_weight = torch.tensor(cfg.cls_pos_weight, dtype=torch.float32, device=pred.device)
                 per = F.binary_cross_entropy_with_logits(pred.float(), target, reduction="none", pos_weight=pos_weight)
             terms[name] = masked_mean(per, mask)
-        weights = {"lm_loss": cfg.lm_loss_weight, "reg_loss": cfg.reg_loss_weight, "cls_loss": cfg.cls_loss_weight}
+        if poi_targets is not None:
+            if poi_scores is None:
+                raise ValueError("poi_targets given without the candidate table (poi_coords, ...)")
+            if poi_targets.shape != poi_scores.shape[:1]:
+                raise ValueError(f"poi_targets has shape {tuple(poi_targets.shape)}, expected ({poi_scores.shape[0]},)")
+            target = poi_targets.to(poi_scores.device)
+            per = F.cross_entropy(poi_scores.float(), target.clamp_min(0), reduction="none")
+            terms["poi_loss"] = masked_mean(per, target >= 0)
+        weights = {"lm_loss": cfg.lm_loss_weight, "reg_loss": cfg.reg_loss_weight, "cls_loss": cfg.cls_loss_weight,
+                   "poi_loss": cfg.poi_loss_weight}
         loss = sum(weights[n] * v for n, v in terms.items()) if terms else None
         return STCausalLMOutput(
             loss=loss,
             logits=out.logits,
             reg_pred=reg_pred,
             cls_logits=cls_logits,
+            poi_scores=poi_scores,
             past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             attentions=getattr(out, "attentions", None),
@@ -387,7 +455,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         """Splice on prefill only: later steps reuse the cache and drop the city inputs."""
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if not is_first_iteration and kwargs.get("use_cache", True):
-            for key in SPLICE_INPUTS:
+            for key in (*SPLICE_INPUTS, *POI_INPUTS):
                 inputs.pop(key, None)
         return inputs
 

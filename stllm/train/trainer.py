@@ -15,7 +15,7 @@ from transformers import Trainer
 
 from stllm.models.checkpoint import save_lora_extras
 
-LOSS_TERMS = ("lm_loss", "reg_loss", "cls_loss")
+LOSS_TERMS = ("lm_loss", "reg_loss", "cls_loss", "poi_loss")
 
 
 def _is_peft(model) -> bool:

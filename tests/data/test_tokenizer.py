@@ -8,7 +8,7 @@ from stllm.tokens import SLOT_TOKENS, add_st_tokens
 
 def test_special_and_slot_tokens_are_single_tokens(tokenizer):
     ids = [tokenizer.convert_tokens_to_ids(t) for t in SLOT_TOKENS]
-    assert len(set(ids)) == 3 and tokenizer.unk_token_id not in ids
+    assert len(set(ids)) == len(SLOT_TOKENS) and tokenizer.unk_token_id not in ids
     for t in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token):
         assert len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 1
     enc = tokenizer("flow<st_his><st_his>x <st_pre>.", add_special_tokens=False)["input_ids"]

@@ -5,6 +5,7 @@ import pytest
 
 from stllm.data.checkins import align_checkins, build_checkins, load_checkins, next_poi_samples, synthetic_checkins
 from stllm.data.loaders import data_root
+from stllm.data.next_poi import next_poi_eval_task
 from stllm.eval.poi_baselines import (
     MarkovTransition,
     MostPopular,
@@ -12,7 +13,9 @@ from stllm.eval.poi_baselines import (
     UserMostFrequent,
     evaluate_poi_baselines,
     haversine_km,
+    poi_baseline_ranks,
 )
+from stllm.eval.ranking import metrics_from_ranks
 
 T0 = np.datetime64("2013-01-01T08:00", "m")
 LOC = {"A": (40.70, -74.00), "B": (40.75, -73.99), "C": (40.80, -73.95), "D": (40.701, -74.001)}
@@ -49,11 +52,12 @@ def test_most_popular(train):
     assert s.shape == (1, 4) and best(s) == [1]  # B
 
 
-def test_user_most_frequent_with_fallback(train):
-    test, hist, _ = samples(train, [("u1", "A"), ("u1", "B"), ("u9", "A"), ("u9", "C")])
+def test_user_most_frequent_counts_the_history_window(train):
+    test, hist, _ = samples(train, [("u1", "C"), ("u1", "B"), ("u1", "B"), ("u1", "A"), ("u9", "D"), ("u9", "A")])
     s = UserMostFrequent().fit(train).scores(test, hist)
-    assert best(s) == [2, 1]  # u1 -> C; unseen u9 -> popular B
-    assert np.argsort(-s[0]).tolist()[:3] == [2, 0, 1]  # C (2), A (1), then popularity B
+    # u1 after C: C; after C,B: B (1 each, popularity B 4 > C 2); after C,B,B: B; u9 after D: D
+    assert best(s) == [2, 1, 1, 3]
+    assert np.argsort(-s[2]).tolist() == [1, 2, 0, 3]  # B (2), C (1), then popularity A (3) > D (1)
 
 
 def test_nearest_to_last_visit(train):
@@ -74,10 +78,12 @@ def test_markov_transition_with_fallback(train):
 
 def test_unknown_target_counts_as_miss_and_table_must_match(train):
     visits = [("u2", "A"), ("u2", "B")]
-    test = align_checkins(build_checkins(["u2", "u2", "u2"], ["A", "B", "Z"], ["x"] * 3, [40.7] * 3, [-74.0] * 3,
-                                         T0 + np.arange(3).astype("timedelta64[h]"), ["t"] * 3), train)
+    test = build_checkins(["u2", "u2", "u2"], ["A", "B", "Z"], ["x"] * 3, [40.7] * 3, [-74.0] * 3,
+                          T0 + np.arange(10, 13).astype("timedelta64[h]"), ["t"] * 3)
     r = evaluate_poi_baselines(train, test, history=3)
-    assert r["markov"]["n"] == 2 and r["markov"]["n_unknown"] == 1 and r["markov"]["acc@1"] == 0.5
+    # u2's 3 test check-ins are all targets (the history reaches into training). A after training's last B:
+    # B -> A, B, D once each, popularity picks B: a miss. B after A: A -> B twice, a hit. Z: unknown, a miss.
+    assert r["markov"]["n"] == 3 and r["markov"]["n_unknown"] == 1 and r["markov"]["acc@1"] == pytest.approx(1 / 3)
     unaligned = make(visits)
     with pytest.raises(ValueError, match="align_checkins"):
         MostPopular().fit(train).scores(unaligned, np.array([[0]]))
@@ -86,8 +92,7 @@ def test_unknown_target_counts_as_miss_and_table_must_match(train):
 def test_synthetic_user_habits_beat_popularity():
     c = synthetic_checkins(seed=0, n_users=20, n_pois=80, days=21)
     cut = c.time < np.datetime64("2012-11-19T00:00")
-    tr, te = c.subset(cut), align_checkins(c.subset(~cut), c.subset(cut))
-    r = evaluate_poi_baselines(tr, te)
+    r = evaluate_poi_baselines(c.subset(cut), c.subset(~cut))
     assert r["user most frequent"]["acc@5"] > r["most popular"]["acc@5"] + 0.2
     assert r["markov"]["acc@1"] > r["most popular"]["acc@1"]
 
@@ -97,8 +102,8 @@ def test_real_nyc_seen_users():
     if not (root / "NYC_val.csv").is_file():
         pytest.skip(f"real data not found at {root} (../shared/data); set STLLM_DATA_ROOT to run these tests")
     val = load_checkins(root / "NYC_val.csv")
-    test = align_checkins(load_checkins(root / "NYC_test.csv"), val)
-    seen = np.isin(test.user_ids[test.user], val.users_present())
-    r = evaluate_poi_baselines(val, test, target_mask=seen)
+    task = next_poi_eval_task(val, load_checkins(root / "NYC_test.csv"))
+    ranks = poi_baseline_ranks(val, task.subset(np.flatnonzero(task.seen_user)))
+    r = {name: metrics_from_ranks(x) for name, x in ranks.items()}
     assert r["user most frequent"]["acc@5"] > 0.4 and r["markov"]["acc@1"] > 0.1
     assert r["most popular"]["n_unknown"] > 0

@@ -1,9 +1,10 @@
 import pytest
 import torch
-from model_fixtures import VOCAB, make_batch, tiny_text_config, tiny_word_tokenizer
+from model_fixtures import HIS, PRE, VOCAB, make_batch, tiny_text_config, tiny_word_tokenizer
 from transformers import AutoModelForCausalLM
 
 from stllm import STEncoder, STLlamaForCausalLM, save_encoder
+from stllm.tokens import SLOT_TOKENS
 
 
 @pytest.fixture
@@ -21,9 +22,10 @@ def test_wraps_local_checkpoint_and_keeps_its_weights(backbone_dir, tmp_path):
     model, tok = STLlamaForCausalLM.from_backbone(backbone_dir, st_encoder_path=tmp_path / "enc")
     model.eval()
     cfg = model.config
-    assert len(tok) == VOCAB + 3 and model.get_input_embeddings().weight.shape[0] == VOCAB + 3
+    assert len(tok) == VOCAB + len(SLOT_TOKENS)
+    assert model.get_input_embeddings().weight.shape[0] == VOCAB + len(SLOT_TOKENS)
     assert tok.convert_ids_to_tokens(cfg.st_his_token_id) == "<st_his>"
-    assert cfg.text_config.vocab_size == VOCAB + 3
+    assert cfg.text_config.vocab_size == VOCAB + len(SLOT_TOKENS)
     for k, v in encoder.state_dict().items():
         assert torch.equal(model.st_encoder.state_dict()[k], v)
     # plain text: the wrapped model gives the original backbone's logits on the old vocabulary
@@ -34,7 +36,7 @@ def test_wraps_local_checkpoint_and_keeps_its_weights(backbone_dir, tmp_path):
     # and it runs with placeholders using the ids the tokenizer assigned
     b = make_batch()
     ids = b["input_ids"].clone()
-    ids[ids == 297], ids[ids == 298] = cfg.st_his_token_id, cfg.st_pre_token_id
+    ids[ids == HIS], ids[ids == PRE] = cfg.st_his_token_id, cfg.st_pre_token_id
     with torch.no_grad():
         assert model(**dict(b, input_ids=ids)).reg_pred.shape == (3, 12, 2)
 
