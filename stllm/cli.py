@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     # these take their own flags (HfArgumentParser / argparse in their modules): everything after the name
     for name, target, text in (
         ("train", "stllm.train.train_mem", "stage-2 instruction tuning (same as stllm/train/train_mem.py)"),
+        ("train-poi", "stllm.train.train_poi", "next-POI instruction tuning on check-ins (stllm/train/train_poi.py)"),
     ):
         p = sub.add_parser(name, help=text, add_help=False)
         p.set_defaults(func=None, module=target)
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     from stllm import demo
     from stllm.eval import zero_shot
 
-    ev = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint against baselines",
+    ev = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint against baselines "
+                        "(stllm eval next-poi --help: next-POI ranking)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     zero_shot.build_parser(ev)
     ev.set_defaults(func=zero_shot.run)
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             from stllm.train import pretrain_geo
 
             return pretrain_geo.main(argv[1:i] + argv[i + 2 :])
+    if argv[:2] == ["eval", "next-poi"]:  # next-POI evaluation has its own options
+        from stllm.eval import next_poi
+
+        return next_poi.main(argv[2:])
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "module", None):

@@ -62,6 +62,12 @@ class CheckIns:
         rows = np.sort(rows)
         return replace(self, **{f: getattr(self, f)[rows] for f in _ROW_FIELDS})
 
+    def compacted(self) -> CheckIns:
+        """The same rows with vocabularies and POI table rebuilt from them alone (``subset`` keeps the full
+        ones): a training part must not list POIs that only later rows visit."""
+        return build_checkins(self.user_ids[self.user], self.poi_ids[self.poi], self.categories[self.category],
+                              self.lat, self.lon, self.time, self.trajectory_ids[self.trajectory], source=self.source)
+
     def users_present(self) -> np.ndarray:
         """Raw ids of the users that have at least one row."""
         return self.user_ids[np.unique(self.user)]
@@ -186,7 +192,7 @@ def align_checkins(checkins: CheckIns, reference: CheckIns) -> CheckIns:
         for s in extra:
             lookup[s] = len(lookup)
         table = np.array([lookup[s] for s in own_ids.tolist()], dtype=np.int64)
-        return table[own_idx], np.concatenate([ref_ids, np.array(extra, dtype=ref_ids.dtype)]).astype(str)
+        return table[own_idx], np.array(ref_ids.tolist() + extra, dtype=str)  # no fixed-width cut of new ids
 
     user, user_ids = remap(checkins.user_ids, checkins.user, reference.user_ids)
     cat, categories = remap(checkins.categories, checkins.category, reference.categories)

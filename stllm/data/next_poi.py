@@ -112,10 +112,16 @@ class NextPOICollator:
     ``poi_history`` (B, H), ``poi_anchor`` (B, 2), ``poi_targets`` (B,); ``geo_coords`` (G, 2) for the
     ``<GEO>`` slots. ``answer="prefix"`` (evaluation) stops each sequence at ``<poi_pre>``: the answer's
     POI name after it is the ground truth, so it is never fed in.
+
+    ``transitions`` (a fitted :class:`~stllm.eval.poi_baselines.MarkovTransition`) adds ``poi_transition``
+    (B, P): training transition counts out of each sample's last POI. ``leave_one_out`` (training on the
+    same check-ins the counts came from) subtracts the sample's own (last -> target) transition, so the
+    feature never carries its own answer.
     """
 
     def __init__(self, tokenizer, table: CheckIns, padding_side: str = "right", answer: str = "full",
-                 max_length: int | None = None, return_meta: bool = False):
+                 max_length: int | None = None, return_meta: bool = False, transitions=None,
+                 leave_one_out: bool = False):
         if answer not in ("full", "prefix"):
             raise ValueError(f"answer must be 'full' or 'prefix', got {answer!r}")
         vocab = tokenizer.get_vocab()
@@ -126,7 +132,7 @@ class NextPOICollator:
         if pad is None:
             raise ValueError("tokenizer has neither a pad nor an eos token to pad with")
         self.pad_id, self.padding_side, self.answer, self.max_length = int(pad), padding_side, answer, max_length
-        self.return_meta = return_meta
+        self.return_meta, self.transitions, self.leave_one_out = return_meta, transitions, leave_one_out
         self.geo_id, self.poi_id = vocab[GEO_TOKEN], vocab[POI_PRE_TOKEN]
         self.formatter = ChatFormatter(tokenizer)
         self.encode = SegmentEncoder(tokenizer)
@@ -181,6 +187,13 @@ class NextPOICollator:
             "poi_anchor": torch.from_numpy(np.stack([s["poi_anchor"] for s in samples]).astype(np.float32)),
             "poi_targets": torch.tensor([int(s["poi_target"]) for s in samples], dtype=torch.long),
         }
+        if self.transitions is not None:
+            trans = self.transitions.scores_after(hist[:, -1])
+            if self.leave_one_out:
+                target = out["poi_targets"].numpy()
+                own = np.flatnonzero((hist[:, -1] >= 0) & (target >= 0))
+                trans[own, target[own]] -= 1.0
+            out["poi_transition"] = torch.from_numpy(np.maximum(trans, 0.0))
         if self.answer == "full":
             out["labels"] = torch.from_numpy(labels)
         if self.return_meta:

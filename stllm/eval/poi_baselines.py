@@ -128,8 +128,14 @@ class MarkovTransition(POIBaseline):
 
     def scores(self, checkins, hist):
         last = self._check(checkins, hist)
-        out = np.broadcast_to(self.popular, (len(last), len(self.popular))).astype(np.float32)
-        lp = checkins.poi[last]
+        return self.scores_after(checkins.poi[last])
+
+    def scores_after(self, lp: np.ndarray) -> np.ndarray:
+        """Scores (N, P) after last POIs ``lp`` (N,) given as table indices (-1: unknown -> popularity)."""
+        if not hasattr(self, "start"):
+            raise RuntimeError("MarkovTransition: call fit(train) first")
+        lp = np.asarray(lp, dtype=np.int64)
+        out = np.broadcast_to(self.popular, (len(lp), len(self.popular))).astype(np.float32)
         known = np.flatnonzero(lp >= 0)
         lo, hi = self.start[lp[known]], self.start[lp[known] + 1]
         n_each = hi - lo

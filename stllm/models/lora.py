@@ -50,7 +50,8 @@ def add_lora(
     if target_modules is None:
         target_modules = [f"backbone.{n}" for n in attention_projections(model.backbone)]
     cfg = model.config
-    new_rows = [i for i in (cfg.st_his_token_id, cfg.st_pre_token_id, cfg.geo_token_id) if i is not None]
+    slot_ids = (cfg.st_his_token_id, cfg.st_pre_token_id, cfg.geo_token_id, cfg.poi_pre_token_id)
+    new_rows = [i for i in slot_ids if i is not None]
     targets = list(target_modules)
     fan_in_fan_out = any(isinstance(model.get_submodule(t), Conv1D) for t in targets)  # GPT-2 style
     lora = LoraConfig(

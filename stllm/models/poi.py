@@ -22,17 +22,24 @@ from torch import nn
 
 from stllm.encoders.geo_encoder import haversine_m
 
-RELATION_FEATURES = ("log_count", "is_last", "recency", "log_distance")
+RELATION_FEATURES = ("log_count", "is_last", "recency", "log_distance", "log_transition")
 
 
 def relation_features(
-    history: torch.Tensor, n_candidates: int, cand_coords: torch.Tensor, anchor: torch.Tensor, decay: float = 0.8
+    history: torch.Tensor,
+    n_candidates: int,
+    cand_coords: torch.Tensor,
+    anchor: torch.Tensor,
+    transition: torch.Tensor | None = None,
+    decay: float = 0.8,
 ) -> torch.Tensor:
-    """``(B, P, 4)`` features of each candidate for each sample (:data:`RELATION_FEATURES`).
+    """``(B, P, 5)`` features of each candidate for each sample (:data:`RELATION_FEATURES`).
 
     ``history`` (B, H) candidate indices of the sample's past visits, right-aligned (last column = last
     visit), -1 for padding or a POI outside the table; ``anchor`` (B, 2) the last visit's (lat, lon);
-    ``cand_coords`` (P, 2). Recency weighs a visit ``decay ** age`` (age 0 = last visit).
+    ``cand_coords`` (P, 2). Recency weighs a visit ``decay ** age`` (age 0 = last visit). ``transition``
+    (B, P), optional, counts how often training users went from the sample's last POI to each candidate
+    (:meth:`~stllm.eval.poi_baselines.MarkovTransition.scores_after`); zeros when not given.
     """
     if history.dim() != 2:
         raise ValueError(f"poi_history must be (B, H) candidate indices, got shape {tuple(history.shape)}")
@@ -51,7 +58,13 @@ def relation_features(
     is_last = zeros.scatter_add(1, idx[:, -1:], valid[:, -1:].to(dtype))
     dist_km = haversine_m(anchor[:, None, :], cand_coords[None, :, :]).to(dtype) / 1000.0
     log_dist = torch.log(dist_km + 0.05)  # 50 m floor: GPS noise
-    return torch.stack((count.log1p(), is_last, recency, log_dist), dim=-1)
+    if transition is None:
+        trans = zeros
+    elif transition.shape != (b, n_candidates):
+        raise ValueError(f"poi_transition must be ({b}, {n_candidates}), got {tuple(transition.shape)}")
+    else:
+        trans = transition.to(dtype).clamp_min(0).log1p()
+    return torch.stack((count.log1p(), is_last, recency, log_dist, trans), dim=-1)
 
 
 class CandidateHead(nn.Module):

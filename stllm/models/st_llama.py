@@ -31,6 +31,7 @@ from stllm.tokens import add_st_tokens
 SPLICE_INPUTS = ("st_values", "st_window", "st_region", "st_adj", "geo_coords")
 # Next-POI inputs: the candidate table and each sample's visit history (see stllm.models.poi).
 POI_INPUTS = ("poi_coords", "poi_category", "poi_category_tokens", "poi_history", "poi_anchor")
+POI_OPTIONAL = ("poi_transition",)
 
 
 @dataclass
@@ -300,11 +301,13 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             raise ValueError(f"next-POI scoring needs one <poi_pre> per prompt; row {bad} has {int(per_row[bad])}")
         return hidden[mask]
 
-    def score_candidates(self, query, poi_coords, poi_category, poi_category_tokens, poi_history, poi_anchor):
+    def score_candidates(self, query, poi_coords, poi_category, poi_category_tokens, poi_history, poi_anchor,
+                         poi_transition=None):
         """``(B, P)`` scores of every candidate for each query (see :class:`~stllm.models.poi.CandidateHead`)."""
         cands = self.candidate_embeddings(poi_coords, poi_category, poi_category_tokens)
-        rel = relation_features(poi_history.to(cands.device), cands.shape[0], poi_coords.to(cands.device),
-                                poi_anchor.to(cands.device))
+        dev = cands.device
+        rel = relation_features(poi_history.to(dev), cands.shape[0], poi_coords.to(dev), poi_anchor.to(dev),
+                                None if poi_transition is None else poi_transition.to(dev))
         return self.poi_head(query, cands, rel)
 
     # -- forward ------------------------------------------------------------------------------------
@@ -330,6 +333,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         poi_category_tokens: torch.LongTensor | None = None,
         poi_history: torch.LongTensor | None = None,
         poi_anchor: torch.Tensor | None = None,
+        poi_transition: torch.Tensor | None = None,
         poi_targets: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -370,7 +374,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             missing = [k for k, v in given.items() if v is None]
             if missing:
                 raise ValueError(f"next-POI scoring needs {', '.join(POI_INPUTS)}; missing {', '.join(missing)}")
-            poi_scores = self.score_candidates(self._poi_query(input_ids, hidden), **given)
+            poi_scores = self.score_candidates(self._poi_query(input_ids, hidden), **given,
+                                               poi_transition=poi_transition)
 
         cfg, terms = self.config, {}
         if labels is not None:
@@ -403,6 +408,9 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             if poi_targets.shape != poi_scores.shape[:1]:
                 raise ValueError(f"poi_targets has shape {tuple(poi_targets.shape)}, expected ({poi_scores.shape[0]},)")
             target = poi_targets.to(poi_scores.device)
+            if target.numel() and int(target.max()) >= poi_scores.shape[1]:
+                raise ValueError(f"poi_targets holds {int(target.max())}, outside the {poi_scores.shape[1]} candidates "
+                                 "(use -1 for a POI not in the table)")
             per = F.cross_entropy(poi_scores.float(), target.clamp_min(0), reduction="none")
             terms["poi_loss"] = masked_mean(per, target >= 0)
         weights = {"lm_loss": cfg.lm_loss_weight, "reg_loss": cfg.reg_loss_weight, "cls_loss": cfg.cls_loss_weight,
@@ -455,7 +463,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         """Splice on prefill only: later steps reuse the cache and drop the city inputs."""
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if not is_first_iteration and kwargs.get("use_cache", True):
-            for key in (*SPLICE_INPUTS, *POI_INPUTS):
+            for key in (*SPLICE_INPUTS, *POI_INPUTS, *POI_OPTIONAL):
                 inputs.pop(key, None)
         return inputs
 

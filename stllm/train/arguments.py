@@ -56,6 +56,7 @@ class ModelArguments:
     lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the language-model cross-entropy."})
     reg_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the regression MAE (flows)."})
     cls_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the classification BCE (events)."})
+    poi_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the next-POI candidate cross-entropy."})
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Force an attention implementation; default: flash_attention_2 on GPU when "
                                 "installed, sdpa otherwise."},
@@ -157,13 +158,14 @@ def _configure_cpu_deepspeed(args: STTrainingArguments) -> None:
         config.use_configured_state = True
 
 
-def build_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, STTrainingArguments))
+def build_parser(data_class=DataArguments) -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, data_class, STTrainingArguments))
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, STTrainingArguments]:
-    """Parse flags, or a single ``.yaml``/``.json`` file holding the same fields."""
-    parser = build_parser()
+def parse_args(argv: list[str] | None = None, data_class=DataArguments):
+    """Parse flags, or a single ``.yaml``/``.json`` file holding the same fields: ``(ModelArguments,
+    data_class, STTrainingArguments)`` (``data_class``: DataArguments for city data, or another task's)."""
+    parser = build_parser(data_class)
     if argv and len(argv) == 1 and Path(argv[0]).suffix in (".yaml", ".yml", ".json"):
         path = Path(argv[0])
         if not path.is_file():

@@ -48,13 +48,14 @@ GIB = 2**30
 
 # Modules stllm adds around the backbone, at their default configs (STEncoderConfig(), GeoEncoderConfig(),
 # token_dim 64, head_dim 128, horizon 12). The encoders are frozen under LoRA; projectors, heads and the
-# three new token rows are trained (see ``stllm.models.lora.add_lora``).
+# four new slot-token rows are trained (see ``stllm.models.lora.add_lora``).
 ST_ENCODER_PARAMS = 98_648
 GEO_ENCODER_PARAMS = 21_056
 ST_TOKEN_DIM = 64
 ST_HEAD_DIM = 128
 ST_HORIZON = 12
-ST_NEW_TOKENS = 3
+ST_NEW_TOKENS = 4
+POI_RELATION_FEATURES = 5
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -118,14 +119,16 @@ def st_module_params(
     """``(trainable, frozen)`` parameter counts of stllm's modules for a backbone of width ``hidden_size``.
 
     Trainable under LoRA: two projectors (``token_dim*h + h`` each, plus ``h*h + h`` for ``mlp2x_gelu``),
-    and two slot heads (``2*(h*head_dim + head_dim) + (2*head_dim*horizon + horizon)`` each). Frozen: the ST
-    encoder and the geo encoder.
+    two slot heads (``2*(h*head_dim + head_dim) + (2*head_dim*horizon + horizon)`` each) and the next-POI
+    candidate head (query ``h*d + d``, key MLP ``h*d + d + d*d + d``, relation MLP ``f*32 + 32 + 33``).
+    Frozen: the ST encoder and the geo encoder.
     """
     proj = token_dim * hidden_size + hidden_size
     if projector_type == "mlp2x_gelu":
         proj += hidden_size * hidden_size + hidden_size
     head = 2 * (hidden_size * head_dim + head_dim) + (2 * head_dim * horizon + horizon)
-    return 2 * proj + 2 * head, st_encoder_params + geo_encoder_params
+    cand = 2 * (hidden_size * head_dim + head_dim) + head_dim * head_dim + head_dim + POI_RELATION_FEATURES * 32 + 65
+    return 2 * proj + 2 * head + cand, st_encoder_params + geo_encoder_params
 
 
 def _llama_spec(

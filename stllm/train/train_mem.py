@@ -155,6 +155,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, data: Prep
         cls_pos_weight=event_pos_weight(data),
         st_encoder_config=enc_cfg, projector_type=model_args.projector_type, lm_loss_weight=model_args.lm_loss_weight,
         reg_loss_weight=model_args.reg_loss_weight, cls_loss_weight=model_args.cls_loss_weight,
+        poi_loss_weight=model_args.poi_loss_weight,
     )
     if model_args.model_name_or_path:
         return STLlamaForCausalLM.from_backbone(
@@ -165,7 +166,15 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, data: Prep
     n = len(data.train)
     picks = np.linspace(0, n - 1, num=min(n, 400)).astype(int)
     texts = ["\n".join(formatter(data.train[int(i)]["conversation"])) for i in picks]
-    tokenizer = train_tokenizer(texts, vocab_size=data_args.tokenizer_vocab)
+    model, tokenizer = build_tiny_model(texts, model_args, data_args.tokenizer_vocab, attn, **common)
+    if model_args.st_encoder_path:
+        model.st_encoder.load_state_dict(load_encoder(model_args.st_encoder_path).state_dict())
+    return model, tokenizer
+
+
+def build_tiny_model(texts: list[str], model_args: ModelArguments, vocab_size: int, attn: str, **config_kwargs):
+    """A Llama of ``--tiny_preset`` size from its config, with a BPE tokenizer trained offline on ``texts``."""
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     ids = add_st_tokens(tokenizer)
     hidden, layers, heads, kv, inter = TINY_PRESETS[model_args.tiny_preset]
     text = LlamaConfig(
@@ -173,12 +182,10 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, data: Prep
         intermediate_size=inter, vocab_size=len(tokenizer), max_position_embeddings=1024,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    config = STLlamaConfig(text_config=text, **ids.as_config(), **common)
+    config = STLlamaConfig(text_config=text, **ids.as_config(), **config_kwargs)
     config._attn_implementation = model_args.attn_implementation or attn
     with _without_zero3_init():  # a tiny model gains nothing from partitioned construction
         model = STLlamaForCausalLM(config)
-    if model_args.st_encoder_path:
-        model.st_encoder.load_state_dict(load_encoder(model_args.st_encoder_path).state_dict())
     return model, tokenizer
 
 
@@ -231,7 +238,7 @@ def make_trainable(model: STLlamaForCausalLM, model_args: ModelArguments):
 
 
 ARCHITECTURE_FIELDS = ("st_slots", "head_dim", "projector_type", "st_his_token_id", "st_pre_token_id", "geo_token_id",
-                       "st_encoder_config", "geo_encoder_config")  # fmt: skip
+                       "poi_pre_token_id", "st_encoder_config", "geo_encoder_config")  # fmt: skip
 TEXT_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "vocab_size")  # fmt: skip
 

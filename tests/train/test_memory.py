@@ -176,7 +176,8 @@ def test_vicuna_preset_shape():
     assert spec.backbone_params == 6_738_415_616  # Llama-2-7B
     h = 4096
     head = 2 * (h * 128 + 128) + (256 * 12 + 12)
-    assert spec.st_trainable == 2 * (64 * h + h) + 2 * head
+    candidate = 2 * (h * 128 + 128) + 128 * 128 + 128 + (5 * 32 + 32) + (32 + 1)  # next-POI head
+    assert spec.st_trainable == 2 * (64 * h + h) + 2 * head + candidate
     from stllm import GeoEncoder, GeoEncoderConfig, STEncoder, STEncoderConfig
 
     encoders = [STEncoder(STEncoderConfig()), GeoEncoder(GeoEncoderConfig())]

@@ -1,0 +1,154 @@
+"""Next-POI instruction tuning: ``torchrun stllm/train/train_poi.py --checkins NYC_val.csv ...`` (or
+``stllm train-poi``).
+
+The same machinery as ``train_mem.py`` (model/LoRA/DeepSpeed/trainer arguments, STTrainer checkpoints),
+on check-ins instead of city windows: each sample is a user's recent visits with ``<GEO>`` slots and
+the ``<POI_PRE>`` slot where the candidate head scores every POI of the training table. The checkpoint
+records which table it was trained on (``poi_data.json``), so evaluation can refuse another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from transformers import set_seed
+
+from stllm.data.checkins import CheckIns, chronological_split, load_checkins, synthetic_checkins, user_trajectories
+from stllm.data.next_poi import NextPOICollator, NextPOIDataset, next_poi_train_task
+from stllm.data.prompts import ChatFormatter
+from stllm.eval.poi_baselines import MarkovTransition
+from stllm.models import STLlamaForCausalLM
+from stllm.runtime import detect_runtime
+from stllm.train.arguments import ModelArguments, STTrainingArguments, parse_args
+from stllm.train.train_mem import (
+    build_tiny_model,
+    check_output_dir,
+    check_resume_compatible,
+    load_geo_encoder,
+    make_trainable,
+    shutdown_distributed,
+)
+from stllm.train.trainer import STTrainer
+
+logger = logging.getLogger("stllm")
+POI_DATA_FILE = "poi_data.json"
+
+
+@dataclass
+class POIDataArguments:
+    checkins: str = field(
+        default="synthetic",
+        metadata={"help": "Training check-ins: a Foursquare-style CSV (e.g. ../shared/data/foursquare_nyc/NYC_val.csv) "
+                  "or 'synthetic' (the earlier 80% of synthetic_checkins by time; the rest is its test part)."},
+    )
+    synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic check-ins."})
+    synthetic_users: int = field(default=40, metadata={"help": "Users of the synthetic check-ins."})
+    synthetic_pois: int = field(default=150, metadata={"help": "POIs of the synthetic check-ins."})
+    synthetic_days: int = field(default=28, metadata={"help": "Days of the synthetic check-ins."})
+    history: int = field(default=100, metadata={"help": "Earlier check-ins per sample seen by the relation features."})
+    prompt_visits: int = field(default=8, metadata={"help": "Most recent check-ins written into the prompt."})
+    tokenizer_vocab: int = field(default=2000, metadata={"help": "BPE vocabulary of the offline tokenizer (tiny)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many samples."})
+
+    def synthetic_kwargs(self) -> dict:
+        return dict(seed=self.synthetic_seed, n_users=self.synthetic_users, n_pois=self.synthetic_pois,
+                    days=self.synthetic_days)  # fmt: skip
+
+
+def resolve_checkins(spec: str, **synthetic) -> tuple[CheckIns, CheckIns | None]:
+    """``(train, test)``: a CSV path gives (its check-ins, None); 'synthetic' gives the chronological
+    80/20 split of :func:`synthetic_checkins` (``synthetic``: its keyword arguments)."""
+    if spec == "synthetic":
+        train, test = chronological_split(synthetic_checkins(**synthetic), frac=0.8)
+        return train.compacted(), test.compacted()
+    return load_checkins(spec), None
+
+
+def table_fingerprint(checkins: CheckIns) -> str:
+    """SHA-256 of the POI table (ids, coordinates, categories): evaluation must score the same candidates."""
+    h = hashlib.sha256()
+    for a in (checkins.poi_ids.astype(str), checkins.categories.astype(str)):
+        h.update("\n".join(a.tolist()).encode())
+    for a in (checkins.poi_lat, checkins.poi_lon, checkins.poi_category):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def build_poi_model(model_args: ModelArguments, data_args: POIDataArguments, dataset: NextPOIDataset, attn: str):
+    """A pretrained backbone wrapped with the stllm modules, or a tiny Llama with an offline tokenizer."""
+    common = dict(projector_type=model_args.projector_type, lm_loss_weight=model_args.lm_loss_weight,
+                  poi_loss_weight=model_args.poi_loss_weight)  # fmt: skip
+    if model_args.model_name_or_path:
+        return STLlamaForCausalLM.from_backbone(
+            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation or attn, **common
+        )
+    formatter = ChatFormatter(None)
+    picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), 400)).astype(int)
+    texts = ["\n".join(formatter(dataset[int(i)]["conversation"])) for i in picks]
+    texts += dataset.task.checkins.categories.tolist()  # every category name, for the candidate embeddings
+    return build_tiny_model(texts, model_args, data_args.tokenizer_vocab, attn, **common)
+
+
+def train_next_poi(model_args: ModelArguments, data_args: POIDataArguments,
+                   training_args: STTrainingArguments) -> STTrainer:
+    """Load check-ins, build samples and the model, train, save the checkpoint; returns the trainer."""
+    rt = detect_runtime()
+    if training_args.process_index == 0:
+        logger.warning(rt.log_line())
+    check_output_dir(training_args)
+    set_seed(training_args.seed)
+    checkins, _ = resolve_checkins(data_args.checkins, **data_args.synthetic_kwargs())
+    _, skipped = user_trajectories(checkins, min_visits=2)
+    task = next_poi_train_task(checkins, history=data_args.history)
+    if len(task) == 0:
+        raise ValueError(f"{data_args.checkins}: no user has two check-ins; nothing to train on")
+    if training_args.process_index == 0:
+        logger.warning("next-POI training: %d samples from %d users, %d POIs (%d users with < 2 check-ins skipped)",
+                       len(task), len(np.unique(checkins.user[task.rows])), checkins.n_pois, skipped)
+    dataset = NextPOIDataset(task, prompt_visits=data_args.prompt_visits)
+    model, tokenizer = build_poi_model(model_args, data_args, dataset, rt.attn_implementation)
+    load_geo_encoder(model, model_args.geo_encoder_path)
+    if training_args.resume_from_checkpoint:
+        check_resume_compatible(training_args.resume_from_checkpoint, model.config)
+    if rt.device == "cuda" and not (training_args.bf16 or training_args.fp16):
+        training_args.bf16 = rt.dtype == torch.bfloat16
+    model = make_trainable(model, model_args)
+    train_set = dataset
+    if data_args.max_train_samples is not None and data_args.max_train_samples < len(dataset):
+        rng = np.random.default_rng(training_args.seed)
+        keep = np.sort(rng.choice(len(dataset), size=data_args.max_train_samples, replace=False))
+        train_set = torch.utils.data.Subset(dataset, keep.tolist())
+    record = {**asdict(data_args), "source": checkins.source, "n_pois": checkins.n_pois,
+              "n_samples": len(train_set), "skipped_users": skipped, "poi_table_sha256": table_fingerprint(checkins)}
+    collator = NextPOICollator(tokenizer, checkins, transitions=MarkovTransition().fit(checkins), leave_one_out=True)
+    trainer = STTrainer(
+        model=model, args=training_args, train_dataset=train_set, data_collator=collator,
+        processing_class=tokenizer, artifacts={POI_DATA_FILE: json.dumps(record, indent=2)},
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv,
+                                                          data_class=POIDataArguments)
+        train_next_poi(model_args, data_args, training_args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"stllm train-poi: error: {e}", file=sys.stderr)
+        return 2
+    shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
