@@ -1,5 +1,19 @@
 """Data layer: city tensors and metadata, loaders, synthetic city, splits, scaler, prompts, dataset, collator."""
 
+from stllm.data.checkins import (
+    CheckInError,
+    CheckIns,
+    align_checkins,
+    build_checkins,
+    chronological_split,
+    load_checkins,
+    merge_checkins,
+    next_poi_rows,
+    next_poi_samples,
+    synthetic_checkins,
+    unseen_user_split,
+    user_trajectories,
+)
 from stllm.data.city import CityData, CityDataError, Region, parse_freq
 from stllm.data.collator import STDataCollator
 from stllm.data.dataset import STInstructionDataset, window_batches
@@ -11,6 +25,13 @@ from stllm.data.loaders import (
     load_nyc_crime,
     read_zone_pois,
 )
+from stllm.data.next_poi import (
+    NextPOICollator,
+    NextPOIDataset,
+    NextPOITask,
+    next_poi_eval_task,
+    next_poi_train_task,
+)
 from stllm.data.prompts import (
     TEMPLATES,
     ChatFormatter,
@@ -19,6 +40,7 @@ from stllm.data.prompts import (
     build_conversation,
     event_prompt,
     flow_prompt,
+    next_poi_prompt,
 )
 from stllm.data.scaler import STScaler
 from stllm.data.splits import (
@@ -36,11 +58,15 @@ from stllm.data.tokenizer import train_tokenizer
 from stllm.data.urbangpt import UrbanGPTData, UrbanGPTDataset, UrbanGPTSample, load_urbangpt, write_urbangpt
 
 __all__ = [
+    "CheckInError", "CheckIns", "align_checkins", "build_checkins", "chronological_split", "load_checkins",
+    "merge_checkins", "next_poi_rows", "next_poi_samples", "synthetic_checkins", "unseen_user_split",
+    "user_trajectories",
+    "NextPOICollator", "NextPOIDataset", "NextPOITask", "next_poi_eval_task", "next_poi_train_task",
     "CityData", "CityDataError", "Region", "parse_freq",
     "STDataCollator", "STInstructionDataset", "window_batches",
     "data_root", "load_bikenyc", "load_manhattan_flows", "load_npz", "load_nyc_crime", "read_zone_pois",
     "TEMPLATES", "ChatFormatter", "Conversation", "PromptContext", "build_conversation", "event_prompt",
-    "flow_prompt",
+    "flow_prompt", "next_poi_prompt",
     "STScaler",
     "CitySplit", "RegionSplit", "SplitError", "SplitRecord", "TimeSplit", "assert_zero_shot", "make_records",
     "split_record",
