@@ -133,6 +133,7 @@ def evaluate_next_poi(
     test_c = load_checkins(test) if test is not None else default_test
     _check_times(train_c, test_c, allow_overlap)
     task = next_poi_eval_task(train_c, test_c, history=record["history"])
+    not_targets = len(test_c) - len(task)  # first check-ins of users new in the test file: no history
     if len(task) == 0:
         raise ValueError(f"{test_c.source}: no next-POI targets (no test user has an earlier check-in)")
     if max_samples is not None and max_samples < len(task):
@@ -159,6 +160,9 @@ def evaluate_next_poi(
     unknown = int((task.target < 0).sum())
     table = "\n\n".join(parts) + (note if generate else "")
     table += f"\n\n{unknown} of {len(task)} test targets are POIs missing from the training table: misses for all."
+    if not_targets:
+        table += (f"\n{not_targets} test check-ins are not targets: each is the first check-in of a user new in the "
+                  "test file (no earlier visit to predict from).")
     files = [_write_json(out / "metrics.json", metrics)]
     files.append(_write_predictions(out / "predictions.jsonl", task, ranks["stllm"]))
     return EvalResult(metrics=metrics, table=table, output_dir=out, files=files)

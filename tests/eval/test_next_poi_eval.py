@@ -148,6 +148,7 @@ def test_unknown_pois_and_unseen_users_are_reported(checkpoint, split, tmp_path,
         assert m["acc@10"] <= 1 - n_unknown / n_all + 1e-9, name
     assert f"{n_unknown} of {n_all} test targets are POIs missing from the training table" in printed
     assert f"unseen users ({len(first_user) - 1} samples)" in printed
+    assert "1 test check-ins are not targets" in printed  # the newcomer's first check-in
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == n_all
     unknown = [p for p in preds if p["rank"] is None]
