@@ -102,9 +102,54 @@ def run_demo(
     return result
 
 
+POI_PRESETS = {
+    # check-in source for train_poi, stage-2 steps, evaluation test file (None: the synthetic test part)
+    "next-poi": ("synthetic", 300, None),
+    "nyc-poi": ("{root}/foursquare_nyc/NYC_val.csv", 600, "{root}/foursquare_nyc/NYC_test.csv"),
+}
+
+
+def run_poi_demo(output_dir: str | Path = "runs/demo-poi", data: str = "next-poi", data_root: str | None = None,
+                 steps: int | None = None, seed: int = 0, progress: bool = True, quick: bool = False):
+    """Next-POI: check-ins -> offline tokenizer -> tiny Llama with the candidate head -> ranking table
+    against the baselines (later check-ins; seen and unseen users)."""
+    from stllm.data.loaders import data_root as default_root
+    from stllm.eval.next_poi import evaluate_next_poi
+    from stllm.train.train_poi import POIDataArguments, train_next_poi
+
+    source, default_steps, test = POI_PRESETS[data]
+    root = str(data_root or default_root())
+    source, test = source.format(root=root), test and test.format(root=root)
+    out, t0 = Path(output_dir), time.time()
+    flags = ["--checkins", source]
+    if quick:
+        if data != "next-poi":
+            raise ValueError("--quick runs on synthetic check-ins only")
+        flags += ["--synthetic_users", "12", "--synthetic_pois", "40", "--synthetic_days", "10"]
+        default_steps = 8
+    model_args, data_args, train_args = parse_args([
+        "--output_dir", str(out / "model"), *flags, "--max_steps", str(steps or default_steps),
+        "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "50",
+        "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
+        "--disable_tqdm", str(not progress).lower(),
+    ], data_class=POIDataArguments)  # fmt: skip
+    print(f"[1/2] next-POI instruction tuning on {source} (tiny Llama, candidate head)", flush=True)
+    train_next_poi(model_args, data_args, train_args)
+    print("[2/2] ranking every POI for later check-ins, against baselines", flush=True)
+    result = evaluate_next_poi(out / "model", out / "eval", test=test, progress=progress,
+                               max_samples=200 if quick else None)  # fmt: skip
+    print()
+    print(result.table)
+    print(f"\nwrote: model {out / 'model'}, results {out / 'eval'}")
+    print(f"demo took {time.time() - t0:.0f} s")
+    return result
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="stllm demo", description=__doc__)
-    p.add_argument("--data", choices=sorted(PRESETS), default="synthetic", help="synthetic city or real Manhattan taxi")
+    p.add_argument("--data", choices=sorted(PRESETS) + sorted(POI_PRESETS), default="synthetic",
+                   help="flows/events: synthetic city, real Manhattan taxi, NYC crime; next-POI: synthetic check-ins "
+                        "(next-poi) or Foursquare NYC (nyc-poi)")
     p.add_argument("--data_root", default=None, help="real data folder (default ../shared/data)")
     p.add_argument("--output_dir", default="runs/demo", help="where everything is written")
     p.add_argument("--steps", type=int, default=None, help="stage-2 optimizer steps (default per preset)")
@@ -117,6 +162,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data in POI_PRESETS:
+        out = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-poi"
+        run_poi_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress, args.quick)
+        return 0
     run_demo(args.output_dir, args.data, args.data_root, args.steps, args.extra_views, args.seed, not args.no_progress,
              args.quick, args.with_geo)  # fmt: skip
     return 0

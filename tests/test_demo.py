@@ -30,3 +30,17 @@ def test_quick_demo_with_geo_tokens_uses_the_pretrained_geo_encoder(tmp_path, ca
     for k, v in geo.state_dict().items():  # loaded, then kept frozen through stage 2
         assert torch.equal(model.geo_encoder.state_dict()[k], v)
     assert json.loads((tmp_path / "model" / "data_args.json").read_text())["with_geo"] is True
+
+
+def test_quick_next_poi_demo_trains_then_ranks_against_baselines(tmp_path, capsys):
+    assert main(["demo", "--data", "next-poi", "--quick", "--output_dir", str(tmp_path), "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/2]" in out and "[2/2]" in out
+    rows = [line.split("  ")[0] for line in out.splitlines() if line.startswith(("stllm", "most", "user", "nearest",
+                                                                                   "markov"))]
+    assert rows[:5] == ["stllm", "most popular", "user most frequent", "nearest to last", "markov"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["all users"]
+    n = len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines())
+    assert 0 < metrics["stllm"]["n"] == n <= 200 and 0.0 <= metrics["stllm"]["acc@5"] <= 1.0
+    record = json.loads((tmp_path / "model" / "poi_data.json").read_text())
+    assert record["checkins"] == "synthetic" and record["synthetic_users"] == 12
