@@ -3,8 +3,15 @@
 Both paths run the *same* tiny ``STLlamaForCausalLM`` on the *same* evaluation samples (the held-out
 regions of a synthetic city, built with the offline tokenizer as in ``tests/eval/test_predict.py``):
 
-(a) ``stllm.eval.predict.predict(..., batch_size=32)``: one teacher-forced forward over prompt + answer
-    template per batch, heads read at the ``<st_pre>`` slots; wall time includes collation.
+(a) ``stllm.eval.predict.predict(..., batch_size=32)``: one teacher-forced causal pass per batch, heads
+    read at the ``<st_pre>`` slots, through ``stllm.eval.slot_pass.SlotPass``: samples sorted by prompt
+    text, each batch cut after its last ``<st_pre>``, the prefix its rows share (system prompt,
+    instruction, region name) run once into the backbone's key/value cache, no padding mask (right
+    padding). Same predictions as a plain forward (the tests check it); wall time includes collation.
+(a0) reference: the plain batched forward the shortcuts replace (what ``predict`` ran before them):
+    the same samples in dataset order, collated in batches of 32, ``model(..., logits_to_keep=1)``
+    over prompt + whole answer template with the padding mask, heads read from its output. Timed
+    once, after a warm-up batch.
 (b) UrbanGPT style, one sample at a time: collate the sample (batch 1), ``model.generate`` on the prompt
     only (greedy, ``max_new_tokens`` = ``min_new_tokens`` = that sample's answer-template length, so it
     generates the whole answer including the ``<st_pre>`` run), then one forward over prompt + generated
@@ -13,9 +20,9 @@ regions of a synthetic city, built with the offline tokenizer as in ``tests/eval
     ``<st_pre>`` so the same work (generation + one forward with heads) is still timed. Run on a
     subset (default 20 samples); per-sample time is extrapolated.
 
-Prints samples/s of both and the ratio a/b against a target (default >= 100x). Defaults: Llama width
-128, 2 layers, 4 heads (2 KV), intermediate 344, BPE vocab 1000 + slot tokens, 200 samples (4 held-out
-regions x 50 windows). Prints numbers only; asserts nothing.
+Prints samples/s of all three, the ratio a/b against a target (default >= 100x) and a/a0. Defaults:
+Llama width 128, 2 layers, 4 heads (2 KV), intermediate 344, BPE vocab 1000 + slot tokens, 200 samples
+(4 held-out regions x 50 windows). Prints numbers only; asserts nothing.
 
     python bench/eval_throughput.py                # the spec (< 1 min on 2 cores)
     python bench/eval_throughput.py --gen-samples 5
@@ -117,6 +124,20 @@ def run_predict(args, model, tok, ds, scaler) -> tuple[float, np.ndarray]:
 
 
 @torch.inference_mode()
+def run_plain(args, model, tok, ds, max_batches: int | None = None) -> float:
+    """(a0): collate in dataset order, one plain ``model(...)`` per batch; seconds."""
+    collator = STDataCollator(tok, st_slots=model.config.st_slots, padding_side="right")
+    keys = ("input_ids", "attention_mask", "st_values", "st_window", "st_region")
+    t0 = time.perf_counter()
+    for n, k in enumerate(range(0, len(ds), args.batch_size)):
+        if max_batches is not None and n >= max_batches:
+            break
+        batch = collator([ds[i] for i in range(k, min(len(ds), k + args.batch_size))])
+        model(**{key: batch[key] for key in keys}, logits_to_keep=1)  # as predict() did before SlotPass
+    return time.perf_counter() - t0
+
+
+@torch.inference_mode()
 def generate_one(model, tok, collator: STDataCollator, sample: dict) -> dict:
     """UrbanGPT-style: generate the answer from the prompt, then one forward reading the heads."""
     t0 = time.perf_counter()
@@ -194,6 +215,13 @@ def main(argv=None) -> None:
           f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f})")  # fmt: skip
     print(f"rate (a) {rate_a:,.1f} samples/s  ({t_a / len(ds) * 1e3:.2f} ms/sample)")
 
+    print(f"\n== (a0) reference: plain batched forward (batch_size={args.batch_size}, full template, padding mask)")
+    run_plain(args, model, tok, ds, max_batches=1)
+    t_a0 = run_plain(args, model, tok, ds)
+    rate_a0 = len(ds) / t_a0
+    print(f"rate (a0) {rate_a0:,.1f} samples/s  ({t_a0 / len(ds) * 1e3:.2f} ms/sample); "
+          f"(a) / (a0) = {rate_a / rate_a0:.2f}x")  # fmt: skip
+
     n_gen = min(args.gen_samples, len(ds))
     subset = np.linspace(0, len(ds) - 1, n_gen).round().astype(int).tolist()
     print(f"\n== (b) UrbanGPT style: per sample generate (batch 1, greedy) + one forward; {n_gen} of {len(ds)} samples")
@@ -220,6 +248,7 @@ def main(argv=None) -> None:
     print("\n== ratio")
     verdict = "PASS" if ratio >= args.target else "MISS"
     print(f"rate (a) / rate (b) = {ratio:.1f}x  target >= {args.target:.0f}x: {verdict}")
+    print(f"rate (a0) / rate (b) = {rate_a0 / rate_b:.1f}x  (the plain batched forward, for reference)")
     print(f"model {(n_backbone + n_st) / 1e6:.3f}M params, threads {torch.get_num_threads()}")
     print(f"\ntotal bench time {time.perf_counter() - t_start:.1f} s")
 

@@ -1,7 +1,10 @@
-"""Batched prediction: one teacher-forced forward pass over prompt + answer template per batch.
+"""Batched prediction: one teacher-forced causal pass over prompt + answer template per batch.
 
 The answer template is fixed, so the heads read the ``<st_pre>`` hidden states without generating
-a token (DESIGN rule 4); only the last position's logits are computed (``logits_to_keep=1``).
+a token (DESIGN rule 4). The pass skips what the heads cannot see (:class:`SlotPass`: the batch
+cut after its last ``<st_pre>``, the prefix its rows share run once into the backbone's cache, one
+logit row), with the values of a plain ``model(**batch)``; samples are taken in prompt order so
+that the rows of a batch share long prefixes.
 Rows stream to a JSONL file keyed by (region, window) as they are produced: a killed run resumes
 where it stopped, without duplicates, and refuses a file written by another run. The final file
 is written atomically (temp file + rename).
@@ -20,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stllm.data import STDataCollator, STInstructionDataset, STScaler
+from stllm.eval.slot_pass import SlotPass
 from stllm.models.st_llama import SPLICE_INPUTS
 
 logger = logging.getLogger("stllm")
@@ -38,6 +42,20 @@ def _batches(indices: list[int], batch_size: int) -> Iterator[list[int]]:
         yield indices[k : k + batch_size]
 
 
+def _prefix_sorted(
+    dataset, collator: STDataCollator, todo: list[int], batch_size: int, chunk_batches: int = 32
+) -> Iterator[tuple[list[int], list[dict]]]:
+    """``(indices, samples)`` batches, sorted by prompt text within chunks of ``chunk_batches`` batches:
+    the rows of a batch then share a longer prefix (run once by :class:`SlotPass`) and have similar
+    lengths (less padding). Predictions do not depend on the order; rows are keyed, not positional."""
+    step = batch_size * chunk_batches
+    for k in range(0, len(todo), step):
+        samples = {i: dataset[i] for i in todo[k : k + step]}
+        order = sorted(samples, key=lambda i: collator.texts(samples[i])[0])
+        for idx in _batches(order, batch_size):
+            yield idx, [samples[i] for i in idx]
+
+
 def model_inputs(model, batch: dict, keys: tuple[str, ...] = ()) -> dict:
     """``keys`` plus the city inputs the splice consumes, on the model's device (no labels or targets:
     prediction never computes a loss)."""
@@ -46,12 +64,18 @@ def model_inputs(model, batch: dict, keys: tuple[str, ...] = ()) -> dict:
 
 
 @torch.inference_mode()
-def predict_batch(model, batch: dict, task: str, scaler: STScaler | None) -> np.ndarray:
-    """``(B, horizon, C)`` predictions in original units (flows) or probabilities (events)."""
-    out = model(**model_inputs(model, batch, ("input_ids", "attention_mask")), logits_to_keep=1)
+def predict_batch(
+    model, batch: dict, task: str, scaler: STScaler | None, slot_pass: SlotPass | None = None
+) -> np.ndarray:
+    """``(B, horizon, C)`` predictions in original units (flows) or probabilities (events).
+
+    The heads come from :class:`~stllm.eval.slot_pass.SlotPass` (same values as ``model(**batch)``,
+    less work); pass one to reuse its shared-prefix memo across batches.
+    """
+    reg_pred, cls_logits = (slot_pass or SlotPass(model))(batch)
     if task == "event":
-        return torch.sigmoid(out.cls_logits.float()).cpu().numpy()
-    pred = out.reg_pred.float().cpu().numpy()
+        return torch.sigmoid(cls_logits.float()).cpu().numpy()
+    pred = reg_pred.float().cpu().numpy()
     return pred if scaler is None else np.asarray(scaler.inverse(pred), dtype=np.float32)
 
 
@@ -157,7 +181,9 @@ def predict(
     ``output.partial`` and a rerun with the same ``run`` dict skips finished rows; ``max_batches``
     stops early (what a killed run looks like, for tests). ``generate`` switches to UrbanGPT's
     per-sample generation (slow; for parity checks): samples whose generation holds no prediction
-    slots are NaN rows in the result (never a fallback value) and their number is logged.
+    slots are NaN rows in the result (never a fallback value) and their number is logged. Batches
+    are formed in prompt-text order (within chunks of 32 batches); the result and the final file
+    are in dataset order.
     """
     model.eval()
     collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
@@ -167,15 +193,18 @@ def predict(
     todo = [i for i, k in enumerate(keys) if k not in rows]
     sink = file.open_for_append() if (file is not None and todo) else None
     task = dataset.city.task
+    slot_pass = SlotPass(model)
     try:
         bar = tqdm(total=len(todo), desc="predict", unit="sample", disable=not progress)
-        for n, idx in enumerate(_batches(todo, batch_size)):
+        batches = (((idx, None) for idx in _batches(todo, batch_size)) if generate
+                   else _prefix_sorted(dataset, collator, todo, batch_size))  # fmt: skip
+        for n, (idx, samples) in enumerate(batches):
             if max_batches is not None and n >= max_batches:
                 return np.empty(0)
             if generate:
                 pred = [predict_generated(model, collator([dataset[i]]), task, scaler) for i in idx]
             else:
-                pred = predict_batch(model, collator([dataset[i] for i in idx]), task, scaler)
+                pred = predict_batch(model, collator(samples), task, scaler, slot_pass)
             for i, p in zip(idx, pred):
                 rows[keys[i]] = None if p is None else np.round(p, 6).tolist()
                 if sink is not None:

@@ -338,15 +338,18 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        prefill: bool | None = None,
         **kwargs,
     ) -> STCausalLMOutput:
         """Joint forward; see :class:`STCausalLMOutput`. Targets are ``(Q, horizon, st_slots)``; next-POI
-        targets ``(B,)`` candidate indices (-1: not in the table, left out of the loss)."""
+        targets ``(B,)`` candidate indices (-1: not in the table, left out of the loss). ``prefill``
+        (default: the cache is empty) says the input holds whole prompts to splice and read heads on,
+        e.g. prompts continuing a shared-prefix cache (:class:`~stllm.eval.slot_pass.SlotPass`)."""
         kwargs.pop("num_items_in_batch", None)
         kwargs.pop("return_dict", None)  # always a ModelOutput (indexable, and .to_tuple() for tuples)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        prefill = _is_prefill(past_key_values)
+        prefill = _is_prefill(past_key_values) if prefill is None else prefill
         if inputs_embeds is None:
             self._check_input_ids(input_ids)
             inputs_embeds = self.get_input_embeddings()(input_ids)

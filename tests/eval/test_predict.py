@@ -1,16 +1,20 @@
-"""Batched single-pass prediction: equals per-sample forwards, inverse-scales, streams and resumes."""
+"""Batched single-pass prediction: equals per-sample forwards (also through the SlotPass shortcuts), inverse-scales,
+streams and resumes."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
+from model_fixtures import make_batch, tiny_model
 from transformers import LlamaConfig
 
 from stllm import STLlamaConfig, STLlamaForCausalLM
 from stllm.data import STDataCollator, STInstructionDataset, STScaler, synthetic_city, train_tokenizer
 from stllm.data.prompts import ChatFormatter
 from stllm.eval.predict import predict
+from stllm.eval.slot_pass import SlotPass
+from stllm.models.st_llama import SPLICE_INPUTS
 from stllm.tokens import add_st_tokens
 
 
@@ -107,3 +111,51 @@ def test_padding_side_does_not_change_predictions(setup):
     right = predict_batch(model, STDataCollator(tok, st_slots=2, padding_side="right")(samples), "flow", scaler)
     left = predict_batch(model, STDataCollator(tok, st_slots=2, padding_side="left")(samples), "flow", scaler)
     np.testing.assert_allclose(left, right, rtol=1e-4, atol=1e-3)
+
+
+def _inputs(batch):
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", *SPLICE_INPUTS)}
+
+
+def test_slot_pass_equals_plain_forward_whole_batch_and_per_sample(setup):
+    """Cut after the last <st_pre>, shared prefix run once into a cache: the heads equal one plain forward over
+    the padded batch and a plain forward per sample (whole prompt + answer, no padding)."""
+    model, tok, ds, _ = setup
+    collator = STDataCollator(tok, st_slots=2)
+    samples = [ds[i] for i in range(len(ds))]
+    batch = collator(samples)
+    fast = SlotPass(model)
+    reg, cls = fast(batch)
+    assert fast._prefix is not None and len(fast._prefix[0]) >= 20  # system prompt + instruction, run once
+    last_pre = int((batch["input_ids"] == model.config.st_pre_token_id).nonzero()[:, 1].max())
+    assert batch["input_ids"].shape[1] > last_pre + 1  # a tail to cut
+    with torch.no_grad():
+        full = model(**_inputs(batch))
+        single = [model(**_inputs(collator([s]))) for s in samples]
+    per_sample = torch.cat([o.reg_pred for o in single]), torch.cat([o.cls_logits for o in single])
+    for got, want in ((reg, full.reg_pred), (cls, full.cls_logits), (reg, per_sample[0]), (cls, per_sample[1])):
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    # a later batch with a (possibly longer) shared prefix; prefix sharing off gives the same
+    sub, _ = fast(collator(samples[1::3]))
+    assert torch.allclose(sub, reg[1::3], atol=1e-5)
+    plain_prefix, _ = SlotPass(model, share_prefix=False)(batch)
+    assert torch.allclose(plain_prefix, reg, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
+def test_slot_pass_on_random_batches_with_padding_and_other_backbones(kind):
+    """Random ids with a shared 10-token prefix, right padding, slots at row-specific positions, on two
+    backbones; left padding takes the plain model(...) path with the same result."""
+    model = tiny_model(kind)
+    batch = make_batch(length=40, his_at=(12, 15, 19), pre_at=(22, 26, 30), pad=3)
+    batch["input_ids"][:, :10] = batch["input_ids"][:1, :10]
+    fast = SlotPass(model)
+    reg, cls = fast(batch)
+    with torch.no_grad():
+        full = model(**batch)
+    assert torch.allclose(reg, full.reg_pred, atol=1e-5) and torch.allclose(cls, full.cls_logits, atol=1e-5)
+    assert len(fast._prefix[0]) == 10
+    left = make_batch(length=40, his_at=(12, 15, 19), pre_at=(22, 26, 30), pad=3, padding_side="left")
+    with torch.no_grad():
+        want = model(**left).reg_pred
+    assert torch.allclose(SlotPass(model)(left)[0], want, atol=1e-5)
