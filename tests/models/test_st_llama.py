@@ -184,7 +184,7 @@ def test_gradients_reach_trainable_parts_only():
     assert all(grads[n] is None for n in frozen)
     # only the slot-token rows are trainable: <st_pre> learns; <st_his> rows are overwritten by the splice
     delta = next(p for n, p in peft_model.named_parameters() if "trainable_tokens_delta" in n)
-    assert delta.shape[0] == 3
+    assert delta.shape[0] == 4  # <st_his>, <st_pre>, <geo>, <poi_pre>
     assert delta.grad[1].abs().sum() > 0 and delta.grad[0].abs().sum() == 0
 
 
