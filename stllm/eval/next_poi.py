@@ -28,7 +28,7 @@ from stllm.data.checkins import CheckIns, load_checkins
 from stllm.data.next_poi import NextPOICollator, NextPOIDataset, NextPOITask, next_poi_eval_task
 from stllm.eval.poi_baselines import MarkovTransition, poi_baseline_ranks
 from stllm.eval.ranking import format_ranking_table, metrics_from_ranks, target_ranks
-from stllm.eval.zero_shot import EvalResult, _write_json
+from stllm.eval.zero_shot import EvalResult, _write_json, print_result
 from stllm.models import STLlamaForCausalLM
 from stllm.train.train_poi import POI_DATA_FILE, POIDataArguments, resolve_checkins, table_fingerprint
 
@@ -209,9 +209,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"stllm eval next-poi: error: {e}")
         return 2
-    print(result.table)
-    print("\nwrote " + ", ".join(str(f) for f in result.files))
-    return 0
+    return print_result(result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -253,6 +253,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"stllm eval: error: {e}")
         return 2
+    return print_result(result)
+
+
+def print_result(result: EvalResult) -> int:
+    """The table and the files written; the CLI's exit status (0)."""
     print(result.table)
     print("\nwrote " + ", ".join(str(f) for f in result.files))
     return 0

@@ -309,16 +309,21 @@ def shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_training_cli(argv: list[str] | None, train_fn, data_class=DataArguments, name: str = "stllm train") -> int:
+    """Parse ``(ModelArguments, data_class, STTrainingArguments)``, run ``train_fn`` on them, tear down the
+    process group; our input checks exit 2 with their message."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
-        model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
-        train(model_args, data_args, training_args)
+        train_fn(*parse_args(sys.argv[1:] if argv is None else argv, data_class=data_class))
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # our checks: the message is the answer
-        print(f"stllm train: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     shutdown_distributed()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_training_cli(argv, train)
 
 
 if __name__ == "__main__":

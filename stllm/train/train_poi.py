@@ -25,14 +25,14 @@ from stllm.data.prompts import ChatFormatter
 from stllm.eval.poi_baselines import MarkovTransition
 from stllm.models import STLlamaForCausalLM
 from stllm.runtime import detect_runtime
-from stllm.train.arguments import ModelArguments, STTrainingArguments, parse_args
+from stllm.train.arguments import ModelArguments, STTrainingArguments
 from stllm.train.train_mem import (
     build_tiny_model,
     check_output_dir,
     check_resume_compatible,
     load_geo_encoder,
     make_trainable,
-    shutdown_distributed,
+    run_training_cli,
 )
 from stllm.train.trainer import STTrainer
 
@@ -138,16 +138,7 @@ def train_next_poi(model_args: ModelArguments, data_args: POIDataArguments,
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv,
-                                                          data_class=POIDataArguments)
-        train_next_poi(model_args, data_args, training_args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"stllm train-poi: error: {e}", file=sys.stderr)
-        return 2
-    shutdown_distributed()
-    return 0
+    return run_training_cli(argv, train_next_poi, data_class=POIDataArguments, name="stllm train-poi")
 
 
 if __name__ == "__main__":
