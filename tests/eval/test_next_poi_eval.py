@@ -204,3 +204,39 @@ def test_refuses_test_check_ins_earlier_than_training(checkpoint, split, tmp_pat
     assert main([*argv, "--allow-overlap"]) == 0
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["all users"]["stllm"]["n"] == 10
+
+
+def test_lora_on_a_pretrained_backbone_trains_the_poi_head_and_reloads(tmp_path, capsys):
+    """--model_name_or_path (LoRA by default): the candidate head trains through modules_to_save, the backbone
+    stays as saved, and the LoRA checkpoint reloads for evaluation."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from stllm import STLlamaForCausalLM
+    from stllm.data import train_tokenizer
+
+    tok = train_tokenizer([f"Here are a user's check-ins: Monday 08:{m:02d}, Coffee Shop, Office, Bar, Gym, Park."
+                           for m in range(60)], vocab_size=300)
+    torch.manual_seed(0)
+    backbone = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok)))
+    backbone.save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    out = tmp_path / "lora"
+    argv = ["train-poi", "--model_name_or_path", str(tmp_path / "llama"), "--output_dir", str(out), "--max_steps", "4",
+            "--per_device_train_batch_size", "8", "--save_strategy", "no", "--disable_tqdm", "true",
+            "--report_to", "none", *[x for k, v in SYNTH.items() for x in (f"--{k}", str(v))]]
+    assert main(argv) == 0
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "adapter_model.safetensors")
+    head = {k: v for k, v in saved.items() if "poi_head.query.weight" in k}
+    assert len(head) == 1  # the candidate head is saved with the adapter (modules_to_save)
+    model = STLlamaForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(model.poi_head.query.weight, next(iter(head.values())))  # and reloaded
+    original = AutoModelForCausalLM.from_pretrained(tmp_path / "llama")
+    w = "model.layers.0.mlp.down_proj.weight"  # not a LoRA target: must be the saved backbone's
+    assert torch.equal(model.backbone.state_dict()[w], original.state_dict()[w])
+    capsys.readouterr()
+    assert main(["eval", "next-poi", str(out), "--no_progress", "--max_samples", "30"]) == 0
+    assert "stllm " in capsys.readouterr().out
