@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 
 from stllm.data.checkins import CheckIns, load_checkins
 from stllm.data.next_poi import NextPOICollator, NextPOIDataset, NextPOITask, next_poi_eval_task
+from stllm.eval.plots import plot_acc_at_k
 from stllm.eval.poi_baselines import MarkovTransition, poi_baseline_ranks
 from stllm.eval.ranking import format_ranking_table, metrics_from_ranks, target_ranks
 from stllm.eval.zero_shot import EvalResult, _write_json, print_result
@@ -165,6 +166,7 @@ def evaluate_next_poi(
                   "test file (no earlier visit to predict from).")
     files = [_write_json(out / "metrics.json", metrics)]
     files.append(_write_predictions(out / "predictions.jsonl", task, ranks["stllm"]))
+    files.append(plot_acc_at_k(out / "acc_at_k.png", ranks, groups))
     return EvalResult(metrics=metrics, table=table, output_dir=out, files=files)
 
 

@@ -64,3 +64,31 @@ def plot_error_map(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_acc_at_k(path: str | Path, ranks: dict[str, np.ndarray], groups: dict[str, np.ndarray],
+                  max_k: int = 20) -> Path:
+    """Next-POI Acc@k for k = 1..``max_k``, one line per method, one panel per user group.
+
+    ``ranks``: 0-based target ranks per method (``inf`` = unknown target, a miss); ``groups``: boolean
+    sample masks (e.g. seen / unseen users); empty groups are left out."""
+    path = Path(path)
+    groups = {g: m for g, m in groups.items() if m.any()}
+    ks = np.arange(1, max_k + 1)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+    for ax, (g, m) in zip(axes[0], groups.items()):
+        for name, r in ranks.items():
+            ax.plot(ks, (r[m][:, None] < ks[None, :]).mean(axis=0), marker="o", ms=2.5, lw=1.2, label=name)
+        reachable = float(np.isfinite(next(iter(ranks.values()))[m]).mean())  # targets in the table
+        ax.axhline(reachable, color="grey", ls="--", lw=0.8, label="reachable (target in the table)")
+        ax.set_title(f"{g} (n = {int(m.sum())})", fontsize=9)
+        ax.set_xticks([k for k in (1, 5, 10, 15, 20, 30, 50) if k <= max_k])
+        ax.set_xlabel("k")
+        ax.set_ylabel("Acc@k")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

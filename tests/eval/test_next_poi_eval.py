@@ -88,6 +88,7 @@ def test_train_then_eval_end_to_end(checkpoint, tmp_path, capsys):
             assert metrics["all users"][name][k] == pytest.approx(v, abs=6e-5), (name, k)
     assert 0 <= metrics["all users"]["stllm generate (first 3)"]["unparsed"] <= 3
 
+    assert (tmp_path / "acc_at_k.png").stat().st_size > 10_000  # the Acc@k curves
     lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
     preds = [json.loads(x) for x in lines]
     assert len(preds) == 60 and len(set(lines)) == 60
