@@ -270,35 +270,56 @@ def check_output_dir(args: STTrainingArguments) -> None:
         )
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, training_args: STTrainingArguments) -> STTrainer:
-    """Build everything from the arguments, train, save the final checkpoint; returns the trainer."""
+def start_run(training_args: STTrainingArguments):
+    """Log the runtime (rank 0), refuse to overwrite another run, seed; returns the runtime."""
     rt = detect_runtime()
     if training_args.process_index == 0:
         logger.warning(rt.log_line())
     check_output_dir(training_args)
     set_seed(training_args.seed)
-    data = prepare_data(data_args, model_args.st_encoder_path)
-    model, tokenizer = build_model(model_args, data_args, data, rt.attn_implementation)
+    return rt
+
+
+def ready_for_training(model: STLlamaForCausalLM, model_args: ModelArguments, training_args: STTrainingArguments, rt):
+    """Pretrained GeoEncoder in, resume compatibility checked, bf16 on CUDA, LoRA or full fine-tuning."""
     load_geo_encoder(model, model_args.geo_encoder_path)
     if training_args.resume_from_checkpoint:
         check_resume_compatible(training_args.resume_from_checkpoint, model.config)
     if rt.device == "cuda" and not (training_args.bf16 or training_args.fp16):
         training_args.bf16 = rt.dtype == torch.bfloat16
-    model = make_trainable(model, model_args)
-    train_set = data.train
-    if data_args.max_train_samples is not None:
-        rng = np.random.default_rng(training_args.seed)
-        keep = np.sort(rng.choice(len(train_set), size=min(len(train_set), data_args.max_train_samples), replace=False))
-        train_set = torch.utils.data.Subset(train_set, keep.tolist())
-    collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
+    return make_trainable(model, model_args)
+
+
+def subsample(dataset, max_samples: int | None, seed: int):
+    """At most ``max_samples`` samples, drawn without replacement and kept in dataset order."""
+    if max_samples is None or max_samples >= len(dataset):
+        return dataset
+    keep = np.sort(np.random.default_rng(seed).choice(len(dataset), size=max_samples, replace=False))
+    return torch.utils.data.Subset(dataset, keep.tolist())
+
+
+def fit_and_save(model, tokenizer, training_args: STTrainingArguments, train_set, collator,
+                 artifacts: dict[str, str]) -> STTrainer:
+    """Train with STTrainer (resuming when asked), save the final checkpoint and the trainer state."""
     trainer = STTrainer(
         model=model, args=training_args, train_dataset=train_set, data_collator=collator,
-        processing_class=tokenizer, artifacts=data.artifacts(),
+        processing_class=tokenizer, artifacts=artifacts,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
     return trainer
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: STTrainingArguments) -> STTrainer:
+    """Build everything from the arguments, train, save the final checkpoint; returns the trainer."""
+    rt = start_run(training_args)
+    data = prepare_data(data_args, model_args.st_encoder_path)
+    model, tokenizer = build_model(model_args, data_args, data, rt.attn_implementation)
+    model = ready_for_training(model, model_args, training_args, rt)
+    train_set = subsample(data.train, data_args.max_train_samples, training_args.seed)
+    collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
+    return fit_and_save(model, tokenizer, training_args, train_set, collator, data.artifacts())
 
 
 def shutdown_distributed() -> None:

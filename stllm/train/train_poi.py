@@ -16,23 +16,20 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
-from transformers import set_seed
 
 from stllm.data.checkins import CheckIns, chronological_split, load_checkins, synthetic_checkins, user_trajectories
 from stllm.data.next_poi import NextPOICollator, NextPOIDataset, next_poi_train_task
 from stllm.data.prompts import ChatFormatter
 from stllm.eval.poi_baselines import MarkovTransition
 from stllm.models import STLlamaForCausalLM
-from stllm.runtime import detect_runtime
 from stllm.train.arguments import ModelArguments, STTrainingArguments
 from stllm.train.train_mem import (
     build_tiny_model,
-    check_output_dir,
-    check_resume_compatible,
-    load_geo_encoder,
-    make_trainable,
+    fit_and_save,
+    ready_for_training,
     run_training_cli,
+    start_run,
+    subsample,
 )
 from stllm.train.trainer import STTrainer
 
@@ -98,11 +95,7 @@ def build_poi_model(model_args: ModelArguments, data_args: POIDataArguments, dat
 def train_next_poi(model_args: ModelArguments, data_args: POIDataArguments,
                    training_args: STTrainingArguments) -> STTrainer:
     """Load check-ins, build samples and the model, train, save the checkpoint; returns the trainer."""
-    rt = detect_runtime()
-    if training_args.process_index == 0:
-        logger.warning(rt.log_line())
-    check_output_dir(training_args)
-    set_seed(training_args.seed)
+    rt = start_run(training_args)
     checkins, _ = resolve_checkins(data_args.checkins, **data_args.synthetic_kwargs())
     _, skipped = user_trajectories(checkins, min_visits=2)
     task = next_poi_train_task(checkins, history=data_args.history)
@@ -113,28 +106,13 @@ def train_next_poi(model_args: ModelArguments, data_args: POIDataArguments,
                        len(task), len(np.unique(checkins.user[task.rows])), checkins.n_pois, skipped)
     dataset = NextPOIDataset(task, prompt_visits=data_args.prompt_visits)
     model, tokenizer = build_poi_model(model_args, data_args, dataset, rt.attn_implementation)
-    load_geo_encoder(model, model_args.geo_encoder_path)
-    if training_args.resume_from_checkpoint:
-        check_resume_compatible(training_args.resume_from_checkpoint, model.config)
-    if rt.device == "cuda" and not (training_args.bf16 or training_args.fp16):
-        training_args.bf16 = rt.dtype == torch.bfloat16
-    model = make_trainable(model, model_args)
-    train_set = dataset
-    if data_args.max_train_samples is not None and data_args.max_train_samples < len(dataset):
-        rng = np.random.default_rng(training_args.seed)
-        keep = np.sort(rng.choice(len(dataset), size=data_args.max_train_samples, replace=False))
-        train_set = torch.utils.data.Subset(dataset, keep.tolist())
+    model = ready_for_training(model, model_args, training_args, rt)
+    train_set = subsample(dataset, data_args.max_train_samples, training_args.seed)
     record = {**asdict(data_args), "source": checkins.source, "n_pois": checkins.n_pois,
               "n_samples": len(train_set), "skipped_users": skipped, "poi_table_sha256": table_fingerprint(checkins)}
     collator = NextPOICollator(tokenizer, checkins, transitions=MarkovTransition().fit(checkins), leave_one_out=True)
-    trainer = STTrainer(
-        model=model, args=training_args, train_dataset=train_set, data_collator=collator,
-        processing_class=tokenizer, artifacts={POI_DATA_FILE: json.dumps(record, indent=2)},
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()
-    return trainer
+    return fit_and_save(model, tokenizer, training_args, train_set, collator,
+                        {POI_DATA_FILE: json.dumps(record, indent=2)})
 
 
 def main(argv: list[str] | None = None) -> int:
