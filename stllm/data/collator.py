@@ -108,7 +108,59 @@ class SegmentEncoder:
         return out
 
 
-class STDataCollator:
+class PromptCollator:
+    """What every stllm collator shares: the slot-token vocabulary check, the pad id, chat formatting,
+    segment-cached tokenisation, packing (:func:`pack_prompts`) and the per-row slot-count check.
+    Subclasses write ``texts(sample) -> (prompt, answer)`` with placeholders already expanded."""
+
+    def __init__(self, tokenizer, padding_side: str = "right", max_length: int | None = None,
+                 pad_to_multiple_of: int | None = None, cache_segments: bool = True):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.vocab = tokenizer.get_vocab()
+        missing = [t for t in SLOT_TOKENS if t not in self.vocab]
+        if missing:
+            raise ValueError(f"tokenizer lacks slot tokens {missing}; call stllm.tokens.add_st_tokens(tokenizer) first")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("tokenizer has neither a pad nor an eos token to pad with")
+        self.tokenizer, self.pad_id = tokenizer, int(pad)
+        self.padding_side, self.max_length, self.pad_to_multiple_of = padding_side, max_length, pad_to_multiple_of
+        self.formatter = ChatFormatter(tokenizer)
+        self.encode = SegmentEncoder(tokenizer) if cache_segments else (
+            lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+    def texts(self, sample: dict) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def tokenize(self, samples: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Padded ``(input_ids, attention_mask, labels)`` (B, L) of the samples' texts."""
+        if not samples:
+            raise ValueError(f"{type(self).__name__}: empty batch")
+        b = len(samples)
+        pairs = [self.texts(s) for s in samples]
+        enc = self.encode([p for p, _ in pairs] + [a for _, a in pairs])
+        names = [s.get("id", i) for i, s in enumerate(samples)]
+        return pack_prompts(enc[:b], enc[b:], self.pad_id, self.padding_side, self.max_length,
+                            self.pad_to_multiple_of, names)
+
+    @staticmethod
+    def check_slots(input_ids: np.ndarray, filled: np.ndarray, samples, checks) -> None:
+        """The tokenizer must keep each slot token whole: ``checks`` are ``(name, token id, expected count
+        per row)`` (an int or a (B,) array), compared with the tokenised rows."""
+        for name, tok, want in checks:
+            got = ((input_ids == tok) & filled).sum(axis=1)
+            bad = np.flatnonzero(got != want)
+            if bad.size:
+                i = int(bad[0])
+                expected = int(np.broadcast_to(want, got.shape)[i])
+                raise ValueError(
+                    f"sample {samples[i].get('id', i)}: tokenised text holds {int(got[i])} {name} tokens, "
+                    f"expected {expected}; the tokenizer splits slot tokens"
+                )
+
+
+class STDataCollator(PromptCollator):
     """Collate :class:`~stllm.data.dataset.STInstructionDataset` samples into model inputs.
 
     Returns ``input_ids``, ``attention_mask``, ``labels`` (B, L); ``st_values`` (W, T, N, C),
@@ -134,23 +186,10 @@ class STDataCollator:
     ):
         if st_slots < 1 or geo_slots < 1:
             raise ValueError(f"st_slots and geo_slots must be >= 1, got {st_slots}, {geo_slots}")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in SLOT_TOKENS if t not in vocab]
-        if missing:
-            raise ValueError(f"tokenizer lacks slot tokens {missing}; call stllm.tokens.add_st_tokens(tokenizer) first")
-        self.tokenizer, self.st_slots, self.geo_slots = tokenizer, st_slots, geo_slots
-        self.padding_side, self.max_length, self.pad_to_multiple_of = padding_side, max_length, pad_to_multiple_of
+        super().__init__(tokenizer, padding_side, max_length, pad_to_multiple_of, cache_segments)
+        self.st_slots, self.geo_slots = st_slots, geo_slots
         self.with_adjacency, self.return_meta = with_adjacency, return_meta
-        self.his_id, self.pre_id, self.geo_id = (vocab[t] for t in (ST_HIS_TOKEN, ST_PRE_TOKEN, GEO_TOKEN))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None:
-            raise ValueError("tokenizer has neither a pad nor an eos token to pad with")
-        self.pad_id = int(pad)
-        self.formatter = ChatFormatter(tokenizer)
-        self.encode = SegmentEncoder(tokenizer) if cache_segments else (
-            lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
+        self.his_id, self.pre_id, self.geo_id = (self.vocab[t] for t in (ST_HIS_TOKEN, ST_PRE_TOKEN, GEO_TOKEN))
         self._expand = (
             (ST_HIS_PLACEHOLDER, ST_HIS_TOKEN * st_slots),
             (ST_PRE_PLACEHOLDER, ST_PRE_TOKEN * st_slots),
@@ -182,15 +221,12 @@ class STDataCollator:
 
     # -- batch ----------------------------------------------------------------------------------------
     def __call__(self, samples: Sequence[dict]) -> dict:
-        if not samples:
-            raise ValueError("STDataCollator: empty batch")
-        b = len(samples)
-        pairs = [self.texts(s) for s in samples]
-        enc = self.encode([p for p, _ in pairs] + [a for _, a in pairs])
-        names = [s.get("id", i) for i, s in enumerate(samples)]
-        input_ids, filled, labels = pack_prompts(enc[:b], enc[b:], self.pad_id, self.padding_side, self.max_length,
-                                                 self.pad_to_multiple_of, names)
-        self._check_slots(input_ids, filled, samples)
+        input_ids, filled, labels = self.tokenize(samples)
+        want_his = np.array([len(s["history"]) * self.st_slots for s in samples])
+        want_geo = np.array([len(s.get("geo", ())) * self.geo_slots for s in samples])
+        self.check_slots(input_ids, filled, samples, (("<st_his>", self.his_id, want_his),
+                                                      ("<st_pre>", self.pre_id, self.st_slots),
+                                                      ("<geo>", self.geo_id, want_geo)))
 
         out = {
             "input_ids": torch.from_numpy(input_ids),
@@ -207,22 +243,6 @@ class STDataCollator:
         if self.return_meta:
             out["meta"] = [s.get("id") for s in samples]
         return out
-
-    def _check_slots(self, input_ids: np.ndarray, filled: np.ndarray, samples) -> None:
-        """The tokenizer must keep each slot token whole: counts per row must match the placeholders."""
-        want_his = np.array([len(s["history"]) * self.st_slots for s in samples])
-        want_geo = np.array([len(s.get("geo", ())) * self.geo_slots for s in samples])
-        for name, tok, want in (("<st_his>", self.his_id, want_his), ("<st_pre>", self.pre_id, self.st_slots),
-                                ("<geo>", self.geo_id, want_geo)):
-            got = ((input_ids == tok) & filled).sum(axis=1)
-            bad = np.flatnonzero(got != want)
-            if bad.size:
-                i = int(bad[0])
-                expected = int(np.broadcast_to(want, got.shape)[i])
-                raise ValueError(
-                    f"sample {samples[i].get('id', i)}: tokenised text holds {int(got[i])} {name} tokens, "
-                    f"expected {expected}; the tokenizer splits slot tokens"
-                )
 
     def _windows(self, samples) -> dict:
         keys: dict = {}

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from stllm.data.checkins import CheckIns, merge_checkins, next_poi_rows
-from stllm.data.collator import SegmentEncoder, pack_prompts
-from stllm.data.prompts import ChatFormatter, next_poi_prompt
-from stllm.tokens import GEO_PLACEHOLDER, GEO_TOKEN, POI_PRE_PLACEHOLDER, POI_PRE_TOKEN, SLOT_TOKENS
+from stllm.data.collator import PromptCollator
+from stllm.data.prompts import next_poi_prompt
+from stllm.tokens import GEO_PLACEHOLDER, GEO_TOKEN, POI_PRE_PLACEHOLDER, POI_PRE_TOKEN
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def category_token_ids(tokenizer, categories: Sequence[str]) -> torch.Tensor:
     return out
 
 
-class NextPOICollator:
+class NextPOICollator(PromptCollator):
     """Samples of :class:`NextPOIDataset` -> model inputs for next-POI scoring.
 
     Adds the candidate table of ``table`` (its POIs' coordinates and categories) to every batch:
@@ -124,18 +124,10 @@ class NextPOICollator:
                  leave_one_out: bool = False):
         if answer not in ("full", "prefix"):
             raise ValueError(f"answer must be 'full' or 'prefix', got {answer!r}")
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in SLOT_TOKENS if t not in vocab]
-        if missing:
-            raise ValueError(f"tokenizer lacks slot tokens {missing}; call stllm.tokens.add_st_tokens(tokenizer) first")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None:
-            raise ValueError("tokenizer has neither a pad nor an eos token to pad with")
-        self.pad_id, self.padding_side, self.answer, self.max_length = int(pad), padding_side, answer, max_length
-        self.return_meta, self.transitions, self.leave_one_out = return_meta, transitions, leave_one_out
-        self.geo_id, self.poi_id = vocab[GEO_TOKEN], vocab[POI_PRE_TOKEN]
-        self.formatter = ChatFormatter(tokenizer)
-        self.encode = SegmentEncoder(tokenizer)
+        super().__init__(tokenizer, padding_side, max_length)
+        self.answer, self.return_meta = answer, return_meta
+        self.transitions, self.leave_one_out = transitions, leave_one_out
+        self.geo_id, self.poi_id = self.vocab[GEO_TOKEN], self.vocab[POI_PRE_TOKEN]
         self.poi_coords = torch.from_numpy(np.stack([table.poi_lat, table.poi_lon], axis=-1).astype(np.float32))
         self.poi_category = torch.from_numpy(table.poi_category.astype(np.int64))
         self.poi_category_tokens = category_token_ids(tokenizer, table.categories)
@@ -156,21 +148,10 @@ class NextPOICollator:
         return prompt, answer
 
     def __call__(self, samples: Sequence[dict]) -> dict:
-        if not samples:
-            raise ValueError("NextPOICollator: empty batch")
+        input_ids, filled, labels = self.tokenize(samples)
+        n_geo = np.array([len(s["geo"]) for s in samples])
+        self.check_slots(input_ids, filled, samples, (("<geo>", self.geo_id, n_geo), ("<poi_pre>", self.poi_id, 1)))
         b = len(samples)
-        pairs = [self.texts(s) for s in samples]
-        enc = self.encode([p for p, _ in pairs] + [a for _, a in pairs])
-        names = [s.get("id", i) for i, s in enumerate(samples)]
-        input_ids, filled, labels = pack_prompts(enc[:b], enc[b:], self.pad_id, self.padding_side, self.max_length,
-                                                 ids=names)
-        for name, tok, want in (("<geo>", self.geo_id, np.array([len(s["geo"]) for s in samples])),
-                                ("<poi_pre>", self.poi_id, 1)):
-            got = ((input_ids == tok) & filled).sum(axis=1)
-            bad = np.flatnonzero(got != want)
-            if bad.size:
-                raise ValueError(f"sample {names[bad[0]]}: tokenised text holds {int(got[bad[0]])} {name} tokens, "
-                                 f"expected {int(np.broadcast_to(want, got.shape)[bad[0]])}")
         width = max(len(s["poi_history"]) for s in samples)
         hist = np.full((b, width), -1, dtype=np.int64)
         for i, s in enumerate(samples):
@@ -197,5 +178,5 @@ class NextPOICollator:
         if self.answer == "full":
             out["labels"] = torch.from_numpy(labels)
         if self.return_meta:
-            out["meta"] = names
+            out["meta"] = [s.get("id", i) for i, s in enumerate(samples)]
         return out
