@@ -51,7 +51,8 @@ def _prefix_sorted(
     step = batch_size * chunk_batches
     for k in range(0, len(todo), step):
         samples = {i: dataset[i] for i in todo[k : k + step]}
-        order = sorted(samples, key=lambda i: collator.texts(samples[i])[0])
+        # the rendered prompt is a fixed frame around (system, user): sorting those sorts the prompts' starts
+        order = sorted(samples, key=lambda i: (samples[i]["conversation"].system, samples[i]["conversation"].user))
         for idx in _batches(order, batch_size):
             yield idx, [samples[i] for i in idx]
 

@@ -35,9 +35,7 @@ class SlotPass:
     def __init__(self, model, share_prefix: bool = True, min_prefix: int = 8):
         self.model, self.share_prefix, self.min_prefix = model, share_prefix, min_prefix
         self._prefix: tuple[tuple[int, ...], object] | None = None  # token ids, their cache (batch 1)
-        cfg = model.config
-        self.slot_ids = [i for i in (cfg.st_his_token_id, cfg.geo_token_id, cfg.st_pre_token_id,
-                                     cfg.poi_pre_token_id) if i is not None]  # fmt: skip
+        self.slot_ids = model.config.slot_token_ids
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,10 +62,16 @@ class STLlamaConfig(PretrainedConfig):
             self.tie_word_embeddings = True
         self._check_token_ids()
 
+    SLOT_TOKEN_FIELDS = ("st_his_token_id", "st_pre_token_id", "geo_token_id", "poi_pre_token_id")
+
+    @property
+    def slot_token_ids(self) -> list[int]:
+        """The ids of the slot tokens that are set (``SLOT_TOKEN_FIELDS`` order)."""
+        return [i for i in (getattr(self, n) for n in self.SLOT_TOKEN_FIELDS) if i is not None]
+
     def _check_token_ids(self) -> None:
         vocab = getattr(self.text_config, "vocab_size", None)
-        names = ("st_his_token_id", "st_pre_token_id", "geo_token_id", "poi_pre_token_id")
-        named = {n: getattr(self, n) for n in names}
+        named = {n: getattr(self, n) for n in self.SLOT_TOKEN_FIELDS}
         given = {n: v for n, v in named.items() if v is not None}
         if len(set(given.values())) != len(given):
             raise ValueError(f"slot token ids must be distinct, got {given}")

@@ -50,8 +50,7 @@ def add_lora(
     if target_modules is None:
         target_modules = [f"backbone.{n}" for n in attention_projections(model.backbone)]
     cfg = model.config
-    slot_ids = (cfg.st_his_token_id, cfg.st_pre_token_id, cfg.geo_token_id, cfg.poi_pre_token_id)
-    new_rows = [i for i in slot_ids if i is not None]
+    new_rows = cfg.slot_token_ids
     targets = list(target_modules)
     fan_in_fan_out = any(isinstance(model.get_submodule(t), Conv1D) for t in targets)  # GPT-2 style
     lora = LoraConfig(
