@@ -148,7 +148,7 @@ def bench_parts(args, model, inputs) -> list[tuple[str, float]]:
     n, w = args.part_repeats, args.warmup
 
     def heads():
-        slots = model._slot_hidden(ids, hidden, strict=True)
+        slots = model._slot_hidden(ids, hidden, strict=True)[:2]
         return model.reg_head(*slots), model.cls_head(*slots)
 
     parts = [

@@ -8,20 +8,21 @@ is the library's real code path, the same one users run with a Vicuna on GPUs.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from stllm.data import RegionSplit
-from stllm.eval.zero_shot import evaluate
+from stllm.eval.zero_shot import aggregate_seeds, evaluate, format_seed_table
 from stllm.train.arguments import parse_args
 from stllm.train.pretrain_encoder import pretrain_st_encoder
 from stllm.train.train_mem import load_city, train, train_time_slice
 
 PRESETS = {
     # data flags for train_mem, stage-1 options, stage-2 steps, evaluation window
-    "synthetic": (["--data", "synthetic", "--synthetic_regions", "24", "--synthetic_days", "28"],
+    "synthetic": (["--data", "synthetic", "--synthetic_regions", "24", "--synthetic_days", "56"],
                   {"epochs": 10}, 300, {}),
     # UrbanGPT's protocol: train on 2019 (a subset of zones), zero-shot on the other zones, 2020-01-01..14
     "manhattan": (["--data", "manhattan-taxi", "--train_end", "2020-01-01", "--max_train_windows", "2688"],
@@ -40,13 +41,20 @@ def run_demo(
     data: str = "synthetic",
     data_root: str | None = None,
     steps: int | None = None,
-    extra_views: str = "day,week",
+    extra_views: str = "",
     seed: int = 0,
     progress: bool = True,
     quick: bool = False,
     with_geo: bool = False,
+    no_llm_row: bool = True,
+    extra_flags: tuple[str, ...] = (),
 ):
     """Run the four stages into ``output_dir`` and return the evaluation result.
+
+    ``no_llm_row`` also trains the "stllm without LLM" ablation (same encoder, normalisation, anchor,
+    projector and heads on a zero-layer backbone, same samples and steps) and puts it in the table.
+    ``extra_flags`` go to stage-2 training (and the stage-1 encoder for the context flags), e.g. the
+    ablations ``--context_days 0 --context_weeks 0``.
 
     ``quick`` shrinks everything (smaller city, a few steps, no supervised reference): a smoke run of
     the same code path, for tests; its numbers mean nothing."""
@@ -58,18 +66,23 @@ def run_demo(
             raise ValueError("--quick runs on the synthetic city only")
         flags = ["--data", "synthetic", "--synthetic_regions", "10", "--synthetic_days", "16"]
         stage1, default_steps, eval_kwargs = {"epochs": 1, "max_steps": 5}, 10, {"supervised": False}
+        flags += ["--context_days", "2", "--context_weeks", "1"]
     out = Path(output_dir)
     t0 = time.time()
     flags = [*flags, "--extra_views", extra_views, *(["--data_root", data_root] if data_root else [])]
+    if extra_views:  # separate day/week placeholders replace the encoder's multi-period context
+        flags += ["--context_days", "0", "--context_weeks", "0"]
+    flags += list(extra_flags)
     if with_geo:  # a <GEO> slot with the region centroid in every prompt, read by a pretrained GeoEncoder
         flags += ["--with_geo", "true"]
-    model_args, data_args, train_args = parse_args([
-        "--output_dir", str(out / "model"), *flags, "--max_steps", str(steps or default_steps),
+    argv = [
+        *flags, "--max_steps", str(steps or default_steps),
         "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "25",
         "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
         "--st_encoder_path", str(out / "encoder"), "--disable_tqdm", str(not progress).lower(),
         *(["--geo_encoder_path", str(out / "geo_encoder")] if with_geo else []),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    model_args, data_args, train_args = parse_args(["--output_dir", str(out / "model"), *argv])
     city = load_city(data_args)
     regions = RegionSplit.random(city, test=data_args.test_regions, seed=data_args.split_seed)
     train_time = train_time_slice(city, data_args)
@@ -77,8 +90,12 @@ def run_demo(
             f"{len(regions.train)} training regions, {len(regions.test)} held out for zero-shot")  # fmt: skip
 
     _say(2, "stage 1: pretraining the ST encoder on training regions and times")
+    enc_cfg = {"in_channels": city.n_channels, "out_channels": city.n_channels, "num_tokens": city.n_channels,
+               "input_window": data_args.input_len, "horizon": data_args.output_len,
+               "days": data_args.context_days, "weeks": data_args.context_weeks,
+               "normalize": model_args.st_normalize, "residual": model_args.st_residual}
     pre = pretrain_st_encoder(city, regions.train, train_time, seed=seed, output_dir=out / "encoder", overwrite=True,
-                              progress=progress, **stage1)  # fmt: skip
+                              progress=progress, encoder_config=enc_cfg, **stage1)  # fmt: skip
     val = pre.metrics["val"]
     last = val["last_value_mae_mean"]
     print(f"      encoder validation MAE {val['mae_mean']:.3f} (last value {last:.3f})", flush=True)
@@ -92,9 +109,17 @@ def run_demo(
 
     _say(3, "stage 2: instruction tuning a tiny Llama (offline tokenizer, encoder frozen)")
     train(model_args, data_args, train_args)
+    compare = {}
+    if no_llm_row:
+        print("      the same encoder and heads without the LLM (zero decoder layers), same samples and steps",
+              flush=True)
+        m, d, t = parse_args([*argv, "--no_llm", "true", "--output_dir", str(out / "model-no-llm")])
+        train(m, d, t)
+        compare["stllm without LLM"] = out / "model-no-llm"
 
     _say(4, "cross-region zero-shot evaluation against baselines")
-    result = evaluate(out / "model", out / "eval", mode="cross-region", progress=progress, **eval_kwargs)
+    result = evaluate(out / "model", out / "eval", mode="cross-region", progress=progress, compare=compare,
+                      **eval_kwargs)
     print()
     print(result.table)
     print(f"\nwrote: model {out / 'model'}, encoder {out / 'encoder'}, results and plots {out / 'eval'}")
@@ -145,6 +170,23 @@ def run_poi_demo(output_dir: str | Path = "runs/demo-poi", data: str = "next-poi
     return result
 
 
+def run_demo_seeds(seeds: list[int], output_dir: str | Path = "runs/demo", **kwargs):
+    """:func:`run_demo` once per seed (into ``output_dir/seed<k>``), then the table of mean +- std per
+    method and metric; writes ``seeds.json`` (every run's metrics and the aggregate)."""
+    out, runs = Path(output_dir), []
+    for s in seeds:
+        print(f"=== seed {s} ===", flush=True)
+        runs.append(run_demo(out / f"seed{s}", seed=s, **kwargs))
+    agg = aggregate_seeds([r.metrics for r in runs])
+    table = format_seed_table(agg, runs[0].columns, seeds)
+    (out / "seeds.json").write_text(json.dumps({"seeds": seeds, "runs": [r.metrics for r in runs],
+                                                "mean_std": agg}, indent=2))  # fmt: skip
+    print()
+    print(table)
+    print(f"\nwrote {out / 'seeds.json'}")
+    return agg
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="stllm demo", description=__doc__)
     p.add_argument("--data", choices=sorted(PRESETS) + sorted(POI_PRESETS), default="synthetic",
@@ -153,8 +195,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--data_root", default=None, help="real data folder (default ../shared/data)")
     p.add_argument("--output_dir", default="runs/demo", help="where everything is written")
     p.add_argument("--steps", type=int, default=None, help="stage-2 optimizer steps (default per preset)")
-    p.add_argument("--extra_views", default="day,week", help="extra history views ('' for none)")
+    p.add_argument("--extra_views", default="", help="extra history placeholders day,week (older mechanism; "
+                   "the encoder's multi-period context already reads those slots)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    p.add_argument("--seeds", default=None,
+                   help="comma list, e.g. 0,1,2: run the whole demo once per seed and print mean +- std")
+    p.add_argument("--no_llm_row", action="store_true",
+                   help="skip training the 'stllm without LLM' ablation row (faster)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers mean nothing)")
     p.add_argument("--with_geo", action="store_true", help="add <GEO> region-centroid tokens (pretrained GeoEncoder)")
@@ -166,6 +213,15 @@ def run(args: argparse.Namespace) -> int:
         out = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-poi"
         run_poi_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress, args.quick)
         return 0
-    run_demo(args.output_dir, args.data, args.data_root, args.steps, args.extra_views, args.seed, not args.no_progress,
-             args.quick, args.with_geo)  # fmt: skip
+    kwargs = dict(data=args.data, data_root=args.data_root, steps=args.steps, extra_views=args.extra_views,
+                  progress=not args.no_progress, quick=args.quick, with_geo=args.with_geo,
+                  no_llm_row=not args.no_llm_row)
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise SystemExit(f"stllm demo: --seeds must be a comma list of integers, got {args.seeds!r}") from None
+        run_demo_seeds(seeds, args.output_dir, **kwargs)
+    else:
+        run_demo(args.output_dir, seed=args.seed, **kwargs)
     return 0

@@ -4,10 +4,15 @@ Nothing is materialised per sample: the city is scaled once, a sample is an inde
 history is a numpy *view* of the scaled city window (shared by every region of that window, which
 lets the collator encode each window once). The prompt text is built on access.
 
-Optional extra history views (``extra_views=("week", "day")``): the same slots as the target one
-week / one day earlier (ST-ResNet's period and trend), each as its own ``<ST_HIS>`` placeholder
-before the recent history. The collator maps every placeholder to its own (window, region), so the
-model sees them as extra encoder tokens with no change to the batch format.
+Multi-period context (``days``/``weeks`` > 0, see :mod:`stllm.data.context`): the history of a sample
+is one context window ``(L, N, C)``: the target slots on each of the previous ``weeks`` weeks and
+``days`` days, then the recent ``input_len`` steps. It is gathered once per window (shared by every
+region of it) and read by an encoder built for the same ``days``/``weeks``.
+
+Optional extra history views (``extra_views=("week", "day")``, the older mechanism): the same slots
+as the target one week / one day earlier, each as its own ``<ST_HIS>`` placeholder before the recent
+history. A view is moved back by whole periods until it ends before the first target (on daily data
+the "day" view of a 12-day horizon is 12 days back), and the prompt says by how much.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import torch
 
 from stllm.data.city import CityData
+from stllm.data.context import ContextSpec, gather_context, period_steps
 from stllm.data.prompts import VIEW_WORDS, PromptContext, build_conversation
 from stllm.data.scaler import STScaler
 
@@ -46,6 +52,8 @@ class STInstructionDataset(torch.utils.data.Dataset):
         extra_views: Sequence[str] = (),
         with_geo: bool = False,
         top_pois: int = 5,
+        days: int = 0,
+        weeks: int = 0,
     ):
         if input_len < 1 or output_len < 1 or stride < 1:
             raise ValueError(f"input_len, output_len and stride must be >= 1, got {input_len}, {output_len}, {stride}")
@@ -55,6 +63,10 @@ class STInstructionDataset(torch.utils.data.Dataset):
         if with_geo and not all(r.has_coords for r in city.regions):
             missing = [r.id for r in city.regions if not r.has_coords][:5]
             raise ValueError(f"{city.source}: with_geo needs coordinates for every region; missing for {missing}")
+        if (days or weeks) and extra_views:
+            raise ValueError("extra_views and a multi-period context (days/weeks) both add day/week history; "
+                             "use one: the context holds the same slots")
+        self.context_spec = ContextSpec(input_len, output_len, days, weeks)
         self.city, self.scaler = city, scaler
         self.input_len, self.output_len = input_len, output_len
         self.extra_views, self.with_geo, self.top_pois = tuple(extra_views), with_geo, top_pois
@@ -64,22 +76,34 @@ class STInstructionDataset(torch.utils.data.Dataset):
         lo, hi, _ = (time or slice(None)).indices(city.n_steps)
         self.lags = tuple(self._lag(v) for v in self.extra_views)
         first = lo + max([0, *[lag - output_len for lag in self.lags]])
+        if self.has_context:  # histories may reach before ``lo`` (a held-out region's past), not before step 0
+            first = max(lo, self.context_spec.min_history(city.freq, city.source) - input_len)
         last = hi - input_len - output_len  # inclusive
         self.starts = np.arange(first, last + 1, stride, dtype=np.int64) if last >= first else np.zeros(0, np.int64)
         if self.starts.size == 0:
             raise ValueError(
                 f"{city.source}: no complete window of {input_len}+{output_len} steps"
                 f"{' with views ' + str(self.extra_views) if self.extra_views else ''} in steps [{lo}, {hi})"
+                + (f" after the context's warm-up ({first - lo} steps)" if self.has_context else "")
             )
         self._uid = next(_UIDS)
+        self._last_context: tuple[int, np.ndarray] | None = None
         self._minutes = (city.timestamps - np.datetime64(0, "m")).astype(np.int64)
         self._freq_minutes = int(city.freq.astype(np.int64))
 
     def _lag(self, view: str) -> int:
-        span = {"day": np.timedelta64(1, "D"), "week": np.timedelta64(7, "D")}[view]
-        if span % self.city.freq != np.timedelta64(0, "m"):
-            raise ValueError(f"extra view {view!r} needs a step that divides {span}, city step is {self.city.freq}")
-        return int(span // self.city.freq)
+        """Steps back of a view: whole periods, the fewest that end the view before the first target."""
+        period = period_steps(self.city.freq, view, f"{self.city.source}: extra view {view!r}")
+        return period * -(-self.output_len // period)
+
+    @property
+    def has_context(self) -> bool:
+        return bool(self.context_spec.days or self.context_spec.weeks)
+
+    @property
+    def view_shifts(self) -> tuple[int, ...]:
+        """Whole periods each extra view is moved back (1 unless the horizon is a period or longer)."""
+        return tuple(lag // period_steps(self.city.freq, v) for v, lag in zip(self.extra_views, self.lags))
 
     @property
     def n_windows(self) -> int:
@@ -105,7 +129,8 @@ class STInstructionDataset(torch.utils.data.Dataset):
             history_start=int(self._minutes[t0]), target_start=int(self._minutes[t0 + self.input_len]),
             input_len=self.input_len, output_len=self.output_len, freq_minutes=self._freq_minutes,
             quantity=c.quantity, place=c.place, extra_views=self.extra_views, with_geo=self.with_geo,
-            top_pois=self.top_pois,
+            top_pois=self.top_pois, view_shifts=self.view_shifts, context_days=self.context_spec.days,
+            context_weeks=self.context_spec.weeks,
         )  # fmt: skip
 
     def _check(self, i: int) -> int:
@@ -119,8 +144,11 @@ class STInstructionDataset(torch.utils.data.Dataset):
         w, r = divmod(i, self.n_regions)
         t0, n = int(self.starts[w]), int(self.region_idx[r])
         t_in, t_out = self.input_len, self.output_len
-        view_starts = [t0 + t_out - lag for lag in self.lags] + [t0]
-        history = [((self._uid, s), self.scaled[s:s + t_in]) for s in view_starts]
+        if self.has_context:
+            history = [((self._uid, "context", t0), self._context_window(t0 + t_in))]
+        else:
+            view_starts = [t0 + t_out - lag for lag in self.lags] + [t0]
+            history = [((self._uid, s), self.scaled[s:s + t_in]) for s in view_starts]
         tgt = slice(t0 + t_in, t0 + t_in + t_out)
         if self.city.task == "event":
             target = (self.city.values[tgt, n] > 0).astype(np.float32)
@@ -138,6 +166,16 @@ class STInstructionDataset(torch.utils.data.Dataset):
             "geo": c.coords[n:n + 1] if self.with_geo else np.zeros((0, 2), np.float32),
             "adjacency": c.adjacency,
         }
+
+
+    def _context_window(self, t0: int) -> np.ndarray:
+        """The scaled context ``(L, N, C)`` of the forecast starting at ``t0``; the last one is kept, so the
+        regions of a window (consecutive indices) gather it once."""
+        cached = self._last_context
+        if cached is None or cached[0] != t0:
+            window = gather_context(self.scaled, self.context_spec, self.city.freq, [t0], source=self.city.source)
+            cached = self._last_context = (t0, np.ascontiguousarray(window[0], dtype=np.float32))
+        return cached[1]
 
 
 def window_batches(dataset: STInstructionDataset, batch_size: int, shuffle: bool = True, seed: int = 0):

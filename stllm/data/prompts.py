@@ -51,6 +51,9 @@ class PromptContext:
     extra_views: tuple[str, ...] = ()  # names in VIEW_WORDS, oldest first; their <ST_HIS> come first
     with_geo: bool = False
     top_pois: int = 5
+    view_shifts: tuple[int, ...] = ()  # whole periods each extra view lies back (default 1 each)
+    context_days: int = 0  # the one history placeholder also holds the target slots on this many days
+    context_weeks: int = 0  # ... and weeks before (stllm.data.context)
 
 
 @lru_cache(maxsize=65536)
@@ -79,13 +82,22 @@ def _list_words(items) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _view_words(view: str, shift: int) -> str:
+    return VIEW_WORDS[view] if shift == 1 else f"{shift} {view}s earlier"
+
+
 def _history_sentence(ctx: PromptContext, what: str) -> str:
+    shifts = ctx.view_shifts or (1,) * len(ctx.extra_views)
     views = "".join(
-        f" The target time steps {VIEW_WORDS[v]} are encoded as {ST_HIS_PLACEHOLDER}." for v in ctx.extra_views
+        f" The target time steps {_view_words(v, k)} are encoded as {ST_HIS_PLACEHOLDER}."
+        for v, k in zip(ctx.extra_views, shifts)
     )
+    periods = [f"{n} {unit}{'s' if n > 1 else ''}" for n, unit in ((ctx.context_days, "day"),
+                                                                    (ctx.context_weeks, "week")) if n]
+    also = f" together with the target time steps on each of the previous {_list_words(periods)}" if periods else ""
     return (
         f"{views} To improve prediction accuracy, a spatio-temporal model encodes the historical {what} "
-        f"data as tokens {ST_HIS_PLACEHOLDER}, one per channel ({_list_words(ctx.channels)})."
+        f"data{also} as tokens {ST_HIS_PLACEHOLDER}, one per channel ({_list_words(ctx.channels)})."
     )
 
 

@@ -18,7 +18,7 @@ Everything is vectorised over windows, regions, steps and channels: no per-sampl
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -73,12 +73,13 @@ class PretrainLoss(NamedTuple):
 
 
 class ReconstructionDecoder(nn.Module):
-    """Linear map from the encoder's tokens ``(W, N, K, D)`` to the input window ``(W, N, T, C)``."""
+    """Linear map from the encoder's tokens ``(W, N, K, D)`` to the input window ``(W, N, T, C)``
+    (``T = config.context_length``: the whole multi-period context when the encoder reads one)."""
 
     def __init__(self, config: STEncoderConfig):
         super().__init__()
-        self.window, self.channels = config.input_window, config.in_channels
-        self.proj = nn.Linear(config.num_tokens * config.token_dim, config.input_window * config.in_channels)
+        self.window, self.channels = config.context_length, config.in_channels
+        self.proj = nn.Linear(config.num_tokens * config.token_dim, self.window * config.in_channels)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         w, n = tokens.shape[:2]
@@ -145,8 +146,13 @@ class STPretrainObjective(nn.Module):
 
 
 # -- window sampling ------------------------------------------------------------------------------------
+# (array (T, N, C), target start steps (B,), columns (N_sub,) or (B, N_sub)) -> inputs (B, L, N_sub, C),
+# read only before each target start (e.g. stllm.data.context.gather_context)
+ContextFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 class WindowBatch(NamedTuple):
-    x: torch.Tensor  # (B, input_window, N_sub, C) float32
+    x: torch.Tensor  # (B, input_window, N_sub, C) float32 (B, L, N_sub, C) with a context function
     y: torch.Tensor  # (B, horizon, N_sub, C) float32
     x_observed: torch.Tensor | None  # bool, like x (None when the array has no mask)
     y_observed: torch.Tensor | None  # bool, like y
@@ -161,22 +167,35 @@ def gather_windows(
     input_window: int,
     horizon: int,
     mask: np.ndarray | None = None,
+    context: ContextFn | None = None,
 ) -> WindowBatch:
     """Windows starting at ``starts`` of ``values (T, N, C)`` for ``regions`` (``(N_sub,)`` shared by all
-    windows, ``(B, N_sub)`` one subset per window, or None = all), gathered with one indexing op."""
+    windows, ``(B, N_sub)`` one subset per window, or None = all), gathered with one indexing op.
+
+    ``context`` gathers the inputs the encoder reads before each window's first target (e.g. a
+    multi-period context, :func:`stllm.data.context.gather_context`); default: the ``input_window``
+    steps right before it."""
     starts = np.asarray(starts, dtype=np.int64)
     if regions is None:
         regions = np.arange(values.shape[1])
     regions = np.asarray(regions, dtype=np.int64)
-    steps = starts[:, None] + np.arange(input_window + horizon)[None]  # (B, L)
     cols = regions[None, None, :] if regions.ndim == 1 else regions[:, None, :]  # (1|B, 1, N_sub)
-    win = values[steps[:, :, None], cols]  # (B, L, N_sub, C)
-    x = torch.from_numpy(np.ascontiguousarray(win[:, :input_window], dtype=np.float32))
-    y = torch.from_numpy(np.ascontiguousarray(win[:, input_window:], dtype=np.float32))
-    xo = yo = None
-    if mask is not None:
-        m = mask[steps[:, :, None], cols]
-        xo, yo = torch.from_numpy(m[:, :input_window].copy()), torch.from_numpy(m[:, input_window:].copy())
+    if context is None:
+        steps = starts[:, None] + np.arange(input_window + horizon)[None]  # (B, input + horizon)
+        win = values[steps[:, :, None], cols]
+        x, y = win[:, :input_window], win[:, input_window:]
+        m = None if mask is None else mask[steps[:, :, None], cols]
+        xm, ym = (None, None) if m is None else (m[:, :input_window], m[:, input_window:])
+    else:
+        t0 = starts + input_window
+        steps = t0[:, None] + np.arange(horizon)[None]
+        x, y = context(values, t0, regions), values[steps[:, :, None], cols]
+        xm = None if mask is None else context(mask, t0, regions)
+        ym = None if mask is None else mask[steps[:, :, None], cols]
+    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    xo = None if xm is None else torch.from_numpy(np.ascontiguousarray(xm))
+    yo = None if ym is None else torch.from_numpy(np.ascontiguousarray(ym))
     return WindowBatch(x, y, xo, yo, starts, regions)
 
 
@@ -203,6 +222,7 @@ class WindowSampler:
         shared_regions: bool = False,
         mask: np.ndarray | None = None,
         seed: int | np.random.Generator = 0,
+        context: ContextFn | None = None,
     ):
         if values.ndim != 3:
             raise ValueError(f"WindowSampler expects values (T, N, C), got shape {values.shape}")
@@ -221,7 +241,7 @@ class WindowSampler:
         self.regions_per_batch = len(self.regions) if regions_per_batch is None else int(regions_per_batch)
         if not 1 <= self.regions_per_batch <= len(self.regions):
             raise ValueError(f"regions_per_batch must be in [1, {len(self.regions)}], got {regions_per_batch}")
-        self.shared_regions = shared_regions
+        self.shared_regions, self.context = shared_regions, context
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     @property
@@ -243,7 +263,7 @@ class WindowSampler:
 
     def batch(self, starts: np.ndarray) -> WindowBatch:
         return gather_windows(self.values, starts, self._regions(len(starts)), self.input_window, self.horizon,
-                              self.mask)
+                              self.mask, self.context)
 
     def sample(self, batch_size: int | None = None) -> WindowBatch:
         """One batch of starts drawn uniformly (with replacement) from the valid range."""

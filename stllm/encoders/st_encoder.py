@@ -8,6 +8,20 @@ which is what lets a model trained on some regions be applied zero-shot to other
 Shapes: input ``(W, T, N, C)`` city windows -> ``tokens (W, N, K, D)`` for the LLM and a
 ``forecast (W, N, horizon, C_out)`` from the encoder's own head (stage-1 pretraining and the
 encoder-only baseline).
+
+Multi-period context (``days``/``weeks`` > 0): ``T = (weeks + days) * horizon + input_window`` steps laid
+out as in :mod:`stllm.data.context` (target slots on each previous week, then day, then the recent
+steps). The TCN reads the recent steps; the day and week views and their mean (the seasonal anchor)
+go through a linear map into the same summary, one input per sample.
+
+Scale-free (``normalize``, RevIN-style): each (window, region, channel) is normalised with the mean
+and standard deviation of its own input steps (never a target), the encoder works in that space, and
+the forecast is ``anchor + correction`` there, mapped back with the same statistics. The anchor is
+the mean of the week views (the historical average; the context mean without week views) and the
+correction layer starts at zero, so an untrained encoder forecasts the historical average. The
+statistics and the anchor are returned (``loc``, ``scale``, ``anchor``) for the LLM's heads, which
+predict the same kind of correction; the statistics are also an input (events depend on the absolute
+level). Normalisation runs in float32 under autocast.
 """
 
 from __future__ import annotations
@@ -41,6 +55,11 @@ class STEncoderConfig:
     graph_mixing: bool = False
     gcn_depth: int = 2
     prop_alpha: float = 0.05
+    days: int = 0
+    weeks: int = 0
+    normalize: bool = True
+    residual: bool = True
+    norm_eps: float = 0.1
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -53,6 +72,24 @@ class STEncoderConfig:
         for name in ("in_channels", "out_channels", "input_window", "horizon", "layers", "num_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"STEncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("days", "weeks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"STEncoderConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.normalize and self.out_channels > self.in_channels:
+            raise ValueError(f"STEncoderConfig: normalize forecasts output channel k as a correction to input channel "
+                             f"k, so out_channels ({self.out_channels}) must be <= in_channels ({self.in_channels}); "
+                             "set normalize=False otherwise")
+        if self.norm_eps <= 0:
+            raise ValueError(f"STEncoderConfig.norm_eps must be > 0, got {self.norm_eps}")
+
+    @property
+    def context_length(self) -> int:
+        """Input steps per window: the recent ``input_window`` plus one ``horizon`` per day/week view."""
+        return (self.days + self.weeks) * self.horizon + self.input_window
+
+    @property
+    def n_views(self) -> int:
+        return self.days + self.weeks
 
     @property
     def receptive_field(self) -> int:
@@ -110,7 +147,31 @@ class MixProp(nn.Module):
 
 class STEncoderOutput(NamedTuple):
     tokens: torch.Tensor  # (W, N, K, D)
-    forecast: torch.Tensor  # (W, N, horizon, C_out)
+    forecast: torch.Tensor  # (W, N, horizon, C_out), input units
+    loc: torch.Tensor | None = None  # (W, N, 1, C) per-sample mean of the inputs (normalize)
+    scale: torch.Tensor | None = None  # (W, N, 1, C) per-sample std + eps
+    anchor: torch.Tensor | None = None  # (W, N, horizon, C) seasonal anchor, normalised units
+
+
+def normalise_context(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x (W, T, N, C)`` -> ``(x_norm, loc (W, 1, N, C), scale (W, 1, N, C))`` in float32: statistics
+    over each series' own input steps only."""
+    x = x.float()
+    loc = x.mean(dim=1, keepdim=True)
+    scale = x.std(dim=1, keepdim=True, correction=0) + eps
+    return (x - loc) / scale, loc, scale
+
+
+def seasonal_anchor(x_norm: torch.Tensor, config: STEncoderConfig) -> torch.Tensor:
+    """``(W, horizon, N, C)``: mean of the week views (the historical average), else of the whole input
+    (0 in normalised units); zeros when ``residual`` is off (the ablation "without anchor")."""
+    w, _, n, c = x_norm.shape
+    if not config.residual:
+        return x_norm.new_zeros(w, config.horizon, n, c)
+    if config.weeks == 0:
+        return x_norm.mean(dim=1, keepdim=True).expand(w, config.horizon, n, c)
+    weeks = x_norm[:, : config.weeks * config.horizon].reshape(w, config.weeks, config.horizon, n, c)
+    return weeks.mean(dim=1)
 
 
 class STEncoder(nn.Module):
@@ -138,31 +199,55 @@ class STEncoder(nn.Module):
                 self.graph_mix.append(MixProp(cfg.conv_channels, cfg.gcn_depth, cfg.prop_alpha))
             dilation *= cfg.dilation_exponential
         self.skip_end = nn.Conv2d(cfg.residual_channels, cfg.skip_channels, (1, length))
+        # day/week views + anchor, (n_views + 1) * horizon * C values per series -> the skip summary
+        self.period_proj = (nn.Conv2d((cfg.n_views + 1) * cfg.horizon * cfg.in_channels, cfg.skip_channels, 1)
+                            if cfg.n_views else None)  # fmt: skip
+        # the statistics themselves (level and log spread, scaled units): events depend on the absolute level
+        self.stats_proj = nn.Conv2d(2 * cfg.in_channels, cfg.skip_channels, 1) if cfg.normalize else None
         self.token_conv = nn.Conv2d(cfg.skip_channels, cfg.num_tokens * cfg.token_dim, 1)
         self.end_conv_1 = nn.Conv2d(cfg.skip_channels, cfg.end_channels, 1)
         self.end_conv_2 = nn.Conv2d(cfg.end_channels, cfg.horizon * cfg.out_channels, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The correction starts at zero when residual: an untrained encoder forecasts the anchor."""
+        if self.config.normalize:
+            nn.init.zeros_(self.end_conv_2.weight)
+            nn.init.zeros_(self.end_conv_2.bias)
 
     @property
     def token_dim(self) -> int:
         return self.config.token_dim
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor | None = None) -> STEncoderOutput:
-        """Encode city windows ``x (W, T, N, C)``; ``adj (N, N)`` is required with graph mixing."""
+        """Encode city windows ``x (W, T, N, C)`` (``T = config.context_length``); ``adj (N, N)`` is
+        required with graph mixing."""
         cfg = self.config
         if x.dim() != 4:
             raise ValueError(f"STEncoder expects st_values of shape (W, T, N, C), got {tuple(x.shape)}")
         w, t, n, c = x.shape
         if c != cfg.in_channels:
             raise ValueError(f"STEncoder was built for {cfg.in_channels} channels, st_values has {c}")
-        if t != cfg.input_window:
-            raise ValueError(f"STEncoder was built for input_window={cfg.input_window}, st_values has T={t}")
+        if t != cfg.context_length:
+            what = (f"input_window={cfg.input_window}" if not cfg.n_views else
+                    f"a context of {cfg.context_length} steps (days={cfg.days}, weeks={cfg.weeks}, "
+                    f"horizon={cfg.horizon}, input_window={cfg.input_window})")
+            raise ValueError(f"STEncoder was built for {what}, st_values has T={t}")
         if cfg.graph_mixing:
             if adj is None or adj.shape != (n, n):
                 got = None if adj is None else tuple(adj.shape)
                 raise ValueError(f"STEncoder with graph_mixing needs st_adj of shape ({n}, {n}), got {got}")
             adj = adj.to(dtype=x.dtype, device=x.device)
-        h = x.permute(0, 3, 2, 1)  # (W, C, N, T): conv over time, regions as the height axis
-        h = F.pad(h, (cfg.receptive_field - t, 0))  # left-pad to the receptive field
+        loc = scale = anchor = None
+        if cfg.normalize:
+            with torch.autocast(x.device.type, enabled=False):
+                xn, loc, scale = normalise_context(x, cfg.norm_eps)
+                anchor = seasonal_anchor(xn, cfg)  # (W, H, N, C)
+            x = xn.to(self.start_conv.weight.dtype)
+        periodic = x[:, : cfg.n_views * cfg.horizon]
+        recent = x[:, cfg.n_views * cfg.horizon :]
+        h = recent.permute(0, 3, 2, 1)  # (W, C, N, T): conv over time, regions as the height axis
+        h = F.pad(h, (cfg.receptive_field - cfg.input_window, 0))  # left-pad to the receptive field
         skip = self.skip0(F.dropout(h, cfg.dropout, self.training))
         h = self.start_conv(h)
         for i in range(cfg.layers):
@@ -173,8 +258,37 @@ class STEncoder(nn.Module):
             if cfg.graph_mixing:
                 h = self.graph_mix[i](h, adj)
             h = self.residual_convs[i](h) + residual[..., -h.shape[-1] :]
-        skip = F.relu(self.skip_end(h) + skip)  # (W, skip, N, 1): the multi-level summary
+        skip = self.skip_end(h) + skip  # (W, skip, N, 1): the multi-level summary
+        if self.period_proj is not None:
+            views = periodic.reshape(w, cfg.n_views, cfg.horizon, n, c)
+            base = views[:, : max(cfg.weeks, 1)].mean(dim=1) if anchor is None or not cfg.residual else anchor
+            base = base.to(views.dtype)
+            feats = torch.cat([views, base[:, None]], dim=1)  # (W, V + 1, H, N, C)
+            feats = feats.permute(0, 1, 2, 4, 3).reshape(w, -1, n, 1)
+            skip = skip + self.period_proj(F.dropout(feats, cfg.dropout, self.training))
+        if self.stats_proj is not None:
+            stats = torch.cat([loc, scale.log()], dim=-1)[:, 0]  # (W, N, 2C)
+            skip = skip + self.stats_proj(stats.permute(0, 2, 1).unsqueeze(-1).to(skip.dtype))
+        skip = F.relu(skip)
         tokens = self.token_conv(skip).squeeze(-1).permute(0, 2, 1).reshape(w, n, cfg.num_tokens, -1)
         out = self.end_conv_2(F.relu(self.end_conv_1(skip))).squeeze(-1)  # (W, horizon*C_out, N)
         forecast = out.permute(0, 2, 1).reshape(w, n, cfg.horizon, cfg.out_channels)
-        return STEncoderOutput(tokens=tokens, forecast=forecast)
+        if cfg.normalize:
+            loc, scale = loc.permute(0, 2, 1, 3), scale.permute(0, 2, 1, 3)  # (W, N, 1, C)
+            anchor = anchor.permute(0, 2, 1, 3)  # (W, N, H, C)
+            k = cfg.out_channels
+            forecast = denormalise(anchor[..., :k] + forecast.float(), loc, scale, k)
+        return STEncoderOutput(tokens=tokens, forecast=forecast, loc=loc, scale=scale, anchor=anchor)
+
+
+def denormalise(
+    pred: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, channels: int | None = None
+) -> torch.Tensor:
+    """Normalised predictions ``(..., H, K)`` back to input units with their series' ``loc``/``scale``
+    ``(..., 1, C)`` (the first ``K`` channels when the output has fewer), in float32."""
+    k = pred.shape[-1] if channels is None else channels
+    if loc.shape[-1] != k:
+        if loc.shape[-1] < k:
+            raise ValueError(f"predictions have {k} channels, the normalisation statistics {loc.shape[-1]}")
+        loc, scale = loc[..., :k], scale[..., :k]
+    return pred.float() * scale.float() + loc.float()

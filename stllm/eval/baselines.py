@@ -16,7 +16,7 @@ against ``t0_w`` before reading (:func:`_check_past`), and the tests corrupt all
 same slot one period earlier; historical average -> the fraction of the averaged past slots with a
 count > 0; encoder-only -> ``clip(forecast count, 0, 1)``, so at threshold 0.5 an event is predicted
 where the forecast count is >= 0.5 (MAE training makes the forecast a median-like value, and a median
-count >= 1 means P(count >= 1) >= 0.5).
+count >= 1 means P(count >= 1) >= 0.5); ridge -> the same clip.
 
 Baselines:
 
@@ -25,6 +25,9 @@ Baselines:
   whole period or more into the window, the most recent same slot *before* the window.
 * :func:`historical_average`: mean of the same slot of the week over the ``weeks`` most recent weeks
   before the window (see its docstring for the fallbacks).
+* :func:`~stllm.eval.ridge.scale_free_ridge` (``"ridge"``): closed-form ridge on the model's scale-free
+  multi-period context (previous weeks' and days' target slots plus the recent steps), fitted on *other*
+  regions (``fit_regions`` x ``fit_time``): the linear bar a forecasting model must clear.
 * :func:`encoder_only`: the stage-1 :class:`STEncoder` forecast head, loaded from its directory, with
   its own ``scaler.json``: zero-shot when the evaluated regions/times were not trained on.
 * :func:`supervised_encoder`: a fresh STEncoder trained (with :func:`pretrain_st_encoder`) on the
@@ -45,9 +48,11 @@ import numpy as np
 import torch
 
 from stllm.data.city import CityData
+from stllm.data.context import ContextSpec, context_steps, gather_context, period_steps, seasonal_offsets
 from stllm.data.scaler import STScaler
 from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder, STEncoderConfig
+from stllm.eval.ridge import scale_free_ridge
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +66,13 @@ __all__ = [
     "historical_average",
     "last_value",
     "run_baselines",
+    "scale_free_ridge",
     "seasonal_naive",
     "supervised_encoder",
 ]
 
 SCALER_NAME = "scaler.json"
 NOT_ZERO_SHOT = frozenset({"supervised_encoder"})
-_DAY = np.timedelta64(1, "D")
 
 
 # -- layout ------------------------------------------------------------------------------------------------
@@ -135,13 +140,7 @@ def _as_event(x: np.ndarray) -> np.ndarray:
 
 
 def _period_steps(city: CityData, period: str) -> int:
-    if period not in ("day", "week"):
-        raise ValueError(f"period must be 'day' or 'week', got {period!r}")
-    span = _DAY * (7 if period == "week" else 1)
-    freq = city.freq.astype("timedelta64[m]")
-    if span.astype("timedelta64[m]") % freq != np.timedelta64(0, "m"):
-        raise ValueError(f"{city.source}: a {period} is not a whole number of {freq} steps; no same-slot baseline")
-    return int(span.astype("timedelta64[m]") // freq)
+    return period_steps(city.freq, period, city.source)
 
 
 # -- simple baselines ------------------------------------------------------------------------------------
@@ -168,10 +167,7 @@ def last_value(city: CityData, starts, regions, input_len: int, output_len: int)
 
 def _seasonal_sources(t0: np.ndarray, output_len: int, period: int, k: int) -> np.ndarray:
     """Steps ``(W, H, k)``: for target ``t0 + h`` the ``k`` most recent same-slot steps before ``t0``."""
-    h = np.arange(output_len)
-    k_min = h // period + 1  # smallest k with t0 + h - k * period < t0
-    ks = k_min[:, None] + np.arange(k)[None]  # (H, k)
-    return t0[:, None, None] + h[None, :, None] - ks[None] * period
+    return t0[:, None, None] + seasonal_offsets(output_len, period, k)[None]
 
 
 def seasonal_naive(
@@ -279,9 +275,11 @@ def _encoder_predict(
         raise ValueError(f"{what}: output_len={output_len} exceeds the encoder's horizon {cfg.horizon}")
     iw = cfg.input_window
     t0 = starts + input_len
-    if (t0 < iw).any():
-        w = int(np.argmax(t0 < iw))
-        raise ValueError(f"{what}: window {w} has {int(t0[w])} steps before its targets, the encoder reads {iw}")
+    spec = ContextSpec(iw, cfg.horizon, cfg.days, cfg.weeks)
+    need = spec.min_history(city.freq, city.source)
+    if (t0 < need).any():
+        w = int(np.argmax(t0 < need))
+        raise ValueError(f"{what}: window {w} has {int(t0[w])} steps before its targets, the encoder reads {need}")
     adj = None
     if cfg.graph_mixing:
         if city.adjacency is None:
@@ -291,11 +289,10 @@ def _encoder_predict(
     out = np.empty((len(starts), len(regions), output_len, city.n_channels), dtype=np.float32)
     for i in range(0, len(starts), chunk):
         t = t0[i : i + chunk]
-        src = t[:, None] - iw + np.arange(iw)[None]  # (w, iw): the iw steps right before the targets
-        _check_past(src, t, what)
-        x = scaler.transform(_gather(city, src, regions)).astype(np.float32)  # (w, iw, R, C)
-        if city.mask is not None:
-            x = np.where(_gather(city, src, regions, city.observed), x, np.float32(0))  # missing = training mean
+        _check_past(context_steps(spec, city.freq, t, city.source)[0], t, what)  # (w, L): before the targets
+        x = scaler.transform(gather_context(city.values, spec, city.freq, t, regions, city.source)).astype(np.float32)
+        if city.mask is not None:  # missing = training mean
+            x = np.where(gather_context(city.observed, spec, city.freq, t, regions, city.source), x, np.float32(0))
         forecast = encoder(torch.from_numpy(np.ascontiguousarray(x)).to(device), adj).forecast
         pred = scaler.inverse(forecast[:, :, :output_len].double().cpu().numpy())  # (w, R, H, C)
         out[i : i + chunk] = pred
@@ -390,6 +387,7 @@ BASELINES: dict[str, Callable[..., np.ndarray]] = {
     "seasonal_naive_day": functools.partial(seasonal_naive, period="day"),
     "seasonal_naive_week": functools.partial(seasonal_naive, period="week"),
     "historical_average": historical_average,
+    "ridge": scale_free_ridge,
     "encoder_only": encoder_only,
     "supervised_encoder": supervised_encoder,
 }
@@ -412,16 +410,21 @@ def run_baselines(
     train_time: slice | None = None,
     pretrain_kwargs: dict | None = None,
     device: str | torch.device = "cpu",
+    ridge_kwargs: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Run baselines by name on one evaluation set -> ``{name: pred (W, R, H, C)}`` in ``names`` order.
 
     ``names`` defaults to every baseline whose inputs are available: the four simple ones, plus
-    ``encoder_only`` when ``encoder_dir`` is given and ``supervised_encoder`` when ``train_time`` is.
-    Asking for ``encoder_only`` without ``encoder_dir`` (or ``supervised_encoder`` without
+    ``ridge`` when ``ridge_kwargs`` is given (at least ``fit_regions`` and ``fit_time`` of
+    :func:`~stllm.eval.ridge.scale_free_ridge`; ``weeks`` defaults to this function's), ``encoder_only``
+    when ``encoder_dir`` is and ``supervised_encoder`` when ``train_time`` is. Asking for ``ridge``
+    without ``ridge_kwargs``, ``encoder_only`` without ``encoder_dir`` (or ``supervised_encoder`` without
     ``train_time``) raises ``ValueError``, as does an unknown name.
     """
     if names is None:
         names = ["last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average"]
+        if ridge_kwargs is not None:
+            names.append("ridge")
         if encoder_dir is not None:
             names.append("encoder_only")
         if train_time is not None:
@@ -429,6 +432,8 @@ def run_baselines(
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
+    if "ridge" in names and ridge_kwargs is None:
+        raise ValueError("baseline 'ridge' needs ridge_kwargs (at least fit_regions and fit_time, on other regions)")
     if "encoder_only" in names and encoder_dir is None:
         raise ValueError("baseline 'encoder_only' needs encoder_dir (a stage-1 encoder directory)")
     if "supervised_encoder" in names and train_time is None:
@@ -436,6 +441,7 @@ def run_baselines(
     starts, regions = check_layout(city, starts, regions, input_len, output_len)
     extra = {
         "historical_average": {"weeks": weeks},
+        "ridge": {"weeks": weeks, **(ridge_kwargs or {})},
         "encoder_only": {"encoder_dir": encoder_dir, "device": device},
         "supervised_encoder": {"train_time": train_time, "device": device, **(pretrain_kwargs or {})},
     }

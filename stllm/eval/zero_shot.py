@@ -39,6 +39,7 @@ class EvalResult:
     table: str
     output_dir: Path
     files: list[Path] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
 
 
 def _check_checkpoint(path: Path) -> None:
@@ -57,6 +58,15 @@ def _data_args(checkpoint: Path, overrides: dict) -> DataArguments:
     known = set(DataArguments.__dataclass_fields__)
     merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}  # unset flags keep the run's data
     return DataArguments(**{k: v for k, v in merged.items() if k in known})
+
+
+def eval_dataset(city, scaler, d_args: DataArguments, enc, regions, time: slice, stride: int) -> STInstructionDataset:
+    """The checkpoint's prompts on the evaluated windows: the same template, extra views, geo slots and
+    encoder context as in training (from ``data_args.json`` and the encoder config)."""
+    views = tuple(v for v in d_args.extra_views.split(",") if v)
+    return STInstructionDataset(city, scaler, regions=regions, time=time, input_len=enc.input_window,
+                                output_len=enc.horizon, stride=stride, extra_views=views, with_geo=d_args.with_geo,
+                                days=enc.days, weeks=enc.weeks)  # fmt: skip
 
 
 def _eval_time(city, train: SplitRecord, mode: str, start: str | None, days: float | None, input_len: int) -> slice:
@@ -89,6 +99,32 @@ def format_table(metrics: dict[str, dict[str, float]], columns: list[str]) -> st
     return "\n".join(lines)
 
 
+def aggregate_seeds(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{method: {column: (mean, std)}}`` over runs with different seeds (population std; methods and
+    columns of the first run, each must appear in every run)."""
+    if not runs:
+        raise ValueError("aggregate_seeds: no runs")
+    out = {}
+    for method, row in runs[0].items():
+        missing = [i for i, r in enumerate(runs) if method not in r]
+        if missing:
+            raise ValueError(f"aggregate_seeds: method {method!r} is missing from run(s) {missing}")
+        out[method] = {c: (float(np.mean(v)), float(np.std(v)))
+                       for c in row for v in [np.array([r[method][c] for r in runs], dtype=np.float64)]}
+    return out
+
+
+def format_seed_table(agg: dict[str, dict[str, tuple[float, float]]], columns: list[str], seeds: list[int]) -> str:
+    """The table of :func:`format_table` with ``mean +- std`` cells, over ``seeds``."""
+    cells = {m: {c: f"{_fmt(row[c][0])} +- {_fmt(row[c][1])}" for c in columns} for m, row in agg.items()}
+    width = max(len(n) for n in cells) + 2
+    w = max(20, *(len(v) + 2 for row in cells.values() for v in row.values()))
+    lines = [f"mean +- std over seeds {', '.join(map(str, seeds))}",
+             "method".ljust(width) + "".join(c.rjust(w) for c in columns)]
+    lines += [m.ljust(width) + "".join(row[c].rjust(w) for c in columns) for m, row in cells.items()]
+    return "\n".join(lines)
+
+
 def evaluate(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -107,8 +143,15 @@ def evaluate(
     data_overrides: dict | None = None,
     rescale: bool | None = None,
     generate: bool = False,
+    compare: dict[str, str | os.PathLike] | None = None,
+    ridge: bool = True,
 ) -> EvalResult:
-    """Evaluate ``checkpoint`` zero-shot against baselines; see the module docstring."""
+    """Evaluate ``checkpoint`` zero-shot against baselines; see the module docstring.
+
+    ``compare`` maps row labels to other checkpoints (e.g. the "stllm without LLM" ablation) that are
+    evaluated on the same windows, each refused like the main one if it trained on them. ``ridge``
+    adds the scale-free linear baseline, fitted on the checkpoint's training regions and times (of the
+    training city, also when another city is evaluated)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     ckpt, out = Path(checkpoint), Path(output_dir)
@@ -147,8 +190,7 @@ def evaluate(
         rescale = mode != "cross-region"
     if rescale:  # a new city's own history before the first evaluated target sets its scale (no targets used)
         scaler = STScaler.fit(city, regions=regions, time=slice(0, time.start + input_len))
-    ds = STInstructionDataset(city, scaler, regions=regions, time=time, input_len=input_len, output_len=output_len,
-                              stride=stride or output_len)  # fmt: skip
+    ds = eval_dataset(city, scaler, d_args, enc, regions, time, stride or output_len)
     logger.warning("evaluating %d regions x %d windows of %s (%s)", ds.n_regions, ds.n_windows, city.name, mode)
     run = {"checkpoint": str(ckpt.resolve()), "eval": json.loads(record.to_json()), "stride": stride or output_len}
     run["generate"] = generate
@@ -158,6 +200,10 @@ def evaluate(
     failed = np.isnan(stllm).any(axis=(-2, -1))  # generate mode: samples whose answer held no prediction slots
     name = "stllm" if not generate else f"stllm (generate, {int((~failed).sum())}/{failed.size} parsed)"
     preds = {name: stllm}
+    for label, other in (compare or {}).items():
+        preds[label] = _predict_other(Path(other), label, city, record, enc, d_args, regions, time,
+                                      stride or output_len, rescale, scaler, allow_overlap, batch_size, progress,
+                                      out)  # fmt: skip
 
     encoder_dir = out / "encoder_from_checkpoint"  # the model's own (stage-1) encoder, zero-shot
     save_encoder(model.st_encoder, encoder_dir)
@@ -168,9 +214,11 @@ def evaluate(
     names = baselines
     if names is not None and train_time is not None and "supervised_encoder" not in names:
         names = [*names, "supervised_encoder"]
+    ridge_kwargs = _ridge_kwargs(ckpt, train, city, scaler) if ridge and (names is None or "ridge" in names) else None
     base = run_baselines(city, ds.starts, ds.region_idx, input_len, output_len, names=names,
-                         encoder_dir=encoder_dir, train_time=train_time,
-                         pretrain_kwargs={"epochs": 5, "steps_per_epoch": 100, "progress": False})  # fmt: skip
+                         encoder_dir=encoder_dir, train_time=train_time, ridge_kwargs=ridge_kwargs,
+                         pretrain_kwargs={"epochs": 5, "steps_per_epoch": 100, "progress": False,
+                                          "encoder_config": _same_inputs(enc)})  # fmt: skip
     preds.update({baseline_label(k): v for k, v in base.items()})
 
     # parse failures are reported in the row name and scored for no method (same samples for all rows)
@@ -189,7 +237,50 @@ def evaluate(
     if plots:
         files += _plots(out, city, ds, y, preds, metrics)
     (out / "table.txt").write_text(table + "\n")
-    return EvalResult(metrics, table, out, files)
+    return EvalResult(metrics, table, out, files, columns)
+
+
+def _predict_other(path: Path, label: str, city, record: SplitRecord, enc, d_args: DataArguments, regions, time,
+                   stride: int, rescale: bool, scaler: STScaler, allow_overlap: bool, batch_size: int, progress: bool,
+                   out: Path) -> np.ndarray:
+    """Predictions of another checkpoint on the same windows (its own scaler unless rescaled)."""
+    _check_checkpoint(path)
+    if not allow_overlap:
+        try:
+            trained = SplitRecord.from_json((path / "split.json").read_text())
+            assert_zero_shot(trained, record, require=("regions", "time"))
+        except ValueError as e:
+            raise ValueError(f"compared checkpoint {label!r} ({path}): {e}") from None
+    model = STLlamaForCausalLM.from_pretrained(path)
+    other = model.config.st_encoder
+    if (other.input_window, other.horizon) != (enc.input_window, enc.horizon):
+        raise ValueError(f"compared checkpoint {label!r} ({path}) forecasts {other.input_window} -> {other.horizon} "
+                         f"steps, the evaluated one {enc.input_window} -> {enc.horizon}")
+    own = scaler if rescale else STScaler.load(path / "scaler.json")
+    views = _data_args(path, {}).extra_views if (path / "data_args.json").is_file() else d_args.extra_views
+    ds = eval_dataset(city, own, DataArguments(**{**vars(d_args), "extra_views": views}), other, regions, time, stride)
+    slug = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
+    run = {"checkpoint": str(path.resolve()), "eval": json.loads(record.to_json()), "stride": stride}
+    return predict(model, AutoTokenizer.from_pretrained(path), ds, own, batch_size=batch_size,
+                   output=out / f"predictions-{slug}.jsonl", run=run, progress=progress)
+
+
+def _ridge_kwargs(ckpt: Path, train: SplitRecord, city, scaler: STScaler) -> dict:
+    """Fit set of the ridge baseline: the checkpoint's training regions x training time, in its training
+    city (loaded from the checkpoint's own data arguments when another city is evaluated)."""
+    fit_city = city if train.city == city.name else load_city(_data_args(ckpt, {}))
+    if fit_city.name != train.city:
+        raise ValueError(f"ridge baseline: the checkpoint trained on {train.city!r}, its data arguments load "
+                         f"{fit_city.name!r}")
+    fit_time = slice(fit_city.time_index(train.time_range[0]), fit_city.time_index(train.time_range[1]))
+    # features are normalised per sample: the evaluation's scaler only sets the units, for fit and prediction
+    return {"fit_city": fit_city, "fit_regions": list(train.regions), "fit_time": fit_time, "scaler": scaler}
+
+
+def _same_inputs(enc) -> dict:
+    """Encoder config fields that decide what an encoder reads and how it forecasts: a supervised
+    reference encoder gets the checkpoint's (context, normalisation, anchor)."""
+    return {k: getattr(enc, k) for k in ("days", "weeks", "normalize", "residual", "norm_eps")}
 
 
 def _write_json(path: Path, obj) -> Path:

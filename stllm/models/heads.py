@@ -3,6 +3,9 @@
 As in UrbanGPT, slot k of the prediction placeholder (and slot k of the history placeholder it
 answers) predicts output channel k over the horizon: both hidden states go through their own
 ``hidden -> head_dim`` ReLU layer, are concatenated, and a linear layer emits ``horizon`` values.
+The regression head's last layer starts at zero: with a scale-free encoder its output is a
+correction to the seasonal anchor, so an untrained model forecasts the historical average instead
+of noise. Event logits keep the default initialisation (the anchor reaches them through the tokens).
 """
 
 from __future__ import annotations
@@ -26,7 +29,16 @@ class SlotHead(nn.Module):
 
 
 class RegressionHead(SlotHead):
-    """Flow forecasts in scaled units (the scaler inverts them at the output)."""
+    """Flow forecasts: a correction to the seasonal anchor in the history's normalised units (scale-free
+    encoder), else values in scaled units (the scaler inverts them at the output)."""
+
+    def __init__(self, hidden_size: int, head_dim: int, horizon: int):
+        super().__init__(hidden_size, head_dim, horizon)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
 
 class ClassificationHead(SlotHead):

@@ -20,7 +20,7 @@ from transformers.utils import ModelOutput
 
 from stllm.encoders.geo_encoder import GeoEncoder
 from stllm.encoders.io import load_encoder
-from stllm.encoders.st_encoder import STEncoder
+from stllm.encoders.st_encoder import STEncoder, STEncoderOutput, denormalise
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.heads import ClassificationHead, RegressionHead
 from stllm.models.poi import CandidateHead, relation_features
@@ -159,7 +159,18 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         st_region: torch.Tensor,
         st_adj: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Encoder tokens ``(P, K, D)`` for each history placeholder's (window, region).
+        """Encoder tokens ``(P, K, D)`` for each history placeholder's (window, region)."""
+        return self.encode_context(st_values, st_window, st_region, st_adj).tokens
+
+    def encode_context(
+        self,
+        st_values: torch.Tensor,
+        st_window: torch.Tensor,
+        st_region: torch.Tensor,
+        st_adj: torch.Tensor | None = None,
+    ) -> STEncoderOutput:
+        """The encoder's output for each history placeholder's (window, region): tokens ``(P, K, D)``,
+        forecast ``(P, H, C)``, and (scale-free encoders) ``loc``/``scale`` ``(P, 1, C)``, ``anchor (P, H, C)``.
 
         Without graph mixing regions are independent, so only the P selected series are encoded
         (cheaper than all W x N when a batch touches few regions); with graph mixing every window
@@ -189,9 +200,11 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         x = st_values.to(device=ref.device, dtype=ref.dtype)
         st_window, st_region = st_window.to(x.device), st_region.to(x.device)
         if enc_cfg.graph_mixing:
-            return self.st_encoder(x, st_adj).tokens[st_window, st_region]
+            out = self.st_encoder(x, st_adj)
+            return STEncoderOutput(*(None if v is None else v[st_window, st_region] for v in out))
         series = x[st_window, :, st_region]  # (P, T, C)
-        return self.st_encoder(series.transpose(0, 1).unsqueeze(0)).tokens[0]
+        out = self.st_encoder(series.transpose(0, 1).unsqueeze(0))
+        return STEncoderOutput(*(None if v is None else v[0] for v in out))
 
     @staticmethod
     def _scatter(embeds, mask, feats, what: str, slots: int, n_items: int):
@@ -213,13 +226,16 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         st_adj: torch.Tensor | None = None,
         geo_coords: torch.Tensor | None = None,
         strict: bool = True,
-    ) -> torch.Tensor:
+        return_encoding: bool = False,
+    ):
         """Write projected encoder features into ``inputs_embeds`` at the slot tokens (rule 1).
 
         ``strict`` (prefill) makes slot tokens without features an error; in cached decoding a
-        generated slot token is an ordinary token with its own embedding row.
+        generated slot token is an ordinary token with its own embedding row. ``return_encoding``
+        also returns the per-placeholder :class:`STEncoderOutput` (None without ``st_values``), whose
+        normalisation and anchor the regression head's output is added to.
         """
-        cfg = self.config
+        cfg, encoding = self.config, None
         for token_id, values, what, name in (
             (cfg.st_his_token_id, st_values, "<st_his>", "st_values"),
             (cfg.geo_token_id, geo_coords, "<geo>", "geo_coords"),
@@ -232,18 +248,20 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                 raise ValueError(f"{name} given but config.{what[1:-1]}_token_id is not set")
             mask = input_ids == token_id
             if name == "st_values":
-                tokens = self.encode_history(st_values, st_window, st_region, st_adj)  # (P, K, D)
+                encoding = self.encode_context(st_values, st_window, st_region, st_adj)
+                tokens = encoding.tokens  # (P, K, D)
                 feats = self.st_projector(tokens).flatten(0, 1)
                 inputs_embeds = self._scatter(inputs_embeds, mask, feats, what, cfg.st_slots, tokens.shape[0])
             else:
                 coords = geo_coords.to(device=inputs_embeds.device).reshape(-1, 2)
                 feats = self.geo_projector(self.geo_encoder(coords))
                 inputs_embeds = self._scatter(inputs_embeds, mask, feats, what, 1, coords.shape[0])
-        return inputs_embeds
+        return (inputs_embeds, encoding) if return_encoding else inputs_embeds
 
     # -- heads ----------------------------------------------------------------------------------------
     def _slot_hidden(self, input_ids, hidden, strict: bool):
-        """Hidden states ``(Q, K, H)`` at each ``<st_pre>`` placeholder and at its history placeholder.
+        """Hidden states ``(Q, K, H)`` at each ``<st_pre>`` placeholder and at its history placeholder,
+        and the index ``(Q,)`` of that history placeholder (reading order over the batch).
 
         Prediction placeholder q is paired with the nearest history placeholder before it in the same
         sample (one per prompt in the usual case; the last view when a prompt carries several).
@@ -269,7 +287,25 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         his_group = (row_offset[rows[:, 0]] + his_before) // k - 1  # nearest preceding history placeholder
         his_h = hidden[his_mask].view(-1, k, hidden.shape[-1])
         pre_h = hidden[pre_mask].view(-1, k, hidden.shape[-1])
-        return his_h[his_group], pre_h
+        return his_h[his_group], pre_h, his_group
+
+    def _read_heads(self, his_h, pre_h, his_group, encoding: STEncoderOutput | None):
+        """``(reg_pred, cls_logits)`` in float32, the heads run outside autocast. With a scale-free encoder
+        the regression head's output is a correction to the history's seasonal anchor in its normalised
+        units, mapped back to scaled units with the same history's statistics."""
+        dtype = self.reg_head.out.weight.dtype
+        with torch.autocast(his_h.device.type, enabled=False):
+            his_h, pre_h = his_h.to(dtype), pre_h.to(dtype)
+            reg, cls = self.reg_head(his_h, pre_h).float(), self.cls_head(his_h, pre_h).float()
+            if encoding is not None and encoding.loc is not None:
+                if encoding.loc.shape[0] <= int(his_group.max()):
+                    raise ValueError(f"{encoding.loc.shape[0]} history placeholders were encoded, but an "
+                                     f"<st_pre> placeholder pairs with number {int(his_group.max()) + 1}")
+                k = reg.shape[-1]
+                anchor = encoding.anchor[his_group][..., :k].to(reg.device)
+                reg = denormalise(anchor + reg, encoding.loc[his_group].to(reg.device),
+                                  encoding.scale[his_group].to(reg.device), k)
+        return reg, cls
 
     def candidate_embeddings(
         self, poi_coords: torch.Tensor, poi_category: torch.Tensor, poi_category_tokens: torch.Tensor
@@ -353,9 +389,12 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             self._check_input_ids(input_ids)
             inputs_embeds = self.get_input_embeddings()(input_ids)
-            inputs_embeds = self.splice(
-                input_ids, inputs_embeds, st_values, st_window, st_region, st_adj, geo_coords, strict=prefill
+            inputs_embeds, encoding = self.splice(
+                input_ids, inputs_embeds, st_values, st_window, st_region, st_adj, geo_coords, strict=prefill,
+                return_encoding=True,
             )
+        else:
+            encoding = None
         out, hidden = self._run_backbone(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -369,8 +408,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         reg_pred = cls_logits = None
         slots = None if input_ids is None else self._slot_hidden(input_ids, hidden, strict=prefill)
         if slots is not None:
-            reg_pred = self.reg_head(*slots)
-            cls_logits = self.cls_head(*slots)
+            reg_pred, cls_logits = self._read_heads(*slots, encoding)
         poi_scores = None
         if poi_coords is not None and input_ids is not None and prefill:
             given = dict(zip(POI_INPUTS, (poi_coords, poi_category, poi_category_tokens, poi_history, poi_anchor)))

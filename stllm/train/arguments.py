@@ -38,6 +38,18 @@ class ModelArguments:
     geo_encoder_path: str | None = field(
         default=None, metadata={"help": "Stage-1 GeoEncoder directory (stllm pretrain-encoder --encoder geo)."}
     )
+    no_llm: bool = field(
+        default=False,
+        metadata={"help": "Ablation 'stllm without LLM': the same encoder, normalisation, anchor, projector and heads "
+                  "on a backbone with zero decoder layers (the heads read the projected encoder tokens directly). "
+                  "Only without --model_name_or_path."},
+    )
+    st_normalize: bool = field(
+        default=True, metadata={"help": "Scale-free inputs: each sample normalised by its own history's mean/std "
+                                "(ablation: false). Taken from --st_encoder_path's config when one is given."})
+    st_residual: bool = field(
+        default=True, metadata={"help": "Forecast = seasonal anchor (historical average) + learned correction "
+                                "(ablation: false)."})
     tune_st_encoder: bool = field(default=False, metadata={"help": "Also train the ST encoder (frozen by default)."})
     full_finetune: bool | None = field(
         default=None,
@@ -88,7 +100,15 @@ class DataArguments:
     input_len: int = field(default=12, metadata={"help": "History steps per sample."})
     output_len: int = field(default=12, metadata={"help": "Forecast steps per sample."})
     stride: int = field(default=1, metadata={"help": "Step between window starts."})
-    extra_views: str = field(default="", metadata={"help": "Extra history views: comma list of day,week."})
+    context_days: int = field(
+        default=7, metadata={"help": "Encoder context: the target slots on each of this many previous days "
+                             "(taken from --st_encoder_path's config when one is given)."})
+    context_weeks: int = field(
+        default=8, metadata={"help": "Encoder context: the target slots on each of this many previous weeks; their "
+                             "mean is the seasonal anchor the forecast corrects (0 and 0: recent steps only)."})
+    extra_views: str = field(
+        default="", metadata={"help": "Extra history placeholders (older mechanism, needs context 0/0): comma list "
+                              "of day,week."})
     with_geo: bool = field(default=False, metadata={"help": "Add a <GEO> placeholder with the region centroid."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap training samples (quick runs)."})
     tokenizer_vocab: int = field(default=600, metadata={"help": "Vocabulary of the offline tokenizer."})

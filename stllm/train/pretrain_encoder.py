@@ -35,10 +35,11 @@ import torch
 from tqdm.auto import tqdm
 
 from stllm.data.city import CityData
+from stllm.data.context import ContextSpec, gather_context
 from stllm.data.scaler import STScaler
 from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, split_record
 from stllm.encoders.io import CONFIG_NAME, WEIGHTS_NAME, save_encoder
-from stllm.encoders.pretrain import STPretrainObjective, WindowSampler, gather_windows
+from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
 from stllm.encoders.st_encoder import STEncoder, STEncoderConfig
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,16 @@ def _steps(sl: slice | None, n: int, what: str) -> tuple[int, int]:
     return start, stop
 
 
+def encoder_context(cfg: STEncoderConfig, city: CityData) -> ContextFn | None:
+    """What an encoder built for ``cfg`` reads before each target start: its multi-period context
+    (None: the plain ``input_window`` steps)."""
+    if not cfg.n_views:
+        return None
+    spec = ContextSpec(cfg.input_window, cfg.horizon, cfg.days, cfg.weeks)
+    spec.min_history(city.freq, city.source)  # a step that does not divide a day/week fails here, by name
+    return lambda values, t0, cols: gather_context(values, spec, city.freq, t0, cols, city.source)
+
+
 def _encoder_config(config, city: CityData) -> STEncoderConfig:
     c = city.n_channels
     if config is None:
@@ -114,6 +125,7 @@ def evaluate_windows(
     adj: torch.Tensor | None = None,
     chunk: int = 256,
     device: torch.device | str = "cpu",
+    context: ContextFn | None = None,
 ) -> dict[str, np.ndarray]:
     """MAE per channel in original units of ``encoder`` and of the last value, on windows ``starts``.
 
@@ -129,7 +141,7 @@ def evaluate_windows(
     count = np.zeros(c)
     for i in range(0, len(starts), chunk):
         s = starts[i : i + chunk]
-        xb = gather_windows(scaled, s, None, cfg.input_window, cfg.horizon)
+        xb = gather_windows(scaled, s, None, cfg.input_window, cfg.horizon, context=context)
         rb = gather_windows(raw, s, None, cfg.input_window, cfg.horizon, observed)
         forecast = encoder(xb.x.to(device), adj).forecast  # (W, N, H, C) scaled
         pred = scaler.inverse(forecast.double()).permute(0, 2, 1, 3).cpu().numpy()  # (W, H, N, C)
@@ -187,8 +199,10 @@ def pretrain_st_encoder(
 
     The validation slice is ``val_slice`` (absolute steps inside ``time_slice``) or the last
     ``val_fraction`` of ``time_slice``; training windows (inputs and targets) end before it, validation
-    windows have their targets inside it (their inputs may reach back into the training part). Nothing
-    outside ``split_regions`` x ``time_slice`` is read, the scaler included (unless ``scaler`` is given).
+    windows have their targets inside it (their inputs may reach back into the training part). Targets
+    outside ``split_regions`` x ``time_slice`` are never read, nor is anything after it, the scaler
+    included (unless ``scaler`` is given); an encoder with a multi-period context (``days``/``weeks``)
+    reads the training regions' own past before ``time_slice`` as input.
     An epoch is one pass over all training window starts (or ``steps_per_epoch`` batches); ``max_steps``
     caps the total; training stops after ``patience`` epochs without a better validation MAE and the
     best weights are kept. Deterministic for a ``seed`` on one device.
@@ -232,8 +246,17 @@ def pretrain_st_encoder(
         scaler = STScaler.fit(city, regions=train_ids, time=slice(t0, t1), log1p=log1p)
     elif len(scaler.mean) != city.n_channels:
         raise ValueError(f"scaler has {len(scaler.mean)} channels, the city has {city.n_channels}")
-    raw = city.values[t0:t1][:, region_idx]  # (T', N', C) original units
-    observed = None if city.mask is None else city.mask[t0:t1][:, region_idx]
+    # steps [0, t1): windows start inside [t0, ...); a multi-period context may read the past before t0
+    raw = city.values[:t1][:, region_idx]  # (T', N', C) original units
+    observed = None if city.mask is None else city.mask[:t1][:, region_idx]
+    context = encoder_context(cfg, city)
+    first = t0 if context is None else max(t0, ContextSpec(cfg.input_window, cfg.horizon, cfg.days, cfg.weeks)
+                                           .min_history(city.freq, city.source) - cfg.input_window)
+    if v0 - first < window:
+        raise ValueError(
+            f"training part [{first}, {v0}) after the context's warm-up has {v0 - first} steps, fewer than one "
+            f"window ({window}); use a longer time_slice or fewer context weeks"
+        )
     scaled = scaler.transform(raw).astype(np.float32)
     if observed is not None:
         scaled = np.where(observed, scaled, np.float32(0))  # missing inputs read as the training mean
@@ -252,12 +275,13 @@ def pretrain_st_encoder(
         encoder = STEncoder(cfg)
         objective = STPretrainObjective(encoder, mask_ratio=mask_ratio, recon_weight=recon_weight).to(dev)
         sampler = WindowSampler(
-            scaled, cfg.input_window, cfg.horizon, batch_size, time_start=0, time_stop=v0 - t0,
+            scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first, time_stop=v0,
             regions_per_batch=regions_per_batch, shared_regions=cfg.graph_mixing, mask=observed, seed=rng,
+            context=context,
         )  # fmt: skip
-        val_starts = np.arange(max(0, v0 - t0 - cfg.input_window), v1 - t0 - window + 1, max(1, int(val_stride)))
+        val_starts = np.arange(max(first, v0 - cfg.input_window), v1 - window + 1, max(1, int(val_stride)))
         n_train_eval = min(sampler.n_windows, MAX_TRAIN_EVAL_WINDOWS)
-        train_starts = np.unique(np.linspace(0, sampler.last, n_train_eval).round().astype(np.int64))
+        train_starts = np.unique(np.linspace(first, sampler.last, n_train_eval).round().astype(np.int64))
         optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
 
         spe = int(steps_per_epoch) if steps_per_epoch else len(sampler)
@@ -294,7 +318,7 @@ def pretrain_st_encoder(
                 step += 1
                 sums += [losses.loss.item(), losses.forecast_loss.item(), losses.recon_loss.item()]
                 bar.update(1)
-            val = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev)
+            val = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev, context=context)
             val_mae = float(np.mean(val["mae"]))
             entry = {"epoch": epoch, "step": step, "loss": sums[0] / n_ep, "forecast_loss": sums[1] / n_ep,
                      "recon_loss": sums[2] / n_ep, "val_mae": val_mae}
@@ -313,8 +337,9 @@ def pretrain_st_encoder(
             objective.load_state_dict(best_state)
         objective.eval()
 
-        val = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev)
-        train = evaluate_windows(encoder, scaled, raw, observed, train_starts, scaler, adj, device=dev)
+        val = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev, context=context)
+        train = evaluate_windows(encoder, scaled, raw, observed, train_starts, scaler, adj, device=dev,
+                                 context=context)
 
     channels = list(city.channels)
     metrics = {
@@ -332,7 +357,7 @@ def pretrain_st_encoder(
             "seed": seed, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
             "regions_per_batch": regions_per_batch, "mask_ratio": mask_ratio, "recon_weight": recon_weight,
             "epochs": epochs, "max_steps": max_steps, "steps_per_epoch": spe, "patience": patience,
-            "val_stride": val_stride, "train_steps": [t0, v0], "val_steps": [v0, v1],
+            "val_stride": val_stride, "train_steps": [first, v0], "val_steps": [v0, v1],
         },
     }  # fmt: skip
     metrics["val"]["beats_last_value"] = metrics["val"]["mae_mean"] < metrics["val"]["last_value_mae_mean"]
@@ -393,6 +418,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     m.add_argument("--input_window", type=int, default=12, help="input steps per window")
     m.add_argument("--horizon", type=int, default=12, help="forecast steps per window")
     m.add_argument("--graph_mixing", action="store_true", help="mix regions over the city adjacency")
+    m.add_argument("--context_days", type=int, default=7,
+                   help="also read the target slots on each of this many previous days")
+    m.add_argument("--context_weeks", type=int, default=8,
+                   help="also read the target slots on each of this many previous weeks (their mean is the anchor)")
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=20, help="epochs (one pass over all training window starts)")
     t.add_argument("--max_steps", type=int, default=None, help="cap on optimizer steps (no cap if unset)")
@@ -445,6 +474,8 @@ def run(args: argparse.Namespace) -> PretrainResult:
     cfg.update(in_channels=city.n_channels, out_channels=city.n_channels)
     cfg.setdefault("input_window", args.input_window)
     cfg.setdefault("horizon", args.horizon)
+    cfg.setdefault("days", args.context_days)
+    cfg.setdefault("weeks", args.context_weeks)
     if args.graph_mixing:
         cfg["graph_mixing"] = True
     result = pretrain_st_encoder(

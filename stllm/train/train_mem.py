@@ -104,6 +104,11 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
         regions = RegionSplit(
             train=record.regions, test=tuple(r for r in city.region_ids if r not in train_ids)
         ).validate(city)
+    if encoder_dir and (Path(encoder_dir) / ENCODER_CONFIG).is_file():  # the encoder decides what it reads
+        enc = load_encoder(encoder_dir).config
+        if (enc.days, enc.weeks) != (data_args.context_days, data_args.context_weeks):
+            logger.info("context days/weeks %s from %s", (enc.days, enc.weeks), encoder_dir)
+        data_args.context_days, data_args.context_weeks = enc.days, enc.weeks
     scaler_file = Path(encoder_dir) / "scaler.json" if encoder_dir else None
     if scaler_file is not None and scaler_file.is_file():
         scaler = STScaler.load(scaler_file)  # the encoder was trained on this scaling
@@ -113,11 +118,13 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
     train = STInstructionDataset(
         city, scaler, regions=regions.train, time=train_time, input_len=data_args.input_len,
         output_len=data_args.output_len, stride=data_args.stride, extra_views=views, with_geo=data_args.with_geo,
+        days=data_args.context_days, weeks=data_args.context_weeks,
     )
     return PreparedData(city, regions, train_time, scaler, train, data_args)
 
 
-def _encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None) -> dict:
+def _encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None,
+                    model_args: ModelArguments) -> dict:
     c = city.n_channels
     if encoder_dir:
         cfg_file = Path(encoder_dir) / ENCODER_CONFIG
@@ -136,7 +143,8 @@ def _encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str |
             )
         return enc
     return {"in_channels": c, "out_channels": c, "num_tokens": c, "input_window": data_args.input_len,
-            "horizon": data_args.output_len}  # fmt: skip
+            "horizon": data_args.output_len, "days": data_args.context_days, "weeks": data_args.context_weeks,
+            "normalize": model_args.st_normalize, "residual": model_args.st_residual}
 
 
 def event_pos_weight(data: PreparedData, cap: float = 20.0) -> list[float] | None:
@@ -150,7 +158,7 @@ def event_pos_weight(data: PreparedData, cap: float = 20.0) -> list[float] | Non
 
 def build_model(model_args: ModelArguments, data_args: DataArguments, data: PreparedData, attn: str):
     """A pretrained backbone wrapped with ST modules, or a tiny Llama with an offline tokenizer."""
-    enc_cfg = _encoder_config(data.city, data_args, model_args.st_encoder_path)
+    enc_cfg = _encoder_config(data.city, data_args, model_args.st_encoder_path, model_args)
     common = dict(
         cls_pos_weight=event_pos_weight(data),
         st_encoder_config=enc_cfg, projector_type=model_args.projector_type, lm_loss_weight=model_args.lm_loss_weight,
@@ -158,6 +166,9 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, data: Prep
         poi_loss_weight=model_args.poi_loss_weight,
     )
     if model_args.model_name_or_path:
+        if model_args.no_llm:
+            raise ValueError("--no_llm builds a backbone with zero layers; it cannot be combined with "
+                             "--model_name_or_path")
         return STLlamaForCausalLM.from_backbone(
             model_args.model_name_or_path, st_encoder_path=model_args.st_encoder_path,
             attn_implementation=model_args.attn_implementation or attn, **common,
@@ -177,6 +188,8 @@ def build_tiny_model(texts: list[str], model_args: ModelArguments, vocab_size: i
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     ids = add_st_tokens(tokenizer)
     hidden, layers, heads, kv, inter = TINY_PRESETS[model_args.tiny_preset]
+    if model_args.no_llm:
+        layers = 0  # the ablation: embeddings and final norm only, no attention or MLP between slots
     text = LlamaConfig(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
         intermediate_size=inter, vocab_size=len(tokenizer), max_position_embeddings=1024,

@@ -15,7 +15,8 @@ from stllm.train.train_mem import train
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
-    train(*parse_args(["--output_dir", str(out), "--synthetic_regions", "8", "--synthetic_days", "10",
+    train(*parse_args(["--output_dir", str(out), "--synthetic_regions", "8", "--synthetic_days", "21",
+                       "--context_days", "2", "--context_weeks", "1",
                        "--max_steps", "10", "--per_device_train_batch_size", "8", "--save_strategy", "no",
                        "--disable_tqdm", "true"]))  # fmt: skip
     return out
@@ -64,7 +65,7 @@ def test_evaluation_rebuilds_the_training_data_from_the_checkpoint(checkpoint):
     from stllm.eval.zero_shot import _data_args
 
     args = _data_args(checkpoint, {"data": None, "data_root": None})
-    assert (args.synthetic_regions, args.synthetic_days) == (8, 10)  # not the defaults (24, 28)
+    assert (args.synthetic_regions, args.synthetic_days) == (8, 21)  # not the defaults (24, 28)
     assert _data_args(checkpoint, {"synthetic_days": 12}).synthetic_days == 12
 
 

@@ -69,14 +69,20 @@ def test_st_values_affect_hidden_states_at_and_after_first_history_slot_only(mod
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
 def test_heads_read_prediction_slots_and_pair_with_their_history(kind):
     model = tiny_model(kind)
+    for head in (model.reg_head, model.cls_head):  # zero at init: give the output layers weights to read
+        torch.nn.init.normal_(head.out.weight, std=0.5)
     b = make_batch()
     with torch.no_grad():
         out = model(**b, output_hidden_states=True)
+        enc = model.st_encoder(b["st_values"])
     hidden = out.hidden_states[-1]
     k = model.config.st_slots
     his = hidden[b["input_ids"] == HIS].view(-1, k, hidden.shape[-1])
     pre = hidden[b["input_ids"] == PRE].view(-1, k, hidden.shape[-1])
-    torch.testing.assert_close(out.reg_pred, model.reg_head(his, pre))
+    # the regression head corrects the history's anchor in its own normalised units
+    w, r = b["st_window"], b["st_region"]
+    expected = (enc.anchor[w, r] + model.reg_head(his, pre)) * enc.scale[w, r] + enc.loc[w, r]
+    torch.testing.assert_close(out.reg_pred, expected)
     torch.testing.assert_close(out.cls_logits, model.cls_head(his, pre))
     assert out.reg_pred.shape == (3, model.config.st_encoder.horizon, k)
     assert not model.backbone.get_decoder()._forward_hooks  # the capture hook is scoped to the call
@@ -97,8 +103,10 @@ def test_prediction_pairs_with_nearest_preceding_history_view(model):
             st_region=torch.tensor([0, 1]),
             output_hidden_states=True,
         )
+        enc = model.st_encoder(x[:, :, 1:2])  # the later view: region 1
     h = out.hidden_states[-1][0]
-    torch.testing.assert_close(out.reg_pred, model.reg_head(h[7:9][None], h[12:14][None]))
+    correction = model.reg_head(h[7:9][None], h[12:14][None])
+    torch.testing.assert_close(out.reg_pred, (enc.anchor[:, 0] + correction) * enc.scale[:, 0] + enc.loc[:, 0])
 
 
 def _errors_cases():
@@ -239,8 +247,9 @@ def test_dtype_follows_backbone(dtype):
     b["st_values"] = b["st_values"].double()  # any float input is cast to the model's dtype
     with torch.no_grad():
         out = model(**b, reg_targets=torch.zeros(3, 12, 2))
-    assert out.logits.dtype == dtype and out.reg_pred.dtype == dtype
-    assert out.reg_loss.dtype == torch.float32  # losses are computed in fp32
+    assert out.logits.dtype == dtype
+    # heads, anchor, normalisation and losses come out in fp32 whatever the backbone's dtype
+    assert out.reg_pred.dtype == out.cls_logits.dtype == out.reg_loss.dtype == torch.float32
 
 
 def test_event_loss_uses_positive_class_weights():

@@ -116,6 +116,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     cfg.write_text(json.dumps(SMALL))
     out = tmp_path / "enc"
     argv = ["--synthetic_regions", "8", "--synthetic_days", "4", "--epochs", "2", "--max_steps", "4",
+            "--context_days", "1", "--context_weeks", "0",
             "--batch_size", "8", "--encoder_config", str(cfg), "--output_dir", str(out), "--no_progress",
             "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0

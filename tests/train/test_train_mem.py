@@ -14,6 +14,7 @@ from stllm.train.arguments import parse_args
 from stllm.train.train_mem import build_model, prepare_data, train
 
 SMALL = ["--synthetic_regions", "8", "--synthetic_days", "6", "--per_device_train_batch_size", "8",
+         "--context_days", "1", "--context_weeks", "0",
          "--logging_steps", "1", "--save_strategy", "no", "--seed", "7", "--disable_tqdm", "true"]  # fmt: skip
 
 
@@ -105,6 +106,7 @@ def test_stage2_trains_on_the_stage1_regions_with_its_encoder_and_scaler(tmp_pat
 
     enc = tmp_path / "enc"
     args = ["--output_dir", str(enc), "--synthetic_regions", "8", "--synthetic_days", "6", "--epochs", "1",
+            "--context_days", "1", "--context_weeks", "0",
             "--max_steps", "3", "--test_regions", "0.4", "--no_progress"]  # fmt: skip
     assert pretrain_main(args) == 0
     stage1 = json.loads((enc / "split.json").read_text())

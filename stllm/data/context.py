@@ -1,0 +1,162 @@
+"""Multi-period history ("closeness / period / trend") of a forecast window, as step indices.
+
+A forecast of the ``output_len`` steps from ``t0`` reads one context window of ``length`` steps:
+
+``[ week_W ... week_1 | day_D ... day_1 | recent ]``
+
+* ``week_j`` (``output_len`` steps): the target slots ``j`` weeks earlier (oldest first);
+* ``day_j`` (``output_len`` steps): the target slots ``j`` days earlier;
+* ``recent``: the ``input_len`` steps right before ``t0``.
+
+A view never overlaps the forecast window: for target step ``t0 + h`` the ``j``-th source is
+``t0 + h - (k_min(h) + j - 1) * period`` with ``k_min(h)`` the smallest whole number of periods that
+lands before ``t0`` (on daily data with a 12-day horizon, the "1 day earlier" view of day 5 is 6 days
+back). The mean of the week views is exactly the historical-average baseline: the residual anchor.
+
+Sources before the first step of the data repeat the oldest available same slot (whole periods
+forward, still before ``t0``), so a city with less history than ``weeks`` weeks can be evaluated; at
+least one period of each used kind (and ``input_len`` steps) must exist before the first target.
+Both training and evaluation (and the ridge baseline) gather through :func:`context_steps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_DAY = np.timedelta64(1440, "m")
+PERIODS = {"day": _DAY, "week": 7 * _DAY}
+
+
+def period_steps(freq: np.timedelta64, period: str, source: str = "city") -> int:
+    """Steps in one ``period`` ("day" or "week"); ``ValueError`` when the step does not divide it."""
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {sorted(PERIODS)}, got {period!r}")
+    freq = np.timedelta64(freq).astype("timedelta64[m]")
+    span = PERIODS[period]
+    if freq <= np.timedelta64(0, "m") or span % freq != np.timedelta64(0, "m"):
+        raise ValueError(
+            f"{source}: a {period} is not a whole number of {freq} steps; the {period} views (and same-slot "
+            f"baselines) need a step that divides {period} length (e.g. 30min, 1h, 1D)"
+        )
+    return int(span // freq)
+
+
+def seasonal_offsets(output_len: int, period: int, k: int) -> np.ndarray:
+    """Offsets ``(H, k)`` from ``t0``: for target ``t0 + h`` the ``k`` most recent same slots before ``t0``
+    (nearest first); always negative."""
+    h = np.arange(output_len)
+    k_min = h // period + 1  # smallest k with h - k * period < 0
+    ks = k_min[:, None] + np.arange(k)[None]
+    return h[:, None] - ks * period
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """Shape of one context window (see the module docstring); ``days = weeks = 0`` is the plain
+    ``input_len`` history."""
+
+    input_len: int = 12
+    output_len: int = 12
+    days: int = 7
+    weeks: int = 8
+
+    def __post_init__(self):
+        for name in ("input_len", "output_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ContextSpec.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("days", "weeks"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"ContextSpec.{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def length(self) -> int:
+        return (self.weeks + self.days) * self.output_len + self.input_len
+
+    def offsets(self, freq: np.timedelta64, source: str = "city") -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets (L,), period (L,))``: steps relative to ``t0`` in window order, and the period in
+        steps of each entry (0 for the recent steps), which padding moves by."""
+        parts, periods = [], []
+        for name, k in (("week", self.weeks), ("day", self.days)):
+            if k == 0:
+                continue
+            p = period_steps(freq, name, source)
+            off = seasonal_offsets(self.output_len, p, k)  # (H, k), nearest first
+            parts.append(off[:, ::-1].T.ravel())  # oldest view first, each view in target order
+            periods.append(np.full(k * self.output_len, p))
+        parts.append(np.arange(-self.input_len, 0))
+        periods.append(np.zeros(self.input_len, np.int64))
+        return np.concatenate(parts).astype(np.int64), np.concatenate(periods).astype(np.int64)
+
+    def min_history(self, freq: np.timedelta64, source: str = "city") -> int:
+        """Steps that must exist before the first target: ``input_len`` and one of each used period."""
+        need = [self.input_len]
+        if self.days:
+            need.append(period_steps(freq, "day", source))
+        if self.weeks:
+            need.append(period_steps(freq, "week", source))
+        return max(need)
+
+
+def context_steps(spec: ContextSpec, freq: np.timedelta64, t0, source: str = "city") -> tuple[np.ndarray, np.ndarray]:
+    """Step indices ``(B, L)`` of the context windows of forecasts starting at ``t0`` (B,), and a bool
+    ``(B, L)`` that marks padded entries (sources before step 0, moved forward by whole periods).
+
+    Every index is ``< t0`` (checked); ``ValueError`` when ``t0`` has less history than
+    :meth:`ContextSpec.min_history`.
+    """
+    t0 = np.atleast_1d(np.asarray(t0, dtype=np.int64))
+    need = spec.min_history(freq, source)
+    if t0.size and int(t0.min()) < need:
+        raise ValueError(
+            f"{source}: a forecast starting at step {int(t0.min())} has {int(t0.min())} steps of history; the "
+            f"context (input_len={spec.input_len}, days={spec.days}, weeks={spec.weeks}) needs at least {need} "
+            f"before the first target (one period of each view; {spec.weeks} weeks of warm-up for full context)"
+        )
+    off, period = spec.offsets(freq, source)
+    idx = t0[:, None] + off[None]
+    padded = idx < 0
+    if padded.any():
+        p = np.broadcast_to(period, idx.shape)
+        idx = np.where(padded, idx + (-idx + p - 1) // np.maximum(p, 1) * p, idx)
+    if (idx >= t0[:, None]).any() or (idx < 0).any():
+        raise RuntimeError("context_steps: an index left [0, t0); this is a bug")
+    return idx, padded
+
+
+def fill_padded(window: np.ndarray, padded: np.ndarray, spec: ContextSpec) -> np.ndarray:
+    """Replace padded view entries of ``window (B, L, ...)`` by the mean of the same slot over the real
+    views of their kind (weeks or days), so the mean over all views (the anchor) is the mean of the
+    real ones: exactly the historical average over the weeks that exist. ``padded (B, L)`` is from
+    :func:`context_steps`. Recent steps are never padded. Returns a new float array."""
+    out = np.array(window, dtype=np.result_type(window.dtype, np.float32), copy=True)
+    if not padded.any():
+        return out
+    h, start = spec.output_len, 0
+    extra = (1,) * (out.ndim - 2)
+    for k in (spec.weeks, spec.days):
+        if k == 0:
+            continue
+        sl = slice(start, start + k * h)
+        part = out[:, sl].reshape(out.shape[0], k, h, *out.shape[2:])  # (B, k, H, ...)
+        real = ~padded[:, sl].reshape(-1, k, h, *extra)
+        n = real.sum(axis=1, keepdims=True)
+        mean = np.where(real, part, 0).sum(axis=1, keepdims=True) / np.maximum(n, 1)
+        out[:, sl] = np.where(real, part, mean).reshape(out.shape[0], k * h, *out.shape[2:])
+        start += k * h
+    return out
+
+
+def gather_context(values: np.ndarray, spec: ContextSpec, freq: np.timedelta64, t0, cols=None,
+                   source: str = "city") -> np.ndarray:
+    """Context windows ``(B, L, N', C)`` of ``values (T, N, C)`` for forecasts starting at ``t0 (B,)``:
+    columns ``cols`` (``(N',)`` shared, ``(B, N')`` per window, or None = all), padded views filled
+    (:func:`fill_padded`). Boolean arrays (observed masks) are gathered without filling."""
+    idx, padded = context_steps(spec, freq, t0, source)
+    if cols is None:
+        win = values[idx]
+    else:
+        cols = np.asarray(cols)
+        win = values[idx[:, :, None], cols[None, None, :] if cols.ndim == 1 else cols[:, None, :]]
+    return win if win.dtype == bool else fill_padded(win, padded, spec)
