@@ -26,7 +26,11 @@ PRESETS = {
                   {"epochs": 10}, 300, {}),
     # UrbanGPT's protocol: train on 2019 (a subset of zones), zero-shot on the other zones, 2020-01-01..14
     "manhattan": (["--data", "manhattan-taxi", "--train_end", "2020-01-01", "--max_train_windows", "2688"],
-                  {"epochs": 3, "steps_per_epoch": 150}, 400, {"eval_start": "2020-01-01", "eval_days": 14}),
+                  {"epochs": 3, "steps_per_epoch": 150, "regions_per_batch": 16}, 400,
+                  {"eval_start": "2020-01-01", "eval_days": 14}),
+    "manhattan-bike": (["--data", "manhattan-bike", "--train_end", "2020-01-01", "--max_train_windows", "2688"],
+                       {"epochs": 3, "steps_per_epoch": 150, "regions_per_batch": 16}, 400,
+                  {"eval_start": "2020-01-01", "eval_days": 14}),
     # NYC crime, daily counts of 4 categories on the 69 Manhattan zones: event classification
     "crime": (["--data", "crime"], {"epochs": 10}, 400, {}),
 }  # fmt: skip

@@ -10,9 +10,11 @@ def test_quick_demo_runs_all_stages_and_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
         assert step in out
-    rows = [line.split()[0] for line in out.splitlines() if line and line.split()[0] in
-            ("stllm", "last_value", "historical_average", "encoder_only")]  # fmt: skip
-    assert rows == ["stllm", "last_value", "historical_average", "encoder_only"]
+    rows = [line.split("  ")[0] for line in out.splitlines() if line and line.split()[0] in
+            ("stllm", "last_value", "historical_average", "ridge", "encoder_only")]  # fmt: skip
+    assert rows == ["stllm", "stllm without LLM", "last_value", "historical_average", "ridge", "encoder_only"]
+    no_llm = json.loads((tmp_path / "model-no-llm" / "config.json").read_text())
+    assert no_llm["text_config"]["num_hidden_layers"] == 0  # the ablation row really has no LLM
     split = json.loads((tmp_path / "encoder" / "split.json").read_text())
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["regions"]
     assert not set(split["regions"]) & set(evaluated)

@@ -75,8 +75,9 @@ class STInstructionDataset(torch.utils.data.Dataset):
                            else city.region_index(regions, field_name="STInstructionDataset.regions"))
         lo, hi, _ = (time or slice(None)).indices(city.n_steps)
         self.lags = tuple(self._lag(v) for v in self.extra_views)
-        first = lo + max([0, *[lag - output_len for lag in self.lags]])
-        if self.has_context:  # histories may reach before ``lo`` (a held-out region's past), not before step 0
+        # histories may reach before ``lo`` (a held-out region's past, the training regions' own past), not before 0
+        first = max([lo, *[lag - output_len for lag in self.lags]])
+        if self.has_context:
             first = max(lo, self.context_spec.min_history(city.freq, city.source) - input_len)
         last = hi - input_len - output_len  # inclusive
         self.starts = np.arange(first, last + 1, stride, dtype=np.int64) if last >= first else np.zeros(0, np.int64)

@@ -211,9 +211,10 @@ class STEncoder(nn.Module):
 
     def reset_parameters(self) -> None:
         """The correction starts at zero when residual: an untrained encoder forecasts the anchor."""
-        if self.config.normalize:
-            nn.init.zeros_(self.end_conv_2.weight)
-            nn.init.zeros_(self.end_conv_2.bias)
+        if self.config.normalize:  # in-place: transformers' post_init guards nn.init on initialised parameters
+            with torch.no_grad():
+                self.end_conv_2.weight.zero_()
+                self.end_conv_2.bias.zero_()
 
     @property
     def token_dim(self) -> int:

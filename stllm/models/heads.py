@@ -36,9 +36,11 @@ class RegressionHead(SlotHead):
         super().__init__(hidden_size, head_dim, horizon)
         self.reset_parameters()
 
+    @torch.no_grad()
     def reset_parameters(self) -> None:
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        # in-place, not nn.init: transformers' post_init guards nn.init on parameters it already initialised
+        self.out.weight.zero_()
+        self.out.bias.zero_()
 
 
 class ClassificationHead(SlotHead):

@@ -106,6 +106,10 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         self.cls_head = ClassificationHead(hidden, config.head_dim, horizon)
         self.poi_head = CandidateHead(hidden, config.head_dim)
         self.post_init()
+        # residual starts: post_init skips modules without parameters of their own (custom code), so the
+        # zero-initialised corrections are set here (loaded weights replace them)
+        self.st_encoder.reset_parameters()
+        self.reg_head.reset_parameters()
         if backbone.generation_config is not None:
             self.generation_config = copy.deepcopy(backbone.generation_config)
         self._suppress_feature_slots()

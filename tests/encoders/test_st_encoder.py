@@ -65,3 +65,44 @@ def test_bad_input_shapes(shape, match):
 def test_config_rejects_indivisible_channels():
     with pytest.raises(ValueError, match="divisible"):
         STEncoderConfig(conv_channels=30)
+
+
+def test_untrained_context_encoder_forecasts_the_historical_average():
+    """Residual forecast: the correction starts at zero, so the forecast is the mean of the week views."""
+    import numpy as np
+
+    from stllm.data import synthetic_city
+    from stllm.data.context import ContextSpec, gather_context
+    from stllm.eval.baselines import historical_average
+
+    city = synthetic_city(n_regions=4, days=40, freq="1h")
+    cfg = STEncoderConfig(days=3, weeks=4)
+    enc = STEncoder(cfg).eval()
+    t0 = np.array([5 * 168 + 7, 5 * 168 + 30])
+    x = gather_context(city.values, ContextSpec(12, 12, 3, 4), city.freq, t0)
+    with torch.no_grad():
+        out = enc(torch.from_numpy(x))
+    ha = historical_average(city, t0 - 12, np.arange(4), 12, 12, weeks=4)
+    np.testing.assert_allclose(out.forecast.numpy(), ha, rtol=1e-4, atol=1e-3)
+    torch.nn.init.normal_(enc.end_conv_2.weight)  # once trained, it is anchor + a learned correction
+    assert not np.allclose(enc(torch.from_numpy(x)).forecast.detach().numpy(), ha, atol=1e-2)
+
+
+def test_normalisation_makes_the_encoder_scale_free():
+    """Each series is normalised by its own history: scaling and shifting a region's inputs scales and
+    shifts its forecast, tokens unchanged (the statistics enter as features only through stats_proj)."""
+    enc = STEncoder(STEncoderConfig(days=1, weeks=1, norm_eps=1e-6)).eval()  # eps: the only scale
+    torch.nn.init.normal_(enc.end_conv_2.weight, std=0.1)
+    with torch.no_grad():
+        enc.stats_proj.weight.zero_()
+        enc.stats_proj.bias.zero_()
+        x = torch.rand(2, enc.config.context_length, 3, 2) * 5
+        a, b = enc(x), enc(x * 7.0 + 3.0)
+    torch.testing.assert_close(b.forecast, a.forecast * 7.0 + 3.0, rtol=1e-3, atol=1e-2)
+    torch.testing.assert_close(b.tokens, a.tokens, rtol=1e-3, atol=1e-3)
+
+
+def test_wrong_context_length_is_named():
+    enc = STEncoder(STEncoderConfig(days=7, weeks=8))
+    with pytest.raises(ValueError, match=r"context of 192 steps \(days=7, weeks=8"):
+        enc(torch.randn(1, 12, 2, 2))

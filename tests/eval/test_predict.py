@@ -159,3 +159,25 @@ def test_slot_pass_on_random_batches_with_padding_and_other_backbones(kind):
     with torch.no_grad():
         want = model(**left).reg_pred
     assert torch.allclose(SlotPass(model)(left)[0], want, atol=1e-5)
+
+
+def test_untrained_model_forecasts_the_historical_average_through_the_whole_pipeline():
+    """Residual heads start at zero: dataset -> collator -> model -> inverse scaler gives exactly the
+    historical average on held-out regions, before any training."""
+    from stllm.eval.baselines import historical_average
+
+    city = synthetic_city(seed=2, n_regions=6, days=30, freq="1h")
+    scaler = STScaler.fit(city, regions=city.region_ids[:4])
+    ds = STInstructionDataset(city, scaler, regions=city.region_ids[4:], stride=24, days=2, weeks=3,
+                              time=slice(21 * 24, None))  # fmt: skip
+    fmt = ChatFormatter(None)
+    tok = train_tokenizer(["\n".join(fmt(ds[i]["conversation"])) for i in range(4)], vocab_size=400)
+    ids = add_st_tokens(tok)
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=len(tok))  # fmt: skip
+    cfg = STLlamaConfig(text_config=text, **ids.as_config(),
+                        st_encoder_config={"num_tokens": 2, "days": 2, "weeks": 3})  # fmt: skip
+    model = STLlamaForCausalLM(cfg).eval()
+    pred = predict(model, tok, ds, scaler, batch_size=8, progress=False)
+    ha = historical_average(city, ds.starts, ds.region_idx, 12, 12, weeks=3)
+    np.testing.assert_allclose(pred, ha, rtol=1e-4, atol=1e-3)

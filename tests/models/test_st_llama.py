@@ -261,3 +261,24 @@ def test_event_loss_uses_positive_class_weights():
     ref = F.binary_cross_entropy_with_logits(out.cls_logits, target, pos_weight=torch.tensor([4.0, 9.0]))
     torch.testing.assert_close(out.cls_loss, ref)
     assert out.cls_loss > F.binary_cross_entropy_with_logits(out.cls_logits, target)
+
+
+def test_bf16_autocast_keeps_normalisation_anchor_heads_and_loss_in_fp32():
+    """Under bf16 autocast the backbone runs in bf16 but the forecast (anchor + correction, mapped back
+    with the history's statistics) is computed in fp32: predictions stay within bf16 noise of fp32."""
+    model = tiny_model(st_encoder_config={"days": 1, "weeks": 2})
+    torch.nn.init.normal_(model.reg_head.out.weight, std=0.05)  # a "trained" correction
+    b = make_batch()
+    length = model.config.st_encoder.context_length
+    b["st_values"] = 50.0 + 20.0 * torch.rand(2, length, 7, 2)  # busy regions: a large level, where bf16 hurts
+    target = torch.full((3, 12, 2), 55.0)
+    with torch.no_grad():
+        ref = model(**b, reg_targets=target)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(**b, reg_targets=target)
+    assert low.logits.dtype == torch.bfloat16  # the backbone did run in bf16
+    assert low.reg_pred.dtype == torch.float32 and low.reg_loss.dtype == torch.float32
+    # bf16 has 8 bits of mantissa: on values near 60 a bf16 forecast would be off by up to ~0.25
+    err = (low.reg_pred - ref.reg_pred).abs().max()
+    assert err < 0.05, err
+    assert (low.reg_loss - ref.reg_loss).abs() < 0.01
