@@ -17,11 +17,13 @@ go through a linear map into the same summary, one input per sample.
 Scale-free (``normalize``, RevIN-style): each (window, region, channel) is normalised with the mean
 and standard deviation of its own input steps (never a target), the encoder works in that space, and
 the forecast is ``anchor + correction`` there, mapped back with the same statistics. The anchor is
-the mean of the week views (the historical average; the context mean without week views) and the
-correction layer starts at zero, so an untrained encoder forecasts the historical average. The
-statistics and the anchor are returned (``loc``, ``scale``, ``anchor``) for the LLM's heads, which
-predict the same kind of correction; the statistics are also an input (events depend on the absolute
-level). Normalisation runs in float32 under autocast.
+the mean of the week views (the historical average; the context mean without week views); the
+correction (the convolutional summary's head plus a linear map of the whole normalised input, so the
+encoder holds at least a ridge on its context) starts at zero, so an untrained encoder forecasts the
+historical average. The statistics and the forecast in normalised units (``loc``, ``scale``,
+``base``) are returned for the LLM's heads, which add their own correction to it (so stage 2 starts
+from the stage-1 forecast); the statistics are also an input (events depend on the absolute level).
+Normalisation runs in float32 under autocast.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ class STEncoderOutput(NamedTuple):
     loc: torch.Tensor | None = None  # (W, N, 1, C) per-sample mean of the inputs (normalize)
     scale: torch.Tensor | None = None  # (W, N, 1, C) per-sample std + eps
     anchor: torch.Tensor | None = None  # (W, N, horizon, C) seasonal anchor, normalised units
+    base: torch.Tensor | None = None  # (W, N, horizon, C_out) the forecast in normalised units: anchor + correction
 
 
 def normalise_context(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -204,6 +207,9 @@ class STEncoder(nn.Module):
                             if cfg.n_views else None)  # fmt: skip
         # the statistics themselves (level and log spread, scaled units): events depend on the absolute level
         self.stats_proj = nn.Conv2d(2 * cfg.in_channels, cfg.skip_channels, 1) if cfg.normalize else None
+        # a linear map of the whole normalised input straight to the correction: at least a ridge on it
+        self.linear_proj = (nn.Conv2d(cfg.context_length * cfg.in_channels, cfg.horizon * cfg.out_channels, 1)
+                            if cfg.normalize else None)  # fmt: skip
         self.token_conv = nn.Conv2d(cfg.skip_channels, cfg.num_tokens * cfg.token_dim, 1)
         self.end_conv_1 = nn.Conv2d(cfg.skip_channels, cfg.end_channels, 1)
         self.end_conv_2 = nn.Conv2d(cfg.end_channels, cfg.horizon * cfg.out_channels, 1)
@@ -213,8 +219,9 @@ class STEncoder(nn.Module):
         """The correction starts at zero when residual: an untrained encoder forecasts the anchor."""
         if self.config.normalize:  # in-place: transformers' post_init guards nn.init on initialised parameters
             with torch.no_grad():
-                self.end_conv_2.weight.zero_()
-                self.end_conv_2.bias.zero_()
+                for conv in (self.end_conv_2, self.linear_proj):
+                    conv.weight.zero_()
+                    conv.bias.zero_()
 
     @property
     def token_dim(self) -> int:
@@ -272,14 +279,19 @@ class STEncoder(nn.Module):
             skip = skip + self.stats_proj(stats.permute(0, 2, 1).unsqueeze(-1).to(skip.dtype))
         skip = F.relu(skip)
         tokens = self.token_conv(skip).squeeze(-1).permute(0, 2, 1).reshape(w, n, cfg.num_tokens, -1)
-        out = self.end_conv_2(F.relu(self.end_conv_1(skip))).squeeze(-1)  # (W, horizon*C_out, N)
+        out = self.end_conv_2(F.relu(self.end_conv_1(skip)))  # (W, horizon*C_out, N, 1)
+        if self.linear_proj is not None:
+            out = out + self.linear_proj(x.permute(0, 1, 3, 2).reshape(w, t * c, n, 1))
+        out = out.squeeze(-1)
         forecast = out.permute(0, 2, 1).reshape(w, n, cfg.horizon, cfg.out_channels)
         if cfg.normalize:
             loc, scale = loc.permute(0, 2, 1, 3), scale.permute(0, 2, 1, 3)  # (W, N, 1, C)
             anchor = anchor.permute(0, 2, 1, 3)  # (W, N, H, C)
             k = cfg.out_channels
-            forecast = denormalise(anchor[..., :k] + forecast.float(), loc, scale, k)
-        return STEncoderOutput(tokens=tokens, forecast=forecast, loc=loc, scale=scale, anchor=anchor)
+            base = anchor[..., :k] + forecast.float()
+            forecast = denormalise(base, loc, scale, k)
+            return STEncoderOutput(tokens=tokens, forecast=forecast, loc=loc, scale=scale, anchor=anchor, base=base)
+        return STEncoderOutput(tokens=tokens, forecast=forecast)
 
 
 def denormalise(

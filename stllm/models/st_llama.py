@@ -295,8 +295,9 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
 
     def _read_heads(self, his_h, pre_h, his_group, encoding: STEncoderOutput | None):
         """``(reg_pred, cls_logits)`` in float32, the heads run outside autocast. With a scale-free encoder
-        the regression head's output is a correction to the history's seasonal anchor in its normalised
-        units, mapped back to scaled units with the same history's statistics."""
+        the regression head's output is a correction to the encoder's own forecast of that history in its
+        normalised units (the seasonal anchor plus the encoder's correction: the historical average for an
+        untrained encoder), mapped back to scaled units with the same history's statistics."""
         dtype = self.reg_head.out.weight.dtype
         with torch.autocast(his_h.device.type, enabled=False):
             his_h, pre_h = his_h.to(dtype), pre_h.to(dtype)
@@ -306,8 +307,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                     raise ValueError(f"{encoding.loc.shape[0]} history placeholders were encoded, but an "
                                      f"<st_pre> placeholder pairs with number {int(his_group.max()) + 1}")
                 k = reg.shape[-1]
-                anchor = encoding.anchor[his_group][..., :k].to(reg.device)
-                reg = denormalise(anchor + reg, encoding.loc[his_group].to(reg.device),
+                base = encoding.base[his_group][..., :k].to(reg.device)
+                reg = denormalise(base + reg, encoding.loc[his_group].to(reg.device),
                                   encoding.scale[his_group].to(reg.device), k)
         return reg, cls
 

@@ -110,6 +110,10 @@ class DataArguments:
         default="", metadata={"help": "Extra history placeholders (older mechanism, needs context 0/0): comma list "
                               "of day,week."})
     with_geo: bool = field(default=False, metadata={"help": "Add a <GEO> placeholder with the region centroid."})
+    val_fraction: float = field(
+        default=0.1, metadata={"help": "Last fraction of the training time range (training regions) held out as "
+                               "validation: early stopping and the best weights kept (0: none)."})
+    max_val_samples: int = field(default=256, metadata={"help": "Validation samples (evenly spaced) per evaluation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap training samples (quick runs)."})
     tokenizer_vocab: int = field(default=600, metadata={"help": "Vocabulary of the offline tokenizer."})
 
@@ -126,6 +130,15 @@ class STTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow writing into an output directory that holds another run."}
     )
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after the warm-up."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Linear warm-up: steps, or a fraction of all steps."})
+    eval_strategy: str = field(
+        default="steps", metadata={"help": "Validate every eval_steps (off when the run has no validation part)."})
+    eval_steps: float | None = field(default=0.1, metadata={"help": "Steps between validations (or a fraction)."})
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Validation computes losses only."})
+    early_stopping_patience: int = field(
+        default=3, metadata={"help": "Validations without a better forecast loss before training stops (0: never); "
+                             "the best weights are restored at the end either way."})
 
 
     def __post_init__(self):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, set_seed
+from transformers import IntervalStrategy, LlamaConfig, set_seed
 
 from stllm.data import (
     CityData,
@@ -39,7 +39,7 @@ from stllm.models.lora import add_lora
 from stllm.runtime import detect_runtime
 from stllm.tokens import add_st_tokens
 from stllm.train.arguments import TINY_PRESETS, DataArguments, ModelArguments, STTrainingArguments, parse_args
-from stllm.train.trainer import STTrainer
+from stllm.train.trainer import BestWeights, STTrainer
 
 logger = logging.getLogger("stllm")
 
@@ -53,6 +53,7 @@ class PreparedData:
     train: STInstructionDataset
 
     data_args: DataArguments | None = None
+    val: torch.utils.data.Dataset | None = None  # training regions, the last part of the training time
 
     def artifacts(self) -> dict[str, str]:
         """Files every checkpoint carries: the fitted scaler, what was trained on, how the data was built."""
@@ -115,12 +116,37 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
     else:
         scaler = STScaler.fit(city, regions=regions.train, time=train_time)
     views = tuple(v for v in data_args.extra_views.split(",") if v)
-    train = STInstructionDataset(
-        city, scaler, regions=regions.train, time=train_time, input_len=data_args.input_len,
-        output_len=data_args.output_len, stride=data_args.stride, extra_views=views, with_geo=data_args.with_geo,
-        days=data_args.context_days, weeks=data_args.context_weeks,
-    )
-    return PreparedData(city, regions, train_time, scaler, train, data_args)
+    fit_time, val_time = _validation_split(city, train_time, data_args)
+
+    def dataset(time: slice, stride: int) -> STInstructionDataset:
+        return STInstructionDataset(
+            city, scaler, regions=regions.train, time=time, input_len=data_args.input_len,
+            output_len=data_args.output_len, stride=stride, extra_views=views, with_geo=data_args.with_geo,
+            days=data_args.context_days, weeks=data_args.context_weeks,
+        )
+
+    val = None
+    if val_time is not None:
+        full = dataset(val_time, 1)
+        keep = np.unique(np.linspace(0, len(full) - 1, num=min(len(full), data_args.max_val_samples)).astype(int))
+        val = torch.utils.data.Subset(full, keep.tolist())
+    return PreparedData(city, regions, train_time, scaler, dataset(fit_time, data_args.stride), data_args, val)
+
+
+def _validation_split(city: CityData, train_time: slice, data_args: DataArguments) -> tuple[slice, slice | None]:
+    """``(fit, validation)``: validation forecasts have their targets in the last ``val_fraction`` of the
+    training time (their history may precede it); fitting windows end before it. None when too short."""
+    if data_args.val_fraction <= 0:
+        return train_time, None
+    if not 0 < data_args.val_fraction < 1:
+        raise ValueError(f"--val_fraction must be in [0, 1), got {data_args.val_fraction}")
+    window = data_args.input_len + data_args.output_len
+    span = train_time.stop - train_time.start
+    v0 = train_time.stop - max(data_args.output_len, int(round(span * data_args.val_fraction)))
+    if v0 - train_time.start < 2 * window:
+        logger.warning("training time too short for a validation part: training without one")
+        return train_time, None
+    return slice(train_time.start, v0), slice(v0 - data_args.input_len, train_time.stop)
 
 
 def _encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None,
@@ -312,11 +338,24 @@ def subsample(dataset, max_samples: int | None, seed: int):
 
 
 def fit_and_save(model, tokenizer, training_args: STTrainingArguments, train_set, collator,
-                 artifacts: dict[str, str]) -> STTrainer:
-    """Train with STTrainer (resuming when asked), save the final checkpoint and the trainer state."""
+                 artifacts: dict[str, str], eval_set=None) -> STTrainer:
+    """Train with STTrainer (resuming when asked), save the final checkpoint and the trainer state.
+
+    With ``eval_set`` the run validates every ``eval_steps``, stops early after ``early_stopping_patience``
+    validations without a better forecast loss and keeps the best weights (:class:`BestWeights`)."""
+    callbacks = []
+    if eval_set is None or len(eval_set) == 0:
+        eval_set = None
+        training_args.eval_strategy = IntervalStrategy.NO
+    elif training_args.eval_strategy != IntervalStrategy.NO:
+        if training_args.deepspeed:
+            logger.warning("validation runs, but the best weights are not restored under DeepSpeed (partitioned "
+                           "parameters): use --load_best_model_at_end with a matching --save_strategy")
+        else:
+            callbacks.append(BestWeights(patience=training_args.early_stopping_patience))
     trainer = STTrainer(
-        model=model, args=training_args, train_dataset=train_set, data_collator=collator,
-        processing_class=tokenizer, artifacts=artifacts,
+        model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set, data_collator=collator,
+        processing_class=tokenizer, artifacts=artifacts, callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
@@ -332,7 +371,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: S
     model = ready_for_training(model, model_args, training_args, rt)
     train_set = subsample(data.train, data_args.max_train_samples, training_args.seed)
     collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
-    return fit_and_save(model, tokenizer, training_args, train_set, collator, data.artifacts())
+    return fit_and_save(model, tokenizer, training_args, train_set, collator, data.artifacts(), data.val)
 
 
 def shutdown_distributed() -> None:

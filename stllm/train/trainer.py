@@ -8,14 +8,17 @@ tokenizer, and the run's artifacts (fitted scaler, split record) -- so
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from stllm.models.checkpoint import save_lora_extras
 
 LOSS_TERMS = ("lm_loss", "reg_loss", "cls_loss", "poi_loss")
+FORECAST_TERMS = ("reg_loss", "cls_loss", "poi_loss")  # what validation selects on (the LM term is not the task)
+logger = logging.getLogger("stllm")
 
 
 def _is_peft(model) -> bool:
@@ -34,18 +37,34 @@ class STTrainer(Trainer):
         self.artifacts = dict(artifacts or {})
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_counts: dict[str, int] = {}
+        self._eval_sums: dict[str, torch.Tensor] = {}
+        self._eval_counts: dict[str, int] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         if outputs.loss is None:
             raise ValueError(f"the model returned no loss; batch keys were {sorted(inputs)}")
-        if model.training:
-            for name in LOSS_TERMS:
-                value = getattr(outputs, name, None)
-                if value is not None:
-                    self._term_sums[name] = self._term_sums.get(name, 0.0) + value.detach().float()
-                    self._term_counts[name] = self._term_counts.get(name, 0) + 1
+        sums, counts = (self._term_sums, self._term_counts) if model.training else (self._eval_sums, self._eval_counts)
+        for name in LOSS_TERMS:
+            value = getattr(outputs, name, None)
+            if value is not None:
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
+                counts[name] = counts.get(name, 0) + 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        """Add each loss term's validation mean (``eval_reg_loss``...) and their forecast sum
+        (``eval_forecast_loss``, what :class:`BestWeights` selects on) to the metrics."""
+        self._eval_sums, self._eval_counts = {}, {}
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        forecast = 0.0
+        for name, total in self._eval_sums.items():
+            mean = float(self.accelerator.reduce(total / self._eval_counts[name], reduction="mean"))
+            output.metrics[f"{prefix}_{name}"] = round(mean, 6)
+            forecast += mean if name in FORECAST_TERMS else 0.0
+        output.metrics[f"{prefix}_forecast_loss"] = round(forecast, 6)
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss term since the last log (averaged over processes)."""
@@ -67,3 +86,36 @@ class STTrainer(Trainer):
         for name, text in self.artifacts.items():
             with open(os.path.join(output_dir, name), "w", encoding="utf-8") as f:
                 f.write(text)
+
+
+class BestWeights(TrainerCallback):
+    """Keep the trainable weights of the best validation (lowest ``metric``), stop after ``patience``
+    validations without improvement (0: never), and put the best weights back when training ends, so
+    the saved checkpoint is the best one (in memory: no extra checkpoint files)."""
+
+    def __init__(self, metric: str = "eval_forecast_loss", patience: int = 3):
+        self.metric, self.patience = metric, int(patience)
+        self.best, self.best_step, self.bad, self.weights = float("inf"), None, 0, None
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        value = (metrics or {}).get(self.metric)
+        if value is None or model is None:
+            return
+        if value < self.best - 1e-9:
+            self.best, self.best_step, self.bad = float(value), state.global_step, 0
+            self.weights = {k: p.detach().to("cpu", copy=True) for k, p in model.named_parameters() if p.requires_grad}
+        else:
+            self.bad += 1
+            if self.patience and self.bad >= self.patience:
+                logger.warning("early stopping at step %d: %s has not improved on %.6f (step %s) for %d validations",
+                               state.global_step, self.metric, self.best, self.best_step, self.bad)
+                control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.weights is None or model is None:
+            return
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in self.weights.items():
+                params[k].copy_(v.to(params[k].device))
+        logger.warning("kept the best weights: step %s, %s %.6f", self.best_step, self.metric, self.best)

@@ -14,7 +14,8 @@ from stllm.train.arguments import parse_args
 from stllm.train.train_mem import build_model, prepare_data, train
 
 SMALL = ["--synthetic_regions", "8", "--synthetic_days", "6", "--per_device_train_batch_size", "8",
-         "--context_days", "1", "--context_weeks", "0",
+         "--context_days", "1", "--context_weeks", "0", "--val_fraction", "0", "--lr_scheduler_type", "linear",
+         "--warmup_steps", "0",
          "--logging_steps", "1", "--save_strategy", "no", "--seed", "7", "--disable_tqdm", "true"]  # fmt: skip
 
 
@@ -152,3 +153,24 @@ def test_resume_refuses_a_checkpoint_of_another_model_and_names_the_fields(tmp_p
     with pytest.raises(ValueError, match="text_config.hidden_size: checkpoint 64, now 256"):
         run(tmp_path / "b", "--max_steps", "4", "--tiny_preset", "small",
             "--resume_from_checkpoint", str(tmp_path / "a" / "checkpoint-2"))  # fmt: skip
+
+
+def test_validation_on_later_training_times_keeps_the_best_weights_and_stops_early(tmp_path):
+    from stllm.train.trainer import BestWeights
+
+    args = ["--val_fraction", "0.3", "--max_val_samples", "32", "--eval_steps", "4", "--early_stopping_patience", "2"]
+    trainer = run(tmp_path, "--max_steps", "40", "--learning_rate", "3e-3", *args)
+    evals = logged(trainer, "eval_forecast_loss")
+    assert len(evals) >= 2 and "eval_reg_loss" in trainer.state.log_history[-2]
+    best = next(c for c in trainer.callback_handler.callbacks if isinstance(c, BestWeights))
+    assert best.best == pytest.approx(min(evals), abs=1e-6)
+    saved = STLlamaForCausalLM.from_pretrained(tmp_path).state_dict()
+    for k, v in best.weights.items():  # the checkpoint holds the best validation's weights
+        torch.testing.assert_close(saved[k], v)
+    # validation: training regions, targets after every fitting window's targets
+    val, fit = trainer.eval_dataset.dataset, trainer.train_dataset
+    assert list(val.region_idx) == list(fit.region_idx)
+    assert int(val.starts.min()) + 12 >= int(fit.starts.max()) + 24
+    # nothing improves at learning rate 0: stopped after 1 + patience validations, long before max_steps
+    still = run(tmp_path / "lr0", "--max_steps", "200", "--learning_rate", "0", *args)
+    assert still.state.global_step == 12 and len(logged(still, "eval_forecast_loss")) == 3
