@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +87,28 @@ def _ratios(preset: str, agg: dict) -> list[str]:
     return lines
 
 
+def _metrics_file(root: Path, preset: str, run: str) -> Path:
+    return root / preset / run / "eval" / "metrics.json"
+
+
+def _spawn(tasks: list[list[str]], jobs: int, root: Path) -> None:
+    """Run ``bench/forecast_quality.py --run_only ...`` for each task, ``jobs`` at a time, threads split."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // jobs)), "PYTHONUNBUFFERED": "1"}
+    root.mkdir(parents=True, exist_ok=True)
+    started: list[tuple[subprocess.Popen, str]] = []
+    for task in tasks:
+        while sum(p.poll() is None for p, _ in started) >= jobs:
+            time.sleep(1)
+        name = "-".join(task).replace("--", "").replace(" ", "_")
+        log = open(root / f"log-{name}.txt", "w")
+        cmd = [sys.executable, __file__, "--run_only", "--output_dir", str(root), *task]
+        started.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), name))
+        print(f"started {name}", flush=True)
+    for p, name in started:
+        if p.wait() != 0:
+            print(f"FAILED {name}: see {root / f'log-{name}.txt'}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="synthetic", help="comma list: synthetic, manhattan, manhattan-bike, crime, "
@@ -91,33 +116,63 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--steps", type=int, default=None, help="stage-2 steps (default: the preset's)")
     p.add_argument("--ablations", action="store_true", help="seed-0 runs without context / normalisation / anchor")
+    p.add_argument("--ablation", default=None, help=argparse.SUPPRESS)  # one ablation run (--run_only)
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes, threads split)")
+    p.add_argument("--run_only", action="store_true", help="run, write the run's files, print no summary")
     p.add_argument("--output_dir", default="runs/bench-forecast-quality")
     p.add_argument("--progress", action="store_true", help="progress bars")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    root, summary = Path(args.output_dir), {}
-    for preset in [s.strip() for s in args.presets.split(",") if s.strip()]:
-        t0 = time.time()
-        runs = [_run(preset, s, root / preset / f"seed{s}", args.progress, args.steps) for s in seeds]
+    presets = [s.strip() for s in args.presets.split(",") if s.strip()]
+    root, t_start = Path(args.output_dir), time.time()
+    if args.run_only:
+        for preset in presets:
+            for s in seeds:
+                if args.ablation:
+                    _run(preset, s, root / preset / f"ablation-{args.ablation.replace(' ', '-')}", args.progress,
+                         args.steps, ABLATIONS[args.ablation])  # fmt: skip
+                else:
+                    _run(preset, s, root / preset / f"seed{s}", args.progress, args.steps)
+        return 0
+    steps = ["--steps", str(args.steps)] if args.steps else []
+    first = [["--presets", pr, "--seeds", str(s), *steps] for pr in presets if pr != "bikenyc" for s in seeds]
+    if args.ablations:
+        first += [["--presets", pr, "--seeds", str(seeds[0]), "--ablation", a, *steps]
+                  for pr in presets if pr != "bikenyc" for a in ABLATIONS]  # fmt: skip
+    then = [["--presets", "bikenyc", "--seeds", str(s), *steps] for s in seeds] if "bikenyc" in presets else []
+    if args.jobs > 1:
+        _spawn(first, args.jobs, root)
+        _spawn(then, args.jobs, root)
+    else:
+        for task in first + then:
+            main(["--run_only", "--output_dir", str(root), *task])
+    summary = {}
+    for preset in presets:
+        files = [_metrics_file(root, preset, f"seed{s}") for s in seeds]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            print(f"\n=== {preset}: missing runs {missing} ===")
+            continue
+        runs = [json.loads(f.read_text())["metrics"] for f in files]
         agg = aggregate_seeds(runs)
         cols = list(next(iter(runs[0].values())))
-        print(f"\n=== {preset}: {len(seeds)} seeds, {time.time() - t0:.0f} s ===")
+        print(f"\n=== {preset}: {len(seeds)} seeds ===")
         print(format_seed_table(agg, cols, seeds))
         ratios = _ratios(preset, agg)
         print("\n".join(ratios))
         summary[preset] = {"seeds": seeds, "runs": runs, "mean_std": agg, "ratios": ratios}
-        if args.ablations and preset != "bikenyc":
-            summary[preset]["ablations"] = {}
-            for name, flags in ABLATIONS.items():
-                m = _run(preset, seeds[0], root / preset / f"ablation-{name.replace(' ', '-')}", args.progress,
-                         args.steps, flags)  # fmt: skip
-                summary[preset]["ablations"][name] = m
-                main_cols = _mae_cols(m) or ["Macro-F1"]
-                vals = ", ".join(f"{c} {m['stllm'][c]:.4g}" for c in main_cols)
-                print(f"ablation {name} (seed {seeds[0]}): stllm {vals}")
+        for name in ABLATIONS if args.ablations and preset != "bikenyc" else ():
+            f = _metrics_file(root, preset, f"ablation-{name.replace(' ', '-')}")
+            if not f.is_file():
+                print(f"ablation {name}: missing {f}")
+                continue
+            m = json.loads(f.read_text())["metrics"]
+            summary[preset].setdefault("ablations", {})[name] = m
+            vals = ", ".join(f"{c} {m['stllm'][c]:.4g}" for c in (_mae_cols(m) or ["Macro-F1"]))
+            print(f"ablation {name} (seed {seeds[0]}): stllm {vals}")
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(f"\nwrote {root / 'summary.json'}")
+    print(f"\nwrote {root / 'summary.json'} ({time.time() - t_start:.0f} s)")
     return 0
 
 

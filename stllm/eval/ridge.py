@@ -23,6 +23,7 @@ import torch
 from stllm.data.city import CityData
 from stllm.data.context import ContextSpec, context_steps, gather_context
 from stllm.data.scaler import STScaler
+from stllm.encoders.linear import RidgeAccumulator
 from stllm.encoders.st_encoder import normalise_context
 
 __all__ = ["scale_free_ridge"]
@@ -100,8 +101,6 @@ def scale_free_ridge(
     from stllm.eval.baselines import _check_past, check_layout  # lazy: baselines imports this module
 
     starts, regions = check_layout(city, starts, regions, input_len, output_len)
-    if alpha < 0 or not np.isfinite(alpha):
-        raise ValueError(f"scale_free_ridge: alpha must be >= 0, got {alpha}")
     if eps <= 0:
         raise ValueError(f"scale_free_ridge: eps must be > 0, got {eps}")
     if int(max_samples) != max_samples or max_samples < 1:
@@ -157,20 +156,15 @@ def scale_free_ridge(
         valid = np.sort(np.random.default_rng(seed).choice(valid, int(max_samples), replace=False))
     pair_t0, pair_reg = t0_fit[valid // len(fit_idx)], fit_idx[valid % len(fit_idx)]
 
-    n, d, c = len(valid), spec.length * city.n_channels + 1, city.n_channels
-    xtx, xty = np.zeros((d, d)), np.zeros((d, output_len * c))
+    d, c = spec.length * city.n_channels + 1, city.n_channels
+    acc = RidgeAccumulator(d, output_len * c)
     horizon = np.arange(output_len)
-    for i in range(0, n, _CHUNK):
+    for i in range(0, len(valid), _CHUNK):
         t0, reg = pair_t0[i : i + _CHUNK], pair_reg[i : i + _CHUNK]
         x, loc, scale = _features(fit_city, scaler, spec, t0, reg, eps, _check_past)
         y = scaler.transform(fit_city.values[t0[:, None] + horizon, reg[:, None]].astype(np.float64))  # (B, H, C)
-        y = ((y - loc[:, None]) / scale[:, None]).reshape(len(t0), -1)
-        xtx += x.T @ x
-        xty += x.T @ y
-    penalty = np.full(d, alpha * n)
-    penalty[-1] = 0.0  # the bias is not penalised
-    a = xtx + np.diag(penalty)
-    weights = np.linalg.lstsq(a, xty, rcond=None)[0] if alpha == 0 else np.linalg.solve(a, xty)
+        acc.add(x, ((y - loc[:, None]) / scale[:, None]).reshape(len(t0), -1))
+    weights = acc.solve(alpha)
 
     # -- predict every (window, region)
     w_, r_ = len(starts), len(regions)

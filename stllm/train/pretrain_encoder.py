@@ -39,8 +39,9 @@ from stllm.data.context import ContextSpec, gather_context
 from stllm.data.scaler import STScaler
 from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, split_record
 from stllm.encoders.io import CONFIG_NAME, WEIGHTS_NAME, save_encoder
+from stllm.encoders.linear import RidgeAccumulator
 from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
-from stllm.encoders.st_encoder import STEncoder, STEncoderConfig
+from stllm.encoders.st_encoder import STEncoder, STEncoderConfig, normalise_context, seasonal_anchor
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,37 @@ def evaluate_windows(
     return {"mae": err / count, "last_value_mae": err_last / count, "count": count}
 
 
+@torch.no_grad()
+def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: int = 2048, alpha: float = 0.01,
+                      chunk: int = 64) -> int:
+    """Fit the encoder's linear correction (``linear_proj``) in closed form on training windows: a ridge
+    from the whole normalised context to ``normalised target - anchor`` (the scale-free ridge baseline's
+    problem), so SGD starts from the linear model and only has to improve on it. Windows with a missing
+    target are left out. Returns the number of rows fitted (0 when the encoder has no linear path)."""
+    cfg = encoder.config
+    if encoder.linear_proj is None or max_windows <= 0:
+        return 0
+    starts = np.unique(np.linspace(sampler.first, sampler.last, num=min(sampler.n_windows, max_windows)).astype(int))
+    k = cfg.out_channels
+    acc = RidgeAccumulator(cfg.context_length * cfg.in_channels + 1, cfg.horizon * k)
+    for i in range(0, len(starts), chunk):
+        b = sampler.batch(starts[i : i + chunk])
+        xn, loc, scale = normalise_context(b.x, cfg.norm_eps)  # (B, L, N, C)
+        target = (b.y[..., :k] - loc[..., :k]) / scale[..., :k] - seasonal_anchor(xn, cfg)[..., :k]  # (B, H, N, k)
+        rows = xn.shape[0] * xn.shape[2]
+        feats = torch.cat([xn.permute(0, 2, 1, 3).reshape(rows, -1), torch.ones(rows, 1)], dim=1)
+        keep = torch.ones(rows, dtype=torch.bool)
+        if b.y_observed is not None:
+            keep = b.y_observed[..., :k].permute(0, 2, 1, 3).reshape(rows, -1).all(dim=1)
+        acc.add(feats[keep].numpy(), target.permute(0, 2, 1, 3).reshape(rows, -1)[keep].numpy())
+    if acc.n == 0:
+        return 0
+    w = torch.from_numpy(acc.solve(alpha)).to(encoder.linear_proj.weight)
+    encoder.linear_proj.weight.copy_(w[:-1].T.reshape(encoder.linear_proj.weight.shape))
+    encoder.linear_proj.bias.copy_(w[-1])
+    return acc.n
+
+
 def _metrics_block(res: dict, channels: Sequence[str], n_windows: int, n_regions: int) -> dict:
     return {
         "mae": {ch: float(v) for ch, v in zip(channels, res["mae"])},
@@ -191,6 +223,7 @@ def pretrain_st_encoder(
     log1p: bool = False,
     val_stride: int = 1,
     grad_clip: float | None = 5.0,
+    warm_start_windows: int = 2048,
     device: str | torch.device | None = "cpu",
     overwrite: bool = False,
     progress: bool = True,
@@ -205,7 +238,9 @@ def pretrain_st_encoder(
     reads the training regions' own past before ``time_slice`` as input.
     An epoch is one pass over all training window starts (or ``steps_per_epoch`` batches); ``max_steps``
     caps the total; training stops after ``patience`` epochs without a better validation MAE and the
-    best weights are kept. Deterministic for a ``seed`` on one device.
+    best weights are kept. A scale-free encoder's linear correction is first fitted in closed form on up to
+    ``warm_start_windows`` training windows (:func:`warm_start_linear`; 0: off). Deterministic for a
+    ``seed`` on one device.
     """
     t_begin = time.time()
     dev = _resolve_device(device)
@@ -279,6 +314,10 @@ def pretrain_st_encoder(
             regions_per_batch=regions_per_batch, shared_regions=cfg.graph_mixing, mask=observed, seed=rng,
             context=context,
         )  # fmt: skip
+        # the closed-form start sees the whole training time range, as the ridge baseline does
+        whole = WindowSampler(scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first, time_stop=v1,
+                              regions_per_batch=regions_per_batch, mask=observed, seed=seed, context=context)
+        warm_rows = warm_start_linear(encoder, whole, warm_start_windows)
         val_starts = np.arange(max(first, v0 - cfg.input_window), v1 - window + 1, max(1, int(val_stride)))
         n_train_eval = min(sampler.n_windows, MAX_TRAIN_EVAL_WINDOWS)
         train_starts = np.unique(np.linspace(first, sampler.last, n_train_eval).round().astype(np.int64))
@@ -348,6 +387,7 @@ def pretrain_st_encoder(
         "val": _metrics_block(val, channels, len(val_starts), len(train_ids)),
         "train": _metrics_block(train, channels, len(train_starts), len(train_ids)),
         "best_epoch": best_epoch,
+        "warm_start_rows": warm_rows,
         "epochs_run": len(history),
         "steps": step,
         "stopped_early": stopped_early,
