@@ -12,12 +12,12 @@ in, and PASS / MISS per target (issue: forecasts that beat honest baselines zero
 * synthetic: stllm beats every baseline on both channels;
 * bikenyc (cross-dataset: the Manhattan taxi model on BikeNYC): stllm MAE <= historical average.
 
-``--ablations`` adds seed-0 runs without the long context, without normalisation, without the anchor
+``--ablations PRESETS`` adds seed-0 runs without the long context, without normalisation, without the anchor
 (the "without LLM" row is in every table). Each run's files stay under ``--output_dir``; the summary is
 written to ``summary.json`` there.
 
     python bench/forecast_quality.py --presets synthetic --seeds 0,1,2
-    python bench/forecast_quality.py --presets manhattan,manhattan-bike,crime,bikenyc --seeds 0,1,2 --ablations
+    python bench/forecast_quality.py --presets manhattan,manhattan-bike,crime,bikenyc --ablations manhattan --jobs 12
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                    "bikenyc (cross-dataset, needs the manhattan runs)")
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--steps", type=int, default=None, help="stage-2 steps (default: the preset's)")
-    p.add_argument("--ablations", action="store_true", help="seed-0 runs without context / normalisation / anchor")
+    p.add_argument("--ablations", default="", help="comma list of presets that also get seed-0 runs without "
+                   "context / normalisation / anchor")
     p.add_argument("--ablation", default=None, help=argparse.SUPPRESS)  # one ablation run (--run_only)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (separate processes, threads split)")
     p.add_argument("--run_only", action="store_true", help="run, write the run's files, print no summary")
@@ -136,9 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     steps = ["--steps", str(args.steps)] if args.steps else []
     first = [["--presets", pr, "--seeds", str(s), *steps] for pr in presets if pr != "bikenyc" for s in seeds]
-    if args.ablations:
-        first += [["--presets", pr, "--seeds", str(seeds[0]), "--ablation", a, *steps]
-                  for pr in presets if pr != "bikenyc" for a in ABLATIONS]  # fmt: skip
+    ablate = [s.strip() for s in args.ablations.split(",") if s.strip() and s.strip() != "bikenyc"]
+    first += [["--presets", pr, "--seeds", str(seeds[0]), "--ablation", a, *steps] for pr in ablate for a in ABLATIONS]
     then = [["--presets", "bikenyc", "--seeds", str(s), *steps] for s in seeds] if "bikenyc" in presets else []
     if args.jobs > 1:
         _spawn(first, args.jobs, root)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = _ratios(preset, agg)
         print("\n".join(ratios))
         summary[preset] = {"seeds": seeds, "runs": runs, "mean_std": agg, "ratios": ratios}
-        for name in ABLATIONS if args.ablations and preset != "bikenyc" else ():
+        for name in ABLATIONS if preset in ablate else ():
             f = _metrics_file(root, preset, f"ablation-{name.replace(' ', '-')}")
             if not f.is_file():
                 print(f"ablation {name}: missing {f}")

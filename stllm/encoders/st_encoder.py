@@ -112,6 +112,8 @@ class STEncoderConfig:
             return cls()
         if isinstance(d, cls):
             return d
+        if "extra" in d and "normalize" not in d:  # a whole config saved before scale-free encoders: keep its meaning
+            d = {**d, "normalize": False}
         return cls(**d)
 
 

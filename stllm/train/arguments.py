@@ -136,6 +136,8 @@ class STTrainingArguments(TrainingArguments):
         default="steps", metadata={"help": "Validate every eval_steps (off when the run has no validation part)."})
     eval_steps: float | None = field(default=0.1, metadata={"help": "Steps between validations (or a fraction)."})
     prediction_loss_only: bool = field(default=True, metadata={"help": "Validation computes losses only."})
+    eval_on_start: bool = field(
+        default=True, metadata={"help": "Validate before the first step: the starting weights are a candidate."})
     early_stopping_patience: int = field(
         default=3, metadata={"help": "Validations without a better forecast loss before training stops (0: never); "
                              "the best weights are restored at the end either way."})

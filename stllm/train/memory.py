@@ -49,7 +49,7 @@ GIB = 2**30
 # Modules stllm adds around the backbone, at their default configs (STEncoderConfig(), GeoEncoderConfig(),
 # token_dim 64, head_dim 128, horizon 12). The encoders are frozen under LoRA; projectors, heads and the
 # four new slot-token rows are trained (see ``stllm.models.lora.add_lora``).
-ST_ENCODER_PARAMS = 98_968
+ST_ENCODER_PARAMS = 99_568
 GEO_ENCODER_PARAMS = 21_056
 ST_TOKEN_DIM = 64
 ST_HEAD_DIM = 128

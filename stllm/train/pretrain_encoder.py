@@ -314,11 +314,26 @@ def pretrain_st_encoder(
             regions_per_batch=regions_per_batch, shared_regions=cfg.graph_mixing, mask=observed, seed=rng,
             context=context,
         )  # fmt: skip
-        # the closed-form start sees the whole training time range, as the ridge baseline does
-        whole = WindowSampler(scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first, time_stop=v1,
-                              regions_per_batch=regions_per_batch, mask=observed, seed=seed, context=context)
-        warm_rows = warm_start_linear(encoder, whole, warm_start_windows)
         val_starts = np.arange(max(first, v0 - cfg.input_window), v1 - window + 1, max(1, int(val_stride)))
+
+        def val_mae() -> float:
+            res = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev, context=context)
+            return float(np.mean(res["mae"]))
+
+        # the closed-form start (fitted on the training part) is kept only if it beats the anchor on validation
+        anchor_mae, warm_rows = val_mae(), 0
+        if encoder.linear_proj is not None and warm_start_windows > 0:
+            fit = WindowSampler(scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first, time_stop=v0,
+                                regions_per_batch=regions_per_batch, mask=observed, seed=seed, context=context)
+            warm_rows = warm_start_linear(encoder, fit, warm_start_windows)
+            if val_mae() >= anchor_mae:
+                encoder.reset_parameters()  # the linear start does not help here: back to the anchor
+                warm_rows = 0
+            else:  # it helps: refit on the whole training time range, as the ridge baseline is fitted
+                whole = WindowSampler(scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first,
+                                      time_stop=v1, regions_per_batch=regions_per_batch, mask=observed, seed=seed,
+                                      context=context)  # fmt: skip
+                warm_rows = warm_start_linear(encoder, whole, warm_start_windows)
         n_train_eval = min(sampler.n_windows, MAX_TRAIN_EVAL_WINDOWS)
         train_starts = np.unique(np.linspace(first, sampler.last, n_train_eval).round().astype(np.int64))
         optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
@@ -333,7 +348,9 @@ def pretrain_st_encoder(
 
         stream = batches()
         history: list[dict] = []
-        best_val, best_state, best_epoch, bad_epochs, step = math.inf, None, 0, 0, 0
+        # the starting point (anchor, or anchor + ridge) is a candidate too: training must beat it
+        best_val, best_epoch, bad_epochs, step = val_mae(), 0, 0, 0
+        best_state = {k: v.detach().clone() for k, v in objective.state_dict().items()}
         bar = tqdm(total=total, desc="stage-1 STEncoder", unit="step", disable=not progress, dynamic_ncols=True)
         stopped_early = False
         objective.train()

@@ -346,7 +346,7 @@ def fit_and_save(model, tokenizer, training_args: STTrainingArguments, train_set
     callbacks = []
     if eval_set is None or len(eval_set) == 0:
         eval_set = None
-        training_args.eval_strategy = IntervalStrategy.NO
+        training_args.eval_strategy, training_args.eval_on_start = IntervalStrategy.NO, False
     elif training_args.eval_strategy != IntervalStrategy.NO:
         if training_args.deepspeed:
             logger.warning("validation runs, but the best weights are not restored under DeepSpeed (partitioned "

@@ -98,7 +98,7 @@ def test_evaluated_prompts_equal_the_training_template(fixture, request, tmp_pat
     from stllm.train.train_mem import prepare_data
 
     ckpt = request.getfixturevalue(fixture)
-    d_args = _data_args(ckpt, {})
+    d_args = _data_args(ckpt, {"val_fraction": 0})  # the whole training time: no validation part cut off
     data = prepare_data(d_args)
     enc = STLlamaForCausalLM.from_pretrained(ckpt).config.st_encoder
     ev = eval_dataset(data.city, data.scaler, d_args, enc, list(data.regions.train), data.train_time, stride=1)

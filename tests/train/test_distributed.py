@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def torchrun(tmp_path, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(PROBE),
            str(tmp_path / "rep"), "--output_dir", str(tmp_path / "out"), "--synthetic_regions", "8",
-           "--synthetic_days", "6", "--context_days", "1", "--context_weeks", "0",
+           "--synthetic_days", "6", "--context_days", "1", "--context_weeks", "0", "--val_fraction", "0",
            "--max_steps", "3", "--per_device_train_batch_size", "4", "--disable_tqdm", "true",
            *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
