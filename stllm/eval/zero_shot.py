@@ -19,6 +19,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from stllm.data import SplitRecord, STInstructionDataset, STScaler, assert_zero_shot, split_record
+from stllm.data.context import ContextSpec
 from stllm.encoders.io import save_encoder
 from stllm.eval.baselines import baseline_label, eval_targets, run_baselines
 from stllm.eval.metrics import event_metrics, flow_metrics
@@ -210,7 +211,12 @@ def evaluate(
     scaler.save(encoder_dir / "scaler.json")
     # run_baselines' defaults: the simple ones, encoder_only (encoder_dir), supervised_encoder (train_time)
     history = int(ds.starts[0]) + input_len  # steps before the first evaluated target
-    train_time = slice(0, history) if supervised and history > 2 * (input_len + output_len) else None
+    # the supervised reference needs its context's warm-up and a few windows (and a validation part) after it
+    need = ContextSpec(input_len, output_len, enc.days, enc.weeks).min_history(city.freq, city.source)
+    train_time = slice(0, history) if supervised and history > need + 4 * (input_len + output_len) else None
+    if supervised and train_time is None:
+        logger.warning("supervised_encoder skipped: %d steps before the first target, it needs more than %d",
+                       history, need + 4 * (input_len + output_len))
     names = baselines
     if names is not None and train_time is not None and "supervised_encoder" not in names:
         names = [*names, "supervised_encoder"]
