@@ -22,7 +22,7 @@ from stllm.train.train_mem import load_city, train, train_time_slice
 
 PRESETS = {
     # data flags for train_mem, stage-1 options, stage-2 steps, evaluation window
-    "synthetic": (["--data", "synthetic", "--synthetic_regions", "24", "--synthetic_days", "56"],
+    "synthetic": (["--data", "synthetic", "--synthetic_regions", "24", "--synthetic_days", "84"],
                   {"epochs": 10}, 300, {}),
     # UrbanGPT's protocol: train on 2019 (a subset of zones), zero-shot on the other zones, 2020-01-01..14
     "manhattan": (["--data", "manhattan-taxi", "--train_end", "2020-01-01", "--max_train_windows", "2688"],
