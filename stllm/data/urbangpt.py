@@ -139,9 +139,9 @@ def write_urbangpt(
 ) -> int:
     """Write windows of an :class:`~stllm.data.dataset.STInstructionDataset` (raw counts, all its
     regions, its prompts) in UrbanGPT's format; returns the number of conversations written."""
-    if dataset.extra_views or dataset.with_geo:
-        raise ValueError("UrbanGPT's format has one <ST_HIS> and no <GEO> per prompt; build the dataset "
-                         "without extra_views and with_geo")
+    if dataset.extra_views or dataset.with_geo or dataset.has_context:
+        raise ValueError("UrbanGPT's format has one <ST_HIS> over the recent steps and no <GEO> per prompt; build "
+                         "the dataset without extra_views, with_geo and a multi-period context (days=weeks=0)")
     city = dataset.city
     windows = range(dataset.n_windows) if windows is None else windows
     t_in, t_out = dataset.input_len, dataset.output_len

@@ -73,3 +73,9 @@ def test_urbangpt_dataset_collates(files, tokenizer, city):
     b = STDataCollator(tokenizer, st_slots=2)([ds[i] for i in range(8)])
     assert b["st_values"].shape[0] == 2 and b["st_region"].tolist() == [0, 1, 2, 3] * 2
     np.testing.assert_allclose(b["reg_targets"][5].numpy(), scaler.transform(data.y[1, :, 1]), rtol=1e-6)
+
+
+def test_write_refuses_a_context_dataset(tmp_path, city):
+    ds = STInstructionDataset(city, regions=city.region_ids[:4], stride=24, days=1, weeks=0)
+    with pytest.raises(ValueError, match="multi-period context"):
+        write_urbangpt(tmp_path / "x.json", tmp_path / "x.pkl", ds)
