@@ -203,11 +203,14 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         ref = next(self.st_encoder.parameters())  # cast to the encoder's dtype/device, whatever came in
         x = st_values.to(device=ref.device, dtype=ref.dtype)
         st_window, st_region = st_window.to(x.device), st_region.to(x.device)
-        if enc_cfg.graph_mixing:
-            out = self.st_encoder(x, st_adj)
-            return STEncoderOutput(*(None if v is None else v[st_window, st_region] for v in out))
-        series = x[st_window, :, st_region]  # (P, T, C)
-        out = self.st_encoder(series.transpose(0, 1).unsqueeze(0))
+        # the encoder (~0.1M parameters) runs outside autocast: its forecast is the base the heads correct,
+        # and in bf16 the closed-form linear correction would lose its precision
+        with torch.autocast(x.device.type, enabled=False):
+            if enc_cfg.graph_mixing:
+                out = self.st_encoder(x, st_adj)
+                return STEncoderOutput(*(None if v is None else v[st_window, st_region] for v in out))
+            series = x[st_window, :, st_region]  # (P, T, C)
+            out = self.st_encoder(series.transpose(0, 1).unsqueeze(0))
         return STEncoderOutput(*(None if v is None else v[0] for v in out))
 
     @staticmethod

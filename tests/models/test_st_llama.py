@@ -268,6 +268,7 @@ def test_bf16_autocast_keeps_normalisation_anchor_heads_and_loss_in_fp32():
     with the history's statistics) is computed in fp32: predictions stay within bf16 noise of fp32."""
     model = tiny_model(st_encoder_config={"days": 1, "weeks": 2})
     torch.nn.init.normal_(model.reg_head.out.weight, std=0.05)  # a "trained" correction
+    torch.nn.init.normal_(model.st_encoder.linear_proj.weight, std=0.05)  # and a trained encoder correction
     b = make_batch()
     length = model.config.st_encoder.context_length
     b["st_values"] = 50.0 + 20.0 * torch.rand(2, length, 7, 2)  # busy regions: a large level, where bf16 hurts
@@ -282,3 +283,18 @@ def test_bf16_autocast_keeps_normalisation_anchor_heads_and_loss_in_fp32():
     err = (low.reg_pred - ref.reg_pred).abs().max()
     assert err < 0.05, err
     assert (low.reg_loss - ref.reg_loss).abs() < 0.01
+
+
+def test_encoder_runs_in_fp32_under_autocast():
+    """The encoder's forecast is the base the heads correct: autocast must not round it to bf16."""
+    model = tiny_model(st_encoder_config={"days": 1, "weeks": 2})
+    torch.nn.init.normal_(model.st_encoder.linear_proj.weight, std=0.5)
+    b = make_batch()
+    b["st_values"] = 50.0 + 20.0 * torch.rand(2, model.config.st_encoder.context_length, 7, 2)
+    args = (b["st_values"], b["st_window"], b["st_region"])
+    with torch.no_grad():
+        ref = model.encode_context(*args)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.encode_context(*args)
+    assert low.base.dtype == torch.float32 and low.tokens.dtype == torch.float32
+    torch.testing.assert_close(low.base, ref.base)
