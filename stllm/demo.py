@@ -18,7 +18,7 @@ from stllm.data import RegionSplit
 from stllm.eval.zero_shot import aggregate_seeds, evaluate, format_seed_table
 from stllm.train.arguments import parse_args
 from stllm.train.pretrain_encoder import pretrain_st_encoder
-from stllm.train.train_mem import load_city, train, train_time_slice
+from stllm.train.train_mem import encoder_config, load_city, train, train_time_slice
 
 PRESETS = {
     # data flags for train_mem, stage-1 options, stage-2 steps, evaluation window
@@ -94,10 +94,7 @@ def run_demo(
             f"{len(regions.train)} training regions, {len(regions.test)} held out for zero-shot")  # fmt: skip
 
     _say(2, "stage 1: pretraining the ST encoder on training regions and times")
-    enc_cfg = {"in_channels": city.n_channels, "out_channels": city.n_channels, "num_tokens": city.n_channels,
-               "input_window": data_args.input_len, "horizon": data_args.output_len,
-               "days": data_args.context_days, "weeks": data_args.context_weeks,
-               "normalize": model_args.st_normalize, "residual": model_args.st_residual}
+    enc_cfg = encoder_config(city, data_args, None, model_args)
     pre = pretrain_st_encoder(city, regions.train, train_time, seed=seed, output_dir=out / "encoder", overwrite=True,
                               progress=progress, encoder_config=enc_cfg, **stage1)  # fmt: skip
     val = pre.metrics["val"]

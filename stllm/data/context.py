@@ -13,10 +13,11 @@ A view never overlaps the forecast window: for target step ``t0 + h`` the ``j``-
 lands before ``t0`` (on daily data with a 12-day horizon, the "1 day earlier" view of day 5 is 6 days
 back). The mean of the week views is exactly the historical-average baseline: the residual anchor.
 
-Sources before the first step of the data repeat the oldest available same slot (whole periods
-forward, still before ``t0``), so a city with less history than ``weeks`` weeks can be evaluated; at
-least one period of each used kind (and ``input_len`` steps) must exist before the first target.
-Both training and evaluation (and the ridge baseline) gather through :func:`context_steps`.
+Sources before the first step of the data are filled with the mean of the same slot over the views
+that exist (:func:`fill_padded`), so a city with less history than ``weeks`` weeks can be evaluated and
+the anchor stays the historical average; at least one period of each used kind (and ``input_len``
+steps) must exist before the first target. Training, evaluation, stage 1 and the ridge baseline all
+gather through :func:`gather_context`.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class ContextSpec:
         for name in ("days", "weeks"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"ContextSpec.{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def of_encoder(cls, config) -> ContextSpec:
+        """The context an encoder built for ``config`` reads (an ``STEncoderConfig``: ``input_window``,
+        ``horizon``, ``days``, ``weeks``)."""
+        return cls(config.input_window, config.horizon, config.days, config.weeks)
 
     @property
     def length(self) -> int:

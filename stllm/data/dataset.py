@@ -168,7 +168,6 @@ class STInstructionDataset(torch.utils.data.Dataset):
             "adjacency": c.adjacency,
         }
 
-
     def _context_window(self, t0: int) -> np.ndarray:
         """The scaled context ``(L, N, C)`` of the forecast starting at ``t0``; the last one is kept, so the
         regions of a window (consecutive indices) gather it once."""

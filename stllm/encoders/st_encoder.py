@@ -271,9 +271,9 @@ class STEncoder(nn.Module):
         skip = self.skip_end(h) + skip  # (W, skip, N, 1): the multi-level summary
         if self.period_proj is not None:
             views = periodic.reshape(w, cfg.n_views, cfg.horizon, n, c)
-            base = views[:, : max(cfg.weeks, 1)].mean(dim=1) if anchor is None or not cfg.residual else anchor
-            base = base.to(views.dtype)
-            feats = torch.cat([views, base[:, None]], dim=1)  # (W, V + 1, H, N, C)
+            period_mean = (views[:, : max(cfg.weeks, 1)].mean(dim=1) if anchor is None or not cfg.residual
+                           else anchor).to(views.dtype)  # fmt: skip
+            feats = torch.cat([views, period_mean[:, None]], dim=1)  # (W, V + 1, H, N, C)
             feats = feats.permute(0, 1, 2, 4, 3).reshape(w, -1, n, 1)
             skip = skip + self.period_proj(F.dropout(feats, cfg.dropout, self.training))
         if self.stats_proj is not None:

@@ -273,9 +273,8 @@ def _encoder_predict(
         raise ValueError(f"{what}: the scaler has {len(scaler.mean)} channels, the data has {city.n_channels}")
     if output_len > cfg.horizon:
         raise ValueError(f"{what}: output_len={output_len} exceeds the encoder's horizon {cfg.horizon}")
-    iw = cfg.input_window
     t0 = starts + input_len
-    spec = ContextSpec(iw, cfg.horizon, cfg.days, cfg.weeks)
+    spec = ContextSpec.of_encoder(cfg)
     need = spec.min_history(city.freq, city.source)
     if (t0 < need).any():
         w = int(np.argmax(t0 < need))

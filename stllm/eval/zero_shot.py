@@ -212,7 +212,7 @@ def evaluate(
     # run_baselines' defaults: the simple ones, encoder_only (encoder_dir), supervised_encoder (train_time)
     history = int(ds.starts[0]) + input_len  # steps before the first evaluated target
     # the supervised reference needs its context's warm-up and a few windows (and a validation part) after it
-    need = ContextSpec(input_len, output_len, enc.days, enc.weeks).min_history(city.freq, city.source)
+    need = ContextSpec.of_encoder(enc).min_history(city.freq, city.source)
     train_time = slice(0, history) if supervised and history > need + 4 * (input_len + output_len) else None
     if supervised and train_time is None:
         logger.warning("supervised_encoder skipped: %d steps before the first target, it needs more than %d",

@@ -96,7 +96,7 @@ def encoder_context(cfg: STEncoderConfig, city: CityData) -> ContextFn | None:
     (None: the plain ``input_window`` steps)."""
     if not cfg.n_views:
         return None
-    spec = ContextSpec(cfg.input_window, cfg.horizon, cfg.days, cfg.weeks)
+    spec = ContextSpec.of_encoder(cfg)
     spec.min_history(city.freq, city.source)  # a step that does not divide a day/week fails here, by name
     return lambda values, t0, cols: gather_context(values, spec, city.freq, t0, cols, city.source)
 
@@ -285,8 +285,8 @@ def pretrain_st_encoder(
     raw = city.values[:t1][:, region_idx]  # (T', N', C) original units
     observed = None if city.mask is None else city.mask[:t1][:, region_idx]
     context = encoder_context(cfg, city)
-    first = t0 if context is None else max(t0, ContextSpec(cfg.input_window, cfg.horizon, cfg.days, cfg.weeks)
-                                           .min_history(city.freq, city.source) - cfg.input_window)
+    first = t0 if context is None else max(
+        t0, ContextSpec.of_encoder(cfg).min_history(city.freq, city.source) - cfg.input_window)
     if v0 - first < window:
         raise ValueError(
             f"training part [{first}, {v0}) after the context's warm-up has {v0 - first} steps, fewer than one "
@@ -316,24 +316,24 @@ def pretrain_st_encoder(
         )  # fmt: skip
         val_starts = np.arange(max(first, v0 - cfg.input_window), v1 - window + 1, max(1, int(val_stride)))
 
-        def val_mae() -> float:
+        def validation_mae() -> float:
             res = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev, context=context)
             return float(np.mean(res["mae"]))
 
+        def warm_sampler(stop: int) -> WindowSampler:  # its own generator: the training stream is untouched
+            return WindowSampler(scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first, time_stop=stop,
+                                 regions_per_batch=regions_per_batch, mask=observed, seed=seed, context=context)
+
         # the closed-form start (fitted on the training part) is kept only if it beats the anchor on validation
-        anchor_mae, warm_rows = val_mae(), 0
+        start_mae, warm_rows = validation_mae(), 0
         if encoder.linear_proj is not None and warm_start_windows > 0:
-            fit = WindowSampler(scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first, time_stop=v0,
-                                regions_per_batch=regions_per_batch, mask=observed, seed=seed, context=context)
-            warm_rows = warm_start_linear(encoder, fit, warm_start_windows)
-            if val_mae() >= anchor_mae:
+            warm_rows = warm_start_linear(encoder, warm_sampler(v0), warm_start_windows)
+            if validation_mae() >= start_mae:
                 encoder.reset_parameters()  # the linear start does not help here: back to the anchor
                 warm_rows = 0
             else:  # it helps: refit on the whole training time range, as the ridge baseline is fitted
-                whole = WindowSampler(scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first,
-                                      time_stop=v1, regions_per_batch=regions_per_batch, mask=observed, seed=seed,
-                                      context=context)  # fmt: skip
-                warm_rows = warm_start_linear(encoder, whole, warm_start_windows)
+                warm_rows = warm_start_linear(encoder, warm_sampler(v1), warm_start_windows)
+                start_mae = validation_mae()
         n_train_eval = min(sampler.n_windows, MAX_TRAIN_EVAL_WINDOWS)
         train_starts = np.unique(np.linspace(first, sampler.last, n_train_eval).round().astype(np.int64))
         optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
@@ -349,7 +349,7 @@ def pretrain_st_encoder(
         stream = batches()
         history: list[dict] = []
         # the starting point (anchor, or anchor + ridge) is a candidate too: training must beat it
-        best_val, best_epoch, bad_epochs, step = val_mae(), 0, 0, 0
+        best_val, best_epoch, bad_epochs, step = start_mae, 0, 0, 0
         best_state = {k: v.detach().clone() for k, v in objective.state_dict().items()}
         bar = tqdm(total=total, desc="stage-1 STEncoder", unit="step", disable=not progress, dynamic_ncols=True)
         stopped_early = False

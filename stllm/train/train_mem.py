@@ -149,8 +149,10 @@ def _validation_split(city: CityData, train_time: slice, data_args: DataArgument
     return slice(train_time.start, v0), slice(v0 - data_args.input_len, train_time.stop)
 
 
-def _encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None,
-                    model_args: ModelArguments) -> dict:
+def encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None,
+                   model_args: ModelArguments) -> dict:
+    """The ST encoder's config for this run: the stage-1 encoder's when ``encoder_dir`` is given (checked
+    against the data), else one built from the data and model arguments (also what stage 1 trains)."""
     c = city.n_channels
     if encoder_dir:
         cfg_file = Path(encoder_dir) / ENCODER_CONFIG
@@ -184,7 +186,7 @@ def event_pos_weight(data: PreparedData, cap: float = 20.0) -> list[float] | Non
 
 def build_model(model_args: ModelArguments, data_args: DataArguments, data: PreparedData, attn: str):
     """A pretrained backbone wrapped with ST modules, or a tiny Llama with an offline tokenizer."""
-    enc_cfg = _encoder_config(data.city, data_args, model_args.st_encoder_path, model_args)
+    enc_cfg = encoder_config(data.city, data_args, model_args.st_encoder_path, model_args)
     common = dict(
         cls_pos_weight=event_pos_weight(data),
         st_encoder_config=enc_cfg, projector_type=model_args.projector_type, lm_loss_weight=model_args.lm_loss_weight,
