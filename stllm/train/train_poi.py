@@ -42,7 +42,7 @@ class POIDataArguments:
     checkins: str = field(
         default="synthetic",
         metadata={"help": "Training check-ins: a Foursquare-style CSV (e.g. ../shared/data/foursquare_nyc/NYC_val.csv) "
-                  "or 'synthetic' (the earlier 80% of synthetic_checkins by time; the rest is its test part)."},
+                  "or 'synthetic' (the earlier 80%% of synthetic_checkins by time; the rest is its test part)."},
     )
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic check-ins."})
     synthetic_users: int = field(default=40, metadata={"help": "Users of the synthetic check-ins."})
