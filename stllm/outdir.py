@@ -103,7 +103,7 @@ def check_output_dir(path: str | os.PathLike, kind: str, overwrite: bool = False
         return
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a directory")
-    if held == kind and overwrite:
+    if overwrite and held in (kind, "other files"):  # the message below offers the flag for other files
         return
     if held == kind:
         raise FileExistsError(f"{path} already holds a {held}; pass {flag} to replace it or choose another directory")

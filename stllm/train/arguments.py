@@ -15,6 +15,16 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from stllm.train.checks import (
+    FRACTION_HALF_OPEN,
+    FRACTION_OPEN,
+    FRACTION_UPPER,
+    NON_NEGATIVE,
+    POSITIVE,
+    check_fields,
+    rule,
+)
+
 TINY_PRESETS = {
     # hidden, layers, heads, kv heads, intermediate
     "tiny": (64, 2, 4, 2, 128),
@@ -74,6 +84,15 @@ class ModelArguments:
                                 "installed, sdpa otherwise."},
     )
 
+    def __post_init__(self):
+        if self.tiny_preset not in TINY_PRESETS:
+            raise ValueError(f"--tiny_preset must be one of {sorted(TINY_PRESETS)}, got {self.tiny_preset!r}")
+        if self.projector_type not in ("linear", "mlp2x_gelu"):
+            raise ValueError(f"--projector_type must be linear or mlp2x_gelu, got {self.projector_type!r}")
+        check_fields(self, [rule("lora_r", POSITIVE), rule("lora_alpha", POSITIVE),
+                            rule("lora_dropout", FRACTION_HALF_OPEN)]
+                     + [rule(f"{k}_loss_weight", NON_NEGATIVE) for k in ("lm", "reg", "cls", "poi")])
+
 
 @dataclass
 class DataArguments:
@@ -117,6 +136,27 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap training samples (quick runs)."})
     tokenizer_vocab: int = field(default=600, metadata={"help": "Vocabulary of the offline tokenizer."})
 
+    def __post_init__(self):
+        if self.synthetic_task not in ("flow", "event"):
+            raise ValueError(f"--synthetic_task must be flow or event, got {self.synthetic_task!r}")
+        check_fields(self, DATA_RULES)
+
+
+DATA_RULES = [
+    *(rule(k, POSITIVE) for k in ("synthetic_regions", "synthetic_days", "input_len", "output_len", "stride",
+                                  "max_val_samples", "tokenizer_vocab")),
+    *(rule(k, POSITIVE, optional=True) for k in ("max_train_windows", "max_train_samples")),
+    rule("context_days", NON_NEGATIVE), rule("context_weeks", NON_NEGATIVE),
+    rule("test_regions", FRACTION_OPEN),  # zero-shot evaluation needs held-out regions, training needs the rest
+    rule("train_time", FRACTION_UPPER), rule("val_fraction", FRACTION_HALF_OPEN),
+]
+TRAINING_RULES = [
+    rule("num_train_epochs", POSITIVE), rule("per_device_train_batch_size", POSITIVE),
+    rule("gradient_accumulation_steps", POSITIVE), rule("learning_rate", NON_NEGATIVE),
+    rule("warmup_steps", NON_NEGATIVE), rule("early_stopping_patience", NON_NEGATIVE),
+    rule("eval_steps", POSITIVE, optional=True),
+]
+
 
 @dataclass
 class STTrainingArguments(TrainingArguments):
@@ -142,10 +182,11 @@ class STTrainingArguments(TrainingArguments):
         default=3, metadata={"help": "Validations without a better forecast loss before training stops (0: never); "
                              "the best weights are restored at the end either way."})
 
-
     def __post_init__(self):
+        self.check_ranges()
         if self.deepspeed:
             _check_deepspeed(self.deepspeed)
+            single_process_environment()
         if not torch.cuda.is_available():
             if self.deepspeed:
                 _configure_cpu_deepspeed(self)
@@ -153,6 +194,12 @@ class STTrainingArguments(TrainingArguments):
                 # accelerate forms a multi-process (gloo) group without CUDA only when told it runs on CPU
                 self.use_cpu = True
         super().__post_init__()
+
+    def check_ranges(self) -> None:
+        """Refuse values HF would silently reinterpret (``max_steps 0`` trains by epochs) or run without effect."""
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"--max_steps must be > 0 (or -1: train --num_train_epochs epochs), got {self.max_steps}")
+        check_fields(self, TRAINING_RULES)
 
 
 def _check_deepspeed(config) -> None:
@@ -171,6 +218,26 @@ def _check_deepspeed(config) -> None:
     stage = cfg.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"{path}: zero_optimization.stage must be 0-3, got {stage!r}")
+
+
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE")
+
+
+def single_process_environment() -> bool:
+    """Without torchrun, give DeepSpeed the environment of a one-process torchrun job (rank 0 of 1 on a free
+    local port): otherwise it looks for an MPI launcher and fails on a missing ``mpi4py``. Returns whether
+    it set anything (False when a launcher already did)."""
+    if any(v in os.environ for v in LAUNCHER_VARIABLES):
+        return False
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+    return True
 
 
 def _configure_cpu_deepspeed(args: STTrainingArguments) -> None:

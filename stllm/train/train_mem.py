@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import IntervalStrategy, LlamaConfig, set_seed
 
+from stllm import outdir
 from stllm.data import (
     CityData,
     RegionSplit,
@@ -299,26 +300,109 @@ def check_resume_compatible(checkpoint: str | os.PathLike, config: STLlamaConfig
         raise ValueError(f"cannot resume from {checkpoint}: the model differs in " + "; ".join(diffs))
 
 
+def _resumes_own_run(args: STTrainingArguments) -> bool:
+    """Whether ``--resume_from_checkpoint`` is ``--output_dir`` or one of its checkpoints."""
+    if not args.resume_from_checkpoint:
+        return False
+    out, ckpt = Path(args.output_dir).resolve(), Path(args.resume_from_checkpoint).resolve()
+    return ckpt == out or ckpt.parent == out
+
+
 def check_output_dir(args: STTrainingArguments) -> None:
-    """Refuse to write a new run over another one, unless resuming or told to overwrite."""
-    out = Path(args.output_dir)
-    if args.resume_from_checkpoint or args.overwrite_output_dir or not out.is_dir():
+    """Refuse to write a new run over another artefact, or over another run unless told to overwrite (resuming
+    a run into its own directory counts as told)."""
+    outdir.check_output_dir(args.output_dir, "training run", overwrite=args.overwrite_output_dir
+                            or _resumes_own_run(args), flag="--overwrite_output_dir")  # fmt: skip
+
+
+@contextlib.contextmanager
+def claim_run_dir(args: STTrainingArguments):
+    """Hold ``--output_dir`` for the whole run (a lock with this job's pid, see :mod:`stllm.outdir`) on global
+    rank 0 only: the other ranks write nothing of their own there, and rank 0's refusal fails the whole job."""
+    if args.process_index != 0:
+        yield None
         return
-    if any(out.iterdir()):
-        raise FileExistsError(
-            f"output directory {out} already holds a run; pass --overwrite_output_dir to replace it or "
-            "--resume_from_checkpoint to continue it"
-        )
+    overwrite = args.overwrite_output_dir or _resumes_own_run(args)
+    with outdir.claim_output_dir(args.output_dir, "training run", overwrite=overwrite,
+                                 flag="--overwrite_output_dir") as path:  # fmt: skip
+        yield path
 
 
 def start_run(training_args: STTrainingArguments):
-    """Log the runtime (rank 0), refuse to overwrite another run, seed; returns the runtime."""
+    """Log the runtime (rank 0), check that a resumed checkpoint can continue exactly, seed; returns the
+    runtime. The output directory is claimed by :func:`claim_run_dir`."""
     rt = detect_runtime()
     if training_args.process_index == 0:
         logger.warning(rt.log_line())
-    check_output_dir(training_args)
+    if training_args.resume_from_checkpoint:
+        check_resume_state(training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
     return rt
+
+
+TRAINING_STATE_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
+def check_resume_state(checkpoint: str | os.PathLike) -> None:
+    """Refuse a checkpoint without the optimizer, schedule or trainer state: HF would silently restart them
+    and the losses would differ from an uninterrupted run. Under DeepSpeed the optimizer (and schedule)
+    state is in ``global_step*/``."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {path}: no such directory")
+    deepspeed = any(p.is_dir() for p in path.glob("global_step*"))
+    needed = ("trainer_state.json",) if deepspeed else TRAINING_STATE_FILES
+    missing = [name for name in needed if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {path} has no {', '.join(missing)} (a final output directory keeps only the "
+            "model): resuming would restart the optimizer and learning-rate schedule, and the losses would differ "
+            "from an uninterrupted run; resume from a checkpoint-N directory written during training"
+        )
+
+
+# artefact fields that do not decide the samples (where the same files live)
+IDENTITY_IGNORED = frozenset({"data_root", "source"})
+
+
+def check_resume_data(checkpoint: str | os.PathLike, tokenizer, artifacts: dict[str, str]) -> None:
+    """Refuse a checkpoint whose tokenizer maps ids to other strings, or whose data, split or scaler differ
+    from this run's (the artefact files every checkpoint carries), naming the fields."""
+    path = Path(checkpoint)
+    diffs = _tokenizer_diff(path, tokenizer)
+    for name, text in artifacts.items():
+        saved_file = path / name
+        if not saved_file.is_file():
+            diffs.append(f"{name}: missing in the checkpoint, so its data cannot be checked")
+            continue
+        saved, now = json.loads(saved_file.read_text()), json.loads(text)
+        if not (isinstance(saved, dict) and isinstance(now, dict)):
+            saved, now = {"content": saved}, {"content": now}
+        diffs += [f"{name} {k}: checkpoint {_short(saved.get(k))}, now {_short(now.get(k))}"
+                  for k in sorted(set(saved) | set(now)) if k not in IDENTITY_IGNORED and saved.get(k) != now.get(k)]
+    if diffs:
+        raise ValueError(f"cannot resume from {checkpoint}: it was trained on other tokens or data: "
+                         + "; ".join(diffs))
+
+
+def _tokenizer_diff(checkpoint: Path, tokenizer) -> list[str]:
+    from transformers import AutoTokenizer
+
+    if not any((checkpoint / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        return [f"tokenizer: {checkpoint} has no tokenizer.json or tokenizer_config.json, so its token ids "
+                "cannot be checked"]
+    saved = {i: t for t, i in AutoTokenizer.from_pretrained(checkpoint).get_vocab().items()}
+    now = {i: t for t, i in tokenizer.get_vocab().items()}
+    changed = sum(saved.get(i) != now.get(i) for i in set(saved) | set(now))
+    if not changed:
+        return []
+    return [f"tokenizer: {changed} of {len(now)} token ids mean other strings than in the checkpoint "
+            f"({len(saved)} tokens; was the offline tokenizer retrained on other data or --tokenizer_vocab?)"]
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def ready_for_training(model: STLlamaForCausalLM, model_args: ModelArguments, training_args: STTrainingArguments, rt):
@@ -345,6 +429,8 @@ def fit_and_save(model, tokenizer, training_args: STTrainingArguments, train_set
 
     With ``eval_set`` the run validates every ``eval_steps``, stops early after ``early_stopping_patience``
     validations without a better forecast loss and keeps the best weights (:class:`BestWeights`)."""
+    if training_args.resume_from_checkpoint:
+        check_resume_data(training_args.resume_from_checkpoint, tokenizer, artifacts)
     callbacks = []
     if eval_set is None or len(eval_set) == 0:
         eval_set = None
@@ -368,12 +454,13 @@ def fit_and_save(model, tokenizer, training_args: STTrainingArguments, train_set
 def train(model_args: ModelArguments, data_args: DataArguments, training_args: STTrainingArguments) -> STTrainer:
     """Build everything from the arguments, train, save the final checkpoint; returns the trainer."""
     rt = start_run(training_args)
-    data = prepare_data(data_args, model_args.st_encoder_path)
-    model, tokenizer = build_model(model_args, data_args, data, rt.attn_implementation)
-    model = ready_for_training(model, model_args, training_args, rt)
-    train_set = subsample(data.train, data_args.max_train_samples, training_args.seed)
-    collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
-    return fit_and_save(model, tokenizer, training_args, train_set, collator, data.artifacts(), data.val)
+    with claim_run_dir(training_args):
+        data = prepare_data(data_args, model_args.st_encoder_path)
+        model, tokenizer = build_model(model_args, data_args, data, rt.attn_implementation)
+        model = ready_for_training(model, model_args, training_args, rt)
+        train_set = subsample(data.train, data_args.max_train_samples, training_args.seed)
+        collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
+        return fit_and_save(model, tokenizer, training_args, train_set, collator, data.artifacts(), data.val)
 
 
 def shutdown_distributed() -> None:

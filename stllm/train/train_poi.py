@@ -23,8 +23,10 @@ from stllm.data.prompts import ChatFormatter
 from stllm.eval.poi_baselines import MarkovTransition
 from stllm.models import STLlamaForCausalLM
 from stllm.train.arguments import ModelArguments, STTrainingArguments
+from stllm.train.checks import POSITIVE, check_fields, rule
 from stllm.train.train_mem import (
     build_tiny_model,
+    claim_run_dir,
     fit_and_save,
     ready_for_training,
     run_training_cli,
@@ -52,6 +54,10 @@ class POIDataArguments:
     prompt_visits: int = field(default=8, metadata={"help": "Most recent check-ins written into the prompt."})
     tokenizer_vocab: int = field(default=2000, metadata={"help": "BPE vocabulary of the offline tokenizer (tiny)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many samples."})
+
+    def __post_init__(self):
+        counts = ("synthetic_users", "synthetic_pois", "synthetic_days", "history", "prompt_visits", "tokenizer_vocab")
+        check_fields(self, [*(rule(k, POSITIVE) for k in counts), rule("max_train_samples", POSITIVE, optional=True)])
 
     def synthetic_kwargs(self) -> dict:
         return dict(seed=self.synthetic_seed, n_users=self.synthetic_users, n_pois=self.synthetic_pois,
@@ -96,6 +102,12 @@ def train_next_poi(model_args: ModelArguments, data_args: POIDataArguments,
                    training_args: STTrainingArguments) -> STTrainer:
     """Load check-ins, build samples and the model, train, save the checkpoint; returns the trainer."""
     rt = start_run(training_args)
+    with claim_run_dir(training_args):
+        return _train_next_poi(model_args, data_args, training_args, rt)
+
+
+def _train_next_poi(model_args: ModelArguments, data_args: POIDataArguments, training_args: STTrainingArguments,
+                    rt) -> STTrainer:
     checkins, _ = resolve_checkins(data_args.checkins, **data_args.synthetic_kwargs())
     _, skipped = user_trajectories(checkins, min_visits=2)
     task = next_poi_train_task(checkins, history=data_args.history)
