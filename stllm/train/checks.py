@@ -66,3 +66,30 @@ fraction_upper = _typed(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 def at_least(n: int) -> Callable[[str], int]:
     """argparse type: an integer >= ``n``."""
     return _typed(int, lambda v: v >= n, f"an integer >= {n}")
+
+
+def claims_output_dir(kind: str, flag: str = "--overwrite_output_dir"):
+    """Decorator: while the function runs, hold its ``output_dir`` argument (when not None) with
+    :func:`stllm.outdir.claim_output_dir` as an artefact of ``kind``, replaced only when its ``overwrite``
+    argument is true; a directory holding another artefact, or written by a live job, is refused."""
+    import functools
+    import inspect
+
+    from stllm.outdir import claim_output_dir
+
+    def wrap(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            out = bound.arguments["output_dir"]
+            if out is None:
+                return fn(*args, **kwargs)
+            with claim_output_dir(out, kind, overwrite=bool(bound.arguments["overwrite"]), flag=flag):
+                return fn(*args, **kwargs)
+
+        return run
+
+    return wrap

@@ -44,6 +44,8 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 
+from stllm.train.checks import positive_float, positive_int
+
 GIB = 2**30
 
 # Modules stllm adds around the backbone, at their default configs (STEncoderConfig(), GeoEncoderConfig(),
@@ -352,6 +354,15 @@ def activation_bytes(
     return {"layers": int(layers), "logits": int(s * b * vocab_size * 4)}
 
 
+def _check_positive(**values) -> None:
+    """Refuse zero or negative sizes (they printed negative GiB), naming the argument and its flag."""
+    flags = {"num_gpus", "num_nodes", "gpu_memory_gb", "seq_len", "micro_batch", "lora_r"}  # estimate-memory's
+    bad = [f"{'--' if k in flags else ''}{k} must be > 0, got {v!r}"
+           for k, v in values.items() if v is not None and not v > 0]  # fmt: skip
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
 def estimate_memory(
     model_params: int | None = None,
     config=None,
@@ -398,8 +409,13 @@ def estimate_memory(
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
     if offload and zero_stage < 2:
         raise ValueError("offload (ZeRO-Offload) needs zero_stage 2 or 3")
-    if num_gpus < 1 or num_nodes < 1:
-        raise ValueError("num_gpus and num_nodes must be >= 1")
+    _check_positive(num_gpus=num_gpus, num_nodes=num_nodes, gpu_memory_gb=gpu_memory_gb, seq_len=seq_len,
+                    micro_batch=micro_batch, lora_r=lora_r, dtype_bytes=dtype_bytes, model_params=model_params,
+                    lora_trainable_params=lora_trainable_params, hidden_size=hidden_size, num_layers=num_layers,
+                    num_heads=num_heads, vocab_size=vocab_size, largest_layer_params=largest_layer_params,
+                    additional_buffer_factor=additional_buffer_factor)  # fmt: skip
+    if overhead_gb < 0:
+        raise ValueError(f"overhead_gb must be >= 0, got {overhead_gb}")
     est2, est3 = _deepspeed_estimators()
 
     spec = None
@@ -574,15 +590,15 @@ def add_estimate_memory_parser(subparsers) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default="vicuna-7b", choices=sorted(PRESETS), help="preset (default vicuna-7b)")
     src.add_argument("--config", help="HF config.json (or checkpoint directory) to size instead of a preset")
-    p.add_argument("--num_gpus", "--num-gpus", type=int, default=1, help="GPUs per node")
-    p.add_argument("--num_nodes", "--num-nodes", type=int, default=1)
-    p.add_argument("--gpu_memory_gb", "--gpu-memory-gb", type=float, default=80.0)
+    p.add_argument("--num_gpus", "--num-gpus", type=positive_int, default=1, help="GPUs per node")
+    p.add_argument("--num_nodes", "--num-nodes", type=positive_int, default=1)
+    p.add_argument("--gpu_memory_gb", "--gpu-memory-gb", type=positive_float, default=80.0)
     p.add_argument("--zero_stage", "--zero-stage", type=int, default=2, choices=(0, 1, 2, 3))
     p.add_argument("--full", action="store_true", help="full fine-tuning (default: LoRA on q,k,v,o)")
-    p.add_argument("--lora_r", "--lora-r", type=int, default=8)
+    p.add_argument("--lora_r", "--lora-r", type=positive_int, default=8)
     p.add_argument("--offload", action="store_true", help="offload optimizer (and ZeRO-3 params) to CPU")
-    p.add_argument("--seq_len", "--seq-len", type=int, default=2048)
-    p.add_argument("--micro_batch", "--micro-batch", type=int, default=1)
+    p.add_argument("--seq_len", "--seq-len", type=positive_int, default=2048)
+    p.add_argument("--micro_batch", "--micro-batch", type=positive_int, default=1)
     p.add_argument("--no_gradient_checkpointing", "--no-gradient-checkpointing", action="store_true")
     p.add_argument(
         "--no_st_modules", "--no-st-modules", action="store_true", help="with --config: size the bare backbone"

@@ -38,10 +38,19 @@ from stllm.data.city import CityData
 from stllm.data.context import ContextSpec, gather_context
 from stllm.data.scaler import STScaler
 from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, split_record
-from stllm.encoders.io import CONFIG_NAME, WEIGHTS_NAME, save_encoder
+from stllm.encoders.io import save_encoder
 from stllm.encoders.linear import RidgeAccumulator
 from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
 from stllm.encoders.st_encoder import STEncoder, STEncoderConfig, normalise_context, seasonal_anchor
+from stllm.train.checks import (
+    claims_output_dir,
+    fraction_half_open,
+    fraction_open,
+    fraction_upper,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +209,7 @@ def _metrics_block(res: dict, channels: Sequence[str], n_windows: int, n_regions
 
 
 # -- training --------------------------------------------------------------------------------------------
+@claims_output_dir("st encoder")
 def pretrain_st_encoder(
     city: CityData,
     split_regions: Sequence[str | int] | None = None,
@@ -244,14 +254,7 @@ def pretrain_st_encoder(
     """
     t_begin = time.time()
     dev = _resolve_device(device)
-    out = None if output_dir is None else Path(output_dir)
-    if out is not None and not overwrite:
-        held = [n for n in (CONFIG_NAME, WEIGHTS_NAME, METRICS_NAME) if (out / n).exists()]
-        if held:
-            raise FileExistsError(
-                f"output directory {out} already holds a run ({', '.join(held)}); pass overwrite=True "
-                f"(--overwrite_output_dir) to replace it"
-            )
+    out = None if output_dir is None else Path(output_dir)  # claimed by the decorator (lock, artefact kind)
     cfg = _encoder_config(encoder_config, city)
     train_ids = city.region_ids if split_regions is None else tuple(str(r) for r in split_regions)
     if len(set(train_ids)) != len(train_ids):
@@ -455,47 +458,50 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d.add_argument("--mode", choices=("taxi", "bike"), default="taxi", help="which Manhattan flow (--data manhattan)")
     d.add_argument("--data_root", default=None,
                    help="folder of the real data files; unset: $STLLM_DATA_ROOT, else ../shared/data")
-    d.add_argument("--synthetic_regions", type=int, default=24, help="regions of the synthetic city")
-    d.add_argument("--synthetic_days", type=int, default=28, help="days of the synthetic city")
+    d.add_argument("--synthetic_regions", type=positive_int, default=24, help="regions of the synthetic city")
+    d.add_argument("--synthetic_days", type=positive_int, default=28, help="days of the synthetic city")
     d.add_argument("--synthetic_freq", default="1h", help="time step of the synthetic city")
     d.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic city")
-    d.add_argument("--test_regions", type=float, default=0.2,
+    d.add_argument("--test_regions", type=fraction_half_open, default=0.2,
                    help="fraction of regions held out (never read) for zero-shot evaluation")
     d.add_argument("--split_seed", type=int, default=0, help="seed of the random region split")
     d.add_argument("--train_regions", default=None,
                    help="comma-separated training region ids (overrides --test_regions)")
-    d.add_argument("--train_frac", type=float, default=0.7,
+    d.add_argument("--train_frac", type=fraction_upper, default=0.7,
                    help="first fraction of the time steps that is the training time range")
-    d.add_argument("--val_frac", type=float, default=0.2,
+    d.add_argument("--val_frac", type=fraction_open, default=0.2,
                    help="last fraction of the training time range used for early stopping")
     d.add_argument("--log1p", action="store_true", help="scale log1p(counts) instead of counts")
     m = parser.add_argument_group("encoder")
     m.add_argument("--encoder_config", default=None,
                    help="JSON file of STEncoderConfig fields (channels are taken from the data)")
-    m.add_argument("--input_window", type=int, default=12, help="input steps per window")
-    m.add_argument("--horizon", type=int, default=12, help="forecast steps per window")
+    m.add_argument("--input_window", type=positive_int, default=12, help="input steps per window")
+    m.add_argument("--horizon", type=positive_int, default=12, help="forecast steps per window")
     m.add_argument("--graph_mixing", action="store_true", help="mix regions over the city adjacency")
-    m.add_argument("--context_days", type=int, default=7,
+    m.add_argument("--context_days", type=non_negative_int, default=7,
                    help="also read the target slots on each of this many previous days")
-    m.add_argument("--context_weeks", type=int, default=8,
+    m.add_argument("--context_weeks", type=non_negative_int, default=8,
                    help="also read the target slots on each of this many previous weeks (their mean is the anchor)")
     t = parser.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=20, help="epochs (one pass over all training window starts)")
-    t.add_argument("--max_steps", type=int, default=None, help="cap on optimizer steps (no cap if unset)")
-    t.add_argument("--steps_per_epoch", type=int, default=None,
+    t.add_argument("--epochs", type=positive_int, default=20, help="epochs (one pass over all training window starts)")
+    t.add_argument("--max_steps", type=positive_int, default=None, help="cap on optimizer steps (no cap if unset)")
+    t.add_argument("--steps_per_epoch", type=positive_int, default=None,
                    help="batches per epoch; unset: one pass over all training window starts")
-    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    t.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay")
-    t.add_argument("--batch_size", type=int, default=32, help="windows per batch")
-    t.add_argument("--regions_per_batch", type=int, default=None,
+    t.add_argument("--lr", type=non_negative_float, default=1e-3, help="AdamW learning rate")
+    t.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay")
+    t.add_argument("--batch_size", type=positive_int, default=32, help="windows per batch")
+    t.add_argument("--regions_per_batch", type=positive_int, default=None,
                    help="regions drawn per window; unset: all training regions")
-    t.add_argument("--mask_ratio", type=float, default=0.25, help="fraction of input steps hidden per series")
-    t.add_argument("--recon_weight", type=float, default=0.5, help="weight of the masked reconstruction loss")
-    t.add_argument("--patience", type=int, default=5, help="epochs without a better validation MAE before stopping")
-    t.add_argument("--val_stride", type=int, default=1, help="step between validation window starts")
+    t.add_argument("--mask_ratio", type=fraction_half_open, default=0.25,
+                   help="fraction of input steps hidden per series")
+    t.add_argument("--recon_weight", type=non_negative_float, default=0.5,
+                   help="weight of the masked reconstruction loss")
+    t.add_argument("--patience", type=positive_int, default=5,
+                   help="epochs without a better validation MAE before stopping")
+    t.add_argument("--val_stride", type=positive_int, default=1, help="step between validation window starts")
     t.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and masking")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto")
-    t.add_argument("--num_threads", type=int, default=0,
+    t.add_argument("--num_threads", type=non_negative_int, default=0,
                    help="torch CPU threads; 0 keeps torch's choice (1 is often fastest for small encoders)")
     t.add_argument("--output_dir", default="checkpoints/st_encoder", help="where the encoder directory is written")
     t.add_argument("--overwrite_output_dir", action="store_true", help="replace a run already in --output_dir")
@@ -511,6 +517,17 @@ def load_city(args: argparse.Namespace) -> CityData:
                        days=args.synthetic_days, freq=args.synthetic_freq)  # fmt: skip
 
 
+def _random_train_regions(city: CityData, test: float, seed: int) -> tuple[str, ...]:
+    """The training part of a random split holding out ``test`` of the regions (at least one each side)."""
+    n_test = round(test * city.n_regions)
+    if not 1 <= n_test < city.n_regions:
+        raise ValueError(
+            f"--test_regions {test} holds out {n_test} of the {city.n_regions} regions of {city.source}; it must hold "
+            "out at least one and leave at least one for training (0: hold out none)"
+        )
+    return RegionSplit.random(city, test=test, seed=seed).train
+
+
 def run(args: argparse.Namespace) -> PretrainResult:
     """Run stage 1 from parsed arguments (the body of ``main`` and of ``stllm pretrain-encoder``)."""
     if args.num_threads > 0:
@@ -519,11 +536,9 @@ def run(args: argparse.Namespace) -> PretrainResult:
     if args.train_regions:
         train_ids = tuple(r.strip() for r in args.train_regions.split(",") if r.strip())
     elif args.test_regions > 0:
-        train_ids = RegionSplit.random(city, test=args.test_regions, seed=args.split_seed).train
+        train_ids = _random_train_regions(city, args.test_regions, args.split_seed)
     else:
         train_ids = city.region_ids
-    if not 0 < args.train_frac <= 1:
-        raise SystemExit(f"--train_frac must be in (0, 1], got {args.train_frac}")
     t_end = city.n_steps if args.train_frac == 1 else TimeSplit.by_fraction(city, args.train_frac, 0.0).train_end
     cfg = {}
     if args.encoder_config:

@@ -31,6 +31,14 @@ import torch
 from stllm.encoders.geo_encoder import GeoEncoder, GeoEncoderConfig, check_coordinates
 from stllm.encoders.geo_pretrain import GeoPretrainObjective, jitter, near_far_similarity
 from stllm.encoders.io import save_encoder
+from stllm.train.checks import (
+    at_least,
+    claims_output_dir,
+    fraction_half_open,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +94,7 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+@claims_output_dir("geo encoder")
 def pretrain_geo_encoder(
     coords: np.ndarray,
     config: GeoEncoderConfig | dict | None = None,
@@ -104,8 +113,13 @@ def pretrain_geo_encoder(
     weight_decay: float = 0.0,
     device: str | torch.device | None = None,
     log_every: int = 0,
+    overwrite: bool = True,
 ) -> tuple[GeoEncoder, dict]:
     """Train a :class:`GeoEncoder` on ``coords`` (M, 2) (lat, lon) degrees; return ``(encoder, metrics)``.
+
+    ``output_dir`` is held for the run (a lock with this pid) and refused when it holds another artefact
+    (an ST encoder, a training run), or a geo encoder unless ``overwrite`` (the command line's default is
+    not to overwrite; this function's keeps its earlier behaviour of replacing a geo encoder).
 
     ``val_fraction`` of the (shuffled) points are held out of sampling and used for the near/far
     similarity check. The encoder is returned in eval mode on the CPU.
@@ -207,7 +221,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--coords_csv", help="CSV with columns lat, lon (or latitude, longitude)")
     src.add_argument("--synthetic", action="store_true", help="random points in a city box (see --box)")
-    p.add_argument("--n_synthetic", type=int, default=5000, help="number of synthetic points")
+    p.add_argument("--n_synthetic", type=positive_int, default=5000, help="number of synthetic points")
     p.add_argument(
         "--box",
         type=float,
@@ -217,19 +231,24 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="box for --synthetic (New York City)",
     )
     p.add_argument("--output_dir", default="checkpoints/geo_encoder", help="encoder directory to write")
-    p.add_argument("--steps", type=int, default=1000, help="optimisation steps")
-    p.add_argument("--batch", type=int, default=256, help="points per batch")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine-decayed)")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="replace a geo encoder already in --output_dir (another artefact is never replaced)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="optimisation steps")
+    p.add_argument("--batch", type=at_least(2), default=256, help="points per batch")
+    p.add_argument("--lr", type=non_negative_float, default=1e-3, help="AdamW learning rate (cosine-decayed)")
     p.add_argument("--seed", type=int, default=0, help="random seed (init, sampling, jitter)")
-    p.add_argument("--out_dim", type=int, default=GeoEncoderConfig.out_dim, help="embedding size")
-    p.add_argument("--hidden_dim", type=int, default=GeoEncoderConfig.hidden_dim, help="MLP hidden size")
-    p.add_argument("--num_scales", type=int, default=GeoEncoderConfig.num_scales, help="sinusoid scales")
-    p.add_argument("--levels_km", type=float, nargs="+", default=[0.5, 2.0, 8.0, 32.0], help="cell sizes (km)")
-    p.add_argument("--n_buckets", type=int, default=4096, help="hashed cell ids per level")
-    p.add_argument("--temperature", type=float, default=0.1, help="InfoNCE temperature")
-    p.add_argument("--jitter_m", type=float, default=100.0, help="positive = point moved within this radius (m)")
-    p.add_argument("--sample_jitter_m", type=float, default=250.0, help="training points moved within this (m)")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="coordinates held out for the near/far check")
+    p.add_argument("--out_dim", type=positive_int, default=GeoEncoderConfig.out_dim, help="embedding size")
+    p.add_argument("--hidden_dim", type=positive_int, default=GeoEncoderConfig.hidden_dim, help="MLP hidden size")
+    p.add_argument("--num_scales", type=positive_int, default=GeoEncoderConfig.num_scales, help="sinusoid scales")
+    p.add_argument("--levels_km", type=positive_float, nargs="+", default=[0.5, 2.0, 8.0, 32.0], help="cell sizes (km)")
+    p.add_argument("--n_buckets", type=positive_int, default=4096, help="hashed cell ids per level")
+    p.add_argument("--temperature", type=positive_float, default=0.1, help="InfoNCE temperature")
+    p.add_argument("--jitter_m", type=non_negative_float, default=100.0,
+                   help="positive = point moved within this radius (m)")
+    p.add_argument("--sample_jitter_m", type=non_negative_float, default=250.0,
+                   help="training points moved within this (m)")
+    p.add_argument("--val_fraction", type=fraction_half_open, default=0.1,
+                   help="coordinates held out for the near/far check")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     return p
 
@@ -237,15 +256,25 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = GeoEncoderConfig(out_dim=args.out_dim, hidden_dim=args.hidden_dim, num_scales=args.num_scales)
     try:
         if args.synthetic:
             coords = synthetic_coords(args.n_synthetic, args.seed, tuple(args.box))
         else:
             coords = read_coords_csv(args.coords_csv)
+        metrics = _run(args, coords, config)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    config = GeoEncoderConfig(out_dim=args.out_dim, hidden_dim=args.hidden_dim, num_scales=args.num_scales)
+    b, a = metrics["near_far_before"], metrics["near_far_after"]
+    print(
+        f"geo encoder -> {args.output_dir}: near(<{a['near_m']:g} m) cos {b['near_cos']:.3f} -> {a['near_cos']:.3f}, "
+        f"far(>{a['far_m']:g} m) cos {b['far_cos']:.3f} -> {a['far_cos']:.3f} on {metrics['near_far_on']} points"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace, coords: np.ndarray, config: GeoEncoderConfig) -> dict:
     _, metrics = pretrain_geo_encoder(
         coords,
         config,
@@ -262,13 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         val_fraction=args.val_fraction,
         device=args.device,
         log_every=max(args.steps // 10, 1),
+        overwrite=args.overwrite_output_dir,
     )
-    b, a = metrics["near_far_before"], metrics["near_far_after"]
-    print(
-        f"geo encoder -> {args.output_dir}: near(<{a['near_m']:g} m) cos {b['near_cos']:.3f} -> {a['near_cos']:.3f}, "
-        f"far(>{a['far_m']:g} m) cos {b['far_cos']:.3f} -> {a['far_cos']:.3f} on {metrics['near_far_on']} points"
-    )
-    return 0
+    return metrics
 
 
 if __name__ == "__main__":

@@ -106,9 +106,14 @@ def test_missing_values_and_bad_input(city, split, tmp_path):
         _quick(city, split, encoder_config={**SMALL, "in_channels": 3, "out_channels": 3})
     with pytest.raises(ValueError, match="unknown region ids"):
         pretrain_st_encoder(city, ["nope"], slice(0, TRAIN_STEPS), encoder_config=SMALL, max_steps=1, progress=False)
-    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "enc" / "encoder_config.json").parent.mkdir()
+    (tmp_path / "enc" / "encoder_config.json").write_text(json.dumps({"kind": "st"}))
     with pytest.raises(FileExistsError, match="overwrite"):
-        _quick(city, split, output_dir=tmp_path)
+        _quick(city, split, output_dir=tmp_path / "enc")
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "metrics.json").write_text("{}")  # an evaluation: never replaced by an encoder
+    with pytest.raises(FileExistsError, match="holds a evaluation, not a st encoder"):
+        _quick(city, split, output_dir=tmp_path / "ev", overwrite=True)
 
 
 def test_cli_end_to_end(tmp_path, capsys):
