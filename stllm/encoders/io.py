@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from stllm.encoders.geo_encoder import GeoEncoder, GeoEncoderConfig
 from stllm.encoders.st_encoder import STEncoder, STEncoderConfig
+from stllm.safe_io import check_safetensors, staged_dir
 
 CONFIG_NAME = "encoder_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -21,14 +22,16 @@ _KINDS = {"st": (STEncoder, STEncoderConfig), "geo": (GeoEncoder, GeoEncoderConf
 
 
 def save_encoder(encoder: STEncoder | GeoEncoder, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write the encoder's config and weights (and any ``extra`` JSON metadata) under ``path``."""
+    """Write the encoder's config and weights (and any ``extra`` JSON metadata) under ``path``, all or
+    nothing: both files are staged and moved into place together, so a failed save (disk full) keeps
+    the previous encoder loadable."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     kind = "st" if isinstance(encoder, STEncoder) else "geo"
     meta = {"kind": kind, "config": encoder.config.to_dict(), **(extra or {})}
-    (path / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-    save_file(state, str(path / WEIGHTS_NAME))
+    with staged_dir(path) as staging:
+        save_file(state, str(staging / WEIGHTS_NAME))
+        (staging / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
     return path
 
 
@@ -43,6 +46,7 @@ def load_encoder(path: str | os.PathLike) -> STEncoder | GeoEncoder:
         raise ValueError(
             f"{path / CONFIG_NAME}: field 'kind' must be one of {sorted(_KINDS)}, got {meta.get('kind')!r}"
         )
+    check_safetensors(path / WEIGHTS_NAME)
     cls, cfg_cls = _KINDS[meta["kind"]]
     encoder = cls(cfg_cls.from_dict(meta["config"]))
     encoder.load_state_dict(load_file(str(path / WEIGHTS_NAME)))

@@ -19,6 +19,9 @@ from safetensors.torch import load_file, save_file
 
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_WEIGHTS = "st_base.safetensors"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # peft reads either (the .bin weights-only)
+FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")  # fmt: skip
 
 # peft wrapper parts of parameter names, removed to recover the plain model's names
 _DROP = re.compile(r"(lora_[A-Za-z]+\.|\.modules_to_save\.|trainable_tokens_)")
@@ -28,6 +31,22 @@ _UNWRAP = ((".token_adapter.base_layer.", "."), (".base_layer.", "."), (".origin
 def is_lora_checkpoint(path) -> bool:
     p = Path(os.fspath(path))
     return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and (p / BASE_WEIGHTS).is_file()
+
+
+def check_lora_files(path) -> None:
+    """A directory with ``adapter_config.json`` but no full weights is a LoRA checkpoint: name the LoRA
+    file it lacks (instead of transformers' "no file named model.safetensors")."""
+    p = Path(os.fspath(path))
+    if not (p.is_dir() and (p / ADAPTER_CONFIG).is_file()) or any((p / n).is_file() for n in FULL_WEIGHTS):
+        return
+    missing = [] if (p / BASE_WEIGHTS).is_file() else [BASE_WEIGHTS]
+    if not any((p / n).is_file() for n in ADAPTER_WEIGHTS):
+        missing.append(ADAPTER_WEIGHTS[0])
+    if missing:
+        raise FileNotFoundError(
+            f"{p} is an incomplete LoRA checkpoint: it has {ADAPTER_CONFIG} but not {' and '.join(missing)}; "
+            "copy the whole checkpoint directory again (or save it again with STTrainer)"
+        )
 
 
 def base_state_dict(peft_model) -> dict[str, torch.Tensor]:
@@ -74,9 +93,12 @@ def load_lora_checkpoint(cls, path, merge: bool = True, dtype=None, **kwargs):
     from transformers import AutoModelForCausalLM
 
     from stllm.models.configuration import STLlamaConfig
+    from stllm.safe_io import check_safetensors_in
     from stllm.tokens import resize_with_mean_rows
 
     path = Path(os.fspath(path))
+    check_lora_files(path)
+    check_safetensors_in(path)
     config = STLlamaConfig.from_pretrained(path)
     text_config = config.text_config
     if config.backbone_name_or_path:

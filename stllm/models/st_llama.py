@@ -519,10 +519,14 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load a full checkpoint (standard) or an stllm LoRA checkpoint (adapter merged on load)."""
-        from stllm.models.checkpoint import is_lora_checkpoint, load_lora_checkpoint
+        from stllm.models.checkpoint import check_lora_files, is_lora_checkpoint, load_lora_checkpoint
+        from stllm.safe_io import check_safetensors_in
 
         if is_lora_checkpoint(pretrained_model_name_or_path):
             return load_lora_checkpoint(cls, pretrained_model_name_or_path, **kwargs)
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):  # a local directory: name bad files
+            check_lora_files(pretrained_model_name_or_path)
+            check_safetensors_in(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # -- wrapping an existing checkpoint ------------------------------------------------------------

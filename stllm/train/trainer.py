@@ -15,6 +15,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from stllm.models.checkpoint import save_lora_extras
+from stllm.safe_io import staged_dir
 
 LOSS_TERMS = ("lm_loss", "reg_loss", "cls_loss", "poi_loss")
 FORECAST_TERMS = ("reg_loss", "cls_loss", "poi_loss")  # what validation selects on (the LM term is not the task)
@@ -76,16 +77,22 @@ class STTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save the model, tokenizer, LoRA extras and artifacts all-or-nothing: everything is written to a
+        staging directory and moved into ``output_dir`` only once complete (a full disk mid-save keeps the
+        previous model). Covers the final ``save_model`` and the model part of every ``checkpoint-N``,
+        also under DeepSpeed (its ZeRO shards are written afterwards by the engine itself)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        super()._save(output_dir, state_dict=state_dict)
-        if not self.args.should_save:
+        if not self.args.should_save:  # non-writer ranks only join collectives (sharded loading)
+            super()._save(output_dir, state_dict=state_dict)
             return
-        model = self.accelerator.unwrap_model(self.model)
-        if _is_peft(model):
-            save_lora_extras(model, output_dir)
-        for name, text in self.artifacts.items():
-            with open(os.path.join(output_dir, name), "w", encoding="utf-8") as f:
-                f.write(text)
+        with staged_dir(output_dir) as staging:
+            super()._save(str(staging), state_dict=state_dict)
+            model = self.accelerator.unwrap_model(self.model)
+            if _is_peft(model):
+                save_lora_extras(model, staging)
+            for name, text in self.artifacts.items():
+                with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+                    f.write(text)
 
 
 class BestWeights(TrainerCallback):
