@@ -14,6 +14,10 @@ import numpy as np
 
 TASKS = ("flow", "event")
 
+# (lat_min, lat_max, lon_min, lon_max) of the places the loaders declare, with a margin of ~20 km: a region
+# of such a city outside its box has wrong coordinates (most often lat and lon swapped, which stays in range)
+PLACE_BOXES = {"New York City": (40.3, 41.1, -74.5, -73.5)}
+
 _FREQ_RE = re.compile(r"^\s*(\d*)\s*(min|m|t|h|d|w|s)\s*$", re.IGNORECASE)
 _FREQ_UNIT = {"s": "s", "min": "m", "m": "m", "t": "m", "h": "h", "d": "D", "w": "W"}
 
@@ -125,6 +129,7 @@ class CityData:
         if len(set(ids)) != n:
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise err("regions", f"region ids must be unique; duplicated: {dup}")
+        self._check_coordinates()
         self.timestamps = self._check_timestamps(np.asarray(self.timestamps), t)
         self.values, self.mask = self._check_values(values, self.mask)
         if self.adjacency is not None:
@@ -138,6 +143,34 @@ class CityData:
     # -- validation helpers ---------------------------------------------------------------------------
     def _error(self, field_name: str, message: str) -> CityDataError:
         return CityDataError(self.source, field_name, message)
+
+    def _check_coordinates(self) -> None:
+        """Latitudes in [-90, 90], longitudes in [-180, 180], and inside the declared place's box when it is
+        known (:data:`PLACE_BOXES`): a swapped (lon, lat) pair is named as such. Unknown (NaN) ones pass."""
+        regions = [r for r in self.regions if r.has_coords]
+        if not regions:
+            return
+        lat, lon = np.array([r.lat for r in regions]), np.array([r.lon for r in regions])
+        order = "; lat and lon look swapped: give (lat, lon)" if (np.abs(lon) <= 90).all() else ""
+        for name, values, limit in (("lat", lat, 90), ("lon", lon, 180)):
+            bad = np.flatnonzero(np.abs(values) > limit)
+            if bad.size:
+                r = regions[int(bad[0])]
+                raise self._error(name, f"region {r.id!r} has {name} {values[bad[0]]:g} outside [-{limit}, {limit}] "
+                                        f"({bad.size} of {len(regions)} regions){order if name == 'lat' else ''}")
+        box = PLACE_BOXES.get(self.place)
+        if box is None:
+            return
+        inside = _in_box(lat, lon, box)
+        if inside.all():
+            return
+        r = regions[int(np.flatnonzero(~inside)[0])]
+        where = f"region {r.id!r} at (lat, lon) = ({r.lat:g}, {r.lon:g})"
+        if _in_box(lon, lat, box).all():
+            raise self._error("lat", f"{where}: lat and lon are swapped (every region of {self.place} would lie "
+                                     "inside it with the columns exchanged); give (lat, lon)")
+        raise self._error("lat", f"{where} lies outside {self.place} (lat {box[0]}..{box[1]}, lon {box[2]}..{box[3]}); "
+                                 f"{int((~inside).sum())} of {len(regions)} regions do: check the coordinates")
 
     def _check_timestamps(self, ts: np.ndarray, t: int) -> np.ndarray:
         if ts.shape != (t,):
@@ -266,6 +299,10 @@ class CityData:
         mask = None if self.mask is None else self.mask[start:stop].reshape(shape).all(axis=1)
         return replace(self, values=values, timestamps=self.timestamps[start:stop:factor],
                        freq=self.freq * factor, mask=mask)
+
+
+def _in_box(lat: np.ndarray, lon: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    return (box[0] <= lat) & (lat <= box[1]) & (box[2] <= lon) & (lon <= box[3])
 
 
 def _first(bad: np.ndarray) -> tuple[int, ...]:

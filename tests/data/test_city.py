@@ -109,3 +109,41 @@ def test_parse_freq():
     assert parse_freq("1D") == np.timedelta64(1440, "m")
     with pytest.raises(ValueError):
         parse_freq("0min")
+
+
+def _regions(coords):
+    return tuple(Region(str(i), f"r{i}", lat, lon) for i, (lat, lon) in enumerate(coords))
+
+
+NYC = [(40.71, -74.00), (40.78, -73.97), (40.85, -73.93)]  # Lower Manhattan, Central Park, Washington Heights
+
+
+@pytest.mark.parametrize("place", ["", "New York City"])
+def test_latitudes_beyond_90_are_refused_as_swapped(place):
+    beijing = [(116.40, 39.90), (116.30, 39.99), (116.45, 39.93)]  # (lon, lat) given as (lat, lon)
+    with pytest.raises(CityDataError, match=r"tiny.npz: field 'lat': region '0' has lat 116.4 .*swapped") as e:
+        make_city(regions=_regions(beijing), place=place)
+    assert e.value.field == "lat"
+    with pytest.raises(CityDataError, match=r"field 'lon': region '1' has lon 200"):
+        make_city(regions=_regions([(40.7, -74.0), (40.7, 200.0), (40.7, -74.0)]))
+
+
+def test_swapped_coordinates_of_a_declared_city_are_refused_though_in_range():
+    make_city(regions=_regions(NYC), place="New York City")  # the right order passes
+    swapped = [(lon, lat) for lat, lon in NYC]  # lat -74.0 .. -73.9, lon 40.7 ..: valid numbers, wrong place
+    with pytest.raises(CityDataError, match=r"field 'lat': region '0' at \(lat, lon\) = \(-74, 40.71\): lat and lon "
+                                            r"are swapped"):
+        make_city(regions=_regions(swapped), place="New York City")
+    with pytest.raises(CityDataError, match="lies outside New York City"):  # wrong, but not the swap: say so
+        make_city(regions=_regions([*NYC[:2], (51.5, -0.12)]), place="New York City")
+
+
+@pytest.mark.parametrize("coords", [
+    [(-33.87, 151.21), (-33.80, 151.28), (-33.95, 151.10)],  # Sydney: southern, eastern
+    [(-34.60, -58.38), (-34.55, -58.45), (-34.65, -58.50)],  # Buenos Aires: southern, western
+    [(-73.9, 40.7), (-73.8, 40.8), (-73.7, 40.9)],  # in range, no declared city: nothing to compare with
+    [(float("nan"), float("nan"))] * 3,  # unknown coordinates
+])
+def test_legitimate_cities_anywhere_and_unknown_coordinates_pass(coords):
+    city = make_city(regions=_regions(coords), place="Some City")
+    assert city.coords.shape == (3, 2)
