@@ -56,7 +56,23 @@ def test_batched_equals_unbatched_and_errors():
     assert empty["n"] == 0 and math.isnan(empty["acc@1"])
 
 
-def test_table():
-    m = ranking_metrics(np.eye(3), [0, 1, 2])
-    text = format_ranking_table({"oracle": m})
-    assert "oracle" in text and "1.0000" in text
+def test_table_rows_keep_method_order_and_print_each_metric_under_its_header():
+    """Every number in the table is the metric of its row and column, to the printed 4 decimals."""
+    rng = np.random.default_rng(2)
+    scores, targets = rng.normal(size=(40, 25)), rng.integers(-1, 25, 40)
+    rows = {"stllm": ranking_metrics(scores, targets),
+            "user most frequent": ranking_metrics(scores + rng.normal(size=scores.shape), targets),
+            "oracle": ranking_metrics(np.eye(25)[np.clip(targets, 0, None)], targets)}  # fmt: skip
+    lines = format_ranking_table(rows).splitlines()
+    header = lines[0].split()
+    assert header == ["method", "acc@1", "acc@5", "acc@10", "mrr", "ndcg@5", "ndcg@10", "n", "unknown"]
+    assert set(lines[1]) == {"-"}
+    body = lines[2:]
+    assert [line[: len(name)] for line, name in zip(body, rows)] == list(rows)  # given order, names intact
+    for line, (name, m) in zip(body, rows.items()):
+        cells = line[len(name):].split()
+        assert len(cells) == len(header) - 1
+        for key, cell in zip(header[1:], cells):
+            value = m["n_unknown"] if key == "unknown" else m[key]
+            assert abs(float(cell) - value) <= 5e-5, (name, key, cell, value)
+    assert body[2].split()[1] == f"{1 - rows['oracle']['n_unknown'] / 40:.4f}"  # the oracle misses only unknowns
