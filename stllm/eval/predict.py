@@ -6,7 +6,10 @@ cut after its last ``<st_pre>``, the prefix its rows share run once into the bac
 logit row), with the values of a plain ``model(**batch)``; samples are taken in prompt order so
 that the rows of a batch share long prefixes.
 Rows stream to a JSONL file keyed by (region, window) as they are produced: a killed run resumes
-where it stopped, without duplicates, and refuses a file written by another run. The final file
+where it stopped, without duplicates, and refuses a file written by another run (the header holds
+the caller's ``run`` dict; :func:`stllm.eval.zero_shot.evaluate` puts in it everything that decides
+the rows: weights, tokenizer, data, scaler and options; a mismatch names the parts that differ). A
+line cut by a kill is skipped, the rows after it are kept. ``overwrite`` starts fresh. The final file
 is written atomically (temp file + rename).
 """
 
@@ -113,6 +116,22 @@ def predict_generated(
     return pred if scaler is None else np.asarray(scaler.inverse(pred), dtype=np.float32)
 
 
+def run_diff(old, new, prefix: str = "") -> list[str]:
+    """Names of the parts of two run dicts that differ (nested dicts by ``part.sub``)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [prefix or "run"] if old != new else []
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if k not in old or k not in new:
+            out.append(name)
+        elif isinstance(old[k], dict) and isinstance(new[k], dict):
+            out += run_diff(old[k], new[k], name)
+        elif old[k] != new[k]:
+            out.append(name)
+    return out
+
+
 class PredictionFile:
     """Append-only JSONL of predictions with a header naming the run; resumable, atomically finalised."""
 
@@ -121,27 +140,53 @@ class PredictionFile:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.run = run
 
+    def clear(self) -> None:
+        """Forget earlier rows (``--overwrite``): the next run starts fresh."""
+        self.partial.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _header(first: str) -> dict | None:
+        try:
+            header = json.loads(first)
+            return header if isinstance(header, dict) else None
+        except json.JSONDecodeError:
+            return None
+
     def done(self) -> dict[str, list]:
-        """Rows already written by this run (from the partial file); refuses another run's file."""
+        """Rows already written by this run (from the partial file); refuses another run's file.
+
+        A broken line (cut by a kill, or a later row glued to it) is skipped; every other row is kept."""
         for candidate in (self.partial, self.path):
             if not candidate.is_file():
                 continue
-            with candidate.open(encoding="utf-8") as f:
-                header = json.loads(f.readline() or "{}")
-                if header.get("run") != self.run:
+            with candidate.open(encoding="utf-8", errors="replace") as f:
+                first = f.readline()
+                header = self._header(first)
+                if header is None and candidate == self.partial and not f.read(1):
+                    candidate.unlink()  # killed before the header was complete: nothing to resume
+                    continue
+                if header is None or header.get("run") != self.run:
+                    parts = run_diff(header.get("run"), self.run) if header is not None else ["header (unreadable)"]
                     raise ValueError(
-                        f"{candidate} holds predictions of another run ({header.get('run')}); "
-                        "delete it or choose another output path"
+                        f"{candidate} holds predictions of another run (differs in: {', '.join(parts)}); pass "
+                        "--overwrite (overwrite=True) to start fresh, or choose another output directory"
                     )
-                rows = {}
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut by the kill: recomputed
-                        break
-                    rows[row["key"]] = row["pred"]
-                return rows
+                return self._rows(f, candidate)
         return {}
+
+    @staticmethod
+    def _rows(lines, candidate: Path) -> dict[str, list]:
+        rows, broken = {}, 0
+        for line in lines:
+            try:
+                row = json.loads(line)
+                rows[row["key"]] = row["pred"]
+            except (json.JSONDecodeError, KeyError, TypeError):  # cut by a kill: recomputed
+                broken += line.strip() != ""
+        if broken:
+            logger.warning("%s: %d broken line(s) skipped (a killed run); their rows are recomputed", candidate, broken)
+        return rows
 
     def open_for_append(self):
         fresh = not self.partial.is_file()
@@ -151,6 +196,8 @@ class PredictionFile:
         f = self.partial.open("a", encoding="utf-8")
         if fresh:
             f.write(json.dumps({"run": self.run}) + "\n")
+        elif not _ends_with_newline(self.partial):
+            f.write("\n")  # a line cut by a kill: the next row starts on its own line
         return f
 
     def finalise(self, keys: list[str], rows: dict[str, list]) -> None:
@@ -164,6 +211,15 @@ class PredictionFile:
         self.partial.unlink(missing_ok=True)
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def predict(
     model,
     tokenizer,
@@ -175,6 +231,7 @@ def predict(
     progress: bool = True,
     max_batches: int | None = None,
     generate: bool = False,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Predictions ``(W, R, horizon, C)`` for every (window, region) of ``dataset``.
 
@@ -184,12 +241,17 @@ def predict(
     per-sample generation (slow; for parity checks): samples whose generation holds no prediction
     slots are NaN rows in the result (never a fallback value) and their number is logged. Batches
     are formed in prompt-text order (within chunks of 32 batches); the result and the final file
-    are in dataset order.
+    are in dataset order. ``overwrite`` discards rows of an earlier run in ``output`` instead of
+    resuming them (or refusing them when they belong to another run).
     """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size (--batch_size) must be a positive integer, got {batch_size!r}")
     model.eval()
     collator = STDataCollator(tokenizer, st_slots=model.config.st_slots, padding_side="right")
     keys = [sample_key(dataset, i) for i in range(len(dataset))]
     file = PredictionFile(output, run or {}) if output is not None else None
+    if file is not None and overwrite:
+        file.clear()
     rows = file.done() if file is not None else {}
     todo = [i for i, k in enumerate(keys) if k not in rows]
     sink = file.open_for_append() if (file is not None and todo) else None

@@ -72,10 +72,63 @@ def test_resume_after_a_kill_gives_identical_rows_without_duplicates(setup, tmp_
         predict(model, tok, ds, scaler, output=out, run={"checkpoint": "other"}, progress=False)
 
 
-def test_events_give_probabilities():
+def test_a_row_cut_by_a_kill_loses_only_itself_and_the_next_row_starts_a_new_line(setup, tmp_path):
+    """Kill mid-write (the last line cut), resume, kill again: every complete row survives both resumes."""
+    from stllm.eval.predict import PredictionFile
+
+    model, tok, ds, scaler = setup
+    out, run = tmp_path / "predictions.jsonl", {"checkpoint": "unit"}
+    predict(model, tok, ds, scaler, batch_size=4, output=out, run=run, progress=False, max_batches=2)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_bytes(partial.read_bytes()[:-15])  # the 8th row cut mid-write
+    assert len(PredictionFile(out, run).done()) == 7
+    predict(model, tok, ds, scaler, batch_size=4, output=out, run=run, progress=False, max_batches=1)
+    assert len(PredictionFile(out, run).done()) == 7 + 4  # the appended rows are not glued to the cut line
+    lines = partial.read_text().splitlines()
+    lines.insert(3, '{"key": "broken')  # a bad line in the middle: the rows after it are kept
+    partial.write_text("\n".join(lines) + "\n")
+    assert len(PredictionFile(out, run).done()) == 11
+    resumed = predict(model, tok, ds, scaler, batch_size=4, output=out, run=run, progress=False)
+    np.testing.assert_allclose(resumed, predict(model, tok, ds, scaler, batch_size=8, progress=False), atol=1e-5)
+    keys = [json.loads(x)["key"] for x in out.read_text().splitlines()[1:]]
+    assert len(keys) == len(ds) == len(set(keys))
+
+
+def test_another_runs_file_is_refused_naming_the_part_and_overwrite_starts_fresh(setup, tmp_path):
+    model, tok, ds, scaler = setup
+    out = tmp_path / "predictions.jsonl"
+    old = {"weights": "aa", "data": "d", "options": {"rescale": False, "stride": 12}}
+    predict(model, tok, ds, scaler, batch_size=8, output=out, run=old, progress=False)
+    new = {"weights": "bb", "data": "d", "options": {"rescale": True, "stride": 12}}
+    with pytest.raises(ValueError, match=r"differs in: options\.rescale, weights\); pass --overwrite"):
+        predict(model, tok, ds, scaler, output=out, run=new, progress=False)
+    out.write_text(out.read_text().replace(out.read_text().splitlines()[3], '{"key": "x", "pred": [[1.0]]}'))
+    predict(model, tok, ds, scaler, batch_size=8, output=out, run=new, progress=False, overwrite=True)
+    header, *rows = out.read_text().splitlines()
+    assert json.loads(header)["run"] == new and len(rows) == len(ds)
+    assert "x" not in {json.loads(r)["key"] for r in rows}  # nothing of the old file was kept
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_batch_size_below_one_is_refused_by_name(setup, size):
+    model, tok, ds, scaler = setup
+    with pytest.raises(ValueError, match="--batch_size"):
+        predict(model, tok, ds, scaler, batch_size=size, progress=False)
+
+
+def test_events_give_the_sigmoid_of_the_models_own_event_logits():
     model, tok, ds, scaler = _setup("event")
     prob = predict(model, tok, ds, scaler, batch_size=8, progress=False)
     assert prob.shape[-1] == ds.city.n_channels and ((prob >= 0) & (prob <= 1)).all()
+    collator = STDataCollator(tok, st_slots=model.config.st_slots)
+    for w, r in ((0, 0), (ds.n_windows - 1, 1)):  # a plain forward of one sample, no SlotPass, no batching
+        batch = collator([ds[ds.index_of(w, r)]])
+        batch.pop("labels")
+        with torch.no_grad():
+            logits = model(**batch).cls_logits[0].double().numpy()
+        np.testing.assert_allclose(prob[w, r], 1 / (1 + np.exp(-logits)), atol=1e-5)
+    assert np.ptp(prob.reshape(-1, prob.shape[-1]), axis=0).min() > 0  # not one constant per channel
+    assert np.ptp(prob, axis=-1).max() > 0  # channels differ
 
 
 def test_generate_mode_reads_heads_at_generated_slots_and_never_falls_back(setup, monkeypatch):
