@@ -53,3 +53,32 @@ def test_missing_base_weights_means_not_an_stllm_checkpoint(tmp_path):
     save_lora_extras(peft_model, tmp_path)
     (tmp_path / BASE_WEIGHTS).unlink()
     assert not is_lora_checkpoint(tmp_path)
+
+
+def _cut_in_half(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_weights_are_named(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "full")
+    _cut_in_half(tmp_path / "full" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"full/model.safetensors: truncated .*save or copy it again"):
+        STLlamaForCausalLM.from_pretrained(tmp_path / "full")
+    peft_model, _ = _trained_lora("llama")
+    for name in (BASE_WEIGHTS, "adapter_model.safetensors"):
+        peft_model.save_pretrained(tmp_path / name)
+        save_lora_extras(peft_model, tmp_path / name)
+        _cut_in_half(tmp_path / name / name)
+        with pytest.raises(ValueError, match=f"{name}: truncated"):
+            STLlamaForCausalLM.from_pretrained(tmp_path / name)
+
+
+@pytest.mark.parametrize("missing", [BASE_WEIGHTS, "adapter_model.safetensors"])
+def test_missing_lora_file_is_named(tmp_path, missing):
+    peft_model, _ = _trained_lora("llama")
+    peft_model.save_pretrained(tmp_path)
+    save_lora_extras(peft_model, tmp_path)
+    (tmp_path / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=f"incomplete LoRA checkpoint: .* not {missing}"):
+        STLlamaForCausalLM.from_pretrained(tmp_path)
