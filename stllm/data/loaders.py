@@ -33,20 +33,62 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
+_ZIP_MAGIC, _NPY_MAGIC = b"PK\x03\x04", b"\x93NUMPY"
+_NPZ_HOW = "write it with numpy.savez(path, values=..., time=...)"
+
+
 def _open_npz(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
+    """Every array of an ``.npz`` (pickle never enabled); a file that is not one is refused by what it is."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; expected an .npz file ({_NPZ_HOW})")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    _check_npz_header(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except ValueError as e:  # object arrays need pickle: refuse
-        raise CityDataError(str(path), "<file>", f"cannot read without pickle: {e}") from None
+        archive = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy/zipfile raise half a dozen types for a damaged archive
+        raise CityDataError(str(path), "<file>", f"not a readable .npz archive (truncated or corrupt: "
+                                                 f"{type(e).__name__}: {e}); {_NPZ_HOW}") from None
+    with archive:
+        return {k: _read_member(archive, k, path) for k in archive.files}
+
+
+def _check_npz_header(path: Path) -> None:
+    """Name what the file is when it is not a zip archive: empty, a single ``.npy`` array, or text."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise CityDataError(str(path), "<file>", f"empty file (0 bytes); expected an .npz archive: {_NPZ_HOW}")
+    if head.startswith(_NPY_MAGIC):
+        raise CityDataError(str(path), "<file>", "a single .npy array, not an .npz archive of named arrays; "
+                                                 "save it with numpy.savez(path, values=array, time=...)")
+    if not head.startswith(_ZIP_MAGIC):
+        try:
+            kind = f"a text file starting {head.decode('utf-8').splitlines()[0][:40]!r}"
+        except (UnicodeDecodeError, IndexError):
+            kind = f"unknown binary data starting {head[:8]!r}"
+        raise CityDataError(str(path), "<file>", f"{kind}, not an .npz (zip) archive; {_NPZ_HOW}")
+
+
+def _read_member(archive, key: str, path: Path) -> np.ndarray:
+    """One array of the archive; a damaged or object (pickle) member is refused naming its key."""
+    try:
+        return archive[key]
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise CityDataError(str(path), key, "holds Python objects (dtype=object), which need pickle and are "
+                                                "never loaded; save numbers, or strings as a str array") from None
+        raise CityDataError(str(path), key, f"unreadable array ({e}); the file is corrupt: {_NPZ_HOW}") from None
+    except Exception as e:  # zlib.error, BadZipFile (CRC), EOFError, tokenize errors on a damaged header
+        raise CityDataError(str(path), key, f"unreadable array ({type(e).__name__}: {e}); the file is truncated or "
+                                            f"corrupt: {_NPZ_HOW}") from None
 
 
 def _get(data: Mapping[str, np.ndarray], path, field: str, key: str) -> np.ndarray:
     if key not in data:
-        raise CityDataError(str(path), field, f"key {key!r} not in file; available keys: {sorted(data)}")
+        raise CityDataError(str(path), field, f"key {key!r} not in file; available keys: {sorted(data)} (pass "
+                                              f"keys={{{field!r}: <one of them>}} to load_npz, or rename it)")
     return data[key]
 
 
@@ -133,11 +175,24 @@ def _read_zones_csv(path: Path) -> dict[str, dict[str, str]]:
         return {row[id_col]: row for row in reader}
 
 
+def read_json(path: str | os.PathLike, expected: str):
+    """Parse a JSON file; a corrupt one is refused naming the file, the line and column, and ``expected``
+    (what the file should hold), instead of json's bare 'Expecting value: line 1 column 1'."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CityDataError(str(path), "<file>", f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                                                 f"expected {expected}") from None
+    except UnicodeDecodeError as e:
+        raise CityDataError(str(path), "<file>", f"not UTF-8 text (byte {e.start}); expected JSON: "
+                                                 f"{expected}") from None
+
+
 def read_zone_pois(path: str | os.PathLike) -> dict[str, tuple[tuple[str, int], ...]]:
     """UrbanGPT's ``zone_poi.json`` / ``region_poi.json``: id -> ((category, count), ...)."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        records = json.load(f)
+    records = read_json(path, "an object of region id -> list of POI records with a category_name")
     if not isinstance(records, dict):
         raise CityDataError(str(path), "<root>", f"expected an object of id -> POI list, got {type(records).__name__}")
     out = {}

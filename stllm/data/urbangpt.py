@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from stllm.data.city import CityDataError
+from stllm.data.loaders import read_json
 from stllm.data.prompts import VICUNA_SYSTEM, Conversation
 from stllm.data.scaler import STScaler
 from stllm.tokens import ST_HIS_PLACEHOLDER, ST_PRE_PLACEHOLDER
@@ -61,21 +62,20 @@ def load_urbangpt(
         raise PermissionError(f"{pkl}: loading a pickle can execute arbitrary code; pass trust_pickle=True "
                               "only for files you trust")
     jpath, ppath = str(instruction_json), str(pkl)
-    with open(jpath, encoding="utf-8") as f:
-        records = json.load(f)
-    if not isinstance(records, list):
-        raise CityDataError(jpath, "<root>", f"expected a list of conversations, got {type(records).__name__}")
-    with open(ppath, "rb") as f:
-        windows = pickle.load(f)  # noqa: S301 -- guarded by trust_pickle
-    x, y = _stack_windows(windows, ppath)
+    records = read_json(jpath, _JSON_FORMAT)
+    if not isinstance(records, list) or not records:
+        got = "an empty list" if isinstance(records, list) else f"a JSON {type(records).__name__}"
+        raise CityDataError(jpath, "<root>", f"expected {_JSON_FORMAT}, got {got}")
+    x, y = _stack_windows(_read_pickle(ppath), ppath)
     n_windows, _, n_regions, _ = x.shape
     samples = []
     for k, rec in enumerate(records):
         sid = rec.get("id") if isinstance(rec, dict) else None
         where = f"[{k}] id={sid!r}"
         turns = rec.get("conversations") if isinstance(rec, dict) else None
-        if not isinstance(turns, list) or len(turns) < 2:
-            raise CityDataError(jpath, f"{where}.conversations", "needs a human turn and a gpt turn")
+        if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, dict) for t in turns):
+            raise CityDataError(jpath, f"{where}.conversations", 'needs a list of turns {"from": "human" | "gpt", '
+                                                                 '"value": text}, a human turn and a gpt turn')
         human = next((t.get("value", "") for t in turns if t.get("from") == "human"), None)
         gpt = next((t.get("value", "") for t in turns if t.get("from") == "gpt"), None)
         if human is None or ST_HIS_PLACEHOLDER not in human:
@@ -94,6 +94,19 @@ def load_urbangpt(
             )  # fmt: skip
         samples.append(UrbanGPTSample(str(sid), window, region, human, gpt))
     return UrbanGPTData(x[..., :-1], y[..., :-1], x[:, 0, 0, -1].astype(np.int64), tuple(samples), jpath)
+
+
+_JSON_FORMAT = 'a list of {"id": ..._region_<r>_<r+1>_len_<window>, "conversations": [...]} (UrbanGPT\'s format)'
+
+
+def _read_pickle(path: str):
+    """The window pickle; a truncated or foreign file is refused naming it (not a bare EOFError)."""
+    with open(path, "rb") as f:
+        try:
+            return pickle.load(f)  # noqa: S301 -- guarded by trust_pickle
+        except (pickle.UnpicklingError, EOFError, ValueError, ImportError, AttributeError) as e:
+            raise CityDataError(path, "<file>", f"not a readable pickle ({type(e).__name__}: {e}); expected "
+                                                "UrbanGPT's list of {'data_x', 'data_y'} windows") from None
 
 
 def _stack_windows(windows, path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,58 @@ def test_shape_mismatch_and_bad_time(tmp_path, npz):
 def test_pickled_npz_refused(tmp_path):
     path = tmp_path / "obj.npz"
     np.savez(path, values=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(CityDataError, match="without pickle"):
+    with pytest.raises(CityDataError, match=r"obj.npz: field 'values': holds Python objects.*need pickle"):
         load_npz(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.npz: no such file"):
         load_npz(tmp_path / "missing.npz")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        load_npz(tmp_path)
+
+
+def _npz_bytes(tmp_path) -> bytes:
+    good = tmp_path / "good.npz"
+    np.savez(good, values=np.ones((10, 3, 2)), time=np.array([f"2024-01-01 {h:02d}:00" for h in range(10)]))
+    return good.read_bytes()
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda b: b[: len(b) // 2], r"not a readable .npz archive \(truncated or corrupt"),  # cut off mid-file
+    (lambda b: b[:-10], r"not a readable .npz archive \(truncated or corrupt"),  # end of the zip directory lost
+    (lambda b: b"", r"empty file \(0 bytes\)"),
+    (lambda b: b"values,time\n1,2024-01-01\n", r"a text file starting 'values,time', not an .npz"),
+    (lambda b: b"\x00\x01\xff\xfe" * 4, r"unknown binary data.*not an .npz"),
+])  # fmt: skip
+def test_a_file_that_is_not_an_npz_is_named_and_described(tmp_path, damage, match):
+    """Truncated, empty or text files are refused as what they are (a text file used to be reported as
+    'pickled data'), naming the file and saying how to write a good one."""
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(damage(_npz_bytes(tmp_path)))
+    with pytest.raises(CityDataError, match=match) as e:
+        load_npz(bad)
+    assert str(e.value).startswith(f"{bad}: field '<file>'") and "numpy.savez" in str(e.value)
+
+
+def test_a_single_npy_array_named_npz_is_refused(tmp_path):
+    path = tmp_path / "arr.npz"
+    with open(path, "wb") as f:  # np.save would append .npy to the name
+        np.save(f, np.ones((10, 3, 2)))
+    with pytest.raises(CityDataError, match=r"arr.npz: field '<file>': a single .npy array, not an .npz archive"):
+        load_npz(path)
+
+
+def test_a_damaged_array_inside_the_archive_names_its_key(tmp_path):
+    path = tmp_path / "damaged.npz"
+    np.savez_compressed(path, values=np.random.default_rng(0).random((200, 3, 2)))
+    raw = bytearray(path.read_bytes())
+    raw[120:200] = bytes(80)  # inside the compressed 'values' member, the zip directory intact
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CityDataError, match=r"damaged.npz: field 'values': unreadable array"):
+        load_npz(path)
+
+
+def test_missing_values_key_says_which_keys_exist_and_how_to_map_them(tmp_path):
+    path = tmp_path / "flows.npz"
+    np.savez(path, flow=np.ones((10, 3)), time=np.arange(10))
+    with pytest.raises(CityDataError, match=r"flows.npz: field 'values': key 'values' not in file; available keys: "
+                                            r"\['flow', 'time'\] \(pass keys=\{'values': <one of them>\}"):
+        load_npz(path)

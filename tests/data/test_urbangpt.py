@@ -53,6 +53,45 @@ def test_conversation_without_placeholder_names_id(files):
         load_urbangpt(j, p, trust_pickle=True)
 
 
+@pytest.mark.parametrize("text,match", [
+    ('[{"id": "train_x_region_0_1_len_0",\n "conversations": [', r"JSON \(Expecting value at line 2 column 20\)"),
+    ("", r"not valid JSON \(Expecting value at line 1 column 1\)"),
+    ('{"id": "train_x_region_0_1_len_0"}', r"field '<root>': expected a list of \{\"id\".*got a JSON dict"),
+    ("[]", r"field '<root>': expected a list .*got an empty list"),
+    ('[{"id": "train_x_region_0_1_len_0", "conversations": ["hi", "there"]}]',
+     r"field '\[0\] id='train_x_region_0_1_len_0'.conversations': needs a list of turns"),
+])  # fmt: skip
+def test_corrupt_instruction_json_names_the_file_and_what_was_expected(files, text, match):
+    _, j, p, _ = files
+    j.write_text(text)
+    with pytest.raises(CityDataError, match=match) as e:
+        load_urbangpt(j, p, trust_pickle=True)
+    assert str(e.value).startswith(f"{j}: field ")
+
+
+def test_non_utf8_json_and_truncated_pickle_name_their_file(files):
+    _, j, p, _ = files
+    good_json = j.read_bytes()
+    j.write_bytes(b"\xff\xfe[" + good_json)
+    with pytest.raises(CityDataError, match=rf"{j.name}: field '<file>': not UTF-8 text"):
+        load_urbangpt(j, p, trust_pickle=True)
+    j.write_bytes(good_json)
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(CityDataError, match=rf"{p.name}: field '<file>': not a readable pickle .*data_x"):
+        load_urbangpt(j, p, trust_pickle=True)
+    with pytest.raises(FileNotFoundError):
+        load_urbangpt(j, p.with_name("absent.pkl"), trust_pickle=True)
+
+
+def test_corrupt_zone_poi_json_names_the_file(tmp_path):
+    from stllm.data.loaders import read_zone_pois
+
+    path = tmp_path / "zone_poi.json"
+    path.write_text('{"4": [{"category_name": "Food"}], ')
+    with pytest.raises(CityDataError, match=r"zone_poi.json: field '<file>': not valid JSON .*expected an object"):
+        read_zone_pois(path)
+
+
 def test_pickle_not_matching_json(files):
     _, j, p, _ = files
     blobs = pickle.loads(p.read_bytes())
