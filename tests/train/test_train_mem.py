@@ -1,7 +1,13 @@
 """Stage-2 training on a small synthetic city: losses fall, only trainable weights move, exact resume,
 checkpoints reload to the trained predictions, and bad setups are refused."""
 
+import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,17 +141,25 @@ def test_bad_deepspeed_configs_name_the_file(tmp_path):
     assert main(["--output_dir", str(tmp_path / "o"), "--deepspeed", str(bad)]) == 2
 
 
-def test_event_training_balances_rare_categories():
+def test_event_pos_weight_is_negatives_over_positives_counted_by_hand_on_training_cells():
+    from types import SimpleNamespace
+
+    from stllm.data import CityData, Region, RegionSplit
     from stllm.train.train_mem import event_pos_weight
 
-    m, d, t = parse_args(["--output_dir", "/tmp/unused", "--synthetic_task", "event", "--synthetic_days", "60",
-                          "--synthetic_regions", "8"])  # fmt: skip
-    data = prepare_data(d)
-    w = event_pos_weight(data)
-    idx = data.city.region_index(data.regions.train)
-    rate = (data.city.values[data.train_time][:, idx] > 0).mean(axis=(0, 1))
-    assert len(w) == data.city.n_channels
-    np.testing.assert_allclose(w, np.minimum(20, (1 - rate) / rate), rtol=1e-6)
+    # 10 days x 3 regions x 3 categories; region "c" is held out and days 8-9 are after the training time
+    v = np.zeros((10, 3, 3), np.float32)
+    v[0, 0, 0] = 1  # category 0: 1 positive in the 16 training cells (8 days x regions a, b) -> 15 / 1
+    v[:4, :2, 1] = 2  # category 1: 8 positives in 16 cells (a count of 2 is one event day) -> 8 / 8
+    v[:, 2, :] = 1  # everything happens in the held-out region, and ...
+    v[8:, :, 2] = 1  # ... category 2 only after the training time: never seen -> the cap
+    city = CityData(v, np.datetime64("2024-01-01") + np.arange(10), "1D", ("rare", "half", "never"),
+                    tuple(Region(r, r) for r in "abc"), task="event")  # fmt: skip
+    data = SimpleNamespace(city=city, regions=RegionSplit(train=("a", "b"), test=("c",)), train_time=slice(0, 8))
+    w = event_pos_weight(data, cap=20.0)
+    assert w == pytest.approx([15.0, 1.0, 20.0])
+    assert w[0] > w[1]  # the rarer category weighs more
+    assert event_pos_weight(SimpleNamespace(city=dataclasses.replace(city, task="flow"))) is None
 
 
 def test_resume_refuses_a_checkpoint_of_another_model_and_names_the_fields(tmp_path):
@@ -175,3 +189,171 @@ def test_validation_on_later_training_times_keeps_the_best_weights_and_stops_ear
     # training stops after `patience` more validations, long before max_steps
     still = run(tmp_path / "lr0", "--max_steps", "200", "--learning_rate", "0", *args)
     assert still.state.global_step == 8 and len(logged(still, "eval_forecast_loss")) == 3
+
+
+def _checkpoint(tmp_path, name="a", *extra):
+    run(tmp_path / name, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2", *extra)
+    return tmp_path / name / "checkpoint-2"
+
+
+def test_resume_refuses_a_checkpoint_of_other_data_split_or_tokens_and_names_what_differs(tmp_path):
+    ckpt = _checkpoint(tmp_path)
+    # same architecture, other data: the tokenizer retrained on other prompts, other samples
+    with pytest.raises(ValueError, match=r"data_args.json synthetic_seed: checkpoint 0, now 3") as e:
+        run(tmp_path / "b", "--max_steps", "4", "--synthetic_seed", "3", "--resume_from_checkpoint", str(ckpt))
+    assert "split.json" in str(e.value) and "scaler.json" in str(e.value) and "token ids mean other" in str(e.value)
+    with pytest.raises(ValueError, match=r"split.json regions: checkpoint \["):  # another region split
+        run(tmp_path / "c", "--max_steps", "4", "--split_seed", "5", "--resume_from_checkpoint", str(ckpt))
+    # the same data, but the token strings behind two ids exchanged in the checkpoint's tokenizer
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = list(vocab)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ValueError, match=r"tokenizer: 2 of \d+ token ids mean other strings"):
+        run(tmp_path / "d", "--max_steps", "4", "--resume_from_checkpoint", str(other))
+
+
+@pytest.mark.parametrize("missing", [["optimizer.pt"], ["scheduler.pt", "trainer_state.json"]])
+def test_resume_refuses_a_checkpoint_without_optimizer_or_schedule_state(tmp_path, missing):
+    ckpt = _checkpoint(tmp_path)
+    for name in missing:
+        (ckpt / name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"has no {', '.join(missing)}.*losses would differ"):
+        run(tmp_path / "b", "--max_steps", "4", "--resume_from_checkpoint", str(ckpt))
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_resume_from_a_final_output_dir_is_refused_naming_the_optimizer_state(tmp_path):
+    from stllm.train.train_mem import main
+
+    _checkpoint(tmp_path)  # tmp_path/a holds the final model, trainer_state.json, no optimizer state
+    with pytest.raises(FileNotFoundError, match="has no optimizer.pt, scheduler.pt"):
+        run(tmp_path / "b", "--max_steps", "4", "--resume_from_checkpoint", str(tmp_path / "a"))
+    assert main(["--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", str(tmp_path / "a")]) == 2
+
+
+def test_deepspeed_checkpoints_keep_the_optimizer_state_in_global_step_dirs(tmp_path):
+    from stllm.train.train_mem import check_resume_state
+
+    (tmp_path / "global_step2").mkdir()
+    (tmp_path / "trainer_state.json").write_text("{}")
+    check_resume_state(tmp_path)  # no optimizer.pt / scheduler.pt: DeepSpeed keeps them in global_step2/
+    (tmp_path / "trainer_state.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no trainer_state.json"):
+        check_resume_state(tmp_path)
+
+
+def test_resuming_a_run_into_its_own_directory_is_allowed_but_not_while_it_is_locked(tmp_path):
+    from stllm.outdir import claim_output_dir
+
+    ckpt = _checkpoint(tmp_path)
+    resumed = run(tmp_path / "a", "--max_steps", "4", "--resume_from_checkpoint", str(ckpt))
+    assert resumed.state.global_step == 4
+    with claim_output_dir(tmp_path / "a", "training run", overwrite=True):
+        with pytest.raises(FileExistsError, match=f"pid {os.getpid()}"):
+            run(tmp_path / "a", "--max_steps", "4", "--resume_from_checkpoint", str(ckpt))
+    with pytest.raises(FileExistsError, match="holds a training run.*--overwrite_output_dir"):  # another run's dir
+        run(tmp_path / "a", "--max_steps", "1")
+
+
+def test_a_second_run_into_a_directory_being_written_is_refused_naming_the_pid(tmp_path):
+    from stllm.outdir import LOCK_NAME, claim_output_dir
+
+    with claim_output_dir(tmp_path / "out", "training run"):  # a live run holds the directory
+        with pytest.raises(FileExistsError, match=f"another stllm job \\(training run, pid {os.getpid()}"):
+            run(tmp_path / "out", "--max_steps", "1", "--overwrite_output_dir", "true")
+        assert not (tmp_path / "out" / "model.safetensors").exists()
+    trainer = run(tmp_path / "out", "--max_steps", "1")  # free again; the run holds the lock while it trains
+    assert trainer.state.global_step == 1 and not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+def test_only_global_rank_0_claims_the_output_dir(tmp_path):
+    from types import SimpleNamespace
+
+    from stllm.outdir import LOCK_NAME
+    from stllm.train.train_mem import claim_run_dir
+
+    args = dict(output_dir=str(tmp_path / "out"), overwrite_output_dir=False, resume_from_checkpoint=None)
+    with claim_run_dir(SimpleNamespace(process_index=1, **args)):
+        assert not (tmp_path / "out" / LOCK_NAME).exists()
+        with claim_run_dir(SimpleNamespace(process_index=0, **args)):
+            assert (tmp_path / "out" / LOCK_NAME).is_file()
+            with claim_run_dir(SimpleNamespace(process_index=2, **args)):  # other ranks never contend
+                pass
+
+
+def test_train_poi_claims_its_output_dir(tmp_path):
+    from stllm.outdir import claim_output_dir
+    from stllm.train.train_poi import main
+
+    with claim_output_dir(tmp_path / "poi", "training run"):
+        assert main(["--output_dir", str(tmp_path / "poi"), "--max_steps", "1", "--save_strategy", "no"]) == 2
+
+
+@pytest.mark.parametrize("flag,value,words", [
+    ("--max_steps", "0", "--max_steps must be > 0 (or -1"),
+    ("--max_steps", "-2", "--max_steps must be > 0"),
+    ("--num_train_epochs", "0", "--num_train_epochs must be > 0"),
+    ("--num_train_epochs", "-1", "--num_train_epochs must be > 0"),
+    ("--per_device_train_batch_size", "0", "--per_device_train_batch_size must be > 0"),
+    ("--learning_rate=-1e-3", None, "--learning_rate must be >= 0"),
+    ("--test_regions", "-0.5", "--test_regions must be in (0, 1)"),
+    ("--test_regions", "1", "--test_regions must be in (0, 1)"),
+    ("--train_time", "0", "--train_time must be in (0, 1]"),
+    ("--val_fraction", "1", "--val_fraction must be in [0, 1)"),
+    ("--input_len", "0", "--input_len must be > 0"),
+    ("--output_len", "-12", "--output_len must be > 0"),
+    ("--stride", "0", "--stride must be > 0"),
+    ("--max_train_samples", "0", "--max_train_samples must be > 0"),
+    ("--max_val_samples", "-1", "--max_val_samples must be > 0"),
+    ("--context_days", "-1", "--context_days must be >= 0"),
+    ("--context_weeks", "-2", "--context_weeks must be >= 0"),
+    ("--synthetic_regions", "0", "--synthetic_regions must be > 0"),
+    ("--lora_r", "0", "--lora_r must be > 0"),
+    ("--lora_alpha", "-16", "--lora_alpha must be > 0"),
+    ("--lora_dropout", "1", "--lora_dropout must be in [0, 1)"),
+    ("--reg_loss_weight", "-1", "--reg_loss_weight must be >= 0"),
+    ("--tiny_preset", "huge", "--tiny_preset must be one of"),
+])  # fmt: skip
+def test_out_of_range_arguments_are_refused_naming_the_flag(tmp_path, capsys, flag, value, words):
+    from stllm.train.train_mem import main
+
+    argv = ["--output_dir", str(tmp_path), flag, *([value] if value else [])]
+    with pytest.raises(ValueError) as e:
+        parse_args(argv)
+    assert words in str(e.value)
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_edge_values_that_mean_something_are_kept(tmp_path):
+    m, d, t = parse_args(["--output_dir", str(tmp_path), "--max_steps", "-1", "--val_fraction", "0",
+                          "--context_days", "0", "--context_weeks", "0", "--train_time", "1"])  # fmt: skip
+    assert t.max_steps == -1 and d.val_fraction == 0 and d.context_days == d.context_weeks == 0
+
+
+def test_poi_arguments_are_range_checked(tmp_path):
+    from stllm.train.train_poi import POIDataArguments
+
+    with pytest.raises(ValueError, match="--prompt_visits must be > 0, got 0"):
+        parse_args(["--output_dir", str(tmp_path), "--prompt_visits", "0"], data_class=POIDataArguments)
+
+
+def test_deepspeed_without_torchrun_runs_as_a_one_process_job(tmp_path):
+    pytest.importorskip("deepspeed")
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import sys; from stllm.train.train_mem import train, shutdown_distributed; "
+        "from stllm.train.arguments import parse_args; t = train(*parse_args(sys.argv[1:])); "
+        "print('ENGINE', type(t.model_wrapped).__name__, t.state.global_step); shutdown_distributed()"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    argv = ["--output_dir", str(tmp_path / "ds"), *SMALL, "--max_steps", "2",
+            "--deepspeed", str(root / "ds_configs" / "zero2.json")]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ENGINE DeepSpeedEngine 2" in done.stdout and "mpi4py" not in done.stderr
