@@ -148,3 +148,50 @@ def test_help_shows_every_default(capsys):
     for opt in ("--output_dir", "--steps", "--seed", "--batch", "--lr", "--n_buckets"):
         assert opt in text
     assert text.count("(default:") >= 15
+
+
+def _geo_cli(out, *extra):
+    return main(["--synthetic", "--n_synthetic", "100", "--output_dir", str(out), "--steps", "2", "--batch", "8",
+                 "--n_buckets", "32", *extra])  # fmt: skip
+
+
+def test_cli_never_writes_over_an_st_encoder_and_replaces_a_geo_one_only_when_told(tmp_path, capsys):
+    from stllm import STEncoder, STEncoderConfig, save_encoder
+
+    st = tmp_path / "st"
+    save_encoder(STEncoder(STEncoderConfig()), st)
+    before = (st / "encoder_config.json").read_text()
+    for extra in ([], ["--overwrite_output_dir"]):
+        assert _geo_cli(st, *extra) == 2
+        assert "holds a st encoder, not a geo encoder" in capsys.readouterr().err
+    assert (st / "encoder_config.json").read_text() == before and not (st / "metrics.json").exists()
+    geo = tmp_path / "geo"
+    assert _geo_cli(geo) == 0
+    assert _geo_cli(geo, "--seed", "1") == 2 and "--overwrite_output_dir" in capsys.readouterr().err
+    assert _geo_cli(geo, "--seed", "1", "--overwrite_output_dir") == 0
+    assert json.loads((geo / "metrics.json").read_text())["seed"] == 1
+
+
+def test_cli_refuses_a_directory_another_live_job_writes(tmp_path, capsys):
+    import os
+
+    from stllm.outdir import claim_output_dir
+
+    with claim_output_dir(tmp_path / "geo", "geo encoder"):
+        assert _geo_cli(tmp_path / "geo", "--overwrite_output_dir") == 2
+    assert f"pid {os.getpid()}" in capsys.readouterr().err
+    assert not (tmp_path / "geo" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--steps", "-3"), ("--steps", "0"), ("--batch", "1"), ("--n_synthetic", "0"), ("--lr", "-0.1"),
+    ("--out_dim", "0"), ("--num_scales", "-1"), ("--n_buckets", "0"), ("--temperature", "0"),
+    ("--jitter_m", "-5"), ("--sample_jitter_m", "-1"), ("--val_fraction", "1"), ("--val_fraction", "-0.1"),
+    ("--levels_km", "0"),
+])  # fmt: skip
+def test_out_of_range_flags_are_refused_naming_the_flag(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        _geo_cli(tmp_path / "g", f"{flag}={value}")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and value in err and not (tmp_path / "g").exists()

@@ -143,3 +143,51 @@ def test_help_shows_every_default():
     assert text.count("(default:") == len(options)
     for flag in ("--data", "--mode", "--output_dir", "--epochs", "--seed", "--patience", "--lr"):
         assert flag in text
+
+
+CLI_SMALL = ["--synthetic_regions", "8", "--synthetic_days", "4", "--epochs", "1", "--max_steps", "2",
+             "--context_days", "1", "--context_weeks", "0", "--batch_size", "8", "--no_progress", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("flag,value,named", [
+    ("--steps", "-3", "--steps_per_epoch"),  # an abbreviation of --steps_per_epoch: ran whole epochs before
+    ("--steps_per_epoch", "0", "--steps_per_epoch"),
+    ("--epochs", "0", "--epochs"), ("--epochs", "-1", "--epochs"), ("--max_steps", "0", "--max_steps"),
+    ("--test_regions", "-0.5", "--test_regions"), ("--test_regions", "1", "--test_regions"),
+    ("--train_frac", "0", "--train_frac"), ("--val_frac", "1", "--val_frac"), ("--val_frac", "0", "--val_frac"),
+    ("--batch_size", "0", "--batch_size"), ("--mask_ratio", "1", "--mask_ratio"), ("--patience", "0", "--patience"),
+    ("--input_window", "0", "--input_window"), ("--horizon", "-12", "--horizon"),
+    ("--context_days", "-1", "--context_days"), ("--lr", "-1e-3", "--lr"),
+    ("--regions_per_batch", "0", "--regions_per_batch"),
+    ("--synthetic_regions", "0", "--synthetic_regions"), ("--val_stride", "0", "--val_stride"),
+])  # fmt: skip
+def test_out_of_range_flags_are_refused_naming_the_flag(tmp_path, capsys, flag, value, named):
+    with pytest.raises(SystemExit) as e:
+        main([*CLI_SMALL, "--output_dir", str(tmp_path / "enc"), f"{flag}={value}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {named}" in err and value in err and not (tmp_path / "enc").exists()
+
+
+@pytest.mark.parametrize("test", ["0.01", "0.95"])  # rounds to 0 of 8 regions held out / to all 8
+def test_a_held_out_fraction_that_leaves_a_side_empty_is_refused(tmp_path, capsys, test):
+    assert main([*CLI_SMALL, "--output_dir", str(tmp_path / "enc"), "--test_regions", test]) == 2
+    err = capsys.readouterr().err
+    assert f"--test_regions {test} holds out" in err and "of the 8 regions" in err
+    assert main([*CLI_SMALL, "--output_dir", str(tmp_path / "all"), "--test_regions", "0"]) == 0  # 0: hold out none
+    assert len(json.loads((tmp_path / "all" / "split.json").read_text())["regions"]) == 8
+
+
+def test_never_writes_over_another_artefact_or_a_directory_being_written(tmp_path, capsys):
+    import os
+
+    from stllm import GeoEncoder, GeoEncoderConfig, save_encoder
+    from stllm.outdir import claim_output_dir
+
+    save_encoder(GeoEncoder(GeoEncoderConfig()), tmp_path / "geo")
+    assert main([*CLI_SMALL, "--output_dir", str(tmp_path / "geo"), "--overwrite_output_dir"]) == 2
+    assert "holds a geo encoder, not a st encoder" in capsys.readouterr().err
+    assert json.loads((tmp_path / "geo" / "encoder_config.json").read_text())["kind"] == "geo"
+    with claim_output_dir(tmp_path / "enc", "st encoder"):  # a live stage-1 job holds the directory
+        assert main([*CLI_SMALL, "--output_dir", str(tmp_path / "enc")]) == 2
+    assert f"pid {os.getpid()}" in capsys.readouterr().err and not (tmp_path / "enc" / "model.safetensors").exists()
