@@ -1,37 +1,63 @@
 """``stllm eval``: cross-region / cross-city / cross-dataset zero-shot evaluation with baselines.
 
 Checks from the checkpoint's ``split.json`` that the evaluated regions (or city) and time range
-were never trained on, and refuses otherwise (naming the overlap) unless ``--allow-overlap``.
-stllm and every baseline run on the same windows in the same call; one table is printed and
-``metrics.json``, ``predictions.jsonl`` and plots are written.
+were never trained on, and refuses otherwise (naming the overlap) unless ``--allow-overlap``. The
+city is recognised by content (:meth:`stllm.data.splits.SplitRecord.matches`), so the training file
+under another name, with regions renamed, reordered or subset, or relabelled in time, is still the
+training city. stllm and every baseline run on the same windows in the same call; one table is
+printed and ``metrics.json``, ``predictions.jsonl`` and plots are written.
+
+Everything that can fail is checked before the model pass: the flags, the checkpoint's files, the
+evaluation window, the zero-shot split, each baseline's history (a default baseline that cannot run
+is skipped with a warning and a note under the table; one asked for by ``--baselines`` is refused),
+the ridge's fit set, the compared checkpoints and the output directory; the baselines then run
+before the model pass.
+
+``predictions.jsonl`` (and ``predictions-<label>.jsonl`` per compared checkpoint) resume a killed
+run. Their resume key holds everything that decides the rows: a sha256 of the checkpoint's weight
+files and config (``weights``) and of its tokenizer files (``tokenizer``), a sha256 of the evaluated
+city's content (``data``: values, mask, timestamps, region metadata), the scaler used (``scaler``),
+and the options (regions, target time range, stride, generate, rescale, prompt views). A file
+written under another key is refused, naming what differs; ``--overwrite`` starts fresh.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer
 
 from stllm.data import SplitRecord, STInstructionDataset, STScaler, assert_zero_shot, split_record
-from stllm.data.context import ContextSpec
+from stllm.data.context import ContextSpec, period_steps
+from stllm.data.splits import ContentFingerprint
 from stllm.encoders.io import save_encoder
-from stllm.eval.baselines import baseline_label, eval_targets, run_baselines
+from stllm.eval.baselines import BASELINES, baseline_label, eval_targets, run_baselines
 from stllm.eval.metrics import event_metrics, flow_metrics
 from stllm.eval.plots import plot_error_map, plot_forecasts
-from stllm.eval.predict import predict
-from stllm.models import STLlamaForCausalLM
+from stllm.eval.predict import PredictionFile, predict
+from stllm.models import STLlamaConfig, STLlamaForCausalLM
+from stllm.outdir import check_output_dir, claim_output_dir, held_artifact
 from stllm.train.arguments import DataArguments
 from stllm.train.train_mem import load_city
 
 logger = logging.getLogger("stllm")
 MODES = ("cross-region", "cross-city", "cross-dataset")
 REQUIRED = ("config.json", "scaler.json", "split.json", "tokenizer_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # a checkpoint needs one of them
+_TOKENIZER_PARTS = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "chat_template.jinja")  # fmt: skip
+_MODEL_PARTS = ("config.json", "adapter_config.json", "generation_config.json")
+_NOT_WEIGHTS = ("training_args.bin",)
+_DEFAULT_BASELINES = ("last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average", "ridge",
+                      "encoder_only")  # fmt: skip
 
 
 @dataclass
@@ -43,22 +69,82 @@ class EvalResult:
     columns: list[str] = field(default_factory=list)
 
 
-def _check_checkpoint(path: Path) -> None:
+def _weight_files(path: Path) -> list[Path]:
+    return sorted(p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+                  for p in path.glob(pattern) if p.name not in _NOT_WEIGHTS)  # fmt: skip
+
+
+def _check_checkpoint(path: Path, label: str | None = None) -> None:
+    what = f"compared checkpoint {label!r} ({path})" if label else f"checkpoint {path}"
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+        raise FileNotFoundError(f"{what}: directory not found")
     for name in REQUIRED:
         if not (path / name).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is missing {name}")
+            raise FileNotFoundError(f"{what} is missing {name}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{what} is missing its tokenizer: needs {' or '.join(TOKENIZER_FILES)} beside "
+                                "tokenizer_config.json (copy them from the training run)")  # fmt: skip
+    if not _weight_files(path):
+        raise FileNotFoundError(f"{what} holds no weights (model.safetensors, pytorch_model.bin, or "
+                                "adapter_model.safetensors + st_base.safetensors)")  # fmt: skip
+
+
+def _sha256(files: list[Path], root: Path) -> str:
+    """Streaming sha256 of the files' names and bytes: equal only for the same content."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root)}\0{f.stat().st_size}\0".encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_digests(path: str | os.PathLike) -> dict[str, str]:
+    """``{"weights": ..., "tokenizer": ...}``: sha256 of the weight files + model configs, and of the tokenizer
+    files of a checkpoint (a retrained checkpoint in the same directory gets other digests)."""
+    path = Path(path)
+    model = _weight_files(path) + [path / n for n in _MODEL_PARTS if (path / n).is_file()]
+    tok = [path / n for n in _TOKENIZER_PARTS if (path / n).is_file()]
+    return {"weights": _sha256(sorted(model), path), "tokenizer": _sha256(tok, path)}
+
+
+def data_digest(city) -> str:
+    """sha256 of everything of a city that prompts and predictions read: values, mask, timestamps, adjacency
+    and the region / channel metadata."""
+    h = hashlib.sha256()
+    meta = {"name": city.name, "task": city.task, "freq": str(city.freq), "channels": list(city.channels),
+            "quantity": city.quantity, "place": city.place, "regions": [asdict(r) for r in city.regions]}  # fmt: skip
+    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for arr in (city.values, city.observed, city.timestamps.astype("datetime64[m]").astype(np.int64),
+                city.adjacency if city.adjacency is not None else np.zeros(0)):  # fmt: skip
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _load_json(path: Path) -> dict:
+    """A JSON object from ``path``; a corrupt or truncated file raises ``ValueError`` naming it."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: corrupt or truncated JSON ({e}); restore it from the training run") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}; restore it from the training run")
+    return obj
 
 
 def _data_args(checkpoint: Path, overrides: dict) -> DataArguments:
     """The data the checkpoint was trained on (``data_args.json``), with the user's overrides."""
-    base = {}
-    if (checkpoint / "data_args.json").is_file():
-        base = json.loads((checkpoint / "data_args.json").read_text())
+    path = checkpoint / "data_args.json"
+    base = _load_json(path) if path.is_file() else {}
     known = set(DataArguments.__dataclass_fields__)
     merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}  # unset flags keep the run's data
-    return DataArguments(**{k: v for k, v in merged.items() if k in known})
+    try:
+        return DataArguments(**{k: v for k, v in merged.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def eval_dataset(city, scaler, d_args: DataArguments, enc, regions, time: slice, stride: int) -> STInstructionDataset:
@@ -70,21 +156,54 @@ def eval_dataset(city, scaler, d_args: DataArguments, enc, regions, time: slice,
                                 days=enc.days, weeks=enc.weeks)  # fmt: skip
 
 
-def _eval_time(city, train: SplitRecord, mode: str, start: str | None, days: float | None, input_len: int) -> slice:
-    """Cross-region: after the training time range; otherwise the whole series (or ``start``)."""
+def _check_options(mode: str, batch_size, stride, eval_days, baselines) -> None:
+    """The flags, before any work: each error names the flag (and the argument of :func:`evaluate`)."""
+    if mode not in MODES:
+        raise ValueError(f"mode (--mode) must be one of {MODES}, got {mode!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size (--batch_size) must be a positive integer, got {batch_size!r}")
+    if stride is not None and (isinstance(stride, bool) or int(stride) != stride or stride < 1):
+        raise ValueError(f"stride (--stride) must be a positive number of steps, got {stride!r}")
+    if eval_days is not None and not (math.isfinite(eval_days) and eval_days > 0):
+        raise ValueError(f"eval_days (--eval_days) must be a positive number of days, got {eval_days!r}")
+    unknown = [b for b in baselines or () if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines (--baselines): unknown {unknown}; known: {sorted(BASELINES)}")
+
+
+def _eval_time(city, train_end: np.datetime64 | None, start: str | None, days: float | None, input_len: int,
+               output_len: int, need: int) -> slice:  # fmt: skip
+    """Steps of the evaluation (history of the first window included): from ``start`` (the first target),
+    else after the training time (``train_end``, on the evaluated data's clock), else the whole series;
+    ``days`` after the first target at most. The first window moves to where its context has ``need``
+    steps of history (as the dataset does). Refuses a start outside the data or a range shorter than
+    one input + output window, naming the flags."""
+    ts, n = city.timestamps, city.n_steps
+    span = f"{ts[0]} .. {ts[-1]}"
     if start is not None:
-        first = city.time_index(start)
-        first = max(first - input_len, 0)  # history may precede the first evaluated target
-    elif mode == "cross-region" and train.city == city.name:
-        end = np.datetime64(train.time_range[1])
-        first = int(np.searchsorted(city.timestamps, end))
+        try:
+            when = np.datetime64(start, "m")
+        except ValueError:
+            raise ValueError(f"eval_start (--eval_start) {start!r} is not a date, e.g. 2020-01-01") from None
+        if when < ts[0] or when > ts[-1]:
+            raise ValueError(f"eval_start (--eval_start) {start} is outside the data {city.source} ({span})")
+        first = max(city.time_index(when) - input_len, 0)  # history may precede the first evaluated target
+    elif train_end is not None:
+        first = int(np.searchsorted(ts, train_end))
+        if first >= n:
+            raise ValueError(f"the data {city.source} ({span}) ends before the training time does ({train_end}): "
+                             "nothing after it to evaluate; pass --eval_start")  # fmt: skip
     else:
         first = 0
-    if first >= city.n_steps:
-        raise ValueError(f"evaluation start is outside the data ({city.timestamps[0]} .. {city.timestamps[-1]})")
-    stop = city.n_steps
-    if days is not None:
-        stop = min(stop, first + input_len + int(np.timedelta64(int(days * 86400), "s") // city.freq))
+    stop = n if days is None else min(n, first + input_len + int(np.timedelta64(int(days * 86400), "s") // city.freq))
+    first = max(first, need - input_len)
+    if stop - first < input_len + output_len:
+        at = ts[min(first + input_len, n - 1)]
+        raise ValueError(
+            f"the evaluation from {at} to {ts[stop - 1] + city.freq} of {city.source} ({span}) is shorter than one "
+            f"input + output window ({input_len} + {output_len} steps after {need} steps of history): raise "
+            "--eval_days or move --eval_start"
+        )
     return slice(first, stop)
 
 
@@ -146,85 +265,92 @@ def evaluate(
     generate: bool = False,
     compare: dict[str, str | os.PathLike] | None = None,
     ridge: bool = True,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` zero-shot against baselines; see the module docstring.
 
     ``compare`` maps row labels to other checkpoints (e.g. the "stllm without LLM" ablation) that are
     evaluated on the same windows, each refused like the main one if it trained on them. ``ridge``
     adds the scale-free linear baseline, fitted on the checkpoint's training regions and times (of the
-    training city, also when another city is evaluated)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    training city, also when another city is evaluated). ``overwrite`` discards the prediction files of
+    an earlier run in ``output_dir`` instead of resuming them (or refusing them when they differ)."""
+    _check_options(mode, batch_size, stride, eval_days, baselines)
     ckpt, out = Path(checkpoint), Path(output_dir)
     _check_checkpoint(ckpt)
-    out.mkdir(parents=True, exist_ok=True)
-    model = STLlamaForCausalLM.from_pretrained(ckpt)
-    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    for label, other in (compare or {}).items():
+        _check_checkpoint(Path(other), label)
+    if held_artifact(out) not in (None, "evaluation"):
+        check_output_dir(out, "evaluation", overwrite)  # refuses a checkpoint, an encoder, foreign files
+    with claim_output_dir(out, "evaluation", check=False):
+        return _evaluate(ckpt, out, mode, data, data_root, eval_start, eval_days, stride, batch_size, baselines,
+                         supervised, allow_overlap, progress, plots, data_overrides, rescale, generate, compare or {},
+                         ridge, overwrite)  # fmt: skip
+
+
+def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_days, stride, batch_size, baselines,
+              supervised, allow_overlap, progress, plots, data_overrides, rescale, generate, compare, ridge,
+              overwrite) -> EvalResult:  # fmt: skip
+    # -- everything that can be checked, before the model is loaded
+    enc = STLlamaConfig.from_pretrained(ckpt).st_encoder
     scaler = STScaler.load(ckpt / "scaler.json")
-    train = SplitRecord.from_json((ckpt / "split.json").read_text())
+    train = SplitRecord.load(ckpt / "split.json")
     d_args = _data_args(ckpt, {"data": data, "data_root": data_root, **(data_overrides or {})})
     city = load_city(d_args)
-    enc = model.config.st_encoder
     if city.n_channels != enc.in_channels:
         raise ValueError(
             f"data {d_args.data!r} has {city.n_channels} channels {city.channels}; the checkpoint's encoder "
             f"was built for {enc.in_channels}"
         )
-    if mode == "cross-region" and train.city != city.name:
-        raise ValueError(f"cross-region evaluates the training city {train.city!r}, data is {city.name!r}")
-    if mode != "cross-region" and train.city == city.name and not allow_overlap:
-        raise ValueError(f"{mode} needs a city other than the training city {train.city!r}")
-    seen = set(train.regions) if train.city == city.name else set()
-    regions = [r for r in city.region_ids if r not in seen] if mode == "cross-region" else list(city.region_ids)
-    if allow_overlap and mode == "cross-region" and not regions:
-        regions = list(city.region_ids)
-    if not regions:
-        raise ValueError(f"no regions left to evaluate: all {city.n_regions} regions of {city.name!r} were trained on")
+    content = ContentFingerprint.of(city)
+    links = train.matches(split_record(city, content=content))
+    regions = _eval_regions(mode, train, city, links, allow_overlap)
     input_len, output_len = enc.input_window, enc.horizon
-    time = _eval_time(city, train, mode, eval_start, eval_days, input_len)
+    need = ContextSpec.of_encoder(enc).min_history(city.freq, city.source)
+    train_end = _train_end(train, links) if mode == "cross-region" else None
+    time = _eval_time(city, train_end, eval_start, eval_days, input_len, output_len, need)
     # what is evaluated are the targets: histories may precede them (from held-out regions), targets may not
     # fall in a training period
-    record = split_record(city, regions, slice(time.start + input_len, time.stop))
+    record = split_record(city, regions, slice(time.start + input_len, time.stop), content=content)
     if not allow_overlap:
         assert_zero_shot(train, record, require=("regions", "time"))
     if rescale is None:
         rescale = mode != "cross-region"
     if rescale:  # a new city's own history before the first evaluated target sets its scale (no targets used)
         scaler = STScaler.fit(city, regions=regions, time=slice(0, time.start + input_len))
-    ds = eval_dataset(city, scaler, d_args, enc, regions, time, stride or output_len)
+    stride = stride or output_len
+    ds = eval_dataset(city, scaler, d_args, enc, regions, time, stride)
+    names, train_time, skipped = _plan_baselines(baselines, city, ds, enc, supervised, ridge)
+    ridge_kwargs = _ridge_kwargs(ckpt, train, city, scaler, links) if "ridge" in names else None
+    options = {"regions": regions, "time_range": list(record.time_range), "stride": stride, "rescale": rescale,
+               "prompt": {"extra_views": d_args.extra_views, "with_geo": d_args.with_geo}}  # fmt: skip
+    shared = {"data": data_digest(city)}
+    run = {**checkpoint_digests(ckpt), **shared, "scaler": json.loads(scaler.to_json()),
+           "options": {**options, "generate": generate}}  # fmt: skip
+    others = {label: _prepare_other(Path(path), label, city, record, enc, d_args, regions, time, stride, rescale,
+                                    scaler, allow_overlap, out, shared, options)
+              for label, path in compare.items()}  # fmt: skip
+    for file in [PredictionFile(out / "predictions.jsonl", run), *(o["file"] for o in others.values())]:
+        file.clear() if overwrite else file.done()  # a file of another run is refused now, not after the pass
     logger.warning("evaluating %d regions x %d windows of %s (%s)", ds.n_regions, ds.n_windows, city.name, mode)
-    run = {"checkpoint": str(ckpt.resolve()), "eval": json.loads(record.to_json()), "stride": stride or output_len}
-    run["generate"] = generate
-    stllm = predict(model, tokenizer, ds, scaler, batch_size=batch_size, output=out / "predictions.jsonl", run=run,
-                    progress=progress, generate=generate)  # fmt: skip
-    y, mask = eval_targets(city, ds.starts, ds.region_idx, input_len, output_len)
-    failed = np.isnan(stllm).any(axis=(-2, -1))  # generate mode: samples whose answer held no prediction slots
-    name = "stllm" if not generate else f"stllm (generate, {int((~failed).sum())}/{failed.size} parsed)"
-    preds = {name: stllm}
-    for label, other in (compare or {}).items():
-        preds[label] = _predict_other(Path(other), label, city, record, enc, d_args, regions, time,
-                                      stride or output_len, rescale, scaler, allow_overlap, batch_size, progress,
-                                      out)  # fmt: skip
 
+    # -- the baselines (cheap, and they cannot fail after the model pass), then the model passes
+    model = STLlamaForCausalLM.from_pretrained(ckpt)
     encoder_dir = out / "encoder_from_checkpoint"  # the model's own (stage-1) encoder, zero-shot
     save_encoder(model.st_encoder, encoder_dir)
     scaler.save(encoder_dir / "scaler.json")
-    # run_baselines' defaults: the simple ones, encoder_only (encoder_dir), supervised_encoder (train_time)
-    history = int(ds.starts[0]) + input_len  # steps before the first evaluated target
-    # the supervised reference needs its context's warm-up and a few windows (and a validation part) after it
-    need = ContextSpec.of_encoder(enc).min_history(city.freq, city.source)
-    train_time = slice(0, history) if supervised and history > need + 4 * (input_len + output_len) else None
-    if supervised and train_time is None:
-        logger.warning("supervised_encoder skipped: %d steps before the first target, it needs more than %d",
-                       history, need + 4 * (input_len + output_len))
-    names = baselines
-    if names is not None and train_time is not None and "supervised_encoder" not in names:
-        names = [*names, "supervised_encoder"]
-    ridge_kwargs = _ridge_kwargs(ckpt, train, city, scaler) if ridge and (names is None or "ridge" in names) else None
     base = run_baselines(city, ds.starts, ds.region_idx, input_len, output_len, names=names,
                          encoder_dir=encoder_dir, train_time=train_time, ridge_kwargs=ridge_kwargs,
                          pretrain_kwargs={"epochs": 5, "steps_per_epoch": 100, "progress": False,
                                           "encoder_config": _same_inputs(enc)})  # fmt: skip
+    stllm = predict(model, AutoTokenizer.from_pretrained(ckpt), ds, scaler, batch_size=batch_size,
+                    output=out / "predictions.jsonl", run=run, progress=progress, generate=generate)  # fmt: skip
+    del model
+    y, mask = eval_targets(city, ds.starts, ds.region_idx, input_len, output_len)
+    failed = np.isnan(stllm).any(axis=(-2, -1))  # generate mode: samples whose answer held no prediction slots
+    name = "stllm" if not generate else f"stllm (generate, {int((~failed).sum())}/{failed.size} parsed)"
+    preds = {name: stllm}
+    for label, other in others.items():
+        preds[label] = _predict_other(other, batch_size, progress)
     preds.update({baseline_label(k): v for k, v in base.items()})
 
     # parse failures are reported in the row name and scored for no method (same samples for all rows)
@@ -235,10 +361,10 @@ def evaluate(
     else:
         metrics = {k: flow_metrics(p, y, mask, channels=city.channels) for k, p in preds.items()}
         columns = [f"{m}/{c}" for c in city.channels for m in ("MAE", "RMSE")]
-    table = format_table(metrics, columns)
+    table = format_table(metrics, columns) + "".join(f"\nskipped {baseline_label(k)}: {v}" for k, v in skipped.items())
     files = [out / "predictions.jsonl", _write_json(out / "metrics.json", {
         "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range, "rescaled": rescale,
-        "generate_failures": int(failed.sum()),
+        "generate_failures": int(failed.sum()), "skipped": skipped,
         "windows": ds.n_windows, "checkpoint": str(ckpt), "metrics": metrics})]  # fmt: skip
     if plots:
         files += _plots(out, city, ds, y, preds, metrics)
@@ -246,38 +372,115 @@ def evaluate(
     return EvalResult(metrics, table, out, files, columns)
 
 
-def _predict_other(path: Path, label: str, city, record: SplitRecord, enc, d_args: DataArguments, regions, time,
-                   stride: int, rescale: bool, scaler: STScaler, allow_overlap: bool, batch_size: int, progress: bool,
-                   out: Path) -> np.ndarray:
-    """Predictions of another checkpoint on the same windows (its own scaler unless rescaled)."""
-    _check_checkpoint(path)
-    if not allow_overlap:
-        try:
-            trained = SplitRecord.from_json((path / "split.json").read_text())
-            assert_zero_shot(trained, record, require=("regions", "time"))
-        except ValueError as e:
-            raise ValueError(f"compared checkpoint {label!r} ({path}): {e}") from None
-    model = STLlamaForCausalLM.from_pretrained(path)
-    other = model.config.st_encoder
+def _eval_regions(mode: str, train: SplitRecord, city, links: dict, allow_overlap: bool) -> list[str]:
+    """Regions to evaluate. ``links`` (evaluated id -> trained id, by content) decides whether the data is the
+    training city: cross-region needs it and drops its trained regions; cross-city/-dataset refuse it."""
+    if mode == "cross-region" and not links:
+        raise ValueError(f"cross-region evaluates the training city {train.city!r}; data {city.name!r} "
+                         f"({city.source}) holds none of its data (compared by content): use --mode cross-city "
+                         "or cross-dataset")  # fmt: skip
+    if mode != "cross-region" and links and not allow_overlap:
+        renamed = [f"{e}={t}" for e, (t, _) in links.items() if e != t or city.name != train.city]
+        note = f", e.g. evaluated=trained ids {renamed[:4]}" if renamed else ""
+        raise ValueError(f"{mode} needs a city other than the training city {train.city!r}: data {city.name!r} "
+                         f"holds {len(links)} of its regions (compared by content{note}); use --mode cross-region, "
+                         "or --allow-overlap")  # fmt: skip
+    trained = set(train.regions)
+    seen = {e for e, (t, _) in links.items() if t in trained}
+    regions = [r for r in city.region_ids if r not in seen] if mode == "cross-region" else list(city.region_ids)
+    if allow_overlap and mode == "cross-region" and not regions:
+        regions = list(city.region_ids)
+    if not regions:
+        raise ValueError(f"no regions left to evaluate: all {city.n_regions} regions of {city.name!r} were trained on")
+    return regions
+
+
+def _train_end(train: SplitRecord, links: dict) -> np.datetime64:
+    """End of the training time on the evaluated data's clock (the shift most regions agree on)."""
+    shifts = [s for _, s in links.values()]
+    shift = max(set(shifts), key=shifts.count) if shifts else np.timedelta64(0, "m")
+    return np.datetime64(train.time_range[1], "m") + shift
+
+
+def _plan_baselines(names: list[str] | None, city, ds, enc, supervised: bool, ridge: bool):
+    """``(names to run, supervised train_time or None, {skipped name: reason})`` from what each baseline needs
+    before the first target: the defaults that cannot run are skipped with a warning, a baseline asked for
+    by name is refused (before any model pass)."""
+    input_len, output_len = ds.input_len, ds.output_len
+    history = int(ds.starts.min()) + input_len  # steps before the first evaluated target
+    day, week = (period_steps(city.freq, p, city.source) for p in ("day", "week"))
+    needs = {"seasonal_naive_day": day, "seasonal_naive_week": week, "historical_average": day,
+             "ridge": ContextSpec(input_len, output_len, 7, 8).min_history(city.freq, city.source),
+             "encoder_only": ContextSpec.of_encoder(enc).min_history(city.freq, city.source)}  # fmt: skip
+    explicit = names is not None
+    supervised = supervised or (explicit and "supervised_encoder" in names)
+    wanted = [n for n in (names if explicit else _DEFAULT_BASELINES) if n != "supervised_encoder"]
+    wanted = [n for n in wanted if ridge or n != "ridge"]
+    run, skipped = [], {}
+    for n in wanted:
+        if history >= needs.get(n, 0):
+            run.append(n)
+            continue
+        reason = f"needs {needs[n]} steps of history before the first target, the evaluation has {history}"
+        if explicit:
+            raise ValueError(f"baseline {n!r} (--baselines) {reason}: move --eval_start later or leave it out")
+        skipped[n] = reason
+        logger.warning("%s skipped: %s", n, reason)
+    # the supervised reference needs its context's warm-up and a few windows (and a validation part) after it
+    sup_need = needs["encoder_only"] + 4 * (input_len + output_len)
+    train_time = slice(0, history) if supervised and history > sup_need else None
+    if supervised and train_time is None:
+        skipped["supervised_encoder"] = f"needs more than {sup_need} steps before the first target, has {history}"
+        logger.warning("supervised_encoder skipped: %s", skipped["supervised_encoder"])
+    return run + (["supervised_encoder"] if train_time is not None else []), train_time, skipped
+
+
+def _prepare_other(path: Path, label: str, city, record: SplitRecord, enc, d_args: DataArguments, regions, time,
+                   stride: int, rescale: bool, scaler: STScaler, allow_overlap: bool, out: Path, shared: dict,
+                   options: dict) -> dict:  # fmt: skip
+    """Everything about a compared checkpoint that can be checked without its weights: its split (refused like
+    the main one), horizon, scaler (its own unless rescaled), prompt views, and its prediction file."""
+    what = f"compared checkpoint {label!r} ({path})"
+    try:
+        if not allow_overlap:
+            assert_zero_shot(SplitRecord.load(path / "split.json"), record, require=("regions", "time"))
+        other = STLlamaConfig.from_pretrained(path).st_encoder
+        own = scaler if rescale else STScaler.load(path / "scaler.json")
+        views = _data_args(path, {}).extra_views if (path / "data_args.json").is_file() else d_args.extra_views
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
     if (other.input_window, other.horizon) != (enc.input_window, enc.horizon):
-        raise ValueError(f"compared checkpoint {label!r} ({path}) forecasts {other.input_window} -> {other.horizon} "
-                         f"steps, the evaluated one {enc.input_window} -> {enc.horizon}")
-    own = scaler if rescale else STScaler.load(path / "scaler.json")
-    views = _data_args(path, {}).extra_views if (path / "data_args.json").is_file() else d_args.extra_views
-    ds = eval_dataset(city, own, DataArguments(**{**vars(d_args), "extra_views": views}), other, regions, time, stride)
+        raise ValueError(f"{what} forecasts {other.input_window} -> {other.horizon} steps, the evaluated one "
+                         f"{enc.input_window} -> {enc.horizon}")  # fmt: skip
+    o_args = DataArguments(**{**vars(d_args), "extra_views": views})
+    ds = eval_dataset(city, own, o_args, other, regions, time, stride)
     slug = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
-    run = {"checkpoint": str(path.resolve()), "eval": json.loads(record.to_json()), "stride": stride}
-    return predict(model, AutoTokenizer.from_pretrained(path), ds, own, batch_size=batch_size,
-                   output=out / f"predictions-{slug}.jsonl", run=run, progress=progress)
+    o_options = {**options, "prompt": {**options["prompt"], "extra_views": views}, "generate": False}
+    run = {**checkpoint_digests(path), **shared, "scaler": json.loads(own.to_json()), "options": o_options}
+    return {"path": path, "ds": ds, "scaler": own, "run": run,
+            "file": PredictionFile(out / f"predictions-{slug}.jsonl", run)}  # fmt: skip
 
 
-def _ridge_kwargs(ckpt: Path, train: SplitRecord, city, scaler: STScaler) -> dict:
+def _predict_other(other: dict, batch_size: int, progress: bool) -> np.ndarray:
+    """Predictions of another checkpoint on the same windows (prepared by :func:`_prepare_other`)."""
+    model = STLlamaForCausalLM.from_pretrained(other["path"])
+    return predict(model, AutoTokenizer.from_pretrained(other["path"]), other["ds"], other["scaler"],
+                   batch_size=batch_size, output=other["file"].path, run=other["run"], progress=progress)  # fmt: skip
+
+
+def _ridge_kwargs(ckpt: Path, train: SplitRecord, city, scaler: STScaler, links: dict) -> dict:
     """Fit set of the ridge baseline: the checkpoint's training regions x training time, in its training
-    city (loaded from the checkpoint's own data arguments when another city is evaluated)."""
-    fit_city = city if train.city == city.name else load_city(_data_args(ckpt, {}))
-    if fit_city.name != train.city:
-        raise ValueError(f"ridge baseline: the checkpoint trained on {train.city!r}, its data arguments load "
-                         f"{fit_city.name!r}")
+    city: the evaluated data when it holds them under the same ids and clock, else the city the checkpoint's
+    own data arguments load (checked by content to be the training data)."""
+    zero = np.timedelta64(0, "m")
+    same = all(links.get(r, (None, zero)) == (r, zero) for r in train.regions)
+    fit_city = city if same else load_city(_data_args(ckpt, {}))
+    if fit_city is not city:
+        fit_links = train.matches(split_record(fit_city))
+        if not all(fit_links.get(r, (None, zero)) == (r, zero) for r in train.regions):
+            raise ValueError(f"ridge baseline: {ckpt / 'data_args.json'} loads {fit_city.name!r} ({fit_city.source}), "
+                             f"not the data the checkpoint trained on ({train.city!r}, compared by content); "
+                             "restore data_args.json or pass --baselines without ridge")  # fmt: skip
     fit_time = slice(fit_city.time_index(train.time_range[0]), fit_city.time_index(train.time_range[1]))
     # features are normalised per sample: the evaluation's scaler only sets the units, for fit and prediction
     return {"fit_city": fit_city, "fit_regions": list(train.regions), "fit_time": fit_time, "scaler": scaler}
@@ -334,22 +537,21 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--rescale", choices=("auto", "yes", "no"), default="auto",
                    help="fit the scaler on the evaluated city's history before the first target "
                         "(auto: for cross-city/cross-dataset)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard the predictions of an earlier run in the output directory instead of resuming them")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     out = args.output_dir or str(Path(args.checkpoint) / f"eval-{args.mode}")
-    try:
-        result = evaluate(
-            args.checkpoint, out, mode=args.mode, data=args.data, data_root=args.data_root,
-            eval_start=args.eval_start, eval_days=args.eval_days, stride=args.stride, batch_size=args.batch_size,
-            baselines=args.baselines.split(",") if args.baselines else None, supervised=not args.no_supervised,
-            allow_overlap=args.allow_overlap, progress=not args.no_progress,
-            rescale={"auto": None, "yes": True, "no": False}[args.rescale], generate=args.generate,
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
-        print(f"stllm eval: error: {e}")
-        return 2
+    result = evaluate(
+        args.checkpoint, out, mode=args.mode, data=args.data, data_root=args.data_root,
+        eval_start=args.eval_start, eval_days=args.eval_days, stride=args.stride, batch_size=args.batch_size,
+        baselines=args.baselines.split(",") if args.baselines else None, supervised=not args.no_supervised,
+        allow_overlap=args.allow_overlap, progress=not args.no_progress,
+        rescale={"auto": None, "yes": True, "no": False}[args.rescale], generate=args.generate,
+        overwrite=args.overwrite,
+    )  # fmt: skip
     return print_result(result)
 
 
@@ -361,4 +563,6 @@ def print_result(result: EvalResult) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    from stllm.cli import run_command  # user errors: one line on stderr, exit 2
+
+    return run_command("eval", lambda: run(build_parser().parse_args(argv)))
