@@ -50,13 +50,23 @@ def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield staging
         _flush_tree(staging)
-        if fresh and not target.exists():
-            os.rename(staging, target)
-        else:
+        if not fresh or not _rename_whole(staging, target):
             _publish(staging, target)
         _fsync_dir(target.parent if fresh else target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rename_whole(staging: Path, target: Path) -> bool:
+    """Rename the staging directory to ``target``; False when ``target`` appeared meanwhile (another
+    process, e.g. a DeepSpeed rank writing its shards, created it): then its files are published one by one."""
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if target.is_dir():
+            return False
+        raise
+    return True
 
 
 def _publish(staging: Path, target: Path) -> None:
