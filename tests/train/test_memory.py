@@ -104,12 +104,70 @@ def test_activations_grow_linearly_with_micro_batch_and_drop_with_checkpointing(
     assert act[4] == pytest.approx(4 * act[1], rel=1e-9)
     no_ckpt = estimate_memory(model="vicuna-7b", gradient_checkpointing=False).activations_gb
     assert no_ckpt > 10 * act[1]
-    # Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per layer, + fp32 logits
-    s, h, a, v, n = 2048, 4096, 32, 32000, 32
-    expected = n * s * h * (34 + 5 * a * s / h) + s * v * 4
-    assert no_ckpt * GIB == pytest.approx(expected, rel=1e-9)
-    parts = activation_bytes(s, 1, h, n, a, v, gradient_checkpointing=True)
-    assert parts["layers"] == int(n * 2 * s * h + s * h * (34 + 5 * a * s / h))
+
+
+def test_activation_parts_scale_as_their_tensors_do():
+    s, h, n, a, v = 1024, 4096, 32, 32, 32000
+    base = activation_bytes(s, 1, h, n, a, v, gradient_checkpointing=False)
+    # the logits are one fp32 (seq, vocab) tensor per sample: exactly linear in seq, batch and vocab
+    assert base["logits"] == s * v * 4
+    assert activation_bytes(2 * s, 3, h, n, a, 2 * v, gradient_checkpointing=False)["logits"] == 12 * base["logits"]
+    # the layers hold the (seq x seq) attention scores too: more than linear in seq, linear in layers and batch
+    assert activation_bytes(2 * s, 1, h, n, a, v, gradient_checkpointing=False)["layers"] > 2.2 * base["layers"]
+    assert activation_bytes(s, 1, h, 2 * n, a, v, gradient_checkpointing=False)["layers"] == 2 * base["layers"]
+    # checkpointing keeps one 16-bit (seq, hidden) input per layer: each added layer costs exactly that
+    ckpt = [activation_bytes(s, 1, h, k, a, v, gradient_checkpointing=True)["layers"] for k in (8, 16, 24)]
+    assert ckpt[2] - ckpt[1] == ckpt[1] - ckpt[0] == 8 * 2 * s * h
+    # fp32 layer activations take twice the 16-bit ones; the logits are fp32 either way
+    fp32 = activation_bytes(s, 1, h, n, a, v, gradient_checkpointing=False, dtype_bytes=4)
+    assert fp32["layers"] == 2 * base["layers"] and fp32["logits"] == base["logits"]
+
+
+def test_the_parts_add_up_to_the_total_and_fp32_frozen_weights_take_twice_the_bf16_ones():
+    for kwargs in ({"zero_stage": 2}, {"zero_stage": 3, "num_gpus": 8}, {"zero_stage": 2, "lora": False}):
+        est = estimate_memory(model="vicuna-7b", **kwargs)
+        assert est.total_gb == pytest.approx(est.model_states_gb + est.activations_gb + est.overhead_gb, rel=1e-12)
+        parts = est.details["activation_bytes"]
+        assert est.activations_gb * GIB == pytest.approx(parts["layers"] + parts["logits"], rel=1e-12)
+    bf16 = estimate_memory(model="vicuna-7b", zero_stage=2, dtype_bytes=2)
+    fp32 = estimate_memory(model="vicuna-7b", zero_stage=2, dtype_bytes=4)
+    frozen = bf16.details["frozen_params"]
+    assert frozen > 6.7e9  # LoRA: the whole backbone is frozen and replicated under ZeRO-2
+    # fp32 frozen weights take 4 bytes, bf16 ones 2: the states grow by the bf16 size of the frozen weights, and
+    # the trained part (DeepSpeed's mixed-precision Adam) does not depend on the frozen weights' dtype
+    assert (fp32.model_states_gb - bf16.model_states_gb) * GIB == pytest.approx(2 * frozen, abs=1)
+
+
+def test_a_7b_llama_config_has_its_published_parameter_count():
+    from transformers import LlamaConfig
+
+    # meta-llama/Llama-2-7b-hf config.json: 6.74B parameters (untied embeddings, SwiGLU, no biases)
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False)  # fmt: skip
+    spec = spec_from_config(cfg, st_modules=False)
+    assert spec.backbone_params == spec.total_params == 6_738_415_616
+    assert PRESETS["vicuna-7b"].backbone_params == spec.backbone_params
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--num_gpus", "0"), ("--num_gpus", "-8"), ("--num_nodes", "0"), ("--gpu_memory_gb", "-80"),
+    ("--gpu_memory_gb", "0"), ("--lora_r", "-8"), ("--seq_len", "-2048"), ("--micro_batch", "0"),
+])  # fmt: skip
+def test_cli_refuses_non_positive_sizes_naming_the_flag(capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(["estimate-memory", f"{flag}={value}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and value in err
+
+
+@pytest.mark.parametrize("kwargs,flag", [
+    ({"num_gpus": -1}, "--num_gpus"), ({"seq_len": 0}, "--seq_len"), ({"micro_batch": -2}, "--micro_batch"),
+    ({"gpu_memory_gb": -1.0}, "--gpu_memory_gb"), ({"lora_r": 0}, "--lora_r"), ({"dtype_bytes": 0}, "dtype_bytes"),
+])  # fmt: skip
+def test_the_function_refuses_non_positive_sizes_too(kwargs, flag):
+    with pytest.raises(ValueError, match=f"{flag} must be > 0"):
+        estimate_memory(model="vicuna-7b", **kwargs)
 
 
 def test_fits_flips_at_the_memory_boundary():
@@ -172,14 +230,20 @@ def test_config_json_path_and_stllm_config(tmp_path):
 
 
 def test_vicuna_preset_shape():
+    from transformers import LlamaConfig
+
+    from stllm import GeoEncoder, GeoEncoderConfig, STEncoder, STEncoderConfig, STLlamaConfig, STLlamaForCausalLM
+
     spec = PRESETS["vicuna-7b"]
     assert spec.backbone_params == 6_738_415_616  # Llama-2-7B
-    h = 4096
-    head = 2 * (h * 128 + 128) + (256 * 12 + 12)
-    candidate = 2 * (h * 128 + 128) + 128 * 128 + 128 + (5 * 32 + 32) + (32 + 1)  # next-POI head
-    assert spec.st_trainable == 2 * (64 * h + h) + 2 * head + candidate
-    from stllm import GeoEncoder, GeoEncoderConfig, STEncoder, STEncoderConfig
-
+    # stllm's trainable modules at width 4096, counted on built modules: a zero-layer backbone of the same width
+    text = LlamaConfig(hidden_size=4096, intermediate_size=64, num_hidden_layers=0, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=8)  # fmt: skip
+    model = STLlamaForCausalLM(STLlamaConfig(text_config=text, st_his_token_id=4, st_pre_token_id=5, geo_token_id=6,
+                                             poi_pre_token_id=7))  # fmt: skip
+    outside = ("backbone.", "st_encoder.", "geo_encoder.")
+    built = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(outside))
+    assert spec.st_trainable == built
     encoders = [STEncoder(STEncoderConfig()), GeoEncoder(GeoEncoderConfig())]
     assert spec.st_frozen == sum(p.numel() for m in encoders for p in m.parameters())
 
@@ -229,16 +293,17 @@ def test_cli_table_and_config(capsys, tmp_path):
         _parser().parse_args(["estimate-memory", "--zero_stage", "4"])
 
 
-def test_lora_zero3_states_follow_the_documented_split():
-    spec, gpus = PRESETS["vicuna-7b"], 8
-    est = estimate_memory(model="vicuna-7b", num_gpus=gpus, zero_stage=3)
-    frozen, trainable = est.details["frozen_params"], est.trainable_params
-    _, trained_bytes, _ = estimate_zero3_model_states_mem_needs(trainable, 4096 * 128 + 128, gpus, 1, False, False)
-    expected = int(2 * frozen / gpus) + 2 * spec.largest_layer_params + trained_bytes
-    assert est.model_states_gb * GIB == pytest.approx(expected, abs=1)
-    offloaded = estimate_memory(model="vicuna-7b", num_gpus=gpus, zero_stage=3, offload=True)
-    _, trained_off, _ = estimate_zero3_model_states_mem_needs(trainable, 4096 * 128 + 128, gpus, 1, True, True)
-    assert offloaded.model_states_gb * GIB == pytest.approx(2 * spec.largest_layer_params + trained_off, abs=1)
+def test_lora_zero3_states_hold_the_frozen_shard_and_little_else():
+    spec, frozen_bytes = PRESETS["vicuna-7b"], 2 * PRESETS["vicuna-7b"].total_params  # bf16 frozen weights
+    for gpus in (2, 8, 32):
+        est = estimate_memory(model="vicuna-7b", num_gpus=gpus, zero_stage=3)
+        states = est.model_states_gb * GIB
+        # at least this GPU's shard of the frozen weights; at most that, one gathered module and 20 B/trained param
+        assert frozen_bytes / gpus < states < frozen_bytes / gpus + 2 * spec.largest_layer_params + 20 * 1.5 * (
+            est.trainable_params)
+    offloaded = estimate_memory(model="vicuna-7b", num_gpus=8, zero_stage=3, offload=True)
+    assert offloaded.model_states_gb * GIB < frozen_bytes / 8  # the frozen shards moved to the CPU
+    assert offloaded.cpu_gb * GIB > frozen_bytes / 8
 
 
 def test_tiny_preset_matches_its_built_backbone():
