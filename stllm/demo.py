@@ -40,6 +40,47 @@ def _say(step: int, text: str) -> None:
     print(f"[{step}/4] {text}", flush=True)
 
 
+def resolve_preset(
+    output_dir: str | Path,
+    data: str = "synthetic",
+    data_root: str | None = None,
+    steps: int | None = None,
+    extra_views: str = "",
+    seed: int = 0,
+    progress: bool = True,
+    quick: bool = False,
+    with_geo: bool = False,
+    extra_flags: tuple[str, ...] = (),
+) -> tuple[list[str], dict, dict]:
+    """What a preset means, without running it: stage-2 flags (``train_mem``'s parser, no
+    ``--output_dir``), stage-1 options and evaluation options. Kept apart so that the presets'
+    data, task and time split can be checked without training."""
+    if data not in PRESETS:
+        raise ValueError(f"--data must be one of {sorted(PRESETS)}, got {data!r}")
+    flags, stage1, default_steps, eval_kwargs = PRESETS[data]
+    if quick:
+        if data != "synthetic":
+            raise ValueError(f"--quick runs on the synthetic city only (--data synthetic), not {data!r}")
+        flags = ["--data", "synthetic", "--synthetic_regions", "10", "--synthetic_days", "16"]
+        stage1, default_steps, eval_kwargs = {"epochs": 1, "max_steps": 5}, 10, {"supervised": False}
+        flags += ["--context_days", "2", "--context_weeks", "1"]
+    out = Path(output_dir)
+    flags = [*flags, "--extra_views", extra_views, *(["--data_root", data_root] if data_root else [])]
+    if extra_views:  # separate day/week placeholders replace the encoder's multi-period context
+        flags += ["--context_days", "0", "--context_weeks", "0"]
+    flags += list(extra_flags)
+    if with_geo:  # a <GEO> slot with the region centroid in every prompt, read by a pretrained GeoEncoder
+        flags += ["--with_geo", "true"]
+    argv = [
+        *flags, "--max_steps", str(steps or default_steps),
+        "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "25",
+        "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
+        "--st_encoder_path", str(out / "encoder"), "--disable_tqdm", str(not progress).lower(),
+        *(["--geo_encoder_path", str(out / "geo_encoder")] if with_geo else []),
+    ]  # fmt: skip
+    return argv, stage1, eval_kwargs
+
+
 def run_demo(
     output_dir: str | Path = "runs/demo",
     data: str = "synthetic",
@@ -62,30 +103,9 @@ def run_demo(
 
     ``quick`` shrinks everything (smaller city, a few steps, no supervised reference): a smoke run of
     the same code path, for tests; its numbers mean nothing."""
-    if data not in PRESETS:
-        raise ValueError(f"--data must be one of {sorted(PRESETS)}, got {data!r}")
-    flags, stage1, default_steps, eval_kwargs = PRESETS[data]
-    if quick:
-        if data != "synthetic":
-            raise ValueError("--quick runs on the synthetic city only")
-        flags = ["--data", "synthetic", "--synthetic_regions", "10", "--synthetic_days", "16"]
-        stage1, default_steps, eval_kwargs = {"epochs": 1, "max_steps": 5}, 10, {"supervised": False}
-        flags += ["--context_days", "2", "--context_weeks", "1"]
-    out = Path(output_dir)
-    t0 = time.time()
-    flags = [*flags, "--extra_views", extra_views, *(["--data_root", data_root] if data_root else [])]
-    if extra_views:  # separate day/week placeholders replace the encoder's multi-period context
-        flags += ["--context_days", "0", "--context_weeks", "0"]
-    flags += list(extra_flags)
-    if with_geo:  # a <GEO> slot with the region centroid in every prompt, read by a pretrained GeoEncoder
-        flags += ["--with_geo", "true"]
-    argv = [
-        *flags, "--max_steps", str(steps or default_steps),
-        "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "25",
-        "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
-        "--st_encoder_path", str(out / "encoder"), "--disable_tqdm", str(not progress).lower(),
-        *(["--geo_encoder_path", str(out / "geo_encoder")] if with_geo else []),
-    ]  # fmt: skip
+    out, t0 = Path(output_dir), time.time()
+    argv, stage1, eval_kwargs = resolve_preset(out, data, data_root, steps, extra_views, seed, progress, quick,
+                                               with_geo, extra_flags)
     model_args, data_args, train_args = parse_args(["--output_dir", str(out / "model"), *argv])
     city = load_city(data_args)
     regions = RegionSplit.random(city, test=data_args.test_regions, seed=data_args.split_seed)
@@ -209,7 +229,41 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return p
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]``; refuses an empty list, non-integers and repeats (a repeated
+    seed would count one run twice in the mean +- std)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma list of integers such as 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise ValueError(f"--seeds must name at least one seed, such as 0,1,2; got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds repeats a seed: {text!r}; each seed is one run of the mean +- std")
+    return seeds
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse flag combinations the chosen demo would silently ignore, naming the flag."""
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be a positive number of optimizer steps, got {args.steps}")
+    if args.quick and args.data not in ("synthetic", "next-poi"):
+        raise ValueError(f"--quick runs on the synthetic data only (--data synthetic or next-poi), not {args.data!r}")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise NotADirectoryError(f"--data_root {args.data_root}: no such directory; pass the folder that holds "
+                                 "nyc_manhattan_flows/, nyc_crime/, foursquare_nyc/")
+    if args.data in POI_PRESETS:
+        ignored = [flag for flag, on in (("--seeds", args.seeds is not None), ("--with_geo", args.with_geo),
+                                         ("--extra_views", bool(args.extra_views))) if on]  # fmt: skip
+        if ignored:
+            verb = "applies" if len(ignored) == 1 else "apply"
+            raise ValueError(f"{', '.join(ignored)} {verb} to the flow/event demos only, not --data {args.data}")
+    if args.seeds is not None:
+        parse_seeds(args.seeds)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     if args.data in POI_PRESETS:
         out = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-poi"
         run_poi_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress, args.quick)
@@ -217,12 +271,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(data=args.data, data_root=args.data_root, steps=args.steps, extra_views=args.extra_views,
                   progress=not args.no_progress, quick=args.quick, with_geo=args.with_geo,
                   no_llm_row=not args.no_llm_row)
-    if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise SystemExit(f"stllm demo: --seeds must be a comma list of integers, got {args.seeds!r}") from None
-        run_demo_seeds(seeds, args.output_dir, **kwargs)
+    if args.seeds is not None:
+        run_demo_seeds(parse_seeds(args.seeds), args.output_dir, **kwargs)
     else:
         run_demo(args.output_dir, seed=args.seed, **kwargs)
     return 0

@@ -1,7 +1,12 @@
+import argparse
+import json
 import re
 from pathlib import Path
 
-from stllm.cli import main
+import pytest
+
+from stllm.cli import main, run_command, split_debug
+from stllm.data import CityDataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,3 +32,136 @@ def test_pretrain_encoder_geo_dispatches_to_the_geo_trainer(tmp_path, capsys):
     assert main(["pretrain-encoder", "--encoder", "geo", "--synthetic", "--n_synthetic", "300", "--steps", "5",
                  "--batch", "32", "--n_buckets", "64", "--output_dir", str(out)]) == 0  # fmt: skip
     assert type(load_encoder(out)).__name__ == "GeoEncoder"
+
+
+# -- every sub-command's --help -----------------------------------------------------------------------
+HELP_FLAGS = {  # argv before --help -> flags its help must list
+    ("env",): ["--no-check"],
+    ("train",): ["--model_name_or_path", "--st_encoder_path", "--data", "--output_dir"],
+    ("train-poi",): ["--checkins", "--model_name_or_path", "--output_dir"],
+    ("estimate-memory",): ["--zero_stage", "--num_gpus", "--table"],
+    ("export",): ["checkpoint", "output"],
+    ("pretrain-encoder",): ["--encoder", "--data", "--mode", "--output_dir"],
+    ("pretrain-encoder", "--encoder", "geo"): ["--coords_csv", "--synthetic", "--steps", "--output_dir"],
+    ("eval",): ["--mode", "--eval_start", "--allow-overlap"],
+    ("eval", "next-poi"): ["--test", "--train", "--max_samples"],
+    ("demo",): ["--data", "--seeds", "--quick", "--no_llm_row"],
+}
+
+
+def test_help_flags_cover_every_sub_command():
+    from stllm.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {argv[0] for argv in HELP_FLAGS} == set(sub.choices)
+
+
+@pytest.mark.parametrize("argv", list(HELP_FLAGS), ids=" ".join)
+def test_every_sub_command_help_exits_0_and_lists_its_flags(argv, capsys):
+    """`stllm train-poi --help` used to crash on an unescaped % in a help string."""
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in HELP_FLAGS[argv]:
+        assert re.search(rf"(^|\s){re.escape(flag)}\b", out), (argv, flag)
+
+
+# -- one error wrapper -------------------------------------------------------------------------------
+def _raise(exc: BaseException):
+    def fn():
+        raise exc
+
+    return fn
+
+
+def _safetensor_error(tmp_path) -> BaseException:
+    from safetensors.torch import load_file
+
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not js}")
+    try:
+        load_file(bad)
+    except Exception as e:  # noqa: BLE001 - whatever safetensors raises is what the CLI must catch
+        return e
+    raise AssertionError("safetensors loaded a corrupt file")
+
+
+USER_ERRORS = [
+    (ValueError("--steps must be positive"), "--steps must be positive"),
+    (json.JSONDecodeError("Expecting value", "{", 0), "Expecting value: line 1 column 1 (char 0)"),
+    (CityDataError("city.npz", "values", "negative count"), "city.npz: field 'values': negative count"),
+    (FileNotFoundError(2, "No such file or directory", "/data/x.npz"), "/data/x.npz: No such file or directory"),
+    (FileExistsError("runs/a exists; pass --overwrite_output_dir"), "runs/a exists; pass --overwrite_output_dir"),
+    (NotADirectoryError(20, "Not a directory", "runs/file/x"), "runs/file/x: Not a directory"),
+    (IsADirectoryError(21, "Is a directory", "runs"), "runs: Is a directory"),
+    (PermissionError(13, "Permission denied", "/root/x"), "/root/x: Permission denied"),
+]
+
+
+@pytest.mark.parametrize("exc,message", USER_ERRORS, ids=lambda x: type(x).__name__ if isinstance(x, Exception) else "")
+def test_user_error_is_one_line_on_stderr_exit_2_and_debug_reraises(exc, message, capsys):
+    assert run_command("demo", _raise(exc)) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"stllm demo: error: {message}\n" and captured.out == ""
+    with pytest.raises(type(exc)):
+        run_command("demo", _raise(exc), debug=True)
+
+
+def test_safetensors_error_is_a_user_error(tmp_path, capsys):
+    exc = _safetensor_error(tmp_path)
+    assert run_command("export", _raise(exc)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stllm export: error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_bug_keeps_its_traceback_and_asks_for_a_report(capsys):
+    assert run_command("eval", _raise(KeyError("window"))) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "KeyError: 'window'" in err
+    assert err.splitlines()[-1] == "stllm eval: this is a bug in stllm; please report it with the output of `stllm env`"
+
+
+def test_interrupt_exits_130_and_exit_codes_pass_through(capsys):
+    assert run_command("train", _raise(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err == "stllm train: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):
+        run_command("train", _raise(KeyboardInterrupt()), debug=True)
+    assert run_command("x", lambda: 3) == 3 and run_command("x", lambda: None) == 0
+    assert run_command("x", _raise(SystemExit("--train_frac must be in (0, 1]"))) == 2  # a module's worded exit
+    assert capsys.readouterr().err == "stllm x: error: --train_frac must be in (0, 1]\n"
+    with pytest.raises(SystemExit) as e:  # argparse's exit (usage already printed) keeps its code
+        run_command("x", _raise(SystemExit(2)))
+    assert e.value.code == 2
+
+
+def test_debug_flag_is_taken_anywhere_and_leaves_training_debug_options(monkeypatch):
+    monkeypatch.delenv("STLLM_DEBUG", raising=False)
+    assert split_debug(["eval", "ckpt", "--debug"]) == (["eval", "ckpt"], True)
+    assert split_debug(["--debug", "export", "a", "b"]) == (["export", "a", "b"], True)
+    hf_debug = ["train", "--debug", "underflow_overflow"]  # TrainingArguments' own --debug keeps its value
+    assert split_debug(hf_debug) == (hf_debug, False)
+    assert split_debug(["eval", "ckpt"]) == (["eval", "ckpt"], False)
+    monkeypatch.setenv("STLLM_DEBUG", "1")
+    assert split_debug(["eval", "ckpt"]) == (["eval", "ckpt"], True)
+    monkeypatch.setenv("STLLM_DEBUG", "0")
+    assert split_debug(["eval", "ckpt"]) == (["eval", "ckpt"], False)
+
+
+# -- user errors through main(): one line on stderr, exit 2, for commands that used to print tracebacks ---
+@pytest.mark.parametrize("argv", [
+    ["export", "{tmp}/none", "{tmp}/out"],
+    ["eval", "{tmp}/none", "--no_progress"],
+    ["eval", "next-poi", "{tmp}/none"],
+    ["estimate-memory", "--config", "{tmp}/none"],
+], ids=lambda argv: " ".join(argv[:2]))  # fmt: skip
+def test_user_errors_through_main_name_the_command_and_file_on_stderr(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("STLLM_DEBUG", raising=False)
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    command = " ".join(argv[:2]) if argv[1] == "next-poi" else argv[0]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"stllm {command}: error: ") and str(tmp_path / "none") in captured.err
+    assert len(captured.err.splitlines()) == 1 and "error" not in captured.out
+    with pytest.raises((FileNotFoundError, ValueError)):  # --debug shows where it came from
+        main([*argv, "--debug"])

@@ -204,15 +204,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     out = args.output_dir or str(Path(args.checkpoint) / "eval-next-poi")
-    try:
-        result = evaluate_next_poi(args.checkpoint, out, train=args.train, test=args.test, batch_size=args.batch_size,
-                                   max_samples=args.max_samples, generate=args.generate,
-                                   allow_overlap=args.allow_overlap, progress=not args.no_progress)  # fmt: skip
-    except (ValueError, FileNotFoundError) as e:
-        print(f"stllm eval next-poi: error: {e}")
-        return 2
+    result = evaluate_next_poi(args.checkpoint, out, train=args.train, test=args.test, batch_size=args.batch_size,
+                               max_samples=args.max_samples, generate=args.generate,
+                               allow_overlap=args.allow_overlap, progress=not args.no_progress)  # fmt: skip
     return print_result(result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    from stllm.cli import run_command  # user errors: one line on stderr, exit 2
+
+    return run_command("eval next-poi", lambda: run(build_parser().parse_args(argv)))
