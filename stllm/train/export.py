@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import fnmatch
 import pickle
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,59 +61,57 @@ def _deepspeed_safe_globals() -> list:
     return [LossScaler, DynamicLossScaler, LossScaleProfile, ZeroStageEnum, fragment_address]
 
 
-def _refusal(file, detail: str) -> PermissionError:
+def _refusal(file, detail: str, how: str) -> PermissionError:
     return PermissionError(
         f"{file}: {detail}; loading it could run code planted in the checkpoint, so it is refused. Pass "
-        f"{TRUST_FLAG} (trust_checkpoint=True) only if you trust whoever wrote this checkpoint"
+        f"{how} only if you trust whoever wrote this checkpoint"
     )
 
 
 class _WeightsOnlyTorch:
-    """Stands in for ``torch`` inside DeepSpeed's ``zero_to_fp32``: its ``torch.load`` becomes a
-    weights-only load; everything else is torch's."""
+    """Stands in for ``torch`` inside a DeepSpeed module: its ``torch.load`` becomes a weights-only
+    load; everything else is torch's. ``how`` says how to allow full loads (named in the refusal)."""
+
+    def __init__(self, how: str):
+        self._how = how
 
     def __getattr__(self, name: str):
         return getattr(torch, name)
 
-    @staticmethod
-    def load(f, *args, **kwargs):
+    def load(self, f, *args, **kwargs):
         kwargs["weights_only"] = True
         allowed = _deepspeed_safe_globals()
         try:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(f, *args, **kwargs)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as e:
             try:
                 names = set(torch.serialization.get_unsafe_globals_in_checkpoint(f))
-            except Exception:  # noqa: BLE001 -- the file is unreadable anyway; refuse without the names
-                names = set()
+            except Exception:  # noqa: BLE001 -- not a zip checkpoint (DeepSpeed's legacy format): torch's message
+                names = set(re.findall(r"GLOBAL ([\w.]+)", str(e)))
             names -= {f"{c.__module__}.{c.__qualname__}" for c in allowed}
             what = f"it pickles {sorted(names)}" if names else "it holds objects a weights-only load refuses"
-            raise _refusal(f, what) from None
+            raise _refusal(f, what, self._how) from None
 
 
 @contextlib.contextmanager
-def _zero_loads(trust: bool) -> Iterator[None]:
-    """Make every ``torch.load`` of DeepSpeed's ``zero_to_fp32`` weights-only (unless ``trust``)."""
-    import deepspeed.utils.zero_to_fp32 as z
-
-    if trust:
-        yield
-        return
-    if getattr(z, "torch", None) is not torch:
-        raise _refusal(z.__file__, "this DeepSpeed's zero_to_fp32 cannot be made to load shards weights-only")
-    z.torch = _WeightsOnlyTorch()
+def weights_only_loads(module, how: str = f"{TRUST_FLAG} (trust_checkpoint=True)") -> Iterator[None]:
+    """Make every ``torch.load`` of DeepSpeed's ``module`` (``zero_to_fp32``, the checkpoint engine a
+    resume reads shards with) weights-only while the block runs."""
+    if getattr(module, "torch", None) is not torch:
+        raise _refusal(module.__file__, f"{module.__name__} cannot be made to load shards weights-only", how)
+    module.torch = _WeightsOnlyTorch(how)
     try:
         yield
     finally:
-        z.torch = torch
+        module.torch = torch
 
 
 def _zero_state_dict(checkpoint: Path, shards: Path, trust: bool) -> dict:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    import deepspeed.utils.zero_to_fp32 as z
 
-    with _zero_loads(trust):
-        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=shards.name)
+    with contextlib.nullcontext() if trust else weights_only_loads(z):
+        return z.get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=shards.name)
 
 
 def load_trained(checkpoint: str | Path, *, trust_checkpoint: bool = False):

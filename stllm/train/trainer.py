@@ -33,13 +33,27 @@ class STTrainer(Trainer):
     ``{"scaler.json": scaler.to_json(), "split.json": record.to_json()}``).
     """
 
-    def __init__(self, *args, artifacts: dict[str, str] | None = None, **kwargs):
+    def __init__(self, *args, artifacts: dict[str, str] | None = None, trust_checkpoint: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.artifacts = dict(artifacts or {})
+        self.trust_checkpoint = trust_checkpoint
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_counts: dict[str, int] = {}
         self._eval_sums: dict[str, torch.Tensor] = {}
         self._eval_counts: dict[str, int] = {}
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """Resuming under DeepSpeed, its engine reads the ZeRO shards with ``torch.load(weights_only=False)``
+        (transformers' own resume files are read weights-only): those loads are made weights-only too,
+        unless ``trust_checkpoint``."""
+        if not (resume_from_checkpoint and self.is_deepspeed_enabled and not self.trust_checkpoint):
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        import deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine as engine
+
+        from stllm.train.export import weights_only_loads
+
+        with weights_only_loads(engine, how="trust_checkpoint=True to STTrainer"):
+            return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)

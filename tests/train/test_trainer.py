@@ -69,3 +69,36 @@ def test_full_save_over_a_lora_save_removes_the_stale_adapter(tmp_path):
     b = make_batch()
     with torch.no_grad():
         torch.testing.assert_close(STLlamaForCausalLM.from_pretrained(run)(**b).logits, full(**b).logits)
+
+
+class Plant:
+    """Unpickling this calls ``open(marker, "w")``: the marker file exists iff the pickle code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_deepspeed_resume_reads_shards_weights_only(tmp_path, monkeypatch):
+    """A DeepSpeed resume reads shards through the engine's ``torch.load(weights_only=False)``; here the
+    engine's load (standing in for transformers' resume) runs inside STTrainer.train."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.checkpoint_engine import torch_checkpoint_engine as engine_module
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from transformers import Trainer
+
+    marker, planted, good = tmp_path / "pwned", tmp_path / "planted_optim_states.pt", tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2), "plant": Plant(marker)}, planted, _use_new_zipfile_serialization=False)
+    torch.save({"w": torch.ones(2), "zero_stage": ZeroStageEnum(2)}, good, _use_new_zipfile_serialization=False)
+    loaded = []
+    monkeypatch.setattr(Trainer, "train", lambda self, resume, *a, **k: loaded.append(
+        [engine_module.TorchCheckpointEngine().load(str(p)) for p in (good, *([planted] * (resume == "bad")))]))
+    trainer = _trainer(tiny_model(), tmp_path / "run")
+    trainer.is_deepspeed_enabled = True
+    trainer.train(resume_from_checkpoint="good")  # DeepSpeed's own data classes load
+    assert loaded[0][0]["zero_stage"] == 2 and torch.equal(loaded[0][0]["w"], torch.ones(2))
+    with pytest.raises(PermissionError, match="planted_optim_states.pt: it pickles .*io.open.*trust_checkpoint=True"):
+        trainer.train(resume_from_checkpoint="bad")
+    assert not marker.exists() and engine_module.torch is torch
