@@ -23,6 +23,9 @@ def test_ci_runs_exactly_readme_test_command():
     blocks = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
     ci_lines = [ln for ln in (ROOT / ".ci/run").read_text().splitlines() if ln and not ln.startswith("#")]
     assert blocks[1].strip() in ci_lines
+    pytest_args = blocks[1].split("python -m pytest", 1)[1].split()
+    # the whole suite: stopping at the first failure hides every test after it
+    assert not {"-x", "--exitfirst"} & set(pytest_args) and not any(a.startswith("--maxfail") for a in pytest_args)
 
 
 def test_pretrain_encoder_geo_dispatches_to_the_geo_trainer(tmp_path, capsys):
