@@ -285,12 +285,15 @@ def test_only_global_rank_0_claims_the_output_dir(tmp_path):
                 pass
 
 
-def test_train_poi_claims_its_output_dir(tmp_path):
+def test_train_poi_claims_its_output_dir(tmp_path, capsys):
     from stllm.outdir import claim_output_dir
     from stllm.train.train_poi import main
 
+    argv = ["--output_dir", str(tmp_path / "poi"), "--max_steps", "1", "--save_strategy", "no",
+            "--overwrite_output_dir", "true"]  # fmt: skip
     with claim_output_dir(tmp_path / "poi", "training run"):
-        assert main(["--output_dir", str(tmp_path / "poi"), "--max_steps", "1", "--save_strategy", "no"]) == 2
+        assert main(argv) == 2
+    assert f"being written by another stllm job (training run, pid {os.getpid()}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag,value,words", [
