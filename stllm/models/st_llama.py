@@ -393,7 +393,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         kwargs.pop("return_dict", None)  # always a ModelOutput (indexable, and .to_tuple() for tuples)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        prefill = _is_prefill(past_key_values) if prefill is None else prefill
+        cache = past_key_values if past_key_values is not None else kwargs.get("cache")  # transformers 5: `cache`
+        prefill = _is_prefill(cache) if prefill is None else prefill
         if inputs_embeds is None:
             self._check_input_ids(input_ids)
             inputs_embeds = self.get_input_embeddings()(input_ids)
