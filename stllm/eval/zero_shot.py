@@ -56,6 +56,7 @@ _TOKENIZER_PARTS = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_m
                     "chat_template.jinja")  # fmt: skip
 _MODEL_PARTS = ("config.json", "adapter_config.json", "generation_config.json")
 _NOT_WEIGHTS = ("training_args.bin",)
+SUPERVISED_TRAINING = {"epochs": 5, "steps_per_epoch": 100}  # the supervised reference's training budget
 _DEFAULT_BASELINES = ("last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average", "ridge",
                       "encoder_only")  # fmt: skip
 
@@ -196,13 +197,17 @@ def _eval_time(city, train_end: np.datetime64 | None, start: str | None, days: f
     else:
         first = 0
     stop = n if days is None else min(n, first + input_len + int(np.timedelta64(int(days * 86400), "s") // city.freq))
-    first = max(first, need - input_len)
+    asked, first = first, max(first, need - input_len)
     if stop - first < input_len + output_len:
-        at = ts[min(first + input_len, n - 1)]
+        end = ts[stop - 1] + city.freq
+        if first > asked:  # the model's context moved the first target past the end
+            raise ValueError(
+                f"the evaluation ends at {end}, but the model's context needs {need} steps of history: the first "
+                f"target of {city.source} can be {ts[min(need, n - 1)]}; move --eval_start or raise --eval_days"
+            )
         raise ValueError(
-            f"the evaluation from {at} to {ts[stop - 1] + city.freq} of {city.source} ({span}) is shorter than one "
-            f"input + output window ({input_len} + {output_len} steps after {need} steps of history): raise "
-            "--eval_days or move --eval_start"
+            f"the evaluation from {ts[min(first + input_len, n - 1)]} to {end} of {city.source} ({span}) is shorter "
+            f"than one input + output window ({input_len} + {output_len} steps): raise --eval_days or move --eval_start"
         )
     return slice(first, stop)
 
@@ -321,6 +326,12 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     ds = eval_dataset(city, scaler, d_args, enc, regions, time, stride)
     names, train_time, skipped = _plan_baselines(baselines, city, ds, enc, supervised, ridge)
     ridge_kwargs = _ridge_kwargs(ckpt, train, city, scaler, links) if "ridge" in names else None
+    clash = _ridge_clash(ridge_kwargs, city, ds, regions) if ridge_kwargs else None
+    if clash and baselines is not None:
+        raise ValueError(f"baseline 'ridge' (--baselines): {clash}; leave it out")
+    if clash:
+        names, ridge_kwargs, skipped["ridge"] = [n for n in names if n != "ridge"], None, clash
+        logger.warning("ridge skipped: %s", clash)
     options = {"regions": regions, "time_range": list(record.time_range), "stride": stride, "rescale": rescale,
                "prompt": {"extra_views": d_args.extra_views, "with_geo": d_args.with_geo}}  # fmt: skip
     shared = {"data": data_digest(city)}
@@ -340,7 +351,7 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     scaler.save(encoder_dir / "scaler.json")
     base = run_baselines(city, ds.starts, ds.region_idx, input_len, output_len, names=names,
                          encoder_dir=encoder_dir, train_time=train_time, ridge_kwargs=ridge_kwargs,
-                         pretrain_kwargs={"epochs": 5, "steps_per_epoch": 100, "progress": False,
+                         pretrain_kwargs={**SUPERVISED_TRAINING, "progress": False,
                                           "encoder_config": _same_inputs(enc)})  # fmt: skip
     stllm = predict(model, AutoTokenizer.from_pretrained(ckpt), ds, scaler, batch_size=batch_size,
                     output=out / "predictions.jsonl", run=run, progress=progress, generate=generate)  # fmt: skip
@@ -484,6 +495,21 @@ def _ridge_kwargs(ckpt: Path, train: SplitRecord, city, scaler: STScaler, links:
     fit_time = slice(fit_city.time_index(train.time_range[0]), fit_city.time_index(train.time_range[1]))
     # features are normalised per sample: the evaluation's scaler only sets the units, for fit and prediction
     return {"fit_city": fit_city, "fit_regions": list(train.regions), "fit_time": fit_time, "scaler": scaler}
+
+
+def _ridge_clash(kw: dict, city, ds, regions: list[str]) -> str | None:
+    """Why the zero-shot ridge cannot be fitted (with ``--allow-overlap``: its fit set, the checkpoint's training
+    regions and time, holds evaluated regions or targets), or None."""
+    if kw["fit_city"] is not city:
+        return None
+    shared = sorted(set(kw["fit_regions"]) & set(regions))
+    if shared:
+        return f"its fit set (the checkpoint's training regions) holds evaluated regions {shared[:4]}"
+    t0 = ds.starts + ds.input_len
+    fit = kw["fit_time"]
+    if ((t0 < fit.stop) & (t0 + ds.output_len > fit.start)).any():
+        return "its fit set (the checkpoint's training time) overlaps the evaluated targets"
+    return None
 
 
 def _same_inputs(enc) -> dict:
