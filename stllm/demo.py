@@ -260,6 +260,12 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{', '.join(ignored)} {verb} to the flow/event demos only, not --data {args.data}")
     if args.seeds is not None:
         parse_seeds(args.seeds)
+    from stllm.data.prompts import VIEW_WORDS
+
+    unknown = [v for v in args.extra_views.split(",") if v and v not in VIEW_WORDS]
+    if unknown:  # refused by stage 2 too, but only after stage 1 has run
+        raise ValueError(f"--extra_views {args.extra_views!r}: unknown view(s) {unknown}; use a comma list of "
+                         f"{', '.join(sorted(VIEW_WORDS))}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -59,6 +59,7 @@ def test_quick_next_poi_demo_trains_then_ranks_against_baselines(tmp_path, capsy
     (["--data", "next-poi", "--seeds", "0,1"], "--seeds applies to the flow/event demos only"),
     (["--data", "crime"], "--quick runs on the synthetic data only"),
     (["--data_root", "{tmp}/absent"], "--data_root {tmp}/absent: no such directory"),
+    (["--extra_views", "day,month"], "--extra_views 'day,month': unknown view(s) ['month']"),
 ])  # fmt: skip
 def test_demo_refuses_bad_flags_with_a_sentence_before_any_work(flags, message, tmp_path, capsys):
     out = tmp_path / "demo"
