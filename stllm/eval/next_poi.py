@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 
 from stllm.data.checkins import CheckIns, load_checkins
 from stllm.data.next_poi import NextPOICollator, NextPOIDataset, NextPOITask, next_poi_eval_task
+from stllm.errors import run_command
 from stllm.eval.plots import plot_acc_at_k
 from stllm.eval.poi_baselines import MarkovTransition, poi_baseline_ranks
 from stllm.eval.ranking import format_ranking_table, metrics_from_ranks, target_ranks
@@ -211,6 +212,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stllm.cli import run_command  # user errors: one line on stderr, exit 2
-
     return run_command("eval next-poi", lambda: run(build_parser().parse_args(argv)))

@@ -39,6 +39,7 @@ from stllm.data import SplitRecord, STInstructionDataset, STScaler, assert_zero_
 from stllm.data.context import ContextSpec, period_steps
 from stllm.data.splits import ContentFingerprint
 from stllm.encoders.io import save_encoder
+from stllm.errors import run_command
 from stllm.eval.baselines import BASELINES, baseline_label, eval_targets, run_baselines
 from stllm.eval.metrics import event_metrics, flow_metrics
 from stllm.eval.plots import plot_error_map, plot_forecasts
@@ -589,6 +590,4 @@ def print_result(result: EvalResult) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stllm.cli import run_command  # user errors: one line on stderr, exit 2
-
     return run_command("eval", lambda: run(build_parser().parse_args(argv)))

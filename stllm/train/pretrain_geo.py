@@ -31,6 +31,7 @@ import torch
 from stllm.encoders.geo_encoder import GeoEncoder, GeoEncoderConfig, check_coordinates
 from stllm.encoders.geo_pretrain import GeoPretrainObjective, jitter, near_far_similarity
 from stllm.encoders.io import save_encoder
+from stllm.errors import run_command, split_debug
 from stllm.train.checks import (
     at_least,
     claims_output_dir,
@@ -254,18 +255,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``stllm pretrain-encoder --encoder geo``; errors as :func:`stllm.errors.run_command` reports them."""
+    argv, debug = split_debug(sys.argv[1:] if argv is None else list(argv))
+    return run_command("pretrain-encoder --encoder geo", lambda: _main(build_parser().parse_args(argv)), debug=debug)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = GeoEncoderConfig(out_dim=args.out_dim, hidden_dim=args.hidden_dim, num_scales=args.num_scales)
-    try:
-        if args.synthetic:
-            coords = synthetic_coords(args.n_synthetic, args.seed, tuple(args.box))
-        else:
-            coords = read_coords_csv(args.coords_csv)
-        metrics = _run(args, coords, config)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.synthetic:
+        coords = synthetic_coords(args.n_synthetic, args.seed, tuple(args.box))
+    else:
+        coords = read_coords_csv(args.coords_csv)
+    metrics = _run(args, coords, config)
     b, a = metrics["near_far_before"], metrics["near_far_after"]
     print(
         f"geo encoder -> {args.output_dir}: near(<{a['near_m']:g} m) cos {b['near_cos']:.3f} -> {a['near_cos']:.3f}, "

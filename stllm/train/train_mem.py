@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from stllm.data.loaders import load_preset
 from stllm.data.prompts import ChatFormatter
 from stllm.encoders.io import CONFIG_NAME as ENCODER_CONFIG
 from stllm.encoders.io import load_encoder
+from stllm.errors import run_command, split_debug
 from stllm.models import STLlamaConfig, STLlamaForCausalLM
 from stllm.models.lora import add_lora
 from stllm.runtime import detect_runtime
@@ -463,25 +465,44 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: S
         return fit_and_save(model, tokenizer, training_args, train_set, collator, data.artifacts(), data.val)
 
 
+def release_trainer(trainer) -> None:
+    """Free what a finished run holds in the collective layer: the DeepSpeed engine's ZeRO hooks, optimizer
+    and pending all-gather handles (``engine.destroy()``), then the trainer's reference cycles. Left to
+    interpreter teardown, they are destroyed after the process group, in arbitrary order, on each rank."""
+    engine = getattr(trainer, "model_wrapped", None)
+    if engine is not None and type(engine).__name__ == "DeepSpeedEngine" and hasattr(engine, "destroy"):
+        engine.destroy()
+    for attr in ("model_wrapped", "deepspeed", "optimizer", "lr_scheduler"):
+        if hasattr(trainer, attr):
+            setattr(trainer, attr, None)
+
+
 def shutdown_distributed() -> None:
-    """Destroy the process group before the interpreter exits: left to teardown, gloo's threads can
-    abort a rank ("terminate called without an active exception") after the run itself succeeded."""
+    """Collect garbage, wait for every rank, destroy the process group: a rank must not tear down gloo
+    while objects holding its groups are still alive or another rank is still in a collective ("terminate
+    called without an active exception" after a successful run)."""
+    gc.collect()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    gc.collect()
 
 
-def run_training_cli(argv: list[str] | None, train_fn, data_class=DataArguments, name: str = "stllm train") -> int:
-    """Parse ``(ModelArguments, data_class, STTrainingArguments)``, run ``train_fn`` on them, tear down the
-    process group; our input checks exit 2 with their message."""
+def run_training_cli(argv: list[str] | None, train_fn, data_class=DataArguments, name: str = "train") -> int:
+    """Parse ``(ModelArguments, data_class, STTrainingArguments)``, run ``train_fn`` on them, release the
+    trainer and tear down the process group. Errors go through :func:`stllm.errors.run_command` (user
+    errors: one line, exit 2; ``--debug`` for the traceback), also under ``torchrun train_mem.py``."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        train_fn(*parse_args(sys.argv[1:] if argv is None else argv, data_class=data_class))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # our checks: the message is the answer
-        print(f"{name}: error: {e}", file=sys.stderr)
-        return 2
-    shutdown_distributed()
-    return 0
+    argv, debug = split_debug(sys.argv[1:] if argv is None else list(argv))
+
+    def job() -> None:
+        trainer = train_fn(*parse_args(argv, data_class=data_class))
+        release_trainer(trainer)
+
+    code = run_command(name, job, debug=debug)
+    if code == 0:  # after an error the other ranks may never reach the barrier: torchrun ends them
+        shutdown_distributed()
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

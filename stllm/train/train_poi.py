@@ -128,7 +128,7 @@ def _train_next_poi(model_args: ModelArguments, data_args: POIDataArguments, tra
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_training_cli(argv, train_next_poi, data_class=POIDataArguments, name="stllm train-poi")
+    return run_training_cli(argv, train_next_poi, data_class=POIDataArguments, name="train-poi")
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def test_refuses_another_poi_table(checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "next-poi", str(checkpoint), "--output_dir", str(tmp_path / "o"), "--no_progress",
                  "--train", str(csv), "--test", str(csv)]) == 2  # fmt: skip
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "different POI table" in out and "other.csv" in out
     assert not (tmp_path / "o" / "metrics.json").exists()
 
@@ -185,10 +185,10 @@ def test_refuses_a_checkpoint_without_poi_data(checkpoint, tmp_path, capsys):
         shutil.copy(checkpoint / name, partial / name)
     capsys.readouterr()
     assert main(["eval", "next-poi", str(partial), "--no_progress"]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "missing poi_data.json" in out and str(partial) in out
     assert main(["eval", "next-poi", str(tmp_path / "nowhere"), "--no_progress"]) == 2
-    assert "checkpoint directory not found" in capsys.readouterr().out
+    assert "checkpoint directory not found" in capsys.readouterr().err
 
 
 def test_refuses_test_check_ins_earlier_than_training(checkpoint, split, tmp_path, capsys):
@@ -199,7 +199,7 @@ def test_refuses_test_check_ins_earlier_than_training(checkpoint, split, tmp_pat
             "--test", str(csv), "--max_samples", "10"]
     capsys.readouterr()
     assert main(argv) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert f"{len(early)} test check-ins are earlier than the last training check-in" in out
     assert "--allow-overlap" in out and not (tmp_path / "o").exists()
     assert main([*argv, "--allow-overlap"]) == 0

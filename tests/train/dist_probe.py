@@ -10,7 +10,7 @@ from pathlib import Path
 
 from stllm.data import STDataCollator
 from stllm.train.arguments import parse_args
-from stllm.train.train_mem import shutdown_distributed, train
+from stllm.train.train_mem import release_trainer, shutdown_distributed, train
 
 seen: list[str] = []
 _collate = STDataCollator.__call__
@@ -43,4 +43,6 @@ if __name__ == "__main__":
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"rank{rank}.json").write_text(json.dumps(report))
+    release_trainer(trainer)  # the same exit path as stllm train: nothing collective left to teardown
+    del trainer, engine
     shutdown_distributed()
