@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from stllm.data.loaders import read_json
 from stllm.train.checks import (
     FRACTION_HALF_OPEN,
     FRACTION_OPEN,
@@ -273,6 +274,11 @@ def parse_args(argv: list[str] | None = None, data_class=DataArguments):
         if not path.is_file():
             raise FileNotFoundError(f"argument file not found: {path}")
         if path.suffix == ".json":
-            return parser.parse_json_file(str(path))
-        return parser.parse_yaml_file(str(path))
+            return parser.parse_dict(read_json(path, "the training arguments as one JSON object"))
+        import yaml
+
+        try:
+            return parser.parse_yaml_file(str(path))
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e}); expected the training arguments as one mapping") from None
     return parser.parse_args_into_dataclasses(args=argv)

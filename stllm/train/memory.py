@@ -40,10 +40,10 @@ fragmentation and temporary buffers can add several GiB on a real run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass, field, replace
 
+from stllm.data.loaders import read_json
 from stllm.train.checks import positive_float, positive_int
 
 GIB = 2**30
@@ -172,8 +172,9 @@ def load_config(config):
     path = os.fspath(config)
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path, "a Hugging Face config (config.json)")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (a Hugging Face config), got {type(data).__name__}")
     if "text_config" in data:  # an STLlamaConfig (or any composite): size its backbone, keep the ST bits
         from stllm.models.configuration import STLlamaConfig
 

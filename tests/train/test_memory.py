@@ -312,3 +312,15 @@ def test_tiny_preset_matches_its_built_backbone():
     backbone = AutoModelForCausalLM.from_config(tiny_text_config("llama"))
     assert PRESETS["tiny"].backbone_params == sum(p.numel() for p in backbone.parameters())
     assert PRESETS["tiny"].total_params == sum(p.numel() for p in tiny_model("llama").parameters())
+
+
+def test_a_corrupt_config_file_is_named(tmp_path):
+    from stllm.train.memory import load_config
+
+    bad = tmp_path / "config.json"
+    bad.write_text('{"hidden_size": 64,\n')
+    with pytest.raises(ValueError, match="config.json.*not valid JSON.*line 2"):
+        load_config(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        load_config(tmp_path)

@@ -360,3 +360,18 @@ def test_deepspeed_without_torchrun_runs_as_a_one_process_job(tmp_path):
                           cwd=root, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ENGINE DeepSpeedEngine 2" in done.stdout and "mpi4py" not in done.stderr
+
+
+@pytest.mark.parametrize("suffix, text", [(".json", '{\n  "output_dir": \n'), (".yaml", "output_dir: [unclosed\n")])
+def test_a_corrupt_argument_file_is_named(tmp_path, suffix, text):
+    path = tmp_path / f"args{suffix}"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{path.name}.*not valid"):
+        parse_args([str(path)])
+
+
+def test_an_argument_file_sets_the_fields(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"output_dir": str(tmp_path / "o"), "synthetic_regions": 9, "max_steps": 4}))
+    _, data_args, training_args = parse_args([str(path)])
+    assert (data_args.synthetic_regions, training_args.max_steps) == (9, 4)
