@@ -94,3 +94,18 @@ def tiny_word_tokenizer(vocab_size: int = VOCAB):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
+
+
+def trained_lora(kind: str = "llama"):
+    """A LoRA-wrapped tiny model after three AdamW steps (so adapters, heads and slot rows moved), in eval
+    mode, and the batch it trained on."""
+    from stllm.models.lora import add_lora
+
+    peft_model = add_lora(tiny_model(kind).train(), r=4, dropout=0.0)
+    b = make_batch()
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        peft_model(**b, labels=b["input_ids"], reg_targets=torch.randn(3, 12, 2)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return peft_model.eval(), b

@@ -2,28 +2,15 @@
 
 import pytest
 import torch
-from model_fixtures import make_batch, tiny_model
+from model_fixtures import tiny_model, trained_lora
 
 from stllm import STLlamaForCausalLM
 from stllm.models.checkpoint import BASE_WEIGHTS, base_state_dict, is_lora_checkpoint, save_lora_extras
-from stllm.models.lora import add_lora
-
-
-def _trained_lora(kind):
-    model = tiny_model(kind).train()
-    peft_model = add_lora(model, r=4, dropout=0.0)
-    b = make_batch()
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        peft_model(**b, labels=b["input_ids"], reg_targets=torch.randn(3, 12, 2)).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return peft_model.eval(), b
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_lora_checkpoint_reloads_to_the_same_predictions(tmp_path, kind):
-    peft_model, b = _trained_lora(kind)
+    peft_model, b = trained_lora(kind)
     with torch.no_grad():
         ref = peft_model(**b)
     peft_model.save_pretrained(tmp_path)
@@ -40,7 +27,7 @@ def test_lora_checkpoint_reloads_to_the_same_predictions(tmp_path, kind):
 
 
 def test_base_state_has_plain_names_and_skips_adapters():
-    peft_model, _ = _trained_lora("llama")
+    peft_model, _ = trained_lora("llama")
     names = set(base_state_dict(peft_model))
     plain = set(tiny_model("llama").state_dict())
     assert names == plain
@@ -48,7 +35,7 @@ def test_base_state_has_plain_names_and_skips_adapters():
 
 
 def test_missing_base_weights_means_not_an_stllm_checkpoint(tmp_path):
-    peft_model, _ = _trained_lora("llama")
+    peft_model, _ = trained_lora("llama")
     peft_model.save_pretrained(tmp_path)
     save_lora_extras(peft_model, tmp_path)
     (tmp_path / BASE_WEIGHTS).unlink()
@@ -65,7 +52,7 @@ def test_truncated_weights_are_named(tmp_path):
     _cut_in_half(tmp_path / "full" / "model.safetensors")
     with pytest.raises(ValueError, match=r"full/model.safetensors: truncated .*save or copy it again"):
         STLlamaForCausalLM.from_pretrained(tmp_path / "full")
-    peft_model, _ = _trained_lora("llama")
+    peft_model, _ = trained_lora("llama")
     for name in (BASE_WEIGHTS, "adapter_model.safetensors"):
         peft_model.save_pretrained(tmp_path / name)
         save_lora_extras(peft_model, tmp_path / name)
@@ -76,7 +63,7 @@ def test_truncated_weights_are_named(tmp_path):
 
 @pytest.mark.parametrize("missing", [BASE_WEIGHTS, "adapter_model.safetensors"])
 def test_missing_lora_file_is_named(tmp_path, missing):
-    peft_model, _ = _trained_lora("llama")
+    peft_model, _ = trained_lora("llama")
     peft_model.save_pretrained(tmp_path)
     save_lora_extras(peft_model, tmp_path)
     (tmp_path / missing).unlink()

@@ -5,12 +5,11 @@ import json
 
 import pytest
 import torch
-from model_fixtures import make_batch, tiny_model, tiny_word_tokenizer
+from model_fixtures import tiny_model, tiny_word_tokenizer, trained_lora
 
 from stllm import STLlamaForCausalLM
 from stllm.cli import main as cli
 from stllm.models.checkpoint import save_lora_extras
-from stllm.models.lora import add_lora
 from stllm.outdir import held_artifact
 from stllm.train.arguments import DataArguments, parse_args
 from stllm.train.export import export_checkpoint
@@ -164,14 +163,8 @@ def test_latest_tag_outside_the_checkpoint_is_refused(tmp_path):
 
 
 def _lora_checkpoint(kind: str, path):
-    peft_model = add_lora(tiny_model(kind).train(), r=4, dropout=0.0)
-    b = make_batch()
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        peft_model(**b, labels=b["input_ids"], reg_targets=torch.randn(3, 12, 2)).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    peft_model.eval().save_pretrained(path)
+    peft_model, b = trained_lora(kind)
+    peft_model.save_pretrained(path)
     save_lora_extras(peft_model, path)
     tiny_word_tokenizer().save_pretrained(path)
     (path / "scaler.json").write_text('{"mean": [1.0], "std": [2.0]}')
