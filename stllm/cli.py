@@ -65,9 +65,9 @@ def cmd_env(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from stllm.train.memory import add_estimate_memory_parser
 
-    parser = argparse.ArgumentParser(prog="stllm", description="Spatio-temporal LLMs of cities.")
+    parser = argparse.ArgumentParser(prog="stllm", description="Spatio-temporal LLMs of cities.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    env = sub.add_parser("env", help="print the environment and run a tiny model check")
+    env = sub.add_parser("env", allow_abbrev=False, help="print the environment and run a tiny model check")
     env.add_argument("--no-check", action="store_true", help="skip the tiny model forward")
     env.set_defaults(func=cmd_env)
     # these take their own flags (HfArgumentParser / argparse in their modules): everything after the name
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "stllm.train.train_mem", "stage-2 instruction tuning (same as stllm/train/train_mem.py)"),
         ("train-poi", "stllm.train.train_poi", "next-POI instruction tuning on check-ins (stllm/train/train_poi.py)"),
     ):
-        p = sub.add_parser(name, help=text, add_help=False)
+        p = sub.add_parser(name, help=text, add_help=False, allow_abbrev=False)
         p.set_defaults(func=None, module=target)
     add_estimate_memory_parser(sub)
     from stllm.train import pretrain_encoder
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser(
         "pretrain-encoder",
+        allow_abbrev=False,
         help="stage 1: pretrain the STEncoder on training regions and times",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -95,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     from stllm import demo
     from stllm.eval import zero_shot
 
-    ev = sub.add_parser("eval", help="zero-shot evaluation of a checkpoint against baselines "
+    ev = sub.add_parser("eval", allow_abbrev=False, help="zero-shot evaluation of a checkpoint against baselines "
                         "(stllm eval next-poi --help: next-POI ranking)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     zero_shot.build_parser(ev)
     ev.set_defaults(func=zero_shot.run)
     dm = sub.add_parser("demo", help="the whole pipeline on CPU in minutes (synthetic city by default)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                        allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     demo.build_parser(dm)
     dm.set_defaults(func=demo.run)
     return parser

@@ -209,7 +209,7 @@ def run_demo_seeds(seeds: list[int], output_dir: str | Path = "runs/demo", **kwa
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="stllm demo", description=__doc__)
+    p = parser or argparse.ArgumentParser(prog="stllm demo", description=__doc__, allow_abbrev=False)
     p.add_argument("--data", choices=sorted(PRESETS) + sorted(POI_PRESETS), default="synthetic",
                    help="flows/events: synthetic city, real Manhattan taxi, NYC crime; next-POI: synthetic check-ins "
                         "(next-poi) or Foursquare NYC (nyc-poi)")

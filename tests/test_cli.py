@@ -168,3 +168,22 @@ def test_user_errors_through_main_name_the_command_and_file_on_stderr(argv, tmp_
     assert len(captured.err.splitlines()) == 1 and "error" not in captured.out
     with pytest.raises((FileNotFoundError, ValueError)):  # --debug shows where it came from
         main([*argv, "--debug"])
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--max_step", "0"], "--max_step"),  # would be --max_steps: 0 is refused either way, quickly
+    (["pretrain-encoder", "--steps", "-3"], "--steps"),  # was --steps_per_epoch: ran whole epochs
+    (["eval", "/nonexistent", "--batch", "4"], "--batch"),
+    (["estimate-memory", "--num_gpu", "2"], "--num_gpu"),
+    (["export", "a", "b", "--trust", "x"], "--trust"),
+    (["pretrain-encoder", "--encoder", "geo", "--synthetic", "--step", "1"], "--step"),
+    (["eval", "next-poi", "/nonexistent", "--max_sample", "3"], "--max_sample"),
+])  # fmt: skip
+def test_abbreviated_flags_are_refused_not_guessed(argv, flag, capsys):
+    """A prefix of a flag names no flag: argparse's guessing turned ``--steps -3`` into ``--steps_per_epoch``."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage error
+        code = e.code
+    assert code == 2
+    assert flag in capsys.readouterr().err

@@ -187,7 +187,7 @@ def _write_predictions(path: Path, task: NextPOITask, ranks: np.ndarray) -> Path
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="stllm eval next-poi", description=__doc__,
+    p = parser or argparse.ArgumentParser(prog="stllm eval next-poi", description=__doc__, allow_abbrev=False,
                                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("checkpoint", help="a checkpoint directory written by stllm train-poi")
     p.add_argument("--train", default=None, help="training check-ins (default: what the checkpoint trained on)")

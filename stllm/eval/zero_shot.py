@@ -543,7 +543,7 @@ def _plots(out: Path, city, ds, y, preds, metrics) -> list[Path]:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="stllm eval", description=__doc__,
+    p = parser or argparse.ArgumentParser(prog="stllm eval", description=__doc__, allow_abbrev=False,
                                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("checkpoint", help="a checkpoint directory written by stllm train (or stllm export)")
     p.add_argument("--output_dir", default=None, help="where results go (default: <checkpoint>/eval-<mode>)")

@@ -262,7 +262,7 @@ def _configure_cpu_deepspeed(args: STTrainingArguments) -> None:
 
 
 def build_parser(data_class=DataArguments) -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, data_class, STTrainingArguments))
+    return HfArgumentParser((ModelArguments, data_class, STTrainingArguments), allow_abbrev=False)
 
 
 def parse_args(argv: list[str] | None = None, data_class=DataArguments):

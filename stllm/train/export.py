@@ -189,7 +189,8 @@ def export_checkpoint(
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", help="turn a training checkpoint (ZeRO, LoRA or full) into a plain model dir")
+    p = subparsers.add_parser(
+        "export", allow_abbrev=False, help="turn a training checkpoint (ZeRO, LoRA or full) into a plain model dir")
     p.add_argument("checkpoint", help="a checkpoint directory written by stllm train")
     p.add_argument("output", help="where the from_pretrained directory is written (new, or an earlier export)")
     p.add_argument("--overwrite", action="store_true", help="replace the model already exported to OUTPUT")

@@ -585,6 +585,7 @@ def add_estimate_memory_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``estimate-memory`` sub-command on an ``add_subparsers()`` object."""
     p = subparsers.add_parser(
         "estimate-memory",
+        allow_abbrev=False,
         help="per-GPU memory for LoRA/full fine-tuning under DeepSpeed ZeRO",
         description=__doc__.split("\n\n")[0],
     )

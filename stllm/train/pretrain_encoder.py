@@ -446,6 +446,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Add stage-1 options to ``parser`` (a new one if None); ``stllm pretrain-encoder`` reuses this."""
     if parser is None:
         parser = argparse.ArgumentParser(
+            allow_abbrev=False,
             prog="python -m stllm.train.pretrain_encoder",
             description="Stage 1: pretrain the STEncoder on the training regions x training time range "
             "(forecast MAE + masked reconstruction), early-stop on the last part of the training time range, "
