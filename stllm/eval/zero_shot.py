@@ -24,12 +24,11 @@ written under another key is refused, naming what differs; ``--overwrite`` start
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ from stllm.eval.baselines import BASELINES, baseline_label, eval_targets, run_ba
 from stllm.eval.metrics import event_metrics, flow_metrics
 from stllm.eval.plots import plot_error_map, plot_forecasts
 from stllm.eval.predict import PredictionFile, predict
+from stllm.eval.run_identity import check_checkpoint, checkpoint_digests, data_digest, load_json_object
 from stllm.models import STLlamaConfig, STLlamaForCausalLM
 from stllm.outdir import check_output_dir, claim_output_dir, held_artifact
 from stllm.train.arguments import DataArguments
@@ -51,12 +51,6 @@ from stllm.train.train_mem import load_city
 
 logger = logging.getLogger("stllm")
 MODES = ("cross-region", "cross-city", "cross-dataset")
-REQUIRED = ("config.json", "scaler.json", "split.json", "tokenizer_config.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # a checkpoint needs one of them
-_TOKENIZER_PARTS = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                    "chat_template.jinja")  # fmt: skip
-_MODEL_PARTS = ("config.json", "adapter_config.json", "generation_config.json")
-_NOT_WEIGHTS = ("training_args.bin",)
 SUPERVISED_TRAINING = {"epochs": 5, "steps_per_epoch": 100}  # the supervised reference's training budget
 _DEFAULT_BASELINES = ("last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average", "ridge",
                       "encoder_only")  # fmt: skip
@@ -71,76 +65,10 @@ class EvalResult:
     columns: list[str] = field(default_factory=list)
 
 
-def _weight_files(path: Path) -> list[Path]:
-    return sorted(p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
-                  for p in path.glob(pattern) if p.name not in _NOT_WEIGHTS)  # fmt: skip
-
-
-def _check_checkpoint(path: Path, label: str | None = None) -> None:
-    what = f"compared checkpoint {label!r} ({path})" if label else f"checkpoint {path}"
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what}: directory not found")
-    for name in REQUIRED:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{what} is missing {name}")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{what} is missing its tokenizer: needs {' or '.join(TOKENIZER_FILES)} beside "
-                                "tokenizer_config.json (copy them from the training run)")  # fmt: skip
-    if not _weight_files(path):
-        raise FileNotFoundError(f"{what} holds no weights (model.safetensors, pytorch_model.bin, or "
-                                "adapter_model.safetensors + st_base.safetensors)")  # fmt: skip
-
-
-def _sha256(files: list[Path], root: Path) -> str:
-    """Streaming sha256 of the files' names and bytes: equal only for the same content."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(root)}\0{f.stat().st_size}\0".encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def checkpoint_digests(path: str | os.PathLike) -> dict[str, str]:
-    """``{"weights": ..., "tokenizer": ...}``: sha256 of the weight files + model configs, and of the tokenizer
-    files of a checkpoint (a retrained checkpoint in the same directory gets other digests)."""
-    path = Path(path)
-    model = _weight_files(path) + [path / n for n in _MODEL_PARTS if (path / n).is_file()]
-    tok = [path / n for n in _TOKENIZER_PARTS if (path / n).is_file()]
-    return {"weights": _sha256(sorted(model), path), "tokenizer": _sha256(tok, path)}
-
-
-def data_digest(city) -> str:
-    """sha256 of everything of a city that prompts and predictions read: values, mask, timestamps, adjacency
-    and the region / channel metadata."""
-    h = hashlib.sha256()
-    meta = {"name": city.name, "task": city.task, "freq": str(city.freq), "channels": list(city.channels),
-            "quantity": city.quantity, "place": city.place, "regions": [asdict(r) for r in city.regions]}  # fmt: skip
-    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    for arr in (city.values, city.observed, city.timestamps.astype("datetime64[m]").astype(np.int64),
-                city.adjacency if city.adjacency is not None else np.zeros(0)):  # fmt: skip
-        a = np.ascontiguousarray(arr)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _load_json(path: Path) -> dict:
-    """A JSON object from ``path``; a corrupt or truncated file raises ``ValueError`` naming it."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: corrupt or truncated JSON ({e}); restore it from the training run") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}; restore it from the training run")
-    return obj
-
-
 def _data_args(checkpoint: Path, overrides: dict) -> DataArguments:
     """The data the checkpoint was trained on (``data_args.json``), with the user's overrides."""
     path = checkpoint / "data_args.json"
-    base = _load_json(path) if path.is_file() else {}
+    base = load_json_object(path) if path.is_file() else {}
     known = set(DataArguments.__dataclass_fields__)
     merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}  # unset flags keep the run's data
     try:
@@ -282,9 +210,9 @@ def evaluate(
     an earlier run in ``output_dir`` instead of resuming them (or refusing them when they differ)."""
     _check_options(mode, batch_size, stride, eval_days, baselines)
     ckpt, out = Path(checkpoint), Path(output_dir)
-    _check_checkpoint(ckpt)
+    check_checkpoint(ckpt)
     for label, other in (compare or {}).items():
-        _check_checkpoint(Path(other), label)
+        check_checkpoint(Path(other), label)
     if held_artifact(out) not in (None, "evaluation"):
         check_output_dir(out, "evaluation", overwrite)  # refuses a checkpoint, an encoder, foreign files
     with claim_output_dir(out, "evaluation", check=False):
