@@ -20,7 +20,10 @@ import numpy as np
 
 from stllm.data.city import CityData, CityDataError, Region, parse_freq
 
-NPZ_FIELDS = ("values", "time", "region_ids", "names", "lat", "lon", "adjacency", "channels", "mask")
+# every field of the documented city file (stllm.data.city_files); load_npz reads those ``keys`` maps to npz keys
+NPZ_FIELDS = ("values", "time", "start", "freq", "task", "channels", "region_ids", "names", "lat", "lon", "boroughs",
+              "mask", "adjacency", "poi_categories", "poi_counts", "name", "place", "quantity")
+SCALAR_FIELDS = ("start", "freq", "task", "name", "place", "quantity")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -94,73 +97,150 @@ def _get(data: Mapping[str, np.ndarray], path, field: str, key: str) -> np.ndarr
 
 def load_npz(
     path: str | os.PathLike,
-    keys: Mapping[str, str] | None = None,
+    keys: Mapping[str, str | None] | None = None,
     *,
     freq: str | None = None,
     start: str | None = None,
     channels: Sequence[str] | None = None,
     regions: Sequence[Region] | None = None,
-    task: str = "flow",
+    task: str | None = None,
     name: str | None = None,
     quantity: str = "",
     place: str = "",
+    nan_is_missing: bool = False,
 ) -> CityData:
     """Load ``(T, N, C)`` values from an npz. ``keys`` maps fields of :data:`NPZ_FIELDS` to npz keys
-    (default ``{"values": "values", "time": "time"}``; absent fields are omitted or defaulted).
+    (default ``{"values": "values", "time": "time"}``; fields not mapped are not read).
 
     Without a ``time`` key, ``start`` and ``freq`` build the time axis; with one, ``freq`` defaults
-    to its first step. ``regions`` overrides the region metadata read from the file.
+    to its first step. Arguments beat the file (``task``, ``freq``, ``start``, ``channels``, ``name``,
+    ``quantity``, ``place``; ``regions`` replaces the region metadata). ``nan_is_missing``: NaN values
+    without a ``mask`` key are missing (masked) rather than an error. Every shape problem of the
+    mapped keys is found by :func:`npz_problems`; the first one is raised.
     """
     keys = {"values": "values", "time": "time", **(keys or {})}
+    keys = {f: k for f, k in keys.items() if k is not None}
     unknown = set(keys) - set(NPZ_FIELDS)
     if unknown:
         raise ValueError(f"load_npz: unknown field(s) {sorted(unknown)}; fields are {NPZ_FIELDS}")
     data = _open_npz(path)
     src = str(path)
+    problems = npz_problems(data, keys, src)
+    if problems:
+        raise problems[0]
 
     def get(field):
-        k = keys.get(field)
-        return None if k is None else _get(data, src, field, k)
+        return data[keys[field]] if field in keys else None
+
+    def scalar(field, given):
+        return given if given not in (None, "") else (str(get(field).reshape(())) if field in keys else None)
 
     values = get("values")
-    if values.ndim == 2:
-        values = values[..., None]
-    if values.ndim != 3:
-        raise CityDataError(src, "values", f"key {keys['values']!r} must be (T, N, C) or (T, N), got {values.shape}")
+    values = values[..., None] if values.ndim == 2 else values
     t, n, c = values.shape
-    if keys.get("time") in data or start is None or freq is None:
-        try:
-            timestamps = np.asarray(get("time")).astype("datetime64[m]")
-        except (ValueError, TypeError) as e:
-            raise CityDataError(src, "time", f"key {keys['time']!r} is not parseable as dates: {e}") from None
+    freq, start = scalar("freq", freq), scalar("start", start)
+    if "time" in keys and keys["time"] in data:
+        timestamps = _timestamps(get("time"), src, keys["time"])
         if freq is None and t > 1:
             freq = timestamps[1] - timestamps[0]
+    elif start is not None and freq is not None:
+        try:
+            timestamps = np.datetime64(start, "m") + np.arange(t) * parse_freq(freq)
+        except ValueError as e:
+            raise CityDataError(src, "start", f"{start!r} with freq {freq!r} gives no time axis: {e}") from None
     else:
-        timestamps = np.datetime64(start, "m") + np.arange(t) * parse_freq(freq)
+        _get(data, src, "time", keys.get("time", "time"))  # raises, naming the keys there are
     if regions is None:
-        regions = _regions_from(data, keys, src, n)
+        regions = _regions_from(data, keys, n)
     chans = channels or (tuple(str(x) for x in get("channels")) if "channels" in keys else
                          tuple(f"channel_{i}" for i in range(c)))
-    adjacency = get("adjacency") if "adjacency" in keys else None
-    mask = get("mask").astype(bool) if "mask" in keys else None
-    return CityData(values, timestamps, freq if freq is not None else "1D", chans, regions, task=task,
-                    name=name or Path(path).stem, quantity=quantity, place=place, adjacency=adjacency, mask=mask,
-                    source=src)
+    mask = get("mask")
+    if mask is not None:
+        mask = mask.astype(bool).reshape(values.shape)
+    elif nan_is_missing and not np.isfinite(values).all():
+        mask = np.isfinite(values)
+    return CityData(values, timestamps, freq if freq is not None else "1D", chans, regions,
+                    task=scalar("task", task) or "flow", name=scalar("name", name) or Path(path).stem,
+                    quantity=scalar("quantity", quantity) or "", place=scalar("place", place) or "",
+                    adjacency=get("adjacency"), mask=mask, source=src)
 
 
-def _regions_from(data, keys, src, n) -> tuple[Region, ...]:
-    cols = {}
-    for field in ("region_ids", "names", "lat", "lon"):
-        if field in keys:
-            arr = _get(data, src, field, keys[field])
-            if arr.shape != (n,):
-                raise CityDataError(src, field, f"key {keys[field]!r} has shape {arr.shape}, values have {n} regions")
-            cols[field] = arr
-    ids = cols.get("region_ids", np.arange(n))
-    names = cols.get("names", [f"region {i}" for i in ids])
-    lat = cols.get("lat", np.full(n, np.nan))
-    lon = cols.get("lon", np.full(n, np.nan))
-    return tuple(Region(str(i), str(nm), float(a), float(o)) for i, nm, a, o in zip(ids, names, lat, lon))
+def _timestamps(raw: np.ndarray, src: str, key: str) -> np.ndarray:
+    try:
+        return np.asarray(raw).astype("datetime64[m]")
+    except (ValueError, TypeError) as e:
+        raise CityDataError(src, "time", f"key {key!r} is not parseable as dates: {e}") from None
+
+
+def npz_problems(data: Mapping[str, np.ndarray], keys: Mapping[str, str], src: str) -> list[CityDataError]:
+    """Every problem of the mapped keys' shapes and kinds, each naming the field and the key, so that
+    ``stllm data check`` reports them all at once (:func:`load_npz` raises the first)."""
+    if "values" not in keys:
+        return [CityDataError(src, "values", "no key for the required field 'values'")]
+    try:
+        values = _get(data, src, "values", keys["values"])
+    except CityDataError as e:
+        return [e]
+    if values.ndim not in (2, 3):
+        return [CityDataError(src, "values", f"key {keys['values']!r} must be (T, N, C) or (T, N), got {values.shape}")]
+    t, n = values.shape[:2]
+    c = values.shape[2] if values.ndim == 3 else 1
+    k = None
+    if "poi_categories" in keys and keys["poi_categories"] in data:
+        k = data[keys["poi_categories"]].shape[0] if data[keys["poi_categories"]].ndim == 1 else -1
+    expected = {"time": (t,), "region_ids": (n,), "names": (n,), "lat": (n,), "lon": (n,), "boroughs": (n,),
+                "channels": (c,), "mask": values.shape, "adjacency": (n, n), "poi_categories": (k,),
+                "poi_counts": (n, k), **{f: () for f in SCALAR_FIELDS}}
+    has = {"time": f"{t} steps", "channels": f"{c} channels", "mask": f"shape {values.shape}",
+           "poi_categories": "one name per category", "poi_counts": f"{n} regions and {k} POI categories"}
+    problems = []
+    for field, key in keys.items():
+        if field == "values":
+            continue
+        if key not in data:
+            if field != "time" or ("start" not in keys):
+                try:
+                    _get(data, src, field, key)
+                except CityDataError as e:
+                    problems.append(e)
+            continue
+        arr = data[key]
+        want = expected[field]
+        if field in SCALAR_FIELDS:
+            if arr.size != 1:
+                problems.append(CityDataError(src, field, f"key {key!r} must be one value (a 0-d array), got shape "
+                                                          f"{arr.shape}"))
+        elif arr.shape != want:
+            problems.append(CityDataError(src, field, f"key {key!r} has shape {arr.shape}, values have "
+                                                      f"{has.get(field, f'{n} regions')}: expected {want}"))
+        elif field in ("lat", "lon", "adjacency", "poi_counts") and not np.issubdtype(arr.dtype, np.number):
+            problems.append(CityDataError(src, field, f"key {key!r} must hold numbers, got dtype {arr.dtype}"))
+        elif field == "mask" and not (arr.dtype == np.bool_ or np.isin(arr, (0, 1)).all()):
+            problems.append(CityDataError(src, field, f"key {key!r} must be bool (True = observed), got {arr.dtype}"))
+        elif field == "poi_counts" and ((arr < 0).any() or (arr != np.round(arr)).any()):
+            problems.append(CityDataError(src, field, f"key {key!r} must be non-negative whole counts"))
+    if ("poi_counts" in keys) != ("poi_categories" in keys):
+        have, lack = ("poi_counts", "poi_categories") if "poi_counts" in keys else ("poi_categories", "poi_counts")
+        problems.append(CityDataError(src, lack, f"{have!r} needs {lack!r} too (poi_counts[i, j] = POIs of "
+                                                 "category j in region i)"))
+    return problems
+
+
+def _regions_from(data, keys, n) -> tuple[Region, ...]:
+    """Regions from the mapped per-region keys (shapes already checked by :func:`npz_problems`)."""
+    col = {f: data[keys[f]] for f in ("region_ids", "names", "lat", "lon", "boroughs") if f in keys}
+    ids = col.get("region_ids", np.arange(n))
+    names = col.get("names", [f"region {i}" for i in ids])
+    lat = col.get("lat", np.full(n, np.nan))
+    lon = col.get("lon", np.full(n, np.nan))
+    boroughs = col.get("boroughs", [""] * n)
+    pois = [()] * n
+    if "poi_counts" in keys:
+        cats = [str(x) for x in data[keys["poi_categories"]]]
+        counts = data[keys["poi_counts"]].astype(np.int64)
+        pois = [tuple((cats[j], int(row[j])) for j in np.flatnonzero(row)) for row in counts]
+    return tuple(Region(str(i), str(nm), float(a), float(o), borough=str(b), pois=p)
+                 for i, nm, a, o, b, p in zip(ids, names, lat, lon, boroughs, pois))
 
 
 # -- metadata joins -----------------------------------------------------------------------------------
