@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                         allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     demo.build_parser(dm)
     dm.set_defaults(func=demo.run)
+    from stllm.data.commands import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

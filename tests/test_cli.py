@@ -49,6 +49,9 @@ HELP_FLAGS = {  # argv before --help -> flags its help must list
     ("eval",): ["--mode", "--eval_start", "--allow-overlap"],
     ("eval", "next-poi"): ["--test", "--train", "--max_samples"],
     ("demo",): ["--data", "--seeds", "--quick", "--no_llm_row"],
+    ("data",): ["check", "convert"],
+    ("data", "check"): ["path", "--task", "--freq", "--channels", "--keys"],
+    ("data", "convert"): ["format", "inputs", "--output", "--option"],
 }
 
 

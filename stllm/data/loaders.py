@@ -91,7 +91,8 @@ def _read_member(archive, key: str, path: Path) -> np.ndarray:
 def _get(data: Mapping[str, np.ndarray], path, field: str, key: str) -> np.ndarray:
     if key not in data:
         raise CityDataError(str(path), field, f"key {key!r} not in file; available keys: {sorted(data)} (pass "
-                                              f"keys={{{field!r}: <one of them>}} to load_npz, or rename it)")
+                                              f"keys={{{field!r}: <one of them>}} to load_npz, --keys {field}=<key> to "
+                                              "stllm, or rename it)")
     return data[key]
 
 
@@ -360,8 +361,16 @@ def load_bikenyc(root: str | os.PathLike | None = None) -> CityData:
 PRESETS = ("synthetic", "manhattan-taxi", "manhattan-bike", "crime", "bikenyc")
 
 
-def load_preset(name: str, root: str | os.PathLike | None = None, **synthetic) -> CityData:
-    """A city by name (``PRESETS``) or an ``.npz`` path; ``synthetic`` holds ``synthetic_city`` options."""
+def load_preset(name: str, root: str | os.PathLike | None = None, file_options: Mapping | None = None,
+                **synthetic) -> CityData:
+    """A city by name (``PRESETS``), or a city file: an ``.npz`` or a folder of CSVs, read by
+    :func:`stllm.data.city_files.load_city_file` with ``file_options`` (``task``, ``freq``, ``channels``,
+    ``keys``: they beat the file). ``synthetic`` holds ``synthetic_city`` options."""
+    options = {k: v for k, v in (file_options or {}).items() if v is not None}
+    is_file = name.endswith(".npz") or Path(name).is_dir()
+    if options and not is_file:
+        raise ValueError(f"--{', --'.join(sorted(options))}: only for a city file (.npz or folder), and data "
+                         f"{name!r} is a preset (use --synthetic_task for the synthetic city)")
     if name == "synthetic":
         from stllm.data.synthetic import synthetic_city
 
@@ -372,6 +381,9 @@ def load_preset(name: str, root: str | os.PathLike | None = None, **synthetic) -
         return load_nyc_crime(root=root)
     if name == "bikenyc":
         return load_bikenyc(root=root)
-    if name.endswith(".npz"):
-        return load_npz(name)
-    raise ValueError(f"data {name!r}: use one of {', '.join(PRESETS)} or a path to an .npz file")
+    if is_file:
+        from stllm.data.city_files import load_city_file
+
+        return load_city_file(name, **options)
+    raise ValueError(f"data {name!r}: use one of {', '.join(PRESETS)}, a path to an .npz file or a folder with "
+                     "values.csv (see README: Your own city)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from stllm.data.city_files import parse_overrides
 from stllm.data.loaders import read_json
 from stllm.train.checks import (
     FRACTION_HALF_OPEN,
@@ -102,6 +103,15 @@ class DataArguments:
         metadata={"help": "synthetic | manhattan-taxi | manhattan-bike | crime | bikenyc | a path to an .npz file."},
     )
     data_root: str | None = field(default=None, metadata={"help": "Where real data lives (default ../shared/data)."})
+    task: str | None = field(
+        default=None, metadata={"help": "City file only: flow or event, instead of what the file says (default flow)."})
+    freq: str | None = field(
+        default=None, metadata={"help": "City file only: the time step (30min, 1h, 1D) instead of the file's."})
+    channels: str | None = field(
+        default=None, metadata={"help": "City file only: comma-separated channel names instead of the file's."})
+    keys: str | None = field(
+        default=None, metadata={"help": "City .npz only: field=key pairs for files with other key names, e.g. "
+                                "values=flow,time=timestamps (README: Your own city)."})
     synthetic_regions: int = field(default=24, metadata={"help": "Regions of the synthetic city."})
     synthetic_days: int = field(default=28, metadata={"help": "Days of the synthetic city."})
     synthetic_freq: str = field(default="1h", metadata={"help": "Step of the synthetic city."})
@@ -141,6 +151,12 @@ class DataArguments:
         if self.synthetic_task not in ("flow", "event"):
             raise ValueError(f"--synthetic_task must be flow or event, got {self.synthetic_task!r}")
         check_fields(self, DATA_RULES)
+        self.file_options()  # refuses a bad --task/--freq/--channels/--keys now, naming the flag
+
+    def file_options(self) -> dict:
+        """``--task``, ``--freq``, ``--channels``, ``--keys`` as :func:`stllm.data.city_files.load_city_file`
+        arguments: what the user says beats what the city file says."""
+        return parse_overrides(self.task, self.freq, self.channels, self.keys)
 
 
 DATA_RULES = [

@@ -68,11 +68,20 @@ class PreparedData:
 
 
 def load_city(data_args: DataArguments) -> CityData:
-    """The city named by ``--data``: a preset or an ``.npz`` path."""
-    return load_preset(
-        data_args.data, data_args.data_root, seed=data_args.synthetic_seed, n_regions=data_args.synthetic_regions,
-        days=data_args.synthetic_days, freq=data_args.synthetic_freq, task=data_args.synthetic_task,
+    """The city named by ``--data``: a preset, an ``.npz`` or a CSV folder (``--task``, ``--freq``,
+    ``--channels``, ``--keys`` beat what the file says). A city file's warnings (``stllm data check``)
+    are logged: the errors it would report stop training here already, with the same message."""
+    city = load_preset(
+        data_args.data, data_args.data_root, file_options=data_args.file_options(), seed=data_args.synthetic_seed,
+        n_regions=data_args.synthetic_regions, days=data_args.synthetic_days, freq=data_args.synthetic_freq,
+        task=data_args.synthetic_task,
     )
+    if city.source != "<memory>":
+        from stllm.data.check import city_warnings
+
+        for warning in city_warnings(city):
+            logger.warning("%s", warning)
+    return city
 
 
 def train_time_slice(city: CityData, data_args: DataArguments) -> slice:
