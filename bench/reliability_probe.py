@@ -90,6 +90,8 @@ def build_fixtures(work: Path) -> dict[str, Path]:
     city = load_city(DataArguments(**json.loads((ckpt / "data_args.json").read_text())))  # the training data
     np.savez(work / "good.npz", values=city.values, time=city.timestamps.astype("datetime64[m]").astype(str))
     f["renamed"] = work / "another_city.npz"  # the training data under another name
+    other = load_city(DataArguments(synthetic_regions=8, synthetic_days=21, synthetic_seed=5))
+    np.savez(work / "other.npz", values=other.values, time=other.timestamps.astype("datetime64[m]").astype(str))
     shutil.copy(work / "good.npz", f["renamed"])
     (work / "empty.npz").write_bytes(b"")
     (work / "text.npz").write_text("time,region,value\n2020-01-01,1,3\n")
@@ -162,7 +164,7 @@ def cases(f: dict[str, Path]) -> list[Case]:
         Case("eval unknown preset", ev("--data", "atlantis"), names=("atlantis",)),
         Case("eval training data renamed as another city", ev("--mode", "cross-city", "--data", str(f["renamed"])),
              names=("train", "overlap", "zero-shot")),  # fmt: skip
-        Case("eval cross-region on another city", ev("--data", str(w / "good.npz")), names=("city", "cross-region")),
+        Case("eval cross-region on another city", ev("--data", str(w / "other.npz")), names=("city", "cross-region")),
         # evaluation: broken checkpoints
         Case("eval corrupt split.json", ["eval", str(f["bad_split"]), "--no_progress"], names=("split.json",)),
         Case("eval corrupt scaler.json", ["eval", str(f["bad_scaler"]), "--no_progress"], names=("scaler.json",)),
