@@ -24,6 +24,7 @@ import inspect
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -330,7 +331,7 @@ def from_long_table(paths: list[Path], time_col: str = "time", region_col: str =
     if channel_col:
         cname = np.char.strip(cols[channel_col].astype(str))
         uniq, first = np.unique(cname, return_index=True)
-        labels = _pick(list(uniq[np.argsort(first)]), channels, table, f"channels in column {channel_col!r}")
+        labels = _pick(uniq[np.argsort(first)].tolist(), channels, table, f"channels in column {channel_col!r}")
         keep = np.isin(cname, labels)
         c_idx = _lookup(np.asarray(labels), cname[keep], table, channel_col, "channels")
     else:
@@ -383,19 +384,22 @@ def _read_csv(path: Path, required: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def _parse_times(text: np.ndarray, path: Path, col: str) -> np.ndarray:
-    """ISO times (``2016-01-01T00:00:00Z``, ``2016-01-01 00:30``) -> ``datetime64[m]``; ``Z`` means UTC
-    and is dropped (every time of one file on one clock); other offsets are refused."""
+    """ISO times (``2016-01-01T00:00:00Z``, ``2016-01-01 00:30``) -> ``datetime64[m]``. ``Z`` is dropped;
+    an explicit offset (``+08:00``) is converted to UTC by numpy (whose warning about it is silenced), so a
+    file that mixes offsets across a DST change still lands on one regular clock."""
     s = np.char.strip(np.asarray(text, dtype=str))
     s = np.where(np.char.endswith(s, "Z"), np.char.rstrip(s, "Z"), s)
     try:
-        return s.astype("datetime64[m]")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "no explicit representation of timezones", UserWarning)
+            return s.astype("datetime64[m]")
     except ValueError:
         for i, v in enumerate(s):  # only on the error path: find the first bad value and its line
             try:
                 np.datetime64(v, "m")
             except ValueError:
-                raise CityDataError(str(path), col, f"row {i + 2}: {v!r} is not an ISO time like 2016-01-01T00:00:00Z "
-                                                     "(offsets such as +08:00 are not read: convert to UTC)") from None
+                raise CityDataError(str(path), col, f"row {i + 2}: {str(v)!r} is not an ISO time like "
+                                                     "2016-01-01T00:00:00Z or 2016-01-01 00:30") from None
         raise
 
 
@@ -410,7 +414,7 @@ def _numbers(text: np.ndarray, path: Path, col: str) -> np.ndarray:
             try:
                 float(v)
             except ValueError:
-                raise CityDataError(str(path), col, f"row {i + 2}: {v!r} is not a number") from None
+                raise CityDataError(str(path), col, f"row {i + 2}: {str(v)!r} is not a number") from None
         raise
 
 
@@ -419,7 +423,7 @@ def _ints(text: np.ndarray, path: Path, col: str) -> np.ndarray:
     x = _numbers(text, path, col)
     bad = np.flatnonzero(~np.isfinite(x) | (x != np.round(x)))
     if bad.size:
-        raise CityDataError(str(path), col, f"row {int(bad[0]) + 2}: {text[bad[0]]!r} is not an integer")
+        raise CityDataError(str(path), col, f"row {int(bad[0]) + 2}: {str(text[bad[0]])!r} is not an integer")
     return x.astype(np.int64).astype(str)
 
 
@@ -494,15 +498,15 @@ def _lookup(ids: np.ndarray, keys: np.ndarray, path: Path, col: str, what: str) 
     bad = np.flatnonzero(ids[idx] != keys)
     if bad.size:
         i = int(bad[0])
-        raise CityDataError(str(path), col, f"row {i + 2}: {keys[i]!r} is not one of the {what} "
-                                            f"({ids.size}: {list(ids[:5])}{' ...' if ids.size > 5 else ''})")
+        raise CityDataError(str(path), col, f"row {i + 2}: {str(keys[i])!r} is not one of the {what} "
+                                            f"({ids.size}: {ids[:5].tolist()}{' ...' if ids.size > 5 else ''})")
     return idx.astype(np.int64)
 
 
 def _unique(ids: np.ndarray, path: Path, col: str) -> None:
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise CityDataError(str(path), col, f"ids must be unique; duplicated: {list(uniq[counts > 1][:5])}")
+        raise CityDataError(str(path), col, f"ids must be unique; duplicated: {uniq[counts > 1][:5].tolist()}")
 
 
 def _pick(available: list[str], wanted: Sequence[str] | str | None, path: Path, what: str) -> list[str]:
