@@ -35,6 +35,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from stllm.data import SplitRecord, STInstructionDataset, STScaler, assert_zero_shot, split_record
+from stllm.data.channels import describe, map_channels
 from stllm.data.context import ContextSpec, period_steps
 from stllm.data.splits import ContentFingerprint
 from stllm.encoders.io import save_encoder
@@ -200,6 +201,7 @@ def evaluate(
     compare: dict[str, str | os.PathLike] | None = None,
     ridge: bool = True,
     overwrite: bool = False,
+    channel_map: dict[str, str] | str | None = None,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` zero-shot against baselines; see the module docstring.
 
@@ -207,7 +209,9 @@ def evaluate(
     evaluated on the same windows, each refused like the main one if it trained on them. ``ridge``
     adds the scale-free linear baseline, fitted on the checkpoint's training regions and times (of the
     training city, also when another city is evaluated). ``overwrite`` discards the prediction files of
-    an earlier run in ``output_dir`` instead of resuming them (or refusing them when they differ)."""
+    an earlier run in ``output_dir`` instead of resuming them (or refusing them when they differ).
+    ``channel_map`` (``{new: trained}`` or ``"new=trained,..."``) says which channel of the evaluated data feeds
+    which trained channel when their names differ (:func:`stllm.data.channels.map_channels`)."""
     _check_options(mode, batch_size, stride, eval_days, baselines)
     ckpt, out = Path(checkpoint), Path(output_dir)
     check_checkpoint(ckpt)
@@ -218,18 +222,20 @@ def evaluate(
     with claim_output_dir(out, "evaluation", check=False):
         return _evaluate(ckpt, out, mode, data, data_root, eval_start, eval_days, stride, batch_size, baselines,
                          supervised, allow_overlap, progress, plots, data_overrides, rescale, generate, compare or {},
-                         ridge, overwrite)  # fmt: skip
+                         ridge, overwrite, channel_map)  # fmt: skip
 
 
 def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_days, stride, batch_size, baselines,
               supervised, allow_overlap, progress, plots, data_overrides, rescale, generate, compare, ridge,
-              overwrite) -> EvalResult:  # fmt: skip
+              overwrite, channel_map=None) -> EvalResult:  # fmt: skip
     # -- everything that can be checked, before the model is loaded
     enc = STLlamaConfig.from_pretrained(ckpt).st_encoder
     scaler = STScaler.load(ckpt / "scaler.json")
     train = SplitRecord.load(ckpt / "split.json")
     d_args = _data_args(ckpt, {"data": data, "data_root": data_root, **(data_overrides or {})})
     city = load_city(d_args)
+    # channels by name against the ones the checkpoint's scaler was fitted on (reordered, renamed to them)
+    city, channels_used = map_channels(city, scaler.channels, channel_map, what=f"data {d_args.data!r}")
     if city.n_channels != enc.in_channels:
         raise ValueError(
             f"data {d_args.data!r} has {city.n_channels} channels {city.channels}; the checkpoint's encoder "
@@ -305,7 +311,8 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     files = [out / "predictions.jsonl", _write_json(out / "metrics.json", {
         "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range, "rescaled": rescale,
         "generate_failures": int(failed.sum()), "skipped": skipped,
-        "windows": ds.n_windows, "checkpoint": str(ckpt), "metrics": metrics})]  # fmt: skip
+        "windows": ds.n_windows, "checkpoint": str(ckpt), "channels": channels_used,
+        "channel_mapping": describe(channels_used), "metrics": metrics})]  # fmt: skip
     if plots:
         files += _plots(out, city, ds, y, preds, metrics)
     (out / "table.txt").write_text(table + "\n")
@@ -494,6 +501,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "(auto: for cross-city/cross-dataset)")
     p.add_argument("--overwrite", action="store_true",
                    help="discard the predictions of an earlier run in the output directory instead of resuming them")
+    p.add_argument("--channel_map", default=None,
+                   help="new=trained,...: which channel of the evaluated data feeds which trained channel when their "
+                        "names differ (default: by name; e.g. pickup=outflow,dropoff=inflow)")
     return p
 
 
@@ -505,7 +515,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=args.baselines.split(",") if args.baselines else None, supervised=not args.no_supervised,
         allow_overlap=args.allow_overlap, progress=not args.no_progress,
         rescale={"auto": None, "yes": True, "no": False}[args.rescale], generate=args.generate,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, channel_map=args.channel_map,
     )  # fmt: skip
     return print_result(result)
 
