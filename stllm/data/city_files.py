@@ -142,7 +142,7 @@ def _numbers(cells: np.ndarray, path: Path, field: str, allow_empty: bool = Fals
     try:
         out[~empty] = cells[~empty].astype(float)
     except ValueError:
-        for i, cell in enumerate(cells):
+        for i, cell in enumerate(cells.tolist()):
             if cell or not allow_empty:
                 try:
                     float(cell)
@@ -157,7 +157,7 @@ def _times(cells: np.ndarray, path: Path) -> np.ndarray:
     try:
         return cells.astype("datetime64[m]")
     except ValueError:
-        for i, cell in enumerate(cells):
+        for i, cell in enumerate(cells.tolist()):
             try:
                 np.datetime64(cell, "m")
             except ValueError:
@@ -192,13 +192,14 @@ def read_city_folder(folder: str | os.PathLike, *, task=None, freq=None, channel
     unknown = ~np.isin(region_cells, order)
     if unknown.any():
         i = int(np.argmax(unknown))
-        raise CityDataError(str(vpath), "region", f"line {i + 2}: region {region_cells[i]!r} is not in regions.csv")
+        raise CityDataError(str(vpath), "region", f"line {i + 2}: region {str(region_cells[i])!r} is not in "
+                                                  "regions.csv")
     chan_order = list(meta.get("channels") or dict.fromkeys(chan_cells.tolist()))
     unknown = ~np.isin(chan_cells, chan_order)
     if unknown.any():
         i = int(np.argmax(unknown))
-        raise CityDataError(str(vpath), "channel", f"line {i + 2}: channel {chan_cells[i]!r} is not in meta.json's "
-                                                   f"channels {chan_order}")
+        raise CityDataError(str(vpath), "channel", f"line {i + 2}: channel {str(chan_cells[i])!r} is not in "
+                                                   f"meta.json's channels {chan_order}")
     step = freq or meta.get("freq")
     grid = _time_grid(times, step, vpath)
     t_idx = ((times - grid[0]) // (grid[1] - grid[0]) if len(grid) > 1 else np.zeros(len(times))).astype(np.int64)
@@ -210,7 +211,7 @@ def read_city_folder(folder: str | os.PathLike, *, task=None, freq=None, channel
         dup = flat == uniq[np.argmax(counts > 1)]
         a, b = np.flatnonzero(dup)[:2]
         raise CityDataError(str(vpath), "value", f"lines {a + 2} and {b + 2} both give ({times[a]}, region "
-                                                 f"{region_cells[a]!r}, channel {chan_cells[a]!r})")
+                                                 f"{str(region_cells[a])!r}, channel {str(chan_cells[a])!r})")
     dense = np.full(int(np.prod(shape)), np.nan, dtype=np.float64)
     dense[flat] = values
     dense = dense.reshape(shape)
@@ -270,9 +271,10 @@ def _read_regions(path: Path) -> tuple[Region, ...] | None:
         return None
     header, body = _read_rows(path, ("region",), ("name", "lat", "lon", "borough"))
     ids = _column(header, body, "region")
-    dup = [i for i, r in enumerate(ids) if r in set(ids[:i])]
-    if dup:
-        raise CityDataError(str(path), "region", f"line {dup[0] + 2}: region {ids[dup[0]]!r} listed twice")
+    first = np.unique(ids, return_index=True)[1]
+    if len(first) < len(ids):
+        i = int(np.flatnonzero(~np.isin(np.arange(len(ids)), first))[0])
+        raise CityDataError(str(path), "region", f"line {i + 2}: region {str(ids[i])!r} listed twice")
     n = len(ids)
     names = _column(header, body, "name") if "name" in header else np.array([f"region {i}" for i in ids])
     lat = _numbers(_column(header, body, "lat"), path, "lat", True) if "lat" in header else np.full(n, np.nan)
@@ -294,7 +296,7 @@ def _with_pois(regions: tuple[Region, ...], path: Path) -> tuple[Region, ...]:
     known = {r.id for r in regions}
     unknown = [i for i, r in enumerate(ids) if r not in known]
     if unknown:
-        raise CityDataError(str(path), "region", f"line {unknown[0] + 2}: unknown region {ids[unknown[0]]!r}")
+        raise CityDataError(str(path), "region", f"line {unknown[0] + 2}: unknown region {str(ids[unknown[0]])!r}")
     per_region: dict[str, list[tuple[str, int]]] = {}
     for r, c, k in zip(ids, cats, counts):
         per_region.setdefault(str(r), []).append((str(c), int(k)))
@@ -311,7 +313,7 @@ def _read_adjacency(path: Path, order: list[str]) -> np.ndarray | None:
         unknown = ~np.isin(cells, order)
         if unknown.any():
             i = int(np.argmax(unknown))
-            raise CityDataError(str(path), field, f"line {i + 2}: unknown region {cells[i]!r}")
+            raise CityDataError(str(path), field, f"line {i + 2}: unknown region {str(cells[i])!r}")
     adj = np.zeros((len(order), len(order)), dtype=np.float32)
     adj[_index(src, order), _index(dst, order)] = _numbers(_column(header, body, "weight"), path, "weight")
     return adj
@@ -429,3 +431,47 @@ def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+# -- flags -----------------------------------------------------------------------------------------------------
+def parse_overrides(task: str | None = None, freq: str | None = None, channels: str | Sequence[str] | None = None,
+                    keys: str | Mapping[str, str] | None = None) -> dict:
+    """``--task``, ``--freq``, ``--channels a,b``, ``--keys values=flow,time=ts`` -> :func:`load_city_file`'s
+    keyword arguments (unset ones left out); each bad value is refused naming its flag."""
+    out: dict = {}
+    if task is not None:
+        if task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+        out["task"] = task
+    if freq is not None:
+        try:
+            parse_freq(freq)
+        except ValueError as e:
+            raise ValueError(f"--freq: {e}") from None
+        out["freq"] = freq
+    if channels is not None:
+        names = [c.strip() for c in channels.split(",")] if isinstance(channels, str) else [str(c) for c in channels]
+        if not names or any(not c for c in names):
+            raise ValueError(f"--channels must be comma-separated names, e.g. inflow,outflow; got {channels!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"--channels: names must be unique, got {channels!r}")
+        out["channels"] = tuple(names)
+    if keys is not None:
+        out["keys"] = _parse_keys(keys)
+    return out
+
+
+def _parse_keys(keys: str | Mapping[str, str]) -> dict[str, str]:
+    if isinstance(keys, Mapping):
+        pairs = [(str(k), str(v)) for k, v in keys.items()]
+    else:
+        pairs = []
+        for item in (i.strip() for i in keys.split(",")):
+            field, eq, key = (x.strip() for x in item.partition("="))
+            if not (eq and field and key):
+                raise ValueError(f"--keys must be field=key pairs, e.g. values=flow,time=timestamps; got {item!r}")
+            pairs.append((field, key))
+    unknown = sorted({f for f, _ in pairs} - set(NPZ_FIELDS))
+    if unknown:
+        raise ValueError(f"--keys: unknown field(s) {unknown}; the fields are {', '.join(NPZ_FIELDS)}")
+    return dict(pairs)

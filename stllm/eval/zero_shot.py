@@ -36,6 +36,9 @@ from transformers import AutoTokenizer
 
 from stllm.data import SplitRecord, STInstructionDataset, STScaler, assert_zero_shot, split_record
 from stllm.data.channels import describe, map_channels
+from stllm.data.city_files import OVERRIDES as FILE_OPTIONS
+from stllm.data.city_files import parse_overrides
+from stllm.data.commands import add_override_flags
 from stllm.data.context import ContextSpec, period_steps
 from stllm.data.splits import ContentFingerprint
 from stllm.encoders.io import save_encoder
@@ -70,6 +73,8 @@ def _data_args(checkpoint: Path, overrides: dict) -> DataArguments:
     """The data the checkpoint was trained on (``data_args.json``), with the user's overrides."""
     path = checkpoint / "data_args.json"
     base = load_json_object(path) if path.is_file() else {}
+    if overrides.get("data") not in (None, base.get("data")):  # how the training file was read is not the new one's
+        base = {k: v for k, v in base.items() if k not in FILE_OPTIONS}
     known = set(DataArguments.__dataclass_fields__)
     merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}  # unset flags keep the run's data
     try:
@@ -483,8 +488,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("checkpoint", help="a checkpoint directory written by stllm train (or stllm export)")
     p.add_argument("--output_dir", default=None, help="where results go (default: <checkpoint>/eval-<mode>)")
     p.add_argument("--mode", choices=MODES, default="cross-region", help="which zero-shot setting")
-    p.add_argument("--data", default=None, help="data preset or .npz (default: what the checkpoint trained on)")
+    p.add_argument("--data", default=None, help="preset, .npz or CSV folder (default: what the checkpoint trained on)")
     p.add_argument("--data_root", default=None, help="folder of the real data (default ../shared/data)")
+    add_override_flags(p)
     p.add_argument("--eval_start", default=None, help="first evaluated target time, e.g. 2020-01-01")
     p.add_argument("--eval_days", type=float, default=None, help="evaluate this many days from the start")
     p.add_argument("--stride", type=int, default=None, help="steps between windows (default: the horizon)")
@@ -508,6 +514,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
+    parse_overrides(args.task, args.freq, args.channels, args.keys)  # a bad flag is named before any work
+    file_options = {k: getattr(args, k) for k in FILE_OPTIONS}
     out = args.output_dir or str(Path(args.checkpoint) / f"eval-{args.mode}")
     result = evaluate(
         args.checkpoint, out, mode=args.mode, data=args.data, data_root=args.data_root,
@@ -515,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=args.baselines.split(",") if args.baselines else None, supervised=not args.no_supervised,
         allow_overlap=args.allow_overlap, progress=not args.no_progress,
         rescale={"auto": None, "yes": True, "no": False}[args.rescale], generate=args.generate,
-        overwrite=args.overwrite, channel_map=args.channel_map,
+        overwrite=args.overwrite, data_overrides=file_options, channel_map=args.channel_map,
     )  # fmt: skip
     return print_result(result)
 
