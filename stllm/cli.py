@@ -14,9 +14,10 @@ from stllm.errors import run_command, split_debug
 
 
 def command_name(argv: list[str]) -> str:
-    """The sub-command named in error messages: ``eval next-poi``, ``train``, ... (``stllm`` alone when none)."""
-    if argv[:2] == ["eval", "next-poi"]:
-        return "eval next-poi"
+    """The sub-command named in error messages: ``eval next-poi``, ``data check``, ``train``, ... (``stllm``
+    alone when none)."""
+    if argv[:2] == ["eval", "next-poi"] or (argv[:1] == ["data"] and argv[1:2] in (["check"], ["convert"])):
+        return " ".join(argv[:2])
     return argv[0] if argv and not argv[0].startswith("-") else ""
 
 

@@ -190,3 +190,10 @@ def test_abbreviated_flags_are_refused_not_guessed(argv, flag, capsys):
         code = e.code
     assert code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_data_errors_name_the_data_sub_command(tmp_path, capsys):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    assert main(["data", "check", str(tmp_path / "empty.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stllm data check: error:") and "empty.npz" in err
