@@ -77,7 +77,7 @@ def test_every_problem_of_a_broken_file_is_named_and_exits_2(tmp_path, capsys):
     for field in ("lat", "mask", "timestamps", "regions"):
         assert sum(f"broken.npz: field '{field}'" in e for e in errors) == 1, field
     assert "1 irregular time step(s)" in captured.out and "duplicated: ['x']" in captured.out
-    assert captured.err.startswith("stllm data: error: ") and "(and 3 more above)" in captured.err
+    assert captured.err.startswith("stllm data check: error: ") and "(and 3 more above)" in captured.err
 
 
 def test_missing_values_and_bad_flags_exit_2(tmp_path, capsys):

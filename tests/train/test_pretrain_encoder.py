@@ -150,7 +150,7 @@ CLI_SMALL = ["--synthetic_regions", "8", "--synthetic_days", "4", "--epochs", "1
 
 
 @pytest.mark.parametrize("flag,value,named", [
-    ("--steps", "-3", "--steps_per_epoch"),  # an abbreviation of --steps_per_epoch: ran whole epochs before
+    ("--steps_per_epoch", "-3", "--steps_per_epoch"),  # "--steps -3" guessed this flag: now refused (test_cli)
     ("--steps_per_epoch", "0", "--steps_per_epoch"),
     ("--epochs", "0", "--epochs"), ("--epochs", "-1", "--epochs"), ("--max_steps", "0", "--max_steps"),
     ("--test_regions", "-0.5", "--test_regions"), ("--test_regions", "1", "--test_regions"),
