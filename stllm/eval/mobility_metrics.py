@@ -194,10 +194,10 @@ def _check_aligned(generated: Trajectories, reference: Trajectories) -> None:
     n = min(len(key_g), len(key_r))
     diff = np.flatnonzero((key_g[:n] != key_r[:n]).any(1))
     i = int(diff[0]) if diff.size else n
-    got = tuple(key_g[i]) if i < len(key_g) else "end of rows"
-    want = tuple(key_r[i]) if i < len(key_r) else "end of rows"
-    raise ValueError(f"{generated.source}: fields (uid, d, t) must equal the reference's ({reference.source}) row for "
-                     f"row: {len(generated)} vs {len(reference)} rows; first difference at sorted row {i}: "
+    got = tuple(key_g[i].tolist()) if i < len(key_g) else "no row"
+    want = tuple(key_r[i].tolist()) if i < len(key_r) else "no row"
+    raise ValueError(f"{generated.source}: fields (uid, d, t) must be exactly the reference's ({reference.source}): "
+                     f"{len(generated)} vs {len(reference)} rows; first difference at sorted row {i}: "
                      f"generated {got}, reference {want}")
 
 
