@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,14 +102,15 @@ class Trajectories:
         if dup.size:
             i = dup[0]
             rows = sorted((int(order[i]), int(order[i + 1])))
+            second = self._where(rows[1]).split()[-1]
             raise TrajectoryError(f"{src}: duplicate (uid, d, t) = ({key[0][i]}, {key[1][i]}, {key[2][i]}) at "
-                                  f"{self._where(rows[0])} and {self._where(rows[1])}; each slot of a user has one row")
+                                  f"{self._where(rows[0])} and {second}; one row per slot of a user")
         if city is not None and n:
             change = np.flatnonzero((np.diff(cols["uid"]) == 0) & (city[1:] != city[:-1]))
             if change.size:
                 i = change[0]
-                raise TrajectoryError(f"{src}: field 'city': user {cols['uid'][i]} appears in cities {city[i]!r} "
-                                      f"and {city[i + 1]!r}; a user belongs to one city")
+                raise TrajectoryError(f"{src}: field 'city': user {cols['uid'][i]} appears in cities {str(city[i])!r} "
+                                      f"and {str(city[i + 1])!r}; a user belongs to one city")
         for name, arr in cols.items():
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
@@ -194,16 +196,19 @@ def load_humob_csv(path: str | os.PathLike, *, base: int, grid: int = GRID, city
     if city is not None and not has_city:
         raise TrajectoryError(f"{path}: city={city!r} asked for but the file has no 'city' column")
     idx = [header.index(c) for c in HUMOB_COLUMNS]
-    try:
-        with path.open(encoding="utf-8") as f:
-            num = np.loadtxt(f, delimiter=",", skiprows=1, usecols=idx, dtype=np.int64, ndmin=2)
-        if has_city:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="loadtxt: input contained no data")  # our own error below
+        try:
             with path.open(encoding="utf-8") as f:
-                cities = np.loadtxt(f, delimiter=",", skiprows=1, usecols=header.index("city"), dtype=str, ndmin=1)
-        else:
-            cities = None
-    except ValueError as e:
-        raise TrajectoryError(f"{path}: columns {','.join(HUMOB_COLUMNS)} must hold integers: {e}") from e
+                num = np.loadtxt(f, delimiter=",", skiprows=1, usecols=idx, dtype=np.int64, ndmin=2)
+            if has_city:
+                with path.open(encoding="utf-8") as f:
+                    cities = np.loadtxt(f, delimiter=",", skiprows=1, usecols=header.index("city"), dtype=str,
+                                        ndmin=1)
+            else:
+                cities = None
+        except ValueError as e:
+            raise TrajectoryError(f"{path}: columns {','.join(HUMOB_COLUMNS)} must hold integers: {e}") from e
     if not len(num):
         raise TrajectoryError(f"{path}: no rows after the header")
     traj = Trajectories(*num.T, base=base, city=cities, grid=grid, source=str(path), line_offset=1)
