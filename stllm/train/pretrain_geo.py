@@ -216,7 +216,7 @@ def pretrain_geo_encoder(
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(
         allow_abbrev=False,
-        prog="pretrain_geo",
+        prog="stllm pretrain-encoder --encoder geo",
         description="Stage 1: pretrain a GeoEncoder (hierarchical grid cells + jitter InfoNCE) on coordinates.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
