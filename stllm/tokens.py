@@ -18,6 +18,7 @@ ST_HIS_PLACEHOLDER = "<ST_HIS>"
 ST_PRE_PLACEHOLDER = "<ST_PRE>"
 GEO_PLACEHOLDER = "<GEO>"
 POI_PRE_PLACEHOLDER = "<POI_PRE>"
+MOB_PRE_PLACEHOLDER = "<MOB_PRE>"
 
 # Slot tokens: added to the vocabulary as special tokens.
 ST_HIS_TOKEN = "<st_his>"
@@ -25,6 +26,9 @@ ST_PRE_TOKEN = "<st_pre>"
 GEO_TOKEN = "<geo>"
 POI_PRE_TOKEN = "<poi_pre>"  # where the candidate head reads (next-POI): one per prompt
 SLOT_TOKENS = (ST_HIS_TOKEN, ST_PRE_TOKEN, GEO_TOKEN, POI_PRE_TOKEN)
+# where the cell-choice head reads (long-term mobility): one per target row. Kept out of SLOT_TOKENS so
+# tokenizers saved before it existed still pass every collator's slot-token check; add_mobility_token adds it.
+MOB_PRE_TOKEN = "<mob_pre>"
 
 PLACEHOLDER_TO_SLOT = {
     ST_HIS_PLACEHOLDER: ST_HIS_TOKEN,
@@ -80,3 +84,13 @@ def resize_with_mean_rows(model, new_size: int) -> None:
         id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
     }.values():
         emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+
+
+def add_mobility_token(tokenizer, model=None) -> int:
+    """Add ``<mob_pre>`` to ``tokenizer`` (idempotent; resize ``model``'s embeddings like :func:`add_st_tokens`)
+    and return its id."""
+    if MOB_PRE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [MOB_PRE_TOKEN]}, replace_extra_special_tokens=False)
+    if model is not None:
+        resize_with_mean_rows(model, len(tokenizer))
+    return int(tokenizer.convert_tokens_to_ids(MOB_PRE_TOKEN))

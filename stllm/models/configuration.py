@@ -32,6 +32,7 @@ class STLlamaConfig(PretrainedConfig):
     st_pre_token_id: int | None = None
     geo_token_id: int | None = None
     poi_pre_token_id: int | None = None
+    mob_pre_token_id: int | None = None
     st_slots: int | None = None
     projector_type: str = "linear"
     head_dim: int = 128
@@ -39,6 +40,8 @@ class STLlamaConfig(PretrainedConfig):
     reg_loss_weight: float = 1.0
     cls_loss_weight: float = 1.0
     poi_loss_weight: float = 1.0
+    mob_loss_weight: float = 1.0
+    mob_features: int | None = None  # features per (slot, candidate) of the mobility head; None: no head
     cls_pos_weight: list[float] | None = None
     tie_word_embeddings: bool = False
     backbone_name_or_path: str | None = None
@@ -62,7 +65,7 @@ class STLlamaConfig(PretrainedConfig):
             self.tie_word_embeddings = True
         self._check_token_ids()
 
-    SLOT_TOKEN_FIELDS = ("st_his_token_id", "st_pre_token_id", "geo_token_id", "poi_pre_token_id")
+    SLOT_TOKEN_FIELDS = ("st_his_token_id", "st_pre_token_id", "geo_token_id", "poi_pre_token_id", "mob_pre_token_id")
 
     @property
     def slot_token_ids(self) -> list[int]:

@@ -61,6 +61,7 @@ def add_lora(
         fan_in_fan_out=fan_in_fan_out,
         trainable_token_indices=new_rows if (train_new_token_rows and new_rows) else None,
         # saved with the adapter, so checkpoints and Trainer resumes carry the ST modules too
-        modules_to_save=list(ST_TRAINABLE + (("st_encoder",) if tune_st_encoder else ())),
+        modules_to_save=list(ST_TRAINABLE + (("mob_head",) if hasattr(model, "mob_head") else ())
+                             + (("st_encoder",) if tune_st_encoder else ())),
     )
     return get_peft_model(model, lora)

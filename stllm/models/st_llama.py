@@ -23,6 +23,7 @@ from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder, STEncoderOutput, denormalise
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.heads import ClassificationHead, RegressionHead
+from stllm.models.mobility import CellChoiceHead
 from stllm.models.poi import CandidateHead, relation_features
 from stllm.models.projector import STProjector
 from stllm.tokens import add_st_tokens
@@ -32,6 +33,8 @@ SPLICE_INPUTS = ("st_values", "st_window", "st_region", "st_adj", "geo_coords")
 # Next-POI inputs: the candidate table and each sample's visit history (see stllm.models.poi).
 POI_INPUTS = ("poi_coords", "poi_category", "poi_category_tokens", "poi_history", "poi_anchor")
 POI_OPTIONAL = ("poi_transition",)
+# Long-term mobility inputs, one row per <mob_pre> (see stllm.models.mobility).
+MOB_INPUTS = ("mob_features", "mob_valid", "mob_slot")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class STCausalLMOutput(ModelOutput):
     ``reg_pred`` / ``cls_logits`` are ``(Q, horizon, st_slots)`` with one row per ``<ST_PRE>``
     placeholder in reading order; regression is in scaled units, classification in logits.
     ``poi_scores`` is ``(B, P)``: every candidate POI's score for each sample (next-POI prompts).
+    ``mob_scores`` is ``(Q, K)``: each ``<mob_pre>`` slot's logits over its user's K candidate places.
     """
 
     loss: torch.FloatTensor | None = None
@@ -52,6 +56,8 @@ class STCausalLMOutput(ModelOutput):
     cls_logits: torch.FloatTensor | None = None
     poi_loss: torch.FloatTensor | None = None
     poi_scores: torch.FloatTensor | None = None
+    mob_loss: torch.FloatTensor | None = None
+    mob_scores: torch.FloatTensor | None = None
     past_key_values: object | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -105,6 +111,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         self.reg_head = RegressionHead(hidden, config.head_dim, horizon)
         self.cls_head = ClassificationHead(hidden, config.head_dim, horizon)
         self.poi_head = CandidateHead(hidden, config.head_dim)
+        if config.mob_features:  # only mobility models carry it: older checkpoints load unchanged
+            self.mob_head = CellChoiceHead(hidden, config.mob_features)
         self.post_init()
         # residual starts: post_init skips modules without parameters of their own (custom code), so the
         # zero-initialised corrections are set here (loaded weights replace them)
@@ -354,6 +362,17 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                                 None if poi_transition is None else poi_transition.to(dev))
         return self.poi_head(query, cands, rel)
 
+    def score_places(self, input_ids: torch.Tensor, hidden: torch.Tensor, mob_features: torch.Tensor,
+                     mob_slot: torch.Tensor | None, mob_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``(Q, K)`` logits over candidate places at every ``<mob_pre>`` token (reading order over the batch)."""
+        token = self.config.mob_pre_token_id
+        if token is None or getattr(self, "mob_head", None) is None:
+            raise ValueError("mob_features given but the model has no mobility head (config.mob_pre_token_id and "
+                             "config.mob_features must be set)")
+        if mob_slot is None:
+            raise ValueError("mob_features given without mob_slot (day kind * 48 + slot of each <mob_pre>)")
+        return self.mob_head(hidden[input_ids == token], mob_features, mob_slot.to(hidden.device), mob_valid)
+
     # -- forward ------------------------------------------------------------------------------------
     def forward(
         self,
@@ -379,6 +398,10 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         poi_anchor: torch.Tensor | None = None,
         poi_transition: torch.Tensor | None = None,
         poi_targets: torch.LongTensor | None = None,
+        mob_features: torch.Tensor | None = None,
+        mob_valid: torch.Tensor | None = None,
+        mob_slot: torch.LongTensor | None = None,
+        mob_targets: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -426,6 +449,9 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                 raise ValueError(f"next-POI scoring needs {', '.join(POI_INPUTS)}; missing {', '.join(missing)}")
             poi_scores = self.score_candidates(self._poi_query(input_ids, hidden), **given,
                                                poi_transition=poi_transition)
+        mob_scores = None
+        if mob_features is not None and input_ids is not None and prefill:
+            mob_scores = self.score_places(input_ids, hidden, mob_features, mob_slot, mob_valid)
 
         cfg, terms = self.config, {}
         if labels is not None:
@@ -463,8 +489,20 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                                  "(use -1 for a POI not in the table)")
             per = F.cross_entropy(poi_scores.float(), target.clamp_min(0), reduction="none")
             terms["poi_loss"] = masked_mean(per, target >= 0)
+        if mob_targets is not None:
+            if mob_scores is None:
+                raise ValueError("mob_targets given without mob_features (the candidate places of each <mob_pre>)")
+            if mob_targets.shape != mob_scores.shape[:1]:
+                raise ValueError(f"mob_targets has shape {tuple(mob_targets.shape)}, expected ({mob_scores.shape[0]},)")
+            target = mob_targets.to(mob_scores.device)
+            if target.numel() and int(target.max()) >= mob_scores.shape[1]:
+                raise ValueError(f"mob_targets holds {int(target.max())}, outside the {mob_scores.shape[1]} candidates "
+                                 "(use -1 for a cell that is not a candidate)")
+            # -inf logits of padded candidates are never a target; clamp so a -1 row's CE stays finite
+            per = F.cross_entropy(mob_scores.float().clamp_min(-1e4), target.clamp_min(0), reduction="none")
+            terms["mob_loss"] = masked_mean(per, target >= 0)
         weights = {"lm_loss": cfg.lm_loss_weight, "reg_loss": cfg.reg_loss_weight, "cls_loss": cfg.cls_loss_weight,
-                   "poi_loss": cfg.poi_loss_weight}
+                   "poi_loss": cfg.poi_loss_weight, "mob_loss": cfg.mob_loss_weight}
         loss = sum(weights[n] * v for n, v in terms.items()) if terms else None
         return STCausalLMOutput(
             loss=loss,
@@ -472,6 +510,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             reg_pred=reg_pred,
             cls_logits=cls_logits,
             poi_scores=poi_scores,
+            mob_scores=mob_scores,
             past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             attentions=getattr(out, "attentions", None),
@@ -513,7 +552,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         """Splice on prefill only: later steps reuse the cache and drop the city inputs."""
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if not is_first_iteration and kwargs.get("use_cache", True):
-            for key in (*SPLICE_INPUTS, *POI_INPUTS, *POI_OPTIONAL):
+            for key in (*SPLICE_INPUTS, *POI_INPUTS, *POI_OPTIONAL, *MOB_INPUTS):
                 inputs.pop(key, None)
         return inputs
 

@@ -17,8 +17,9 @@ from transformers import Trainer, TrainerCallback
 from stllm.models.checkpoint import save_lora_extras
 from stllm.safe_io import staged_dir
 
-LOSS_TERMS = ("lm_loss", "reg_loss", "cls_loss", "poi_loss")
-FORECAST_TERMS = ("reg_loss", "cls_loss", "poi_loss")  # what validation selects on (the LM term is not the task)
+LOSS_TERMS = ("lm_loss", "reg_loss", "cls_loss", "poi_loss", "mob_loss")
+# what validation selects on (the LM term is not the task)
+FORECAST_TERMS = ("reg_loss", "cls_loss", "poi_loss", "mob_loss")
 logger = logging.getLogger("stllm")
 
 
