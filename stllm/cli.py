@@ -16,7 +16,8 @@ from stllm.errors import run_command, split_debug
 def command_name(argv: list[str]) -> str:
     """The sub-command named in error messages: ``eval next-poi``, ``data check``, ``train``, ... (``stllm``
     alone when none)."""
-    if argv[:2] == ["eval", "next-poi"] or (argv[:1] == ["data"] and argv[1:2] in (["check"], ["convert"])):
+    if argv[:2] in (["eval", "next-poi"], ["eval", "mobility"]) or (
+            argv[:1] == ["data"] and argv[1:2] in (["check"], ["convert"])):
         return " ".join(argv[:2])
     return argv[0] if argv and not argv[0].startswith("-") else ""
 
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, target, text in (
         ("train", "stllm.train.train_mem", "stage-2 instruction tuning (same as stllm/train/train_mem.py)"),
         ("train-poi", "stllm.train.train_poi", "next-POI instruction tuning on check-ins (stllm/train/train_poi.py)"),
+        ("train-mobility", "stllm.train.train_mobility",
+         "long-term mobility (HuMob) instruction tuning on trajectories (stllm/train/train_mobility.py)"),
     ):
         p = sub.add_parser(name, help=text, add_help=False, allow_abbrev=False)
         p.set_defaults(func=None, module=target)
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stllm.eval import zero_shot
 
     ev = sub.add_parser("eval", allow_abbrev=False, help="zero-shot evaluation of a checkpoint against baselines "
-                        "(stllm eval next-poi --help: next-POI ranking)",
+                        "(stllm eval next-poi --help: next-POI ranking; stllm eval mobility --help: HuMob)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     zero_shot.build_parser(ev)
     ev.set_defaults(func=zero_shot.run)
@@ -124,6 +127,10 @@ def dispatch(argv: list[str]) -> int:
         from stllm.eval import next_poi
 
         return next_poi.run(next_poi.build_parser().parse_args(argv[2:]))
+    if argv[:2] == ["eval", "mobility"]:  # long-term mobility evaluation has its own options
+        from stllm.eval import mobility
+
+        return mobility.run(mobility.build_parser().parse_args(argv[2:]))
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "module", None):

@@ -223,10 +223,17 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, data: Prep
     return model, tokenizer
 
 
-def build_tiny_model(texts: list[str], model_args: ModelArguments, vocab_size: int, attn: str, **config_kwargs):
-    """A Llama of ``--tiny_preset`` size from its config, with a BPE tokenizer trained offline on ``texts``."""
+def build_tiny_model(texts: list[str], model_args: ModelArguments, vocab_size: int, attn: str,
+                     extra_tokens: dict[str, str] | None = None, **config_kwargs):
+    """A Llama of ``--tiny_preset`` size from its config, with a BPE tokenizer trained offline on ``texts``.
+
+    ``extra_tokens`` maps config fields to special tokens outside ``SLOT_TOKENS`` (``{"mob_pre_token_id":
+    "<mob_pre>"}``): added to the tokenizer before the backbone's vocabulary is sized, their ids set in the config."""
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     ids = add_st_tokens(tokenizer)
+    for name, token in (extra_tokens or {}).items():
+        tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False)
+        config_kwargs[name] = tokenizer.convert_tokens_to_ids(token)
     hidden, layers, heads, kv, inter = TINY_PRESETS[model_args.tiny_preset]
     if model_args.no_llm:
         layers = 0  # the ablation: embeddings and final norm only, no attention or MLP between slots

@@ -1,0 +1,219 @@
+"""``stllm eval mobility CHECKPOINT --data FILE --base 1 --city C``: predict days 60-74 from days 0-59, score, compare.
+
+stllm fills every target ``(uid, d, t)`` slot from one teacher-forced forward pass per batch of users: the answer
+holds one ``<mob_pre>`` per target row and the cell-choice head picks each slot's cell among the user's places
+(:mod:`stllm.data.mobility`); no token is generated. The history baselines (:data:`BASELINES`) fill the same
+slots from the same history, and when the file is the HuMob'24 ground truth the published models' prediction
+files beside it (Llama-3-8B-Mob, LP-BERT) are scored on the same rows. The table gives GEO-BLEU (higher is
+better) and DTW (lower is better), means over users, with the metric variant asked for.
+
+Honest evaluation: a target row of a user the checkpoint trained on, on a day inside its training days, is
+refused (``mobility_data.json`` records the users, cities and days). Predictions are written in the HuMob
+submission format (``uid,d,t,x,y``, the file's cell numbering).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from stllm.data.mobility import MobilityCollator, MobilityDataset, MobilityWindow
+from stllm.data.trajectories import Trajectories, split_by_day, write_humob_csv
+from stllm.errors import run_command
+from stllm.eval.mobility_baselines import BASELINES, published_predictions
+from stllm.eval.mobility_metrics import score_users
+from stllm.eval.zero_shot import EvalResult, _write_json, print_result
+from stllm.models import STLlamaForCausalLM
+from stllm.train.train_mobility import MOBILITY_DATA_FILE, resolve_trajectories, synthetic_city
+
+REQUIRED = ("config.json", "tokenizer_config.json", MOBILITY_DATA_FILE)
+PUBLISHED_FILES = {"Llama-3-8B-Mob": "pred_llama3_8b_mob_days60-74_cityBC.csv",
+                   "LP-BERT": "pred_lpbert_days60-74_cityBC.csv"}
+PUBLISHED_MEANS = {  # (model, city): (GEO-BLEU, DTW) means reported with the HuMob'24 metric
+    ("Llama-3-8B-Mob", "B"): (0.3541, 25.39), ("Llama-3-8B-Mob", "C"): (0.2969, 20.57),
+    ("LP-BERT", "B"): (0.3093, 23.30), ("LP-BERT", "C"): (0.2682, 23.82),
+}
+
+
+def load_mobility_checkpoint(path: Path):
+    """``(model, tokenizer, record)`` of a ``stllm train-mobility`` checkpoint; names a missing part."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-mobility?)")
+    record = json.loads((path / MOBILITY_DATA_FILE).read_text())
+    model = STLlamaForCausalLM.from_pretrained(path).eval()
+    if model.config.mob_pre_token_id is None or getattr(model, "mob_head", None) is None:
+        raise ValueError(f"checkpoint {path} has no <mob_pre> token or mobility head: not a mobility model")
+    return model, AutoTokenizer.from_pretrained(path), record
+
+
+def check_not_trained_on(target: Trajectories, record: dict) -> None:
+    """Refuse target rows of a trained user (in a trained city) on a trained day: they were training targets."""
+    first, last = record["days"]
+    users = np.asarray(record["users"], dtype=np.int64)
+    same_city = True
+    if target.city is not None and record.get("cities"):
+        same_city = np.isin(target.city, record["cities"])
+    inside = np.isin(target.uid, users) & (target.d >= first) & (target.d <= last) & same_city
+    if inside.any():
+        i = int(np.flatnonzero(inside)[0])
+        raise ValueError(f"{target.source}: field 'd': {int(inside.sum())} target rows lie inside the training windows "
+                         f"of the checkpoint (users it trained on, days {first}..{last}); first: uid "
+                         f"{target.uid[i]} day {target.d[i]}. Evaluate later days or other users/cities")
+
+
+@torch.inference_mode()
+def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories, candidates: int,
+                  batch_size: int = 16) -> Trajectories:
+    """The target rows with stllm's cells: one forward pass per batch of users (no generation)."""
+    days = (int(history.d.min()), int(history.d.max())), (int(target.d.min()), int(target.d.max()))
+    dataset = MobilityDataset(history, [MobilityWindow(*days)], candidates=candidates, targets=target)
+    collator = MobilityCollator(tokenizer, answer="prefix")
+    device = next(model.parameters()).device
+    cells = []  # per user, in dataset order = sorted uid order = target row order
+    for start in range(0, len(dataset), batch_size):
+        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        cand = batch.pop("mob_cells")
+        batch.pop("mob_targets")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        scores = model(**batch, logits_to_keep=1).mob_scores.float().cpu()
+        cells.append(cand.gather(1, scores.argmax(1, keepdim=True))[:, 0].numpy())
+    cell = np.concatenate(cells)
+    x, y = np.divmod(cell, history.grid)
+    pred = target.with_base(history.base).with_cells(x + history.base, y + history.base)
+    return pred.with_base(target.base)
+
+
+def format_table(rows: dict[str, dict[str, float]], variant: str, city: str | None) -> str:
+    lines = [f"{'method':44s} {'GEO-BLEU':>9s} {'DTW':>8s}   {'published GEO-BLEU / DTW':>24s}"]
+    for name, m in rows.items():
+        pub = PUBLISHED_MEANS.get((name, city)) if variant == "humob24" else None
+        ref = f"{pub[0]:.4f} / {pub[1]:.2f}" if pub else ""
+        lines.append(f"{name:44s} {m['geobleu']:9.4f} {m['dtw']:8.2f}   {ref:>24s}")
+    return "\n".join(lines)
+
+
+def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, data: str | None = None,
+                      base: int | None = None, city: str | None = None, history_days: tuple[int, int] = (0, 59),
+                      target_days: tuple[int, int] = (60, 74), variant: str = "humob24", batch_size: int = 16,
+                      published: str | os.PathLike | None = None, max_users: int | None = None) -> EvalResult:
+    """Evaluate a ``stllm train-mobility`` checkpoint on ``data`` (default: a synthetic city the checkpoint never
+    saw, seed + 1000, other uids). ``published``: a folder with the published models' prediction files (default:
+    the data file's folder when it holds them)."""
+    ckpt, out = Path(checkpoint), Path(output_dir)
+    model, tokenizer, record = load_mobility_checkpoint(ckpt)
+    if data in (None, "synthetic"):
+        n = record.get("synthetic_users", 40)
+        traj = synthetic_city(int(record.get("synthetic_seed", 0)) + 1000, n, city="T", first_uid=10 * n + 1000)
+        data, city = "synthetic", "T"
+    else:
+        traj = resolve_trajectories(data, base, city)
+    if max_users is not None:
+        traj = traj.subset(np.isin(traj.uid, traj.users[:max_users]))
+    split = split_by_day(traj, history_days, target_days)
+    if not len(split.target):
+        raise ValueError(f"{traj.source}: field 'd': no target rows in days {target_days[0]}..{target_days[1]}")
+    check_not_trained_on(split.target, record)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    preds = {"stllm": predict_cells(model, tokenizer, split.history, split.target, record["candidates"], batch_size)}
+    seconds = time.perf_counter() - start
+    preds.update({name: fn(split.history, split.target) for name, fn in BASELINES.items()})
+    folder = Path(published) if published else (Path(data).parent if data != "synthetic" else None)
+    for name, fname in PUBLISHED_FILES.items():
+        if folder is not None and (folder / fname).is_file():
+            preds[name] = published_predictions(folder / fname, split.target, base=split.target.base, city=city)
+    scores = {name: score_users(p, split.target, variant) for name, p in preds.items()}
+    metrics = {name: dict(zip(("geobleu", "dtw"), s.mean())) for name, s in scores.items()}
+    n_users = len(split.target.users)
+    table = (f"city {city or '(all)'} ({traj.source}): {n_users} users, {len(split.target)} target slots (days "
+             f"{target_days[0]}-{target_days[1]}), history days {history_days[0]}-{history_days[1]}, metric "
+             f"{variant}\n{format_table(metrics, variant, city)}\n\nstllm predicted {n_users} users in "
+             f"{seconds:.1f} s (one forward pass per batch of {batch_size} users); trained on "
+             f"{', '.join(record.get('cities') or ['(no city label)'])}, {len(record['users'])} users, days "
+             f"{record['days'][0]}-{record['days'][1]}")
+    files = [_write_json(out / "metrics.json", {"city": city, "variant": variant, "seconds": seconds,
+                                                "methods": metrics})]
+    files.append(write_humob_csv(preds["stllm"], out / "predictions.csv"))
+    files.append(_write_per_user(out / "per_user.csv", scores))
+    plot = plot_user_days(out / "user_days.png", split.target, preds)
+    if plot is not None:
+        files.append(plot)
+    return EvalResult(metrics=metrics, table=table, output_dir=out, files=files)
+
+
+def _write_per_user(path: Path, scores: dict) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("method,uid,geobleu,dtw\n")
+        for name, s in scores.items():
+            for u, g, d in zip(s.uid.tolist(), s.geobleu.tolist(), s.dtw.tolist()):
+                f.write(f"{name},{u},{g:.6f},{d:.4f}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_user_days(path: Path, target: Trajectories, preds: dict[str, Trajectories], uid: int | None = None):
+    """One user's x and y cell over the target slots: truth, stllm, and the slot baseline (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    uid = int(target.users[0]) if uid is None else uid
+    rows = target.uid == uid
+    when = target.d[rows] + target.t[rows] / 48.0
+    fig, axes = plt.subplots(2, 1, figsize=(11, 5), sharex=True)
+    shown = {"truth": target, **{k: v for k, v in preds.items() if k in ("stllm", next(iter(BASELINES)))}}
+    for ax, coord in zip(axes, ("x", "y")):
+        for name, p in shown.items():
+            ax.plot(when, getattr(p, coord)[rows], ".-" if name == "truth" else ".", label=name, ms=3, lw=0.6)
+        ax.set_ylabel(f"cell {coord}")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[1].set_xlabel("day")
+    fig.suptitle(f"user {uid}: predicted vs true cells")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="stllm eval mobility", description=__doc__, allow_abbrev=False,
+                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("checkpoint", help="a checkpoint directory written by stllm train-mobility")
+    p.add_argument("--data", default=None, help="HuMob CSV to evaluate (default: an unseen synthetic city)")
+    p.add_argument("--base", type=int, choices=(0, 1), default=None, help="cell numbering of --data (1: HuMob'24)")
+    p.add_argument("--city", default=None, help="evaluate only this city's users (the CSV's city column)")
+    p.add_argument("--history_days", type=int, nargs=2, default=(0, 59), metavar=("FIRST", "LAST"))
+    p.add_argument("--target_days", type=int, nargs=2, default=(60, 74), metavar=("FIRST", "LAST"))
+    p.add_argument("--variant", choices=("humob24", "giscup25"), default="humob24", help="metric version")
+    p.add_argument("--published", default=None, help="folder with published prediction files (default: --data's)")
+    p.add_argument("--output_dir", default=None, help="where results go (default: <checkpoint>/eval-mobility)")
+    p.add_argument("--batch_size", type=int, default=16, help="users per forward pass")
+    p.add_argument("--max_users", type=int, default=None, help="evaluate only the first N users")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.output_dir or str(Path(args.checkpoint) / "eval-mobility")
+    result = evaluate_mobility(args.checkpoint, out, data=args.data, base=args.base, city=args.city,
+                               history_days=tuple(args.history_days), target_days=tuple(args.target_days),
+                               variant=args.variant, batch_size=args.batch_size, published=args.published,
+                               max_users=args.max_users)
+    return print_result(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("eval mobility", lambda: run(build_parser().parse_args(argv)))
