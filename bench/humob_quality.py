@@ -1,17 +1,22 @@
 """HuMob'24 zero-shot quality on CPU: train stllm (tiny Llama, cell-choice head) on one city's days 0-59, predict
 days 60-74 of the other city, and print the table beside the baselines and the published models.
 
-    python bench/humob_quality.py [--data DIR] [--steps 250] [--pairs B:C C:B] [--out /tmp/humob_quality]
+    python bench/humob_quality.py [--data DIR] [--steps 250] [--pairs B:C C:B] [--seeds 0,1,2]
+                                  [--train_flags "--lm_loss_weight 0.1"] [--out /tmp/humob_quality]
 
-Each pair trains from scratch (about 4-5 minutes of 250 steps on 2 shared cores) and evaluates with
-``stllm eval mobility`` (about 5 s for 100 users).
+Each pair and seed trains from scratch (about 40 s of 250 steps on 2 idle cores) and evaluates with
+``stllm eval mobility`` (a few seconds for 100 users); with several seeds a last table gives stllm's mean and
+spread per pair.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
+
+import numpy as np
 
 from stllm.cli import main as stllm
 from stllm.data.loaders import data_root
@@ -25,23 +30,37 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=data_root() / "humob24", help="folder with the HuMob'24 files")
     ap.add_argument("--steps", type=int, default=250, help="training steps per city (batch 8)")
     ap.add_argument("--pairs", nargs="+", default=["B:C", "C:B"], help="TRAIN:EVAL city pairs")
+    ap.add_argument("--seeds", default="0", help="comma list of training seeds")
+    ap.add_argument("--train_flags", default="", help="extra stllm train-mobility flags, e.g. '--lm_loss_weight 0.1'")
     ap.add_argument("--out", type=Path, default=Path("/tmp/humob_quality"))
     args = ap.parse_args()
     data = args.data / FILE
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    scores: dict[str, list[tuple[float, float]]] = {}
     for pair in args.pairs:
         train_city, eval_city = pair.split(":")
-        ckpt = args.out / f"train-{train_city}"
-        start = time.perf_counter()
-        code = stllm(["train-mobility", "--data", str(data), "--base", "1", "--city", train_city, "--output_dir",
-                      str(ckpt), "--max_steps", str(args.steps), "--per_device_train_batch_size", "8",
-                      "--learning_rate", "3e-3", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to",
-                      "none", "--logging_steps", "50", "--seed", "0", "--overwrite_output_dir", "true"])
-        if code:
-            raise SystemExit(code)
-        trained = time.perf_counter() - start
-        result = evaluate_mobility(ckpt, args.out / f"{train_city}-to-{eval_city}", data=str(data), base=1,
-                                   city=eval_city)
-        print(f"\n== trained on {train_city} ({trained:.0f} s), zero-shot on {eval_city} ==\n{result.table}")
+        for seed in seeds:
+            ckpt = args.out / f"train-{train_city}-seed{seed}"
+            start = time.perf_counter()
+            code = stllm(["train-mobility", "--data", str(data), "--base", "1", "--city", train_city, "--output_dir",
+                          str(ckpt), "--max_steps", str(args.steps), "--per_device_train_batch_size", "8",
+                          "--learning_rate", "3e-3", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to",
+                          "none", "--logging_steps", "50", "--seed", str(seed), "--overwrite_output_dir", "true",
+                          *shlex.split(args.train_flags)])  # fmt: skip
+            if code:
+                raise SystemExit(code)
+            trained = time.perf_counter() - start
+            result = evaluate_mobility(ckpt, args.out / f"{train_city}-to-{eval_city}-seed{seed}", data=str(data),
+                                       base=1, city=eval_city)
+            print(f"\n== seed {seed}: trained on {train_city} ({trained:.0f} s), zero-shot on {eval_city} ==\n"
+                  f"{result.table}")
+            scores.setdefault(pair, []).append((result.metrics["stllm"]["geobleu"], result.metrics["stllm"]["dtw"]))
+    if len(seeds) > 1:
+        print(f"\nstllm over seeds {args.seeds} ({args.train_flags or 'default flags'}): mean +- std")
+        for pair, rows in scores.items():
+            a = np.array(rows)
+            print(f"{pair}  GEO-BLEU {a[:, 0].mean():.4f} +- {a[:, 0].std():.4f}  DTW {a[:, 1].mean():.2f} +- "
+                  f"{a[:, 1].std():.2f}")
 
 
 if __name__ == "__main__":
