@@ -10,6 +10,7 @@ heads. The Llama name is what users expect; the backbone is whatever ``text_conf
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -101,6 +102,10 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         if backbone is None:
             backbone = AutoModelForCausalLM.from_config(config.text_config)
         self.backbone = backbone
+        # transformers 5.2x renamed the backbone's cache argument (`past_key_values` -> `cache`; the old name
+        # warns and goes in 5.40): pass it under the name this backbone's forward takes
+        params = inspect.signature(backbone.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         config.text_config = backbone.config  # one object: resizing the vocab updates both
         hidden = config.text_config.hidden_size
         self.st_encoder = STEncoder(config.st_encoder)
@@ -416,7 +421,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         kwargs.pop("return_dict", None)  # always a ModelOutput (indexable, and .to_tuple() for tuples)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        cache = past_key_values if past_key_values is not None else kwargs.get("cache")  # transformers 5: `cache`
+        cache = past_key_values if past_key_values is not None else kwargs.pop("cache", None)  # transformers 5.2x
         prefill = _is_prefill(cache) if prefill is None else prefill
         if inputs_embeds is None:
             self._check_input_ids(input_ids)
@@ -431,7 +436,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{self._cache_arg: cache},
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             logits_to_keep=logits_to_keep,
