@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stllm.data.loaders import read_json
+
 REQUIRED = ("config.json", "scaler.json", "split.json", "tokenizer_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # a checkpoint needs one of them
 _TOKENIZER_PARTS = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -79,11 +81,9 @@ def data_digest(city) -> str:
 
 
 def load_json_object(path: Path) -> dict:
-    """A JSON object from ``path``; a corrupt or truncated file raises ``ValueError`` naming it."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: corrupt or truncated JSON ({e}); restore it from the training run") from None
+    """A JSON object from ``path``; a corrupt or truncated file raises ``ValueError`` naming it
+    (:func:`stllm.data.loaders.read_json`), as does one holding something else than an object."""
+    obj = read_json(path, "the JSON object the training run wrote; restore it from the training run")
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}; restore it from the training run")
     return obj
