@@ -326,13 +326,6 @@ def _resumes_own_run(args: STTrainingArguments) -> bool:
     return ckpt == out or ckpt.parent == out
 
 
-def check_output_dir(args: STTrainingArguments) -> None:
-    """Refuse to write a new run over another artefact, or over another run unless told to overwrite (resuming
-    a run into its own directory counts as told)."""
-    outdir.check_output_dir(args.output_dir, "training run", overwrite=args.overwrite_output_dir
-                            or _resumes_own_run(args), flag="--overwrite_output_dir")  # fmt: skip
-
-
 @contextlib.contextmanager
 def claim_run_dir(args: STTrainingArguments):
     """Hold ``--output_dir`` for the whole run (a lock with this job's pid, see :mod:`stllm.outdir`) on global
