@@ -109,3 +109,14 @@ def trained_lora(kind: str = "llama"):
         opt.step()
         opt.zero_grad()
     return peft_model.eval(), b
+
+
+def train_tiny_run(out, *flags: str):
+    """``stllm train`` in-process into ``out`` with the tiny defaults every checkpoint fixture shares (batch 8, no
+    intermediate saves, no progress bar) plus ``flags`` (city, context, steps...); returns ``out``."""
+    from stllm.train.arguments import parse_args
+    from stllm.train.train_mem import train
+
+    train(*parse_args(["--output_dir", str(out), *flags, "--per_device_train_batch_size", "8", "--save_strategy",
+                       "no", "--disable_tqdm", "true"]))  # fmt: skip
+    return out

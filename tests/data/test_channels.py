@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from model_fixtures import train_tiny_run
 
 from stllm.data import synthetic_city
 from stllm.data.channels import map_channels, parse_channel_map
@@ -76,15 +77,8 @@ def test_unnamed_data_or_an_old_checkpoint_go_by_position_with_a_warning(three, 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from stllm.train.arguments import parse_args
-    from stllm.train.train_mem import train
-
-    out = tmp_path_factory.mktemp("ckpt")
-    train(*parse_args(["--output_dir", str(out), "--synthetic_regions", "8", "--synthetic_days", "21",
-                       "--context_days", "2", "--context_weeks", "1",
-                       "--max_steps", "3", "--per_device_train_batch_size", "8", "--save_strategy", "no",
-                       "--disable_tqdm", "true"]))  # fmt: skip
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("ckpt"), "--synthetic_regions", "8", "--synthetic_days", "21",
+                          "--context_days", "2", "--context_weeks", "1", "--max_steps", "3")
 
 
 def test_evaluation_with_swapped_and_renamed_channels_predicts_the_same(checkpoint, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from model_fixtures import train_tiny_run
 
 from stllm.data import CityData, CityDataError, Region
 from stllm.data.city_files import load_city_file, parse_overrides, save_city
@@ -214,15 +215,10 @@ def test_train_and_eval_flags_are_checked_and_reach_the_reader(tmp_path):
 def test_an_event_file_is_evaluated_as_events_without_a_flag(tmp_path):
     from stllm.cli import main
     from stllm.data import synthetic_city
-    from stllm.train.arguments import parse_args
-    from stllm.train.train_mem import train
 
-    ckpt = tmp_path / "ckpt"
-    train(*parse_args(["--output_dir", str(ckpt), "--synthetic_regions", "8", "--synthetic_days", "60",
-                       "--synthetic_task", "event", "--input_len", "7", "--output_len", "3",
-                       "--context_days", "0", "--context_weeks", "1", "--max_steps", "2",
-                       "--per_device_train_batch_size", "8", "--save_strategy", "no",
-                       "--disable_tqdm", "true"]))  # fmt: skip
+    ckpt = train_tiny_run(tmp_path / "ckpt", "--synthetic_regions", "8", "--synthetic_days", "60",
+                          "--synthetic_task", "event", "--input_len", "7", "--output_len", "3",
+                          "--context_days", "0", "--context_weeks", "1", "--max_steps", "2")
     other = synthetic_city(seed=9, n_regions=5, days=30, task="event")  # another city, as a user would write it
     path = tmp_path / "crime.npz"
     np.savez(path, values=other.values, time=other.timestamps.astype(str), task=np.array("event"),

@@ -5,22 +5,17 @@ import shutil
 
 import numpy as np
 import pytest
+from model_fixtures import train_tiny_run
 
 from stllm import STLlamaForCausalLM
 from stllm.data import SplitError, synthetic_city
 from stllm.eval.zero_shot import evaluate, main
-from stllm.train.arguments import parse_args
-from stllm.train.train_mem import train
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt")
-    train(*parse_args(["--output_dir", str(out), "--synthetic_regions", "8", "--synthetic_days", "21",
-                       "--context_days", "2", "--context_weeks", "1",
-                       "--max_steps", "10", "--per_device_train_batch_size", "8", "--save_strategy", "no",
-                       "--disable_tqdm", "true"]))  # fmt: skip
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("ckpt"), "--synthetic_regions", "8", "--synthetic_days", "21",
+                          "--context_days", "2", "--context_weeks", "1", "--max_steps", "10")
 
 
 def test_cross_region_table_files_and_honesty(checkpoint, tmp_path, capsys):
@@ -83,12 +78,9 @@ def test_cross_city_rescales_on_the_new_citys_history(checkpoint, tmp_path):
 @pytest.fixture(scope="module")
 def views_checkpoint(tmp_path_factory):
     """The older prompt layout: separate day/week history placeholders and a <GEO> slot."""
-    out = tmp_path_factory.mktemp("views")
-    train(*parse_args(["--output_dir", str(out), "--synthetic_regions", "8", "--synthetic_days", "21",
-                       "--context_days", "0", "--context_weeks", "0", "--extra_views", "day,week",
-                       "--with_geo", "true", "--max_steps", "2", "--per_device_train_batch_size", "8",
-                       "--save_strategy", "no", "--disable_tqdm", "true"]))  # fmt: skip
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("views"), "--synthetic_regions", "8", "--synthetic_days", "21",
+                          "--context_days", "0", "--context_weeks", "0", "--extra_views", "day,week",
+                          "--with_geo", "true", "--max_steps", "2")
 
 
 @pytest.mark.parametrize("fixture", ["checkpoint", "views_checkpoint"])
@@ -255,13 +247,9 @@ def test_cross_dataset_on_another_city_fits_the_ridge_on_the_training_data(check
 
 @pytest.fixture(scope="module")
 def event_checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("events")
-    train(*parse_args(["--output_dir", str(out), "--synthetic_regions", "8", "--synthetic_days", "60",
-                       "--synthetic_task", "event", "--input_len", "7", "--output_len", "3",
-                       "--context_days", "0", "--context_weeks", "1", "--max_steps", "3",
-                       "--per_device_train_batch_size", "8", "--save_strategy", "no",
-                       "--disable_tqdm", "true"]))  # fmt: skip
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("events"), "--synthetic_regions", "8", "--synthetic_days", "60",
+                          "--synthetic_task", "event", "--input_len", "7", "--output_len", "3",
+                          "--context_days", "0", "--context_weeks", "1", "--max_steps", "3")
 
 
 def test_event_zero_shot_reports_recall_and_f1_per_category(event_checkpoint, tmp_path):
@@ -365,12 +353,8 @@ def test_bad_flags_are_refused_by_name_before_any_work(checkpoint, tmp_path, mon
 @pytest.fixture(scope="module")
 def short_context_checkpoint(tmp_path_factory):
     """A model that reads only the recent steps: its first window needs no day of history."""
-    out = tmp_path_factory.mktemp("short")
-    train(*parse_args(["--output_dir", str(out), "--synthetic_regions", "6", "--synthetic_days", "21",
-                       "--context_days", "0", "--context_weeks", "0", "--max_steps", "1",
-                       "--per_device_train_batch_size", "8", "--save_strategy", "no",
-                       "--disable_tqdm", "true"]))  # fmt: skip
-    return out
+    return train_tiny_run(tmp_path_factory.mktemp("short"), "--synthetic_regions", "6", "--synthetic_days", "21",
+                          "--context_days", "0", "--context_weeks", "0", "--max_steps", "1")
 
 
 def test_failures_that_came_after_the_model_pass_come_before_it(short_context_checkpoint, checkpoint, tmp_path,
