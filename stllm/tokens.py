@@ -29,6 +29,8 @@ SLOT_TOKENS = (ST_HIS_TOKEN, ST_PRE_TOKEN, GEO_TOKEN, POI_PRE_TOKEN)
 # where the cell-choice head reads (long-term mobility): one per target row. Kept out of SLOT_TOKENS so
 # tokenizers saved before it existed still pass every collator's slot-token check; add_mobility_token adds it.
 MOB_PRE_TOKEN = "<mob_pre>"
+# where the intent head reads (on-device intent prediction): one per prompt; kept out of SLOT_TOKENS like <mob_pre>
+INTENT_PRE_TOKEN = "<intent_pre>"
 
 PLACEHOLDER_TO_SLOT = {
     ST_HIS_PLACEHOLDER: ST_HIS_TOKEN,
@@ -89,8 +91,20 @@ def resize_with_mean_rows(model, new_size: int) -> None:
 def add_mobility_token(tokenizer, model=None) -> int:
     """Add ``<mob_pre>`` to ``tokenizer`` (idempotent; resize ``model``'s embeddings like :func:`add_st_tokens`)
     and return its id."""
-    if MOB_PRE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [MOB_PRE_TOKEN]}, replace_extra_special_tokens=False)
+    return add_special_token(tokenizer, MOB_PRE_TOKEN, model)
+
+
+def add_intent_token(tokenizer, model=None) -> int:
+    """Add ``<intent_pre>`` to ``tokenizer`` (idempotent; resize ``model``'s embeddings like :func:`add_st_tokens`)
+    and return its id."""
+    return add_special_token(tokenizer, INTENT_PRE_TOKEN, model)
+
+
+def add_special_token(tokenizer, token: str, model=None) -> int:
+    """Add one special ``token`` outside :data:`SLOT_TOKENS` (idempotent), resize ``model``'s embeddings with
+    mean rows when given, and return the token's id."""
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False)
     if model is not None:
         resize_with_mean_rows(model, len(tokenizer))
-    return int(tokenizer.convert_tokens_to_ids(MOB_PRE_TOKEN))
+    return int(tokenizer.convert_tokens_to_ids(token))

@@ -1,0 +1,46 @@
+"""Intent metrics equal sklearn on random cases (overall and per user, classes absent from a user included) and
+on a hand-worked case."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from stllm.eval.intent_metrics import intent_scores, per_user_scores, score_table
+
+
+def _sk(y, p):
+    return {"accuracy": accuracy_score(y, p), "weighted_f1": f1_score(y, p, average="weighted", zero_division=0),
+            "macro_f1": f1_score(y, p, average="macro", zero_division=0)}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_equal_to_sklearn_overall_and_per_user(seed):
+    rng = np.random.default_rng(seed)
+    n, c = 300, 9
+    y = rng.choice(c, size=n, p=np.r_[0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.0])  # class 8 never true
+    p = np.where(rng.random(n) < 0.5, y, rng.integers(0, c, size=n))
+    users = rng.integers(0, 7, size=n)
+    got = intent_scores(y, p, c)
+    for k, v in _sk(y, p).items():
+        assert got[k] == pytest.approx(v, abs=1e-12)
+    assert got["gap"] == pytest.approx(got["weighted_f1"] - got["macro_f1"])
+    ids, per = per_user_scores(y, p, users, c)
+    for i, u in enumerate(ids):
+        m = users == u
+        for k, v in _sk(y[m], p[m]).items():
+            assert per[k][i] == pytest.approx(v, abs=1e-12)
+    row = score_table(y, p, users, c)
+    assert row["user_macro_f1"] == pytest.approx(per["macro_f1"].mean())
+
+
+def test_hand_worked_case():
+    # true 0,0,0,1 ; pred 0,0,1,2: F1(0)=2*2/(3+2)=0.8, F1(1)=0, F1(2)=0 (predicted, never true); class 3 absent
+    got = intent_scores(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 2]), 4)
+    assert got["accuracy"] == 0.5
+    assert got["macro_f1"] == pytest.approx(0.8 / 3)
+    assert got["weighted_f1"] == pytest.approx(0.8 * 3 / 4)
+
+
+def test_bad_labels_named():
+    with pytest.raises(ValueError, match="y_pred holds labels outside"):
+        intent_scores(np.array([0, 1]), np.array([0, 5]), 3)
