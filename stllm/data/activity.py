@@ -18,7 +18,8 @@ The compact text format (one record per line; ``-`` or an empty field for unknow
     to: 40.75000,-73.99000 | home
 
 ``A start[-end] | category | lat,lon | place id | name``; ``T mode | depart-arrive | origin > dest | purpose``.
-Times are ``HH:MM`` or ``HH:MM:SS`` (stored as seconds of the day). ``context: date=`` is the date a prompt
+Times are ``HH:MM`` or ``HH:MM:SS`` (stored as seconds since the day's midnight; ``26:50`` is 02:50 the next
+morning, as in a diary that runs past midnight). ``context: date=`` is the date a prompt
 or tool fixed for the day (the date a generated day must agree with).
 """
 
@@ -203,8 +204,9 @@ def parse_time(text: str, where: str) -> int | None:
     if not m:
         raise ActivityFormatError(f"{where}: time {text!r} is not HH:MM or HH:MM:SS")
     h, mi, s = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-    if h > 24 or mi > 59 or s > 59 or h * 3600 + mi * 60 + s > DAY_SECONDS:
-        raise ActivityFormatError(f"{where}: time {text!r} is not a time of day")
+    if h > 47 or mi > 59 or s > 59:
+        raise ActivityFormatError(f"{where}: time {text!r} is not a time of day (hours past 23 continue the day "
+                                  "after midnight, up to 47:59)")
     return h * 3600 + mi * 60 + s
 
 
@@ -448,7 +450,7 @@ def _seconds(times: np.ndarray) -> np.ndarray:
     return (t - t.astype("datetime64[D]")).astype(np.int64)
 
 
-def personas_from_checkins(checkins, top: int = 5) -> dict[str, Persona]:
+def personas_from_checkins(checkins, top: int = 10) -> dict[str, Persona]:
     """Per user id, a persona from their check-ins (pass the training part only): dominant categories,
     home (the most visited place before 07:00 or after 20:00, or a 'Home' category place), work (most
     visited place 09-17 on weekdays) and active hours (10th/90th percentile of the check-in hour)."""
@@ -545,7 +547,7 @@ def load_llmob_chains(path: str | os.PathLike, dataset: str = "2019") -> dict[st
         if split == "train":
             history.setdefault(uid, Counter()).update(r[2] for r in rows)
             hours.setdefault(uid, []).extend(r[1] // 3600 for r in rows)
-    personas = {uid: Persona(categories=tuple(c for c, _ in sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
+    personas = {uid: Persona(categories=tuple(c for c, _ in sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0]))[:10]),
                              hours=(int(np.percentile(hours[uid], 10)), int(np.percentile(hours[uid], 90))))
                 for uid, cnt in history.items()}
     out: dict[str, list[ActivityChain]] = {"train": [], "test": []}
@@ -565,7 +567,8 @@ def load_saopaulo_diaries(path: str | os.PathLike) -> list[ActivityChain]:
     """The Sao Paulo OD-2017 20-person extract as chains: activity at each trip's origin (its purpose, ending
     at the departure), the trip (mode, departure, origin > destination), and a last activity at the last
     destination (the first activity's purpose when the person is back where the day started, else 'Unknown').
-    Arrival times are not in the survey extract, so activity starts after the first are unknown."""
+    Arrival times are not in the survey extract, so activity starts after the first are unknown. A departure
+    earlier than the one before it is after midnight (a night shift): it gets 24 h added (``26:50``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -592,6 +595,8 @@ def load_saopaulo_diaries(path: str | os.PathLike) -> list[ActivityChain]:
             o = parse_coord(f"{rec['O_lat']},{rec['O_lon']}", f"{where}: field 'O_lat,O_lon'")
             d = parse_coord(f"{rec['D_lat']},{rec['D_lon']}", f"{where}: field 'D_lat,D_lon'")
             depart = parse_time(rec["departure"], f"{where}: field 'departure'")
+            while depart < prev_end:
+                depart += DAY_SECONDS
             act = Activity(category=rec["purpose_at_origin_abstr"], start=prev_end if not steps else None,
                            end=depart, lat=o[0], lon=o[1])
             first = first or act

@@ -62,7 +62,8 @@ def test_render_parse_round_trip_and_the_written_text():
 
 
 @pytest.mark.parametrize(("text", "match"), [
-    ("A 25:00 | Home", "line 1: field 'time': time '25:00' is not a time of day"),
+    ("A 48:00 | Home", "line 1: field 'time': time '48:00' is not a time of day"),
+    ("A 08:61 | Home", "line 1: field 'time': time '08:61' is not a time of day"),
     ("A 08:00 | ", "line 1: field 'category' is empty"),
     ("A 08:00 | Home | 40.7", "line 1: field 'coordinates': coordinates '40.7' are not 'lat,lon'"),
     ("A 08:00 | Home | 95.0,10.0", "out of range"),
