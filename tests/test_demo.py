@@ -50,6 +50,23 @@ def test_quick_next_poi_demo_trains_then_ranks_against_baselines(tmp_path, capsy
     assert record["checkins"] == "synthetic" and record["synthetic_users"] == 12
 
 
+def test_quick_mobility_demo_trains_then_predicts_an_unseen_city_against_baselines(tmp_path, capsys):
+    from stllm.data.trajectories import load_humob_csv
+
+    assert main(["demo", "--data", "mobility", "--quick", "--output_dir", str(tmp_path), "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/2]" in out and "[2/2]" in out and "an unseen synthetic city" in out
+    rows = [line[:44].strip() for line in out.splitlines() if line.startswith(("stllm ", "most frequent", "last"))]
+    assert rows[:4] == ["stllm", "most frequent cell (weekday/weekend, slot)", "most frequent cell",
+                        "last observed cell"]
+    metrics = json.loads((tmp_path / "synthetic" / "eval" / "metrics.json").read_text())["methods"]
+    assert 0.0 < metrics["stllm"]["geobleu"] <= 1.0 and metrics["stllm"]["dtw"] >= 0.0
+    pred = load_humob_csv(tmp_path / "synthetic" / "eval" / "predictions.csv", base=1)
+    record = json.loads((tmp_path / "synthetic" / "model" / "mobility_data.json").read_text())
+    assert len(pred.users) == 4 and not set(pred.users.tolist()) & set(record["users"])  # other users, unseen
+    assert pred.d.min() == 60 and pred.d.max() <= 74
+
+
 # -- flags and presets, without training ---------------------------------------------------------------
 @pytest.mark.parametrize("flags,message", [
     (["--seeds", ","], "--seeds must name at least one seed"),
@@ -58,6 +75,8 @@ def test_quick_next_poi_demo_trains_then_ranks_against_baselines(tmp_path, capsy
     (["--steps", "0"], "--steps must be a positive number"),
     (["--data", "next-poi", "--seeds", "0,1"], "--seeds applies to the flow/event demos only"),
     (["--data", "crime"], "--quick runs on the synthetic data only"),
+    (["--data", "humob"], "--quick runs on the synthetic data only"),
+    (["--data", "mobility", "--seeds", "0,1"], "--seeds applies to the flow/event demos only"),
     (["--data_root", "{tmp}/absent"], "--data_root {tmp}/absent: no such directory"),
     (["--extra_views", "day,month"], "--extra_views 'day,month': unknown view(s) ['month']"),
 ])  # fmt: skip

@@ -28,7 +28,14 @@ import torch
 
 from stllm.data.collator import PromptCollator
 from stllm.data.prompts import VICUNA_SYSTEM, Conversation
-from stllm.data.trajectories import HUMOB_WEEKEND, SLOTS_PER_DAY, Trajectories, TrajectoryError
+from stllm.data.trajectories import (
+    HUMOB_WEEKEND,
+    SLOTS_PER_DAY,
+    Trajectories,
+    TrajectoryError,
+    load_humob_csv,
+    synthetic_trajectories,
+)
 from stllm.tokens import MOB_PRE_PLACEHOLDER, MOB_PRE_TOKEN
 
 MOB_FEATURES = (
@@ -36,6 +43,8 @@ MOB_FEATURES = (
     "share_recent_kind_slot_pm2", "share_overall", "is_slot_baseline", "log_evidence", "log_distance_top", "rank",
 )
 N_CANDIDATES = 64
+# what a mobility checkpoint trained on (city, users, days): evaluation refuses targets inside it
+MOBILITY_DATA_FILE = "mobility_data.json"
 RECENT_DAYS = 14
 BLOCK = 6  # slots per block in the prompt's text summary (3 hours)
 
@@ -280,3 +289,18 @@ class MobilityCollator(PromptCollator):
         if self.return_meta:
             out["meta"] = [s.get("id", i) for i, s in enumerate(samples)]
         return out
+
+
+def synthetic_mobility_city(seed: int, n_users: int, city: str = "S", first_uid: int = 0) -> Trajectories:
+    """The embedded default: 75 days of :func:`synthetic_trajectories` (1-based cells)."""
+    return synthetic_trajectories(seed=seed, n_users=n_users, days=75, city=city, first_uid=first_uid)
+
+
+def resolve_trajectories(spec: str, base: int | None, city: str | None, seed: int = 0, n_users: int = 40
+                         ) -> Trajectories:
+    """'synthetic' or a HuMob CSV (``base`` required), restricted to ``city`` when given."""
+    if spec == "synthetic":
+        return synthetic_mobility_city(seed, n_users)
+    if base is None:
+        raise ValueError(f"{spec}: pass --base 1 (cells 1..200, the HuMob'24 files) or --base 0; it is never guessed")
+    return load_humob_csv(spec, base=base, city=city)

@@ -17,9 +17,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from stllm.data.mobility import MOB_FEATURES, N_CANDIDATES, MobilityCollator, MobilityDataset, training_windows
+from stllm.data.mobility import (
+    MOB_FEATURES,
+    MOBILITY_DATA_FILE,
+    N_CANDIDATES,
+    MobilityCollator,
+    MobilityDataset,
+    resolve_trajectories,
+    training_windows,
+)
 from stllm.data.prompts import ChatFormatter
-from stllm.data.trajectories import Trajectories, load_humob_csv, synthetic_trajectories
 from stllm.models import STLlamaForCausalLM
 from stllm.tokens import MOB_PRE_TOKEN, add_mobility_token
 from stllm.train.arguments import ModelArguments, STTrainingArguments
@@ -36,7 +43,6 @@ from stllm.train.train_mem import (
 from stllm.train.trainer import STTrainer
 
 logger = logging.getLogger("stllm")
-MOBILITY_DATA_FILE = "mobility_data.json"
 
 
 @dataclass
@@ -67,21 +73,6 @@ class MobilityDataArguments:
         check_fields(self, [*(rule(k, POSITIVE) for k in counts), rule("max_train_samples", POSITIVE, optional=True)])
         if self.base not in (None, 0, 1):
             raise ValueError(f"--base must be 0 or 1, got {self.base}")
-
-
-def synthetic_city(seed: int, n_users: int, city: str = "S", first_uid: int = 0) -> Trajectories:
-    """The embedded default: 75 days of :func:`synthetic_trajectories` (1-based cells)."""
-    return synthetic_trajectories(seed=seed, n_users=n_users, days=75, city=city, first_uid=first_uid)
-
-
-def resolve_trajectories(spec: str, base: int | None, city: str | None, seed: int = 0, n_users: int = 40
-                         ) -> Trajectories:
-    """'synthetic' or a HuMob CSV (``base`` required), restricted to ``city`` when given."""
-    if spec == "synthetic":
-        return synthetic_city(seed, n_users)
-    if base is None:
-        raise ValueError(f"{spec}: pass --base 1 (cells 1..200, the HuMob'24 files) or --base 0; it is never guessed")
-    return load_humob_csv(spec, base=base, city=city)
 
 
 def build_mobility_model(model_args: ModelArguments, data_args: MobilityDataArguments, dataset: MobilityDataset,

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from stllm.cli import main
+from stllm.data.mobility import MOBILITY_DATA_FILE, synthetic_mobility_city
 from stllm.data.trajectories import load_humob_csv, write_humob_csv
 from stllm.eval.mobility import evaluate_mobility
 from stllm.eval.mobility_baselines import BASELINES
-from stllm.train.train_mobility import MOBILITY_DATA_FILE, synthetic_city
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_eval_synthetic_table_and_submission(checkpoint, tmp_path, capsys):
     for name in ("stllm", *BASELINES):
         assert name in text
     pred = load_humob_csv(tmp_path / "predictions.csv", base=1)
-    truth = synthetic_city(1000, 4, city="T", first_uid=1040)
+    truth = synthetic_mobility_city(1000, 4, city="T", first_uid=1040)
     target = truth.subset(truth.d >= 60)
     assert pred.keys_equal(target)  # exactly the target rows, in the submission format
     metrics = json.loads((tmp_path / "metrics.json").read_text())["methods"]
@@ -44,7 +44,7 @@ def test_eval_synthetic_table_and_submission(checkpoint, tmp_path, capsys):
 
 
 def test_refuses_targets_inside_training_windows(checkpoint, tmp_path):
-    train_city = synthetic_city(0, 4)  # the training users themselves, their days 45-59 were training targets
+    train_city = synthetic_mobility_city(0, 4)  # the training users themselves, their days 45-59 were training targets
     path = write_humob_csv(train_city, tmp_path / "seen.csv")
     with pytest.raises(ValueError, match="inside the training windows"):
         evaluate_mobility(checkpoint, tmp_path / "out", data=str(path), base=1, history_days=(0, 44),
@@ -55,7 +55,30 @@ def test_refuses_targets_inside_training_windows(checkpoint, tmp_path):
 
 
 def test_csv_needs_base(checkpoint, tmp_path, capsys):
-    path = write_humob_csv(synthetic_city(5, 2), tmp_path / "other.csv")
+    path = write_humob_csv(synthetic_mobility_city(5, 2), tmp_path / "other.csv")
     assert main(["eval", "mobility", str(checkpoint), "--data", str(path), "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "eval mobility" in err and "--base" in err and "other.csv" in err
+
+
+def test_choose_cells_rules_on_hand_computed_cases():
+    import torch
+
+    from stllm.eval.mobility import choose_cells
+
+    grid = 100
+    # slot 0: A (0, 0) p=.4 alone; B (50, 0) and C (51, 0) p=.3 each, 1 cell apart. argmax bets on A; GEO-BLEU's
+    # expected proximity of B is .3 + .3 exp(-.5) = .48 > A's .4 (A is 50 cells from both)
+    # slot 1: D (0, 0) and E (0, 40) p=.45 each, F (0, 20) between them p=.1: expected distance D 18 + 2 = 20,
+    # F 0.9 * 20 = 18 -> distance picks F; argmax picks D (first maximum)
+    probs = torch.tensor([[0.4, 0.3, 0.3], [0.45, 0.45, 0.1]])
+    cells = torch.tensor([[0 * grid + 0, 50 * grid + 0, 51 * grid + 0], [0, 40, 20]])
+    scores = probs.log()
+    assert choose_cells(scores, cells, grid, "argmax").tolist() == [0, 0]
+    assert choose_cells(scores, cells, grid, "geo").tolist()[0] in (50 * grid, 51 * grid)
+    assert choose_cells(scores, cells, grid, "distance").tolist()[1] == 20
+    # a padded candidate (score -inf, cell -1) is never chosen, even where it would be "central"
+    padded = torch.tensor([[0.0, 0.0, float("-inf")]])
+    assert choose_cells(padded, torch.tensor([[0, 40, -1]]), grid, "distance").item() in (0, 40)
+    with pytest.raises(ValueError, match="decode"):
+        choose_cells(scores, cells, grid, "mode")

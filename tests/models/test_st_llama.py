@@ -315,3 +315,18 @@ def test_a_cached_continuation_uses_the_backbone_cache_argument_without_deprecat
         plain = model(**{k: v for k, v in batch.items() if k != "labels"})
     assert not [w for w in caught if "past_key_values" in str(w.message)]
     torch.testing.assert_close(reg, plain.reg_pred, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_forward_hands_back_the_cache_without_touching_a_deprecated_name(kind, monkeypatch):
+    """Reading a backbone output's ``past_key_values`` logs a deprecation on transformers 5.2x (once per process,
+    so a recorder stands in for the logger); the model's own output still carries the cache for generate."""
+    from transformers.utils import generic
+
+    said = []
+    monkeypatch.setattr(generic.logger, "warning_once", lambda *a, **k: said.append(a))
+    model, batch = tiny_model(kind).eval(), make_batch()
+    with torch.no_grad():
+        out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=True)
+    assert not said
+    assert out.past_key_values is not None and out.past_key_values.get_seq_length() == batch["input_ids"].shape[1]
