@@ -748,3 +748,54 @@ def synthetic_chains(seed: int = 0, n_users: int = 30, days: int = 28) -> dict[s
     train, test = c.subset(day < cut), c.subset(day >= cut)
     personas = personas_from_checkins(train)
     return {"train": chains_from_checkins(train, personas), "test": chains_from_checkins(test, personas)}
+
+
+# ---------------------------------------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class ActivitySplit:
+    """Training days and held-out test days of one city, checked on construction: no test (user, date) is a
+    training day, and every test user has training days (their persona comes from those)."""
+
+    name: str
+    train: list[ActivityChain]
+    test: list[ActivityChain]
+    with_coords: bool
+    time_resolution_s: int  # the grid the source's times lie on
+
+    def __post_init__(self):
+        seen = {(c.user, c.date) for c in self.train}
+        leaked = [c for c in self.test if (c.user, c.date) in seen]
+        if leaked:
+            raise ValueError(f"{self.name}: field 'date': {len(leaked)} test day(s) are also training days "
+                             f"(first: user {leaked[0].user} on {leaked[0].date})")
+        users = {c.user for c in self.train}
+        if any(c.user not in users for c in self.test):
+            raise ValueError(f"{self.name}: field 'user': a test user has no training day")
+
+
+ACTIVITY_DATA = ("tokyo", "nyc", "synthetic")
+
+
+def load_activity_split(name: str, root: str | os.PathLike | None = None, seed: int = 0) -> ActivitySplit:
+    """``tokyo``: LLMob 2019 users' train/test days (the file's split); ``nyc``: Foursquare NYC, days of
+    ``NYC_val.csv`` train (personas from them) and days of ``NYC_test.csv`` after the last training day test,
+    users seen in training only; ``synthetic``: :func:`synthetic_chains`."""
+    from stllm.data.checkins import load_checkins
+    from stllm.data.loaders import data_root
+
+    base = data_root(root)
+    if name == "tokyo":
+        days = load_llmob_chains(base / "llmob_tokyo" / "llmob_activity_chains.csv.gz", dataset="2019")
+        return ActivitySplit("tokyo", days["train"], days["test"], with_coords=False, time_resolution_s=600)
+    if name == "nyc":
+        train_ci = load_checkins(base / "foursquare_nyc" / "NYC_val.csv")
+        test_ci = load_checkins(base / "foursquare_nyc" / "NYC_test.csv")
+        personas = personas_from_checkins(train_ci)
+        train = chains_from_checkins(train_ci, personas)
+        last, users = max(c.date for c in train), {c.user for c in train}
+        test = [c for c in chains_from_checkins(test_ci, personas) if c.user in users and c.date > last]
+        return ActivitySplit("nyc", train, test, with_coords=True, time_resolution_s=60)
+    if name == "synthetic":
+        days = synthetic_chains(seed=seed)
+        return ActivitySplit("synthetic", days["train"], days["test"], with_coords=True, time_resolution_s=60)
+    raise ValueError(f"unknown activity data {name!r}; known: {', '.join(ACTIVITY_DATA)}")

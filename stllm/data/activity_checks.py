@@ -59,11 +59,15 @@ class CheckConfig:
     day_end_s: int = DAY_SECONDS + 4 * 3600  # a diary day may run to 04:00 the next morning (night shifts)
 
 
-def distance_m(a: LatLon, b: LatLon) -> float:
-    """Great-circle distance in metres."""
-    lat1, lon1, lat2, lon2 = np.radians([a[0], a[1], b[0], b[1]])
+def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Great-circle distance in metres, elementwise over arrays (numpy; the encoders' twin is torch)."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(x, dtype=np.float64)) for x in (lat1, lon1, lat2, lon2))
     h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return float(2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(h)))
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def distance_m(a: LatLon, b: LatLon) -> float:
+    return float(haversine_m(a[0], a[1], b[0], b[1]))
 
 
 def _dist_words(m: float) -> str:

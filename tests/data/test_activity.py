@@ -192,3 +192,23 @@ def test_synthetic_chains_split_by_day_and_carry_training_personas():
     by_user = {c.user: c.persona for c in s["train"]}
     assert all(c.persona == by_user[c.user] for c in s["test"] if c.user in by_user)
     assert all(c.persona.categories for c in s["test"])
+
+
+def test_activity_split_refuses_leaked_days_and_unseen_users():
+    from stllm.data.activity import ActivitySplit
+
+    day = ActivityChain(steps=(Activity("Park", start=3600),), date=dt.date(2024, 1, 1), user="u")
+    with pytest.raises(ValueError, match=r"x: field 'date': 1 test day\(s\) are also training days"):
+        ActivitySplit("x", [day], [day], with_coords=False, time_resolution_s=60)
+    with pytest.raises(ValueError, match=r"x: field 'user': a test user has no training day"):
+        ActivitySplit("x", [day], [replace(day, user="v")], with_coords=False, time_resolution_s=60)
+
+
+@needs_shared
+def test_nyc_split_tests_later_days_of_trained_users():
+    from stllm.data.activity import load_activity_split
+
+    split = load_activity_split("nyc")
+    assert min(c.date for c in split.test) > max(c.date for c in split.train)
+    assert {c.user for c in split.test} <= {c.user for c in split.train}
+    assert len(split.test) > 2000 and all(c.persona.categories for c in split.test)

@@ -1,0 +1,70 @@
+"""Activity metrics: JSD against scipy, hand-worked day samples, copies and validity shares."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+from stllm.data.activity import Activity, ActivityChain
+from stllm.data.activity_checks import CheckConfig
+from stllm.eval.activity_metrics import copy_share, day_key, day_samples, distribution_jsd, jsd, quality_row, validity
+
+H = 3600
+
+
+def test_jsd_equals_scipy_squared_and_its_bounds():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p, q = rng.random(7), rng.random(7)
+        assert jsd(p, q) == pytest.approx(jensenshannon(p, q, base=2) ** 2, rel=1e-10)
+    assert jsd([1, 2, 3], [2, 4, 6]) == 0.0  # same distribution, other scale
+    assert jsd([1, 0], [0, 1]) == pytest.approx(1.0)  # disjoint supports: 1 bit
+    assert np.isnan(jsd([0, 0], [1, 1]))
+
+
+def _day(*acts, date=dt.date(2024, 1, 1)) -> ActivityChain:
+    return ActivityChain(date=date, weekday="Mon", steps=tuple(acts))
+
+
+def test_day_samples_hand_worked():
+    # two places 0.02 deg of latitude apart: step 2.2239 km, radius of gyration half of it
+    d = _day(Activity("Home", start=7 * H + 1800, lat=40.0, lon=-74.0), Activity("Office", start=9 * H, lat=40.02,
+                                                                                   lon=-74.0))
+    s = day_samples([d, _day(Activity("Park", start=23 * H))])
+    assert s.category == ["Home", "Office", "Park"] and s.start_hour.tolist() == [7, 9, 23]
+    assert s.n_activities.tolist() == [2, 1]
+    step = 6371.0088 * np.radians(0.02)
+    assert s.step_km == pytest.approx([step], rel=1e-9)
+    assert s.gyration_km == pytest.approx([step / 2], rel=1e-6)
+
+
+def test_distribution_jsd_of_hand_built_sets():
+    a = [_day(Activity("Home", start=8 * H), Activity("Bar", start=20 * H))]
+    b = [_day(Activity("Home", start=8 * H))]
+    out = distribution_jsd(a, b)
+    # categories {Home: 1, Bar: 1} vs {Home: 1}; hours {8, 20} vs {8}: both JSD([.5, .5], [1, 0])
+    expect = jsd([0.5, 0.5], [1.0, 0.0])
+    assert out["category"] == pytest.approx(expect) and out["start"] == pytest.approx(expect)
+    assert out["n_activities"] == pytest.approx(1.0)  # 2 vs 1 activities: disjoint
+    assert np.isnan(out["step_km"]) and np.isnan(out["gyration_km"])  # no coordinates
+    assert distribution_jsd(a, a)["category"] == 0.0
+
+
+def test_copy_share_uses_the_ten_minute_key():
+    train = [_day(Activity("Home", start=8 * H + 60), Activity("Bar", start=20 * H))]
+    same = _day(Activity("Home", start=8 * H + 300), Activity("Bar", start=20 * H + 120))  # same 10-min slots
+    other = _day(Activity("Home", start=8 * H + 660), Activity("Bar", start=20 * H))
+    assert day_key(same) == day_key(train[0]) != day_key(other)
+    assert copy_share([same, other], train) == 0.5
+
+
+def test_validity_and_quality_row():
+    good = _day(Activity("Home", start=8 * H), Activity("Bar", start=20 * H))
+    bad = _day(Activity("Home", start=20 * H), Activity("Bar", start=8 * H))
+    share, per = validity([good, bad], CheckConfig())
+    assert share == 0.5 and per["times"] == 0.5 and per["format"] == 1.0
+    row = quality_row([good, bad], [good], [good], CheckConfig())
+    assert row["valid"] == 0.5 and row["copies"] == 0.5
