@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma list of training seeds")
     ap.add_argument("--train_flags", default="", help="extra stllm train-mobility flags, e.g. '--lm_loss_weight 0.1'")
     ap.add_argument("--out", type=Path, default=Path("/tmp/humob_quality"))
+    ap.add_argument("--decodes", default="geo,argmax,distance",
+                    help="comma list of stllm eval mobility --decode rules, each scored on the same checkpoint")
     args = ap.parse_args()
     data = args.data / FILE
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -50,12 +52,14 @@ def main() -> None:
             if code:
                 raise SystemExit(code)
             trained = time.perf_counter() - start
-            result = evaluate_mobility(ckpt, args.out / f"{train_city}-to-{eval_city}-seed{seed}", data=str(data),
-                                       base=1, city=eval_city)
-            print(f"\n== seed {seed}: trained on {train_city} ({trained:.0f} s), zero-shot on {eval_city} ==\n"
-                  f"{result.table}")
-            scores.setdefault(pair, []).append((result.metrics["stllm"]["geobleu"], result.metrics["stllm"]["dtw"]))
-    if len(seeds) > 1:
+            for decode in args.decodes.split(","):
+                result = evaluate_mobility(ckpt, args.out / f"{train_city}-to-{eval_city}-seed{seed}-{decode}",
+                                           data=str(data), base=1, city=eval_city, decode=decode)
+                print(f"\n== seed {seed}: trained on {train_city} ({trained:.0f} s), zero-shot on {eval_city}, "
+                      f"decode {decode} ==\n{result.table}")
+                m = result.metrics["stllm"]
+                scores.setdefault(f"{pair} decode {decode}", []).append((m["geobleu"], m["dtw"]))
+    if scores:
         print(f"\nstllm over seeds {args.seeds} ({args.train_flags or 'default flags'}): mean +- std")
         for pair, rows in scores.items():
             a = np.array(rows)
