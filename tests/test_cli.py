@@ -50,6 +50,8 @@ HELP_FLAGS = {  # argv before --help -> flags its help must list
     ("eval",): ["--mode", "--eval_start", "--allow-overlap"],
     ("eval", "next-poi"): ["--test", "--train", "--max_samples"],
     ("eval", "mobility"): ["checkpoint", "--data", "--base", "--city", "--published"],
+    ("train-intent",): ["--data", "--heldout_frac", "--test_frac", "--output_dir"],
+    ("eval", "intent"): ["checkpoint", "--part", "--output_dir"],
     ("demo",): ["--data", "--seeds", "--quick", "--no_llm_row"],
     ("data",): ["check", "convert"],
     ("data", "check"): ["path", "--task", "--freq", "--channels", "--keys"],

@@ -540,3 +540,12 @@ def prepare_intent(log: EventLog, split: IntentSplit | None = None, heldout_frac
     check_split(split)
     rows = target_rows(log)
     return PreparedIntent(log, split, rows, sample_parts(log, rows, split), TransitionTables.fit(log, rows, split))
+
+
+def prepare_from_record(record: dict) -> PreparedIntent:
+    """The data and split a checkpoint trained on (its ``intent_data.json``), rebuilt exactly."""
+    for key in ("data", "split"):
+        if key not in record:
+            raise IntentDataError(f"intent record: field '{key}' missing (not written by stllm train-intent?)")
+    log = resolve_events(record["data"], int(record.get("synthetic_seed", 0)), int(record.get("synthetic_users", 40)))
+    return prepare_intent(log, split=IntentSplit.from_dict(record["split"]))

@@ -1,0 +1,144 @@
+"""``stllm eval intent CHECKPOINT``: next-intent scores of a population (or student) checkpoint and the baselines on
+the held-out users' later days, the same targets for all.
+
+The checkpoint's ``intent_data.json`` names the data and the split it trained on; the data are rebuilt from it and
+:func:`stllm.data.intent.check_heldout` refuses any target that is not a held-out user's later day (or, with
+``--part population_test``, a population user's later day). One forward pass per batch reads the intent head at
+``<intent_pre>``; no token is generated. Writes ``metrics.json``, ``per_user.csv`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from stllm.data.intent import (
+    INTENTS,
+    IntentCollator,
+    PreparedIntent,
+    check_heldout,
+    prepare_from_record,
+)
+from stllm.data.loaders import read_json
+from stllm.errors import run_command
+from stllm.eval.intent_baselines import baseline_table
+from stllm.eval.intent_metrics import format_intent_table, per_user_scores, score_table
+from stllm.eval.zero_shot import EvalResult, _write_json, print_result
+from stllm.models.intent import STLlamaForIntent, run_intent
+
+INTENT_DATA_FILE = "intent_data.json"
+REQUIRED = ("config.json", "tokenizer_config.json", INTENT_DATA_FILE)
+
+
+def read_intent_record(path: str | os.PathLike) -> dict:
+    """The ``intent_data.json`` of a checkpoint directory, after checking the directory holds a whole checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-intent?)")
+    return read_json(path / INTENT_DATA_FILE, "the intent data record")
+
+
+def load_intent_checkpoint(path: str | os.PathLike):
+    """``(model, tokenizer, record)`` of a ``stllm train-intent`` (or distilled student) checkpoint."""
+    record = read_intent_record(path)
+    model = STLlamaForIntent.from_pretrained(path).eval()
+    if getattr(model.config, "intent_pre_token_id", None) is None:
+        raise ValueError(f"checkpoint {path}: config field 'intent_pre_token_id' missing: not an intent model")
+    return model, AutoTokenizer.from_pretrained(path), record
+
+
+def predict_part(model, tokenizer, data: PreparedIntent, part: str, history: int, batch_size: int = 64
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, logits (n, C))`` for the targets of ``part`` (checked held out first)."""
+    rows = data.rows_of(part)
+    check_heldout(data.log, rows, data.split, allow_population=part == "population_test")
+    logits = run_intent(model, IntentCollator(tokenizer), data.dataset(part, history=history), batch_size)
+    return rows, logits.numpy()
+
+
+def evaluate_intent(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, part: str = "user_test",
+                    batch_size: int = 64) -> EvalResult:
+    data = prepare_from_record(read_intent_record(checkpoint))  # a leaked split is refused before any loading
+    model, tokenizer, record = load_intent_checkpoint(checkpoint)
+    start = time.perf_counter()
+    rows, logits = predict_part(model, tokenizer, data, part, int(record.get("history", 8)), batch_size)
+    seconds = time.perf_counter() - start
+    y, users = data.log.intent[rows], data.log.user[rows]
+    pred = logits.argmax(-1)
+    metrics = {"stllm": score_table(y, pred, users, len(INTENTS)), **baseline_table(data, part)}
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    title = (f"{record['data']} ({data.log.source}), {part}: {len(np.unique(users))} users, {len(rows)} targets; "
+             f"stllm = {checkpoint} ({seconds:.1f} s, one pass per batch of {batch_size})")
+    files = [_write_json(out / "metrics.json", {"part": part, "seconds": seconds, "methods": metrics}),
+             write_per_user(out / "per_user.csv", data, rows, {"stllm": pred})]
+    return EvalResult(metrics=metrics, table=format_intent_table(metrics, title), output_dir=out, files=files)
+
+
+def write_per_user(path: Path, data: PreparedIntent, rows: np.ndarray, preds: dict[str, np.ndarray]) -> Path:
+    """``method,user,n,accuracy,weighted_f1,macro_f1,gap`` per user."""
+    y, users = data.log.intent[rows], data.log.user[rows]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("method,user,n,accuracy,weighted_f1,macro_f1,gap\n")
+        for name, p in preds.items():
+            ids, per = per_user_scores(y, p, users, len(INTENTS))
+            counts = np.bincount(np.searchsorted(ids, users), minlength=len(ids))
+            for i, u in enumerate(ids.tolist()):
+                f.write(f"{name},{data.log.user_ids[u]},{counts[i]}," + ",".join(
+                    f"{per[k][i]:.6f}" for k in ("accuracy", "weighted_f1", "macro_f1", "gap")) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_user_macro_f1(path: str | os.PathLike, users: list[str], before: np.ndarray, after: dict[str, np.ndarray]):
+    """Per-user macro F1 before (x) and after (y) individual tuning, one marker set per variant; None without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, a in after.items():
+        ax.scatter(before, a, s=18, label=f"{name}: {int((a > before).sum())}/{len(users)} users improve")
+    hi = max(float(np.max(before)), *(float(np.max(a)) for a in after.values())) + 0.05
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8)
+    ax.set_xlabel("macro F1 before tuning (student)")
+    ax.set_ylabel("macro F1 after tuning")
+    ax.set_title("Held-out users, later days")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="stllm eval intent", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a stllm train-intent output directory (or a distilled student)")
+    parser.add_argument("--output_dir", default=None, help="where metrics.json/per_user.csv go "
+                        "(default CHECKPOINT/eval_intent)")
+    parser.add_argument("--part", default="user_test", choices=("user_test", "population_test"),
+                        help="held-out users' later days (default) or population users' later days")
+    parser.add_argument("--batch_size", type=int, default=64)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.output_dir or os.path.join(args.checkpoint, "eval_intent")
+    return print_result(evaluate_intent(args.checkpoint, out, args.part, args.batch_size))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("eval intent", lambda: run(build_parser().parse_args(argv)))

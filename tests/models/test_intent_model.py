@@ -1,0 +1,74 @@
+"""Intent model: the head scores each row from its own query and features only, the query is the decoder's hidden
+state at <intent_pre> whatever the padding, bad inputs are named, the traceable path equals forward, and a saved
+model loads back equal."""
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from stllm.models.configuration import STLlamaConfig
+from stllm.models.intent import IntentHead, IntentLogits, STLlamaForIntent, intent_config_kwargs
+
+SLOT = 101
+
+
+def tiny_intent_model(seed: int = 0) -> STLlamaForIntent:
+    torch.manual_seed(seed)
+    text = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                       intermediate_size=64, vocab_size=110, pad_token_id=0)
+    config = STLlamaConfig(text_config=text, intent_pre_token_id=SLOT, **intent_config_kwargs(9, 7, 16))
+    config._attn_implementation = "sdpa"
+    return STLlamaForIntent(config).eval()
+
+
+def test_head_rows_are_independent_and_shapes_named():
+    torch.manual_seed(0)
+    head = IntentHead(32, 9, 7, 16)
+    q, f = torch.randn(5, 32), torch.randn(5, 9, 7)
+    full = head(q, f)
+    assert full.shape == (5, 9)
+    for i in range(5):
+        torch.testing.assert_close(head(q[i : i + 1], f[i : i + 1]), full[i : i + 1])
+    with pytest.raises(ValueError, match=r"intent_features must be \(B, 9, 7\)"):
+        head(q, torch.randn(5, 8, 7))
+
+
+def test_query_is_hidden_at_slot_and_padding_does_not_change_it():
+    model = tiny_intent_model()
+    a = torch.tensor([[5, 6, 7, 8, SLOT]])
+    b = torch.tensor([[9, 10, SLOT]])
+    feats = torch.randn(2, 9, 7)
+    with torch.no_grad():
+        hidden = model.backbone.get_decoder()(input_ids=a).last_hidden_state[0, -1]
+        torch.testing.assert_close(model.intent_query(a), hidden[None])
+        alone = [model(x, intent_features=feats[i : i + 1]).intent_logits for i, x in enumerate((a, b))]
+        padded = torch.tensor([[5, 6, 7, 8, SLOT], [9, 10, SLOT, 0, 0]])
+        mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+        both = model(padded, mask, feats).intent_logits
+        torch.testing.assert_close(both, torch.cat(alone), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(IntentLogits(model)(padded, mask, feats), both)
+
+
+def test_bad_inputs_named():
+    model = tiny_intent_model()
+    with pytest.raises(ValueError, match="row 1 has 0"):
+        model(torch.tensor([[1, SLOT], [1, 2]]), intent_features=torch.randn(2, 9, 7))
+    with pytest.raises(ValueError, match="intent_features .* are required"):
+        model(torch.tensor([[1, SLOT]]))
+    with pytest.raises(ValueError, match="intent_targets has shape"):
+        model(torch.tensor([[1, SLOT]]), intent_features=torch.randn(1, 9, 7), intent_targets=torch.tensor([1, 2]))
+    config = tiny_intent_model().config
+    config.intent_classes = None
+    with pytest.raises(ValueError, match="config.intent_classes"):
+        STLlamaForIntent(config)
+
+
+def test_loss_is_cross_entropy_and_save_load_round_trip(tmp_path):
+    model = tiny_intent_model()
+    ids, feats, y = torch.tensor([[3, 4, SLOT], [5, 6, SLOT]]), torch.randn(2, 9, 7), torch.tensor([2, 7])
+    out = model(ids, intent_features=feats, intent_targets=y)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.intent_logits, y))
+    model.save_pretrained(tmp_path)
+    back = STLlamaForIntent.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, intent_features=feats).intent_logits, out.intent_logits)

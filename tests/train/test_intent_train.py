@@ -1,0 +1,110 @@
+"""stllm train-intent -> stllm eval intent -> distillation, ONNX and per-user tuning on a tiny synthetic run: what
+trains is only population users' earlier days, the evaluation refuses a leaked split (exit 2, one line naming the
+field), the student is far smaller and its ONNX graph equals PyTorch, and the unlearning term does what it says."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stllm.cli import main as cli_main
+from stllm.data.intent import INTENTS, IntentCollator, prepare_from_record
+from stllm.eval.intent import evaluate_intent, load_intent_checkpoint
+from stllm.models.intent import IntentHead
+from stllm.train.distill_intent import (
+    DistillConfig,
+    StudentSpec,
+    distill,
+    export_onnx,
+    n_parameters,
+    onnx_max_abs_diff,
+)
+from stllm.train.train_intent import main as train_main
+from stllm.train.tune_intent import TuneConfig, tune_head, tune_users, unlearning_term
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("intent") / "pop"
+    code = train_main(["--output_dir", str(out), "--synthetic_users", "8", "--max_steps", "3",
+                       "--per_device_train_batch_size", "8", "--save_strategy", "no", "--disable_tqdm", "true",
+                       "--report_to", "none", "--tokenizer_vocab", "400", "--learning_rate", "1e-3"])
+    assert code == 0
+    return out
+
+
+def test_checkpoint_records_split_and_trains_only_population_days(ckpt):
+    record = json.loads((ckpt / "intent_data.json").read_text())
+    assert record["trained_parts"] == ["population_train"]
+    split = record["split"]
+    assert not set(split["population_users"]) & set(split["heldout_users"]) and len(split["heldout_users"]) == 2
+    data = prepare_from_record(record)
+    assert record["n_samples"] == len(data.rows_of("population_train"))
+
+
+def test_eval_scores_heldout_days_and_refuses_a_leaked_split(ckpt, tmp_path, capsys):
+    result = evaluate_intent(ckpt, tmp_path / "ev")
+    assert set(result.metrics) == {"stllm", "user most frequent", "user Markov", "population Markov"}
+    assert all(0 <= r["macro_f1"] <= r["accuracy"] + 1 for r in result.metrics.values())
+    per_user = (tmp_path / "ev" / "per_user.csv").read_text().splitlines()
+    assert per_user[0].startswith("method,user,n,") and len(per_user) == 1 + 2  # two held-out users
+    # a record whose held-out users are also population users: refused, exit 2, one error line
+    record = json.loads((ckpt / "intent_data.json").read_text())
+    leaked = tmp_path / "leaked"
+    leaked.mkdir()
+    for f in ckpt.iterdir():
+        if f.is_file():
+            (leaked / f.name).write_bytes(f.read_bytes())
+    record["split"]["population_users"] += record["split"]["heldout_users"][:1]
+    (leaked / "intent_data.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert cli_main(["eval", "intent", str(leaked), "--output_dir", str(tmp_path / "ev2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'heldout_users'" in err[0] and "leaked split" in err[0]
+
+
+def test_student_is_small_and_onnx_equals_pytorch(ckpt, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e .[onnx])")
+    pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install -e .[onnx])")
+    teacher, tok, record = load_intent_checkpoint(ckpt)
+    data = prepare_from_record(record)
+    ds = data.dataset("population_train")
+    student = distill(teacher, tok, torch.utils.data.Subset(ds, range(32)), StudentSpec(hidden_size=16, heads=2,
+                      intermediate_size=32, head_dim=8), DistillConfig(steps=2, batch_size=8))
+    assert n_parameters(student) * 2 < n_parameters(teacher)
+    collate = IntentCollator(tok)
+    path = export_onnx(student, collate([ds[i] for i in range(2)]), tmp_path / "s.onnx")
+    others = [collate([ds[i] for i in range(5, 10)]), collate([ds[40]])]  # other batch sizes and lengths
+    assert onnx_max_abs_diff(student, path, others) < 1e-4
+
+
+def test_unlearning_term_hand_worked():
+    pop = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]])
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.4, 0.4]]))
+    targets = torch.tensor([1, 0])  # row 0 contradicts the population's top (0), row 1 agrees
+    want = -(0.7 * np.log(1 - 0.5) + 0.0) / 2
+    assert unlearning_term(logits, pop, targets).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_unlearning_pushes_contradicted_population_intent_down():
+    torch.manual_seed(0)
+    head = IntentHead(8, len(INTENTS), 7, 8)
+    q, f = torch.randn(40, 8), torch.randn(40, len(INTENTS), 7)
+    with torch.no_grad():
+        top = head(q, f).argmax(-1)
+    y = (top + 1) % len(INTENTS)  # the user always contradicts the population
+    p_top = {}
+    for lam in (0.0, 2.0):
+        tuned = tune_head(head, q, f, y, TuneConfig(steps=5, lr=1e-2, unlearning=lam))
+        with torch.no_grad():
+            p_top[lam] = torch.softmax(tuned(q, f), -1).gather(1, top[:, None]).mean().item()
+    assert p_top[2.0] < p_top[0.0]
+
+
+def test_tune_users_predicts_every_heldout_test_target(ckpt):
+    teacher, tok, record = load_intent_checkpoint(ckpt)
+    data = prepare_from_record(record)
+    rows, preds = tune_users(teacher, tok, data, {"tuned": TuneConfig(steps=2)})
+    assert rows.tolist() == data.rows_of("user_test").tolist()
+    assert set(preds) == {"before", "tuned"} and all(len(p) == len(rows) for p in preds.values())
