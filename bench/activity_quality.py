@@ -5,9 +5,10 @@ day; the table shows the Jensen-Shannon divergence to the real test days of acti
 activities per day, step distance and radius of gyration (lower is better; the last two NYC only), the share
 of generated days passing every validator and the share equal to a training day (memorisation). Baselines:
 copy (a real training day of the same user), per-user and population Markov chains over (category, hour).
-Each sampled method runs with ``--seeds`` (mean +- std). Reads ../shared/data (see each PROVENANCE.txt).
+Each sampled method runs with ``--seeds`` (mean +- std). ``--generated name=FILE.jsonl`` adds rows of days
+written by ``stllm generate`` for the same requests. Reads ../shared/data (see each PROVENANCE.txt).
 
-    python bench/activity_quality.py [--data tokyo,nyc] [--seeds 0,1,2]
+    python bench/activity_quality.py [--data tokyo,nyc] [--seeds 0,1,2] [--generated nyc=runs/gen/days.jsonl]
 """
 
 from __future__ import annotations
@@ -15,38 +16,24 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 from stllm.data.activity import load_activity_split
 from stllm.data.activity_checks import BOXES, CheckConfig
 from stllm.eval.activity_baselines import fitted_baselines, generate_days, requests_of
-from stllm.eval.activity_metrics import DISTRIBUTIONS, quality_row
-
-
-def format_rows(rows: dict[str, list[dict[str, float]]]) -> str:
-    """One line per method: mean (+- std over seeds) of each column."""
-    cols = [*DISTRIBUTIONS, "valid", "copies"]
-    lines = [f"{'method':<14}" + "".join(f"{c:>17}" for c in cols)]
-    for name, runs in rows.items():
-        cells = []
-        for c in cols:
-            v = np.array([r[c] for r in runs], dtype=np.float64)
-            if np.isnan(v).all():
-                cells.append(f"{'-':>17}")
-            elif len(v) > 1:
-                cells.append(f"{np.nanmean(v):>10.4f} +-{np.nanstd(v):.3f}")
-            else:
-                cells.append(f"{v[0]:>17.4f}")
-        lines.append(f"{name:<14}" + "".join(cells))
-    return "\n".join(lines)
+from stllm.eval.activity_metrics import format_table, quality_row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="tokyo,nyc", help="comma-separated: tokyo, nyc, synthetic")
     ap.add_argument("--seeds", default="0,1,2", help="sampling seeds of the baselines")
+    ap.add_argument("--generated", action="append", default=[],
+                    help="DATA=FILE.jsonl: days written by `stllm generate` for DATA's test requests (repeatable)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    extra: dict[str, list[str]] = {}
+    for spec in args.generated:
+        name, _, path = spec.partition("=")
+        extra.setdefault(name, []).append(path)
     for name in args.data.split(","):
         start = time.perf_counter()
         split = load_activity_split(name)
@@ -56,9 +43,14 @@ def main() -> None:
         for model in fitted_baselines(split.train):
             rows[model.name] = [quality_row(generate_days(model, requests, seed=s), split.test, split.train, cfg)
                                 for s in seeds]
+        if extra.get(name):
+            from stllm.eval.generate import read_generated
+
+            rows["stllm"] = [quality_row(read_generated(p, requests), split.test, split.train, cfg)
+                             for p in extra[name]]
         print(f"\n{name}: {len(split.train)} training days, {len(split.test)} held-out test days of "
               f"{len({c.user for c in split.test})} users; JSD lower is better ({time.perf_counter() - start:.1f} s)")
-        print(format_rows(rows))
+        print(format_table(rows))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from stllm.errors import run_command, split_debug
 def command_name(argv: list[str]) -> str:
     """The sub-command named in error messages: ``eval next-poi``, ``data check``, ``train``, ... (``stllm``
     alone when none)."""
+    if argv[:2] == ["eval", "gen"]:
+        return "eval gen"
     if argv[:2] in (["eval", "next-poi"], ["eval", "mobility"], ["eval", "intent"]) or (
             argv[:1] == ["data"] and argv[1:2] in (["check"], ["convert"])):
         return " ".join(argv[:2])
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, target, text in (
         ("train", "stllm.train.train_mem", "stage-2 instruction tuning (same as stllm/train/train_mem.py)"),
         ("train-poi", "stllm.train.train_poi", "next-POI instruction tuning on check-ins (stllm/train/train_poi.py)"),
+        ("train-gen", "stllm.train.train_gen",
+         "daily activity generation tuning on activity days (stllm/train/train_gen.py)"),
         ("train-mobility", "stllm.train.train_mobility",
          "long-term mobility (HuMob) instruction tuning on trajectories (stllm/train/train_mobility.py)"),
         ("train-intent", "stllm.train.train_intent",
@@ -112,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                         allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     demo.build_parser(dm)
     dm.set_defaults(func=demo.run)
+    from stllm.eval import generate
+
+    gen = sub.add_parser("generate", allow_abbrev=False, help="generate activity days for personas (train-gen "
+                         "checkpoint, constrained decoding)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    generate.build_parser(gen)
+    gen.set_defaults(func=generate.run)
     from stllm.data.commands import add_data_parser
 
     add_data_parser(sub)
@@ -133,6 +143,10 @@ def dispatch(argv: list[str]) -> int:
         from stllm.eval import next_poi
 
         return next_poi.run(next_poi.build_parser().parse_args(argv[2:]))
+    if argv[:2] == ["eval", "gen"]:  # activity generation evaluation has its own options
+        from stllm.eval import activity_eval
+
+        return activity_eval.run(activity_eval.build_parser().parse_args(argv[2:]))
     if argv[:2] == ["eval", "mobility"]:  # long-term mobility evaluation has its own options
         from stllm.eval import mobility
 

@@ -68,7 +68,6 @@ def resolve_preset(
     flags = [*flags, "--extra_views", extra_views, *(["--data_root", data_root] if data_root else [])]
     if extra_views:  # separate day/week placeholders replace the encoder's multi-period context
         flags += ["--context_days", "0", "--context_weeks", "0"]
-    flags += list(extra_flags)
     if with_geo:  # a <GEO> slot with the region centroid in every prompt, read by a pretrained GeoEncoder
         flags += ["--with_geo", "true"]
     argv = [
@@ -77,6 +76,7 @@ def resolve_preset(
         "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
         "--st_encoder_path", str(out / "encoder"), "--disable_tqdm", str(not progress).lower(),
         *(["--geo_encoder_path", str(out / "geo_encoder")] if with_geo else []),
+        *extra_flags,  # last: they override the preset's defaults (batch size, validation)
     ]  # fmt: skip
     return argv, stage1, eval_kwargs
 
@@ -93,20 +93,23 @@ def run_demo(
     with_geo: bool = False,
     no_llm_row: bool = True,
     extra_flags: tuple[str, ...] = (),
+    backbone: str | Path | None = None,
 ):
     """Run the four stages into ``output_dir`` and return the evaluation result.
 
     ``no_llm_row`` also trains the "stllm without LLM" ablation (same encoder, normalisation, anchor,
     projector and heads on a zero-layer backbone, same samples and steps) and puts it in the table.
-    ``extra_flags`` go to stage-2 training (and the stage-1 encoder for the context flags), e.g. the
-    ablations ``--context_days 0 --context_weeks 0``.
+    ``extra_flags`` go to stage-2 training, after the preset's (and the stage-1 encoder for the context flags), e.g. the
+    ablations ``--context_days 0 --context_weeks 0``. ``backbone``: a pretrained model folder (``stllm backbone``)
+    for stage 2 instead of the tiny Llama (LoRA on it; the "without LLM" row stays the zero-layer tiny model).
 
     ``quick`` shrinks everything (smaller city, a few steps, no supervised reference): a smoke run of
     the same code path, for tests; its numbers mean nothing."""
     out, t0 = Path(output_dir), time.time()
     argv, stage1, eval_kwargs = resolve_preset(out, data, data_root, steps, extra_views, seed, progress, quick,
                                                with_geo, extra_flags)
-    model_args, data_args, train_args = parse_args(["--output_dir", str(out / "model"), *argv])
+    model_args, data_args, train_args = parse_args(["--output_dir", str(out / "model"), *argv,
+                                                    *(["--model_name_or_path", str(backbone)] if backbone else [])])
     city = load_city(data_args)
     regions = RegionSplit.random(city, test=data_args.test_regions, seed=data_args.split_seed)
     train_time = train_time_slice(city, data_args)
@@ -128,7 +131,8 @@ def run_demo(
         pretrain_geo_encoder(coords, steps=20 if quick else 300, seed=seed, output_dir=out / "geo_encoder")
         print(f"      geo encoder pretrained on {len(coords)} points -> {out / 'geo_encoder'}", flush=True)
 
-    _say(3, "stage 2: instruction tuning a tiny Llama (offline tokenizer, encoder frozen)")
+    _say(3, f"stage 2: instruction tuning {backbone} (LoRA, encoder frozen)" if backbone
+         else "stage 2: instruction tuning a tiny Llama (offline tokenizer, encoder frozen)")
     train(model_args, data_args, train_args)
     compare = {}
     if no_llm_row:
@@ -241,6 +245,70 @@ def run_mobility_demo(output_dir: str | Path = "runs/demo-humob", data: str = "h
     return results
 
 
+GEN_PRESETS = {
+    # activity generation: (data of stllm train-gen, training steps, held-out requests evaluated)
+    "nyc-gen": ("nyc", 600, 400),
+    "tokyo-gen": ("tokyo", 600, 400),
+}
+
+
+def run_gen_demo(output_dir: str | Path = "runs/demo-nyc-gen", data: str = "nyc-gen", data_root: str | None = None,
+                 steps: int | None = None, seed: int = 0, progress: bool = True, max_requests: int | None = None):
+    """Daily activity generation: train on the users' training days, generate their held-out days under the
+    activity grammar (seeds 0-2), table against copy and Markov baselines, map of generated over real days."""
+    from stllm.eval.activity_eval import evaluate_generation, print_generation_table
+    from stllm.eval.generate import SamplingConfig
+    from stllm.train.train_gen import GenDataArguments, train_gen
+
+    source, default_steps, requests = GEN_PRESETS[data]
+    out, t0 = Path(output_dir), time.time()
+    root = ["--data_root", data_root] if data_root else []
+    model_args, data_args, train_args = parse_args([
+        "--output_dir", str(out / "model"), "--data", source, *root, "--max_steps", str(steps or default_steps),
+        "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "50",
+        "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true", "--full_finetune", "true",
+        "--disable_tqdm", str(not progress).lower(),
+    ], data_class=GenDataArguments)  # fmt: skip
+    print(f"[1/2] activity generation tuning on {source} training days (tiny Llama)", flush=True)
+    train_gen(model_args, data_args, train_args)
+    print("[2/2] generating held-out days (constrained decoding), against baselines", flush=True)
+    result = evaluate_generation(out / "model", out / "eval", [0, 1, 2], SamplingConfig(), data_root,
+                                 max_requests or requests, progress=progress)
+    print_generation_table(result)
+    print(f"\nwrote: model {out / 'model'}, generated days, metrics and map under {out / 'eval'}")
+    print(f"demo took {time.time() - t0:.0f} s")
+    return result
+
+
+INTENT_PRESETS = {
+    # on-device intent prediction: (events of stllm train-intent, population model training steps)
+    "tokyo-intent": ("tokyo", 300),
+    "synthetic-intent": ("synthetic", 100),
+}
+
+
+def run_intent_demo(output_dir: str | Path = "runs/demo-tokyo-intent", data: str = "tokyo-intent",
+                    steps: int | None = None, seed: int = 0, progress: bool = True):
+    """On-device intent prediction (PITuning-style): population model on population users' earlier days, distilled
+    student (+ ONNX), each held-out user's head tuned with and without unlearning; table against the baselines on
+    the held-out users' later days and a per-user macro-F1 before/after plot."""
+    from stllm.eval.intent import report_models
+    from stllm.train.intent_pipeline import BEFORE, NO_UNLEARNING, TUNED, PipelineConfig, run_pipeline
+
+    source, default_steps = INTENT_PRESETS[data]
+    out, t0 = Path(output_dir), time.time()
+    print(f"[1/2] population model, student, per-user tuning on {source} ({steps or default_steps} steps)", flush=True)
+    r = run_pipeline(PipelineConfig(data=source, seed=seed, teacher_steps=steps or default_steps), out, progress)
+    print("[2/2] held-out users' later days, against baselines", flush=True)
+    title = f"{source}: {len(np.unique(r.data.log.user[r.rows]))} held-out users, {len(r.rows)} later-day targets"
+    result = report_models(r.data, r.rows, r.preds, out / "eval", title, BEFORE, (TUNED, NO_UNLEARNING))
+    print(result.table)
+    for who, size in r.sizes.items():
+        print(f"{who}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in size.items()))
+    print(f"\nwrote: {', '.join(str(f) for f in result.files)}\ndemo took {time.time() - t0:.0f} s")
+    return result
+
+
 def run_demo_seeds(seeds: list[int], output_dir: str | Path = "runs/demo", **kwargs):
     """:func:`run_demo` once per seed (into ``output_dir/seed<k>``), then the table of mean +- std per
     method and metric; writes ``seeds.json`` (every run's metrics and the aggregate)."""
@@ -260,10 +328,13 @@ def run_demo_seeds(seeds: list[int], output_dir: str | Path = "runs/demo", **kwa
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="stllm demo", description=__doc__, allow_abbrev=False)
-    p.add_argument("--data", choices=sorted({**PRESETS, **POI_PRESETS, **MOBILITY_PRESETS}), default="synthetic",
+    p.add_argument("--data", choices=sorted({**PRESETS, **POI_PRESETS, **MOBILITY_PRESETS, **GEN_PRESETS,
+                                             **INTENT_PRESETS}), default="synthetic",
                    help="flows/events: synthetic city, real Manhattan taxi, NYC crime; next-POI: synthetic check-ins "
                         "(next-poi) or Foursquare NYC (nyc-poi); long-term mobility: synthetic trajectories "
-                        "(mobility) or HuMob'24 cities B and C (humob)")
+                        "(mobility) or HuMob'24 cities B and C (humob); daily activity generation: Foursquare "
+                        "NYC days (nyc-gen) or LLMob Tokyo days (tokyo-gen); on-device intent: LLMob Tokyo "
+                        "(tokyo-intent) or synthetic phone events (synthetic-intent)")
     p.add_argument("--data_root", default=None, help="real data folder (default ../shared/data)")
     p.add_argument("--output_dir", default="runs/demo", help="where everything is written")
     p.add_argument("--steps", type=int, default=None, help="stage-2 optimizer steps (default per preset)")
@@ -277,6 +348,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers mean nothing)")
     p.add_argument("--with_geo", action="store_true", help="add <GEO> region-centroid tokens (pretrained GeoEncoder)")
+    p.add_argument("--backbone", default=None, help="a pretrained model folder for stage 2 instead of the tiny Llama, "
+                   "e.g. the one `stllm backbone smollm2-135m --output_dir DIR` writes")
     return p
 
 
@@ -304,9 +377,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise NotADirectoryError(f"--data_root {args.data_root}: no such directory; pass the folder that holds "
                                  "nyc_manhattan_flows/, nyc_crime/, foursquare_nyc/")
-    if args.data in POI_PRESETS or args.data in MOBILITY_PRESETS:
+    if args.data in POI_PRESETS or args.data in MOBILITY_PRESETS or args.data in GEN_PRESETS:
         ignored = [flag for flag, on in (("--seeds", args.seeds is not None), ("--with_geo", args.with_geo),
-                                         ("--extra_views", bool(args.extra_views))) if on]  # fmt: skip
+                                         ("--extra_views", bool(args.extra_views)),
+                                         ("--backbone", args.backbone is not None)) if on]  # fmt: skip
         if ignored:
             verb = "applies" if len(ignored) == 1 else "apply"
             raise ValueError(f"{', '.join(ignored)} {verb} to the flow/event demos only, not --data {args.data}")
@@ -322,6 +396,14 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
+    if args.data in INTENT_PRESETS:
+        out = args.output_dir if args.output_dir != "runs/demo" else f"runs/demo-{args.data}"
+        run_intent_demo(out, args.data, args.steps, args.seed, not args.no_progress)
+        return 0
+    if args.data in GEN_PRESETS:
+        out = args.output_dir if args.output_dir != "runs/demo" else f"runs/demo-{args.data}"
+        run_gen_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress)
+        return 0
     if args.data in MOBILITY_PRESETS:
         out = args.output_dir if args.output_dir != "runs/demo" else f"runs/demo-{args.data}"
         run_mobility_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress, args.quick)
@@ -332,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     kwargs = dict(data=args.data, data_root=args.data_root, steps=args.steps, extra_views=args.extra_views,
                   progress=not args.no_progress, quick=args.quick, with_geo=args.with_geo,
-                  no_llm_row=not args.no_llm_row)
+                  no_llm_row=not args.no_llm_row, backbone=args.backbone)
     if args.seeds is not None:
         run_demo_seeds(parse_seeds(args.seeds), args.output_dir, **kwargs)
     else:

@@ -120,3 +120,23 @@ def quality_row(generated: Sequence[ActivityChain], real: Sequence[ActivityChain
     """One table row: the JSDs, the validity share and the copy share."""
     valid, _ = validity(generated, cfg)
     return {**distribution_jsd(generated, real), "valid": valid, "copies": copy_share(generated, train)}
+
+
+TABLE_COLUMNS = (*DISTRIBUTIONS, "valid", "copies")
+
+
+def format_table(rows: dict[str, list[dict[str, float]]]) -> str:
+    """One line per method: the mean (+- std over runs, when several) of each column; '-' where undefined."""
+    lines = [f"{'method':<14}" + "".join(f"{c:>17}" for c in TABLE_COLUMNS)]
+    for name, runs in rows.items():
+        cells = []
+        for c in TABLE_COLUMNS:
+            v = np.array([r[c] for r in runs], dtype=np.float64)
+            if np.isnan(v).all():
+                cells.append(f"{'-':>17}")
+            elif len(v) > 1:
+                cells.append(f"{np.nanmean(v):>10.4f} +-{np.nanstd(v):.3f}")
+            else:
+                cells.append(f"{v[0]:>17.4f}")
+        lines.append(f"{name:<14}" + "".join(cells))
+    return "\n".join(lines)

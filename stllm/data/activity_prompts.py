@@ -1,0 +1,66 @@
+"""Instruction samples for activity generation: one day per sample, prompt = persona + date, answer = the day.
+
+Training and generation share :func:`gen_conversation` (the same header text for the same request). The answer
+is the model's view of the day (:func:`~stllm.data.activity.lm_view`): ``A HH:MM | category[ | lat,lon]`` per
+activity, coordinates at ``digits`` decimals. :func:`answer_vocabulary` lists what a line may contain (from
+training days only); the constrained decoder (:mod:`stllm.models.activity_decoding`) allows nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from stllm.data.activity import INSTRUCTION, SYSTEM, ActivityChain, format_coord, lm_view, render_header, render_steps
+from stllm.data.collator import PromptCollator
+from stllm.data.prompts import Conversation
+
+
+def prompt_header(chain: ActivityChain) -> str:
+    """Persona and date of a request: what the model is told about the day."""
+    return "\n".join(render_header(replace(chain, user=None, steps=(), context_date=None, origin=None)))
+
+
+def gen_conversation(chain: ActivityChain, with_coords: bool, digits: int = 3) -> Conversation:
+    answer = "\n".join(render_steps(lm_view(chain, with_coords, digits).steps, digits if with_coords else None))
+    return Conversation(SYSTEM, f"{INSTRUCTION}\n{prompt_header(chain)}", answer)
+
+
+def answer_vocabulary(train: Sequence[ActivityChain], with_coords: bool, digits: int = 3
+                      ) -> tuple[list[str], list[str] | None]:
+    """Categories and (rounded) coordinates of the training days, sorted: the choices of a generated line."""
+    cats = sorted({a.category for c in train for a in c.activities})
+    if not with_coords:
+        return cats, None
+    coords = sorted({format_coord((round(a.lat, digits), round(a.lon, digits)), digits)
+                     for c in train for a in c.activities if a.coord is not None})
+    return cats, coords
+
+
+class ActivityGenDataset(torch.utils.data.Dataset):
+    """One sample per training day (lazy conversations)."""
+
+    def __init__(self, chains: Sequence[ActivityChain], with_coords: bool, digits: int = 3):
+        self.chains, self.with_coords, self.digits = list(chains), with_coords, digits
+
+    def __len__(self) -> int:
+        return len(self.chains)
+
+    def __getitem__(self, i: int) -> dict:
+        c = self.chains[i]
+        return {"conversation": gen_conversation(c, self.with_coords, self.digits), "id": f"{c.user}/{c.date}"}
+
+
+class ActivityGenCollator(PromptCollator):
+    """Prompt + answer tokens, labels on the answer only (LM loss)."""
+
+    def texts(self, sample: dict) -> tuple[str, str]:
+        return self.formatter(sample["conversation"])
+
+    def __call__(self, samples: Sequence[dict]) -> dict:
+        input_ids, filled, labels = self.tokenize(samples)
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(filled.astype(np.int64)),
+                "labels": torch.from_numpy(labels)}

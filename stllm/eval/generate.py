@@ -1,0 +1,214 @@
+"""Generate activity days with a ``stllm train-gen`` checkpoint: ``stllm generate --checkpoint DIR ...``.
+
+Requests (user, persona, date) come from a data split's held-out days (``--data``) or from a file of compact
+headers (``--requests``, blocks of ``persona: ...`` / ``date: ...`` lines separated by blank lines). Prompts are
+batched (left padding) and sampled with temperature / top-p under the activity grammar
+(:class:`~stllm.models.activity_decoding.ActivityLogitsProcessor`), so every answer parses. Output: JSONL, one
+line per generated day (``request`` index, ``sample``, ``user``, ``date``, ``text``), written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from stllm.data.activity import ActivityChain, load_activity_split, parse_chain, parse_steps
+from stllm.data.activity_prompts import gen_conversation
+from stllm.data.prompts import ChatFormatter, Conversation
+from stllm.errors import run_command
+from stllm.models import STLlamaForCausalLM
+from stllm.models.activity_decoding import ActivityLogitsProcessor, activity_grammar
+
+ACTIVITY_DATA_FILE = "activity_data.json"  # written by stllm.train.train_gen (eval must not import train)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 0.95
+    batch_size: int = 32
+    max_new_tokens: int | None = None  # default: 16 per allowed line
+    seed: int = 0
+    n: int = 1  # days per request
+
+    def __post_init__(self):
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1:
+            raise ValueError(f"sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1; got {self}")
+
+
+def load_gen_checkpoint(path: str | os.PathLike):
+    """``(model, tokenizer, record)`` of a ``stllm train-gen`` checkpoint; names a missing part."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    for name in ("config.json", ACTIVITY_DATA_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-gen?)")
+    record = json.loads((path / ACTIVITY_DATA_FILE).read_text(encoding="utf-8"))
+    return STLlamaForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), record
+
+
+def check_not_trained_on(requests: Sequence[ActivityChain], record: dict) -> None:
+    """Refuse a request for a (user, date) the checkpoint trained on: its answer was a training target."""
+    trained = set(record.get("trained_days", ()))
+    for r in requests:
+        if f"{r.user}/{r.date}" in trained:
+            raise ValueError(f"request for user {r.user} on {r.date}: field 'date': the checkpoint trained on this "
+                             "day; evaluate on held-out days")
+
+
+def answer_prefix(formatter: ChatFormatter) -> str:
+    """What the chat format puts between the prompt and the answer text (e.g. one space)."""
+    return formatter(Conversation("", "", "\x00"))[1].split("\x00")[0]
+
+
+def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
+                   progress: bool = True) -> list[list[str]]:
+    """``cfg.n`` answer texts per request (batched, constrained: each parses)."""
+    formatter = ChatFormatter(tokenizer)
+    grammar = activity_grammar(record["categories"], record.get("coords") if record["with_coords"] else None,
+                               answer_prefix(formatter), max_lines=record.get("max_lines", 20),
+                               time_resolution_minutes=max(1, record.get("time_resolution_s", 60) // 60))
+    max_new = cfg.max_new_tokens or 16 * grammar.max_lines
+    prompts = [formatter(gen_conversation(replace(r, steps=()), record["with_coords"], record["digits"]))[0]
+               for r in requests]
+    jobs = [(i, k) for k in range(cfg.n) for i in range(len(prompts))]
+    out: list[list[str]] = [[] for _ in prompts]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    torch.manual_seed(cfg.seed)
+    bar = tqdm(total=len(jobs), desc="generate", disable=not progress, unit="day")
+    for start in range(0, len(jobs), cfg.batch_size):
+        batch = jobs[start:start + cfg.batch_size]
+        enc = tokenizer([prompts[i] for i, _ in batch], add_special_tokens=False, padding=True,
+                        padding_side="left", return_tensors="pt").to(device)
+        proc = ActivityLogitsProcessor(grammar, tokenizer, enc["input_ids"].shape[1], max_new)
+        with torch.no_grad():
+            seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                  max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
+                                  eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for (i, _), text in zip(batch, texts):
+            out[i].append(text.strip())
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def as_chains(requests: Sequence[ActivityChain], texts: Sequence[Sequence[str]], source: str = "<generated>"
+              ) -> list[ActivityChain]:
+    """One chain per generated text (request order, then sample order), persona and date from the request."""
+    return [replace(r, steps=parse_steps(t, f"{source}: request {i} sample {k}"), source=source)
+            for i, (r, ts) in enumerate(zip(requests, texts)) for k, t in enumerate(ts)]
+
+
+def write_generated(path: str | os.PathLike, requests: Sequence[ActivityChain], texts: Sequence[Sequence[str]]
+                    ) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for i, (r, ts) in enumerate(zip(requests, texts)):
+            for k, t in enumerate(ts):
+                fh.write(json.dumps({"request": i, "sample": k, "user": r.user,
+                                     "date": r.date.isoformat() if r.date else None, "text": t},
+                                    ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_generated(path: str | os.PathLike, requests: Sequence[ActivityChain]) -> list[ActivityChain]:
+    """Chains of a :func:`write_generated` file, each checked against its request (user and date)."""
+    path = Path(path)
+    chains = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        rec = json.loads(line)
+        i = rec.get("request")
+        if not isinstance(i, int) or not 0 <= i < len(requests):
+            raise ValueError(f"{path}: line {n}: field 'request' {i!r} is not one of the {len(requests)} requests")
+        r = requests[i]
+        if rec.get("user") != r.user or rec.get("date") != (r.date.isoformat() if r.date else None):
+            raise ValueError(f"{path}: line {n}: field 'user'/'date' ({rec.get('user')}, {rec.get('date')}) differs "
+                             f"from request {i} ({r.user}, {r.date}): generated for other requests")
+        chains.append(replace(r, steps=parse_steps(rec["text"], f"{path}: line {n}"), source=str(path)))
+    return chains
+
+
+def read_requests(path: str | os.PathLike) -> list[ActivityChain]:
+    """Requests from a text file: blocks of header lines (``user:``, ``persona:``, ``date:``) split by blank lines."""
+    text = Path(path).read_text(encoding="utf-8")
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    if not blocks:
+        raise ValueError(f"{path}: no request (blocks of 'persona: ...' and 'date: ...' lines)")
+    return [parse_chain(b.strip(), f"{path}: request {i}") for i, b in enumerate(blocks)]
+
+
+def test_requests(data: str, data_root: str | None, max_requests: int | None, seed: int = 0) -> list[ActivityChain]:
+    """The held-out days of ``data`` as requests (evenly spaced when capped)."""
+    split = load_activity_split(data, data_root, seed=seed)
+    test = split.test
+    if max_requests is not None and max_requests < len(test):
+        step = len(test) / max_requests
+        test = [test[int(i * step)] for i in range(max_requests)]
+    return [replace(c, steps=()) for c in test]
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a stllm train-gen output directory")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_p", type=float, default=0.95)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_new_tokens", type=int, default=None, help="default: 16 per allowed line")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data_root", default=None, help="where real data lives (default ../shared/data)")
+    p.add_argument("--max_requests", type=int, default=None, help="at most this many held-out days (evenly spaced)")
+
+
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    return SamplingConfig(temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed, n=getattr(args, "n", 1))
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="stllm generate", allow_abbrev=False)
+    p.description = "Generate activity days for personas with a stllm train-gen checkpoint (constrained decoding)."
+    add_sampling_args(p)
+    p.add_argument("--data", default=None, help="requests = the held-out days of this data (default: the "
+                                                "checkpoint's)")
+    p.add_argument("--requests", default=None, help="a text file of request headers (instead of --data)")
+    p.add_argument("--n", type=int, default=1, help="days per request")
+    p.add_argument("--output", required=True, help="JSONL file of generated days")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer, record = load_gen_checkpoint(args.checkpoint)
+    if args.requests:
+        requests = read_requests(args.requests)
+    else:
+        requests = test_requests(args.data or record["name"], args.data_root, args.max_requests,
+                                 record.get("synthetic_seed", 0))
+    check_not_trained_on(requests, record)
+    texts = generate_texts(model, tokenizer, record, requests, sampling_config(args))
+    as_chains(requests, texts)  # every answer parses: the grammar guarantees it, this proves it
+    path = write_generated(args.output, requests, texts)
+    print(f"{sum(map(len, texts))} days for {len(requests)} requests -> {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command("generate", lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Activity instruction samples: the answer the model learns, its vocabulary, labels on the answer only."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from stllm.data.activity import Activity, ActivityChain, Persona
+from stllm.data.activity_prompts import ActivityGenCollator, ActivityGenDataset, answer_vocabulary, gen_conversation
+from stllm.data.tokenizer import train_tokenizer
+
+DAY = ActivityChain(persona=Persona(categories=("Office",), hours=(8, 20)), date=dt.date(2024, 1, 1), weekday="Mon",
+                    steps=(Activity("Home", start=7 * 3600, lat=40.71234, lon=-74.00049, place_id="p1"),
+                           Activity("Office", start=9 * 3600 + 60, lat=40.7, lon=-73.99)), user="u1")
+
+
+def test_conversation_shows_persona_and_date_and_answers_the_day():
+    conv = gen_conversation(DAY, with_coords=True)
+    assert conv.user.endswith("persona: categories=Office; hours=08-20\ndate: 2024-01-01 Mon")
+    assert "u1" not in conv.user  # the user id is not a feature
+    assert conv.answer == "A 07:00 | Home | 40.712,-74.000\nA 09:01 | Office | 40.700,-73.990"
+    assert gen_conversation(DAY, with_coords=False).answer == "A 07:00 | Home\nA 09:01 | Office"
+
+
+def test_answer_vocabulary_comes_from_the_given_days():
+    cats, coords = answer_vocabulary([DAY], with_coords=True)
+    assert cats == ["Home", "Office"] and coords == ["40.700,-73.990", "40.712,-74.000"]
+    assert answer_vocabulary([DAY], with_coords=False) == (["Home", "Office"], None)
+
+
+def test_collator_labels_only_the_answer():
+    ds = ActivityGenDataset([DAY, DAY], with_coords=True)
+    tok = train_tokenizer(["\n".join(ds[0]["conversation"].__dict__.values())] * 20, vocab_size=300)
+    batch = ActivityGenCollator(tok)([ds[0], ds[1]])
+    ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()
+    answer = tok.decode(ids[0][labels[0] != -100])
+    assert answer == " " + gen_conversation(DAY, True).answer + tok.eos_token
+    assert np.array_equal(labels[0] != -100, labels[1] != -100)

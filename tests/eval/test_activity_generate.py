@@ -1,0 +1,116 @@
+"""stllm train-gen -> generate -> eval gen on the synthetic days: what the checkpoint records, generation that
+always parses, refusal of trained days, the JSONL round trip, the evaluation table and the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from stllm.cli import main as cli_main
+from stllm.data.activity import load_activity_split
+from stllm.data.activity_prompts import gen_conversation
+from stllm.data.loaders import data_root
+from stllm.eval.generate import (
+    SamplingConfig,
+    as_chains,
+    check_not_trained_on,
+    generate_texts,
+    load_gen_checkpoint,
+    read_generated,
+    write_generated,
+)
+from stllm.train.arguments import parse_args
+from stllm.train.train_gen import GenDataArguments, train_gen
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "model"
+    train_gen(*parse_args(["--output_dir", str(out), "--data", "synthetic", "--max_steps", "4",
+                           "--per_device_train_batch_size", "8", "--save_strategy", "no", "--disable_tqdm", "true",
+                           "--tokenizer_vocab", "400", "--max_lines", "8", "--full_finetune", "true"],
+                          data_class=GenDataArguments))
+    return out
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_activity_split("synthetic")
+
+
+def test_checkpoint_records_training_days_and_vocabulary(checkpoint, split):
+    record = json.loads((checkpoint / "activity_data.json").read_text())
+    assert record["name"] == "synthetic" and record["with_coords"] and record["max_lines"] == 8
+    assert set(record["trained_days"]) == {f"{c.user}/{c.date}" for c in split.train}
+    assert record["categories"] == sorted({a.category for c in split.train for a in c.activities})
+    assert not {f"{c.user}/{c.date}" for c in split.test} & set(record["trained_days"])
+
+
+def test_generated_days_parse_and_follow_the_request(checkpoint, split, tmp_path):
+    model, tok, record = load_gen_checkpoint(checkpoint)
+    requests = [replace(c, steps=()) for c in split.test[:6]]
+    texts = generate_texts(model, tok, record, requests, SamplingConfig(batch_size=4, n=2, max_new_tokens=96),
+                           progress=False)
+    chains = as_chains(requests, texts)
+    assert len(chains) == 12 and [c.user for c in chains[:2]] == [requests[0].user] * 2
+    for c in chains:
+        assert 1 <= len(c.activities) <= 8 and all(a.category in record["categories"] for a in c.activities)
+        starts = [a.start for a in c.activities]
+        assert starts == sorted(starts)
+    path = write_generated(tmp_path / "days.jsonl", requests, texts)
+    assert read_generated(path, requests) == [replace(c, source=str(path)) for c in chains]
+    with pytest.raises(ValueError, match=r"days.jsonl: line 1: field 'user'/'date'"):
+        read_generated(path, requests[1:])
+
+
+def test_trained_days_are_refused(checkpoint, split):
+    _, _, record = load_gen_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="field 'date': the checkpoint trained on this day"):
+        check_not_trained_on([split.train[3]], record)
+    check_not_trained_on(split.test, record)
+
+
+def test_prompt_is_the_same_for_training_and_generation(split):
+    day = split.test[0]
+    assert gen_conversation(day, True).user == gen_conversation(replace(day, steps=()), True).user
+    assert gen_conversation(day, True).answer.splitlines()[0].startswith("A ")
+
+
+def test_eval_gen_cli_prints_the_table_and_writes_metrics(checkpoint, tmp_path, capsys):
+    code = cli_main(["eval", "gen", "--checkpoint", str(checkpoint), "--max_requests", "12", "--seeds", "0,1",
+                     "--max_new_tokens", "96", "--output_dir", str(tmp_path / "ev")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for name in ("real test", "copy", "markov-user", "markov-pop", "stllm"):
+        assert name in printed
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert len(metrics["rows"]["stllm"]) == 2 and metrics["rows"]["copy"][0]["copies"] == 1.0
+    assert (tmp_path / "ev" / "days_map.png").is_file() and (tmp_path / "ev" / "generated_seed1.jsonl").is_file()
+
+
+def test_generate_cli_and_its_errors(checkpoint, tmp_path, capsys):
+    req = tmp_path / "req.txt"
+    req.write_text("user: u0001\npersona: categories=Office,Bar; hours=08-22\ndate: 2030-01-07 Mon\n\n"
+                   "persona: group=visitor\ndate: 2030-01-12 Sat\n")
+    out = tmp_path / "g.jsonl"
+    assert cli_main(["generate", "--checkpoint", str(checkpoint), "--requests", str(req), "--n", "2",
+                     "--max_new_tokens", "96", "--output", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["request"], x["sample"], x["user"], x["date"]) for x in lines] == [
+        (0, 0, "u0001", "2030-01-07"), (0, 1, "u0001", "2030-01-07"), (1, 0, None, "2030-01-12"),
+        (1, 1, None, "2030-01-12")]
+    assert cli_main(["generate", "--checkpoint", str(tmp_path / "none"), "--output", str(out)]) == 2
+    assert "checkpoint directory not found" in capsys.readouterr().err
+    assert cli_main(["train-gen", "--data", "paris", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "--data must be one of tokyo, nyc, synthetic" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (data_root() / "foursquare_nyc").is_dir(), reason="shared data not present")
+def test_nyc_gen_demo_runs_the_whole_loop(tmp_path, capsys):
+    from stllm.demo import run_gen_demo
+
+    result = run_gen_demo(tmp_path, "nyc-gen", steps=2, progress=False, max_requests=6)
+    assert result["data"] == "nyc" and result["n_requests"] == 6 and len(result["rows"]["stllm"]) == 3
+    assert "markov-pop" in capsys.readouterr().out and (tmp_path / "eval" / "days_map.png").is_file()
