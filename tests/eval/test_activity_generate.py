@@ -114,3 +114,35 @@ def test_nyc_gen_demo_runs_the_whole_loop(tmp_path, capsys):
     result = run_gen_demo(tmp_path, "nyc-gen", steps=2, progress=False, max_requests=6)
     assert result["data"] == "nyc" and result["n_requests"] == 6 and len(result["rows"]["stllm"]) == 3
     assert "markov-pop" in capsys.readouterr().out and (tmp_path / "eval" / "days_map.png").is_file()
+
+
+def test_lora_on_a_pretrained_backbone_trains_and_generates(tmp_path, split):
+    """Any HF causal LM: a saved Llama folder is wrapped, tuned with LoRA (the default on a pretrained
+    backbone), and its checkpoint generates days that parse."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stllm.data.activity_prompts import ActivityGenDataset
+    from stllm.data.prompts import ChatFormatter
+    from stllm.data.tokenizer import train_tokenizer
+
+    fmt = ChatFormatter(None)
+    ds = ActivityGenDataset(split.train[:200], with_coords=True)
+    tok = train_tokenizer(["\n".join(fmt(ds[i]["conversation"])) for i in range(len(ds))], vocab_size=400)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                     ).save_pretrained(tmp_path / "backbone")
+    tok.save_pretrained(tmp_path / "backbone")
+    out = tmp_path / "lora"
+    trainer = train_gen(*parse_args(["--output_dir", str(out), "--data", "synthetic", "--max_steps", "2",
+                                     "--model_name_or_path", str(tmp_path / "backbone"), "--lora_r", "4",
+                                     "--per_device_train_batch_size", "4", "--save_strategy", "no",
+                                     "--disable_tqdm", "true", "--max_lines", "6"], data_class=GenDataArguments))
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and not any("q_proj.base_layer" in n for n in trainable)
+    model, tok2, record = load_gen_checkpoint(out)
+    texts = generate_texts(model, tok2, record, [replace(c, steps=()) for c in split.test[:3]],
+                           SamplingConfig(batch_size=3, max_new_tokens=64), progress=False)
+    assert all(1 <= len(c.activities) <= 6 for c in as_chains(split.test[:3], texts))
