@@ -30,14 +30,15 @@ def gen_conversation(chain: ActivityChain, with_coords: bool, digits: int = 3) -
 
 
 def answer_vocabulary(train: Sequence[ActivityChain], with_coords: bool, digits: int = 3
-                      ) -> tuple[list[str], list[str] | None]:
-    """Categories and (rounded) coordinates of the training days, sorted: the choices of a generated line."""
+                      ) -> tuple[list[str], list[tuple[str, str]] | None]:
+    """Categories and (category, rounded ``lat,lon``) places of the training days, sorted: the choices of a
+    generated line."""
     cats = sorted({a.category for c in train for a in c.activities})
     if not with_coords:
         return cats, None
-    coords = sorted({format_coord((round(a.lat, digits), round(a.lon, digits)), digits)
+    places = sorted({(a.category, format_coord((round(a.lat, digits), round(a.lon, digits)), digits))
                      for c in train for a in c.activities if a.coord is not None})
-    return cats, coords
+    return cats, places
 
 
 class ActivityGenDataset(torch.utils.data.Dataset):

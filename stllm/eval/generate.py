@@ -75,7 +75,8 @@ def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityCh
                    progress: bool = True) -> list[list[str]]:
     """``cfg.n`` answer texts per request (batched, constrained: each parses)."""
     formatter = ChatFormatter(tokenizer)
-    grammar = activity_grammar(record["categories"], record.get("coords") if record["with_coords"] else None,
+    places = [tuple(p) for p in record["places"]] if record["with_coords"] else None
+    grammar = activity_grammar(record["categories"], places,
                                answer_prefix(formatter), max_lines=record.get("max_lines", 20),
                                time_resolution_minutes=max(1, record.get("time_resolution_s", 60) // 60))
     max_new = cfg.max_new_tokens or 16 * grammar.max_lines

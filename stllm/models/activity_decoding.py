@@ -2,13 +2,13 @@
 
 The answer format is regular and its vocabularies are known from the training days, so a byte-level automaton
 is enough (no grammar library): a line is ``A `` + a time + `` | `` + a category [+ `` | `` + coordinates] +
-``\\n``, each field a choice from a trie of allowed strings (times ``HH:MM``, the training categories, the
-training places' coordinates at the written precision), and EOS only where a line is complete. The automaton
-also keeps what a grammar library would not: start times never decrease, at most ``max_lines`` lines, and a new
-line is only begun when the remaining token budget can still finish it (worst case one byte per token), so
-every generated answer parses. Tokens are matched by their bytes (byte-level BPE and SentencePiece with byte
-fallback), so categories with non-ASCII letters work too. Allowed-token masks are cached per automaton state,
-and found by walking a trie of the vocabulary's byte strings together with the automaton.
+``\n``, each field a choice from a trie of allowed strings (times ``HH:MM``; the training categories, or the
+training places as (category, coordinates) pairs at the written precision), and EOS only where a line is
+complete. The automaton also keeps what a grammar library would not: start times never decrease, at most
+``max_lines`` lines, and a new line is only begun when the remaining token budget can still finish it (worst
+case one byte per token), so every generated answer parses. Tokens are matched by their bytes (byte-level BPE
+and SentencePiece with byte fallback), so categories with non-ASCII letters work too. Allowed-token masks are
+cached per automaton state, and found by walking a trie of the vocabulary's byte strings with the automaton.
 
 Why not outlines / xgrammar / transformers-cfg: each couples to specific transformers versions (5.x here) and
 would still need the monotone-time and budget rules written by hand; this automaton is ~200 lines and exact.
@@ -112,18 +112,21 @@ def time_strings(resolution_minutes: int = 1) -> tuple[list[str], list[int]]:
     return [f"{m // 60:02d}:{m % 60:02d}" for m in minutes], minutes
 
 
-def activity_grammar(categories: Iterable[str], coords: Iterable[str] | None = None, answer_prefix: str = "",
-                     max_lines: int = 20, time_resolution_minutes: int = 1) -> ActivityGrammar:
-    """The grammar of :func:`stllm.data.activity.render_steps` lines (``A HH:MM | cat[ | lat,lon]``)."""
+def activity_grammar(categories: Iterable[str], places: Iterable[tuple[str, str]] | None = None,
+                     answer_prefix: str = "", max_lines: int = 20, time_resolution_minutes: int = 1) -> ActivityGrammar:
+    """The grammar of :func:`stllm.data.activity.render_steps` lines (``A HH:MM | cat[ | lat,lon]``).
+
+    With ``places`` (``(category, "lat,lon")`` pairs seen in training) category and coordinates are one choice:
+    a coffee shop is written where a coffee shop was, never at an office's coordinates."""
     times, minutes = time_strings(time_resolution_minutes)
-    cats = sorted({c.replace("|", "/").strip() for c in categories} - {""})
-    coords = sorted(set(coords)) if coords is not None else None
     last = "\n"
     fields = [ChoiceTrie(["A "]), ChoiceTrie([f"{t} | " for t in times], minutes)]
-    if coords:
-        fields += [ChoiceTrie([f"{c} | " for c in cats]), ChoiceTrie([f"{c}{last}" for c in coords], eos_after=last)]
+    if places is not None:
+        pairs = sorted({(c.replace("|", "/").strip(), xy) for c, xy in places})
+        fields.append(ChoiceTrie([f"{c} | {xy}{last}" for c, xy in pairs], eos_after=last))
     else:
-        fields += [ChoiceTrie([f"{c}{last}" for c in cats], eos_after=last)]
+        cats = sorted({c.replace("|", "/").strip() for c in categories} - {""})
+        fields.append(ChoiceTrie([f"{c}{last}" for c in cats], eos_after=last))
     prefix = _literal(answer_prefix) if answer_prefix else None
     return ActivityGrammar(prefix, tuple(fields), time_field=1, max_lines=max_lines)
 

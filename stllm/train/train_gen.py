@@ -82,9 +82,9 @@ def train_gen(model_args: ModelArguments, data_args: GenDataArguments, training_
         model = ready_for_training(model, model_args, training_args, rt)
         train_set = subsample(dataset, data_args.max_train_samples, training_args.seed)
         used = [split.train[i] for i in (train_set.indices if hasattr(train_set, "indices") else range(len(dataset)))]
-        cats, coords = answer_vocabulary(split.train, split.with_coords, data_args.digits)
+        cats, places = answer_vocabulary(split.train, split.with_coords, data_args.digits)
         record = {**asdict(data_args), "name": split.name, "with_coords": split.with_coords,
-                  "time_resolution_s": split.time_resolution_s, "categories": cats, "coords": coords,
+                  "time_resolution_s": split.time_resolution_s, "categories": cats, "places": places,
                   "trained_days": sorted({f"{c.user}/{c.date}" for c in used}), "n_samples": len(train_set)}
         return fit_and_save(model, tokenizer, training_args, train_set, ActivityGenCollator(tokenizer),
                             {ACTIVITY_DATA_FILE: json.dumps(record, indent=1)})

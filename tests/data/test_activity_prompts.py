@@ -24,8 +24,8 @@ def test_conversation_shows_persona_and_date_and_answers_the_day():
 
 
 def test_answer_vocabulary_comes_from_the_given_days():
-    cats, coords = answer_vocabulary([DAY], with_coords=True)
-    assert cats == ["Home", "Office"] and coords == ["40.700,-73.990", "40.712,-74.000"]
+    cats, places = answer_vocabulary([DAY], with_coords=True)
+    assert cats == ["Home", "Office"] and places == [("Home", "40.712,-74.000"), ("Office", "40.700,-73.990")]
     assert answer_vocabulary([DAY], with_coords=False) == (["Home", "Office"], None)
 
 

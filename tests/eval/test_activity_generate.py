@@ -45,6 +45,8 @@ def test_checkpoint_records_training_days_and_vocabulary(checkpoint, split):
     assert record["name"] == "synthetic" and record["with_coords"] and record["max_lines"] == 8
     assert set(record["trained_days"]) == {f"{c.user}/{c.date}" for c in split.train}
     assert record["categories"] == sorted({a.category for c in split.train for a in c.activities})
+    assert {tuple(p) for p in record["places"]} == {(a.category, f"{a.lat:.3f},{a.lon:.3f}")
+                                                     for c in split.train for a in c.activities}
     assert not {f"{c.user}/{c.date}" for c in split.test} & set(record["trained_days"])
 
 
@@ -56,7 +58,8 @@ def test_generated_days_parse_and_follow_the_request(checkpoint, split, tmp_path
     chains = as_chains(requests, texts)
     assert len(chains) == 12 and [c.user for c in chains[:2]] == [requests[0].user] * 2
     for c in chains:
-        assert 1 <= len(c.activities) <= 8 and all(a.category in record["categories"] for a in c.activities)
+        assert 1 <= len(c.activities) <= 8
+        assert all([a.category, f"{a.lat:.3f},{a.lon:.3f}"] in record["places"] for a in c.activities)
         starts = [a.start for a in c.activities]
         assert starts == sorted(starts)
     path = write_generated(tmp_path / "days.jsonl", requests, texts)

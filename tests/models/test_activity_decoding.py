@@ -12,7 +12,8 @@ from stllm.data.tokenizer import train_tokenizer
 from stllm.models.activity_decoding import ActivityLogitsProcessor, activity_grammar, token_bytes
 
 CATS = ["Bar", "Bar / Pub", "Café", "Office"]
-COORDS = ["40.700,-74.000", "40.710,-73.990"]
+PLACES = [("Bar", "40.700,-74.000"), ("Bar / Pub", "40.700,-74.000"), ("Café", "40.710,-73.990"),
+          ("Office", "40.710,-73.990"), ("Office", "40.720,-73.980")]
 
 
 def _feed(grammar, text: str, state=None):
@@ -25,13 +26,15 @@ def _feed(grammar, text: str, state=None):
 
 
 def test_grammar_accepts_lines_and_refuses_what_does_not_parse():
-    g = activity_grammar(CATS, COORDS, answer_prefix=" ", max_lines=3)
+    g = activity_grammar(CATS, PLACES, answer_prefix=" ", max_lines=3)
     s = _feed(g, " A 10:00 | Bar / Pub | 40.700,-74.000")
     assert s is not None and g.eos_allowed(s)
     assert not g.eos_allowed(_feed(g, " A 10:00 | Bar / Pub | 40.700,-74.00"))  # coordinates cut short
     assert _feed(g, " A 10:00 | Pub") is None  # not a category
     assert _feed(g, " A 10:60") is None  # not a time
     assert _feed(g, " A 10:00 | Bar | 41.000,-74.000") is None  # not a training place
+    assert _feed(g, " A 10:00 | Bar | 40.710,-73.990") is None  # a place, but no bar was there
+    assert g.eos_allowed(_feed(g, " A 10:00 | Office | 40.720,-73.980"))
     assert _feed(g, "A 10:00") is None  # the answer prefix is required
 
 
@@ -61,14 +64,14 @@ def test_token_bytes_match_what_the_tokenizer_decodes():
         assert tok.decode([i]) == text
 
 
-@pytest.mark.parametrize("coords", [None, COORDS])
-def test_sampled_answers_of_an_untrained_model_always_parse(coords):
+@pytest.mark.parametrize("places", [None, PLACES])
+def test_sampled_answers_of_an_untrained_model_always_parse(places):
     tok = _tokenizer()
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
-    grammar = activity_grammar(CATS, coords, answer_prefix=" ", max_lines=4)
+    grammar = activity_grammar(CATS, places, answer_prefix=" ", max_lines=4)
     prompts = tok(["<s>persona: x ASSISTANT:", "<s>date: 2024-01-01 Mon ASSISTANT:"] * 4, add_special_tokens=False,
                   padding=True, padding_side="left", return_tensors="pt")
     max_new = 60  # short: the budget rule must still close every line
@@ -82,7 +85,7 @@ def test_sampled_answers_of_an_untrained_model_always_parse(coords):
         starts = [a.start for a in steps]
         assert starts == sorted(starts)
         assert all(a.category in CATS for a in steps)
-        if coords:
-            assert all(f"{a.lat:.3f},{a.lon:.3f}" in coords for a in steps)
+        if places:
+            assert all((a.category, f"{a.lat:.3f},{a.lon:.3f}") in PLACES for a in steps)
         else:
             assert all(a.lat is None for a in steps)
