@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer
 
 from stllm.data.intent import (
     INTENTS,
@@ -24,35 +23,11 @@ from stllm.data.intent import (
     check_heldout,
     prepare_from_record,
 )
-from stllm.data.loaders import read_json
 from stllm.errors import run_command
 from stllm.eval.intent_baselines import baseline_table
 from stllm.eval.intent_metrics import format_intent_table, per_user_scores, score_table
 from stllm.eval.zero_shot import EvalResult, _write_json, print_result
-from stllm.models.intent import STLlamaForIntent, run_intent
-
-INTENT_DATA_FILE = "intent_data.json"
-REQUIRED = ("config.json", "tokenizer_config.json", INTENT_DATA_FILE)
-
-
-def read_intent_record(path: str | os.PathLike) -> dict:
-    """The ``intent_data.json`` of a checkpoint directory, after checking the directory holds a whole checkpoint."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    for name in REQUIRED:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-intent?)")
-    return read_json(path / INTENT_DATA_FILE, "the intent data record")
-
-
-def load_intent_checkpoint(path: str | os.PathLike):
-    """``(model, tokenizer, record)`` of a ``stllm train-intent`` (or distilled student) checkpoint."""
-    record = read_intent_record(path)
-    model = STLlamaForIntent.from_pretrained(path).eval()
-    if getattr(model.config, "intent_pre_token_id", None) is None:
-        raise ValueError(f"checkpoint {path}: config field 'intent_pre_token_id' missing: not an intent model")
-    return model, AutoTokenizer.from_pretrained(path), record
+from stllm.models.intent import load_intent_checkpoint, read_intent_record, run_intent
 
 
 def predict_part(model, tokenizer, data: PreparedIntent, part: str, history: int, batch_size: int = 64
@@ -142,3 +117,23 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return run_command("eval intent", lambda: run(build_parser().parse_args(argv)))
+
+
+def report_models(data: PreparedIntent, rows: np.ndarray, preds: dict[str, np.ndarray], output_dir: str | os.PathLike,
+                  title: str, before: str, after: tuple[str, ...]) -> EvalResult:
+    """Table of ``preds`` (each aligned with ``rows``, checked held out) and the baselines on the same targets,
+    ``per_user.csv`` and the per-user macro-F1 plot of ``after`` variants against ``before``."""
+    check_heldout(data.log, rows, data.split)
+    y, users = data.log.intent[rows], data.log.user[rows]
+    metrics = {name: score_table(y, p, users, len(INTENTS)) for name, p in preds.items()}
+    metrics.update(baseline_table(data))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [_write_json(out / "metrics.json", {"methods": metrics}), write_per_user(out / "per_user.csv", data, rows,
+                                                                                     preds)]
+    ids, per_before = per_user_scores(y, preds[before], users, len(INTENTS))
+    per_after = {name: per_user_scores(y, preds[name], users, len(INTENTS))[1]["macro_f1"] for name in after}
+    plot = plot_user_macro_f1(out / "user_macro_f1.png", data.log.user_ids[ids].tolist(), per_before["macro_f1"],
+                              per_after)
+    files += [plot] if plot is not None else []
+    return EvalResult(metrics=metrics, table=format_intent_table(metrics, title), output_dir=out, files=files)

@@ -15,13 +15,16 @@ says beyond them. Only the decoder runs (no LM head), so a prediction costs one 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from stllm.data.loaders import read_json
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.st_llama import STLlamaForCausalLM
 
@@ -153,3 +156,29 @@ def run_intent(model: STLlamaForIntent, collator, dataset, batch_size: int = 64,
         query = model.intent_query(ids, mask)
         out.append(query if what == "query" else model.intent_head(query, batch["intent_features"].to(device)))
     return torch.cat(out).float().cpu() if out else torch.zeros(0)
+
+
+INTENT_DATA_FILE = "intent_data.json"
+REQUIRED = ("config.json", "tokenizer_config.json", INTENT_DATA_FILE)
+
+
+def read_intent_record(path: str | os.PathLike) -> dict:
+    """The ``intent_data.json`` of a checkpoint directory, after checking the directory holds a whole checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-intent?)")
+    return read_json(path / INTENT_DATA_FILE, "the intent data record")
+
+
+def load_intent_checkpoint(path: str | os.PathLike):
+    """``(model, tokenizer, record)`` of a ``stllm train-intent`` (or distilled student) checkpoint."""
+    record = read_intent_record(path)
+    model = STLlamaForIntent.from_pretrained(path).eval()
+    if getattr(model.config, "intent_pre_token_id", None) is None:
+        raise ValueError(f"checkpoint {path}: config field 'intent_pre_token_id' missing: not an intent model")
+    from transformers import AutoTokenizer
+
+    return model, AutoTokenizer.from_pretrained(path), record

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from stllm.data.intent import IntentCollator
 from stllm.models.configuration import STLlamaConfig
-from stllm.models.intent import IntentLogits, STLlamaForIntent, intent_config_kwargs, run_intent
+from stllm.models.intent import INTENT_DATA_FILE, IntentLogits, STLlamaForIntent, intent_config_kwargs, run_intent
 from stllm.safe_io import staged_dir
 
 ONNX_FILE = "student.onnx"
@@ -105,7 +105,7 @@ def save_student(student: STLlamaForIntent, tokenizer, path: str | os.PathLike, 
     with staged_dir(path) as staging:
         student.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "intent_data.json").write_text(json.dumps(record, indent=1))
+        (staging / INTENT_DATA_FILE).write_text(json.dumps(record, indent=1))
     return path
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from stllm.data.intent import INTENT_FEATURES, INTENTS, IntentCollator, PreparedIntent, prepare_intent, resolve_events
-from stllm.models.intent import STLlamaForIntent, intent_config_kwargs
+from stllm.models.intent import INTENT_DATA_FILE, STLlamaForIntent, intent_config_kwargs
 from stllm.tokens import INTENT_PRE_TOKEN, add_intent_token
 from stllm.train.arguments import ModelArguments, STTrainingArguments
 from stllm.train.checks import POSITIVE, check_fields, rule
@@ -33,7 +33,6 @@ from stllm.train.train_mem import (
 from stllm.train.trainer import STTrainer
 
 logger = logging.getLogger("stllm")
-INTENT_DATA_FILE = "intent_data.json"
 TRAINED_PARTS = ("population_train",)
 
 

@@ -10,8 +10,8 @@ import torch
 
 from stllm.cli import main as cli_main
 from stllm.data.intent import INTENTS, IntentCollator, prepare_from_record
-from stllm.eval.intent import evaluate_intent, load_intent_checkpoint
-from stllm.models.intent import IntentHead
+from stllm.eval.intent import evaluate_intent
+from stllm.models.intent import IntentHead, load_intent_checkpoint
 from stllm.train.distill_intent import (
     DistillConfig,
     StudentSpec,
@@ -108,3 +108,20 @@ def test_tune_users_predicts_every_heldout_test_target(ckpt):
     rows, preds = tune_users(teacher, tok, data, {"tuned": TuneConfig(steps=2)})
     assert rows.tolist() == data.rows_of("user_test").tolist()
     assert set(preds) == {"before", "tuned"} and all(len(p) == len(rows) for p in preds.values())
+
+
+def test_pipeline_predicts_every_heldout_target(tmp_path):
+    """The whole population -> student -> individual pipeline, tiny: every variant predicts every held-out later-day
+    target (the fresh-process footprint and ONNX steps run in bench/intent_quality.py; ONNX is tested above)."""
+    from stllm.train.intent_pipeline import BEFORE, NO_UNLEARNING, POPULATION, TUNED, PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(data="synthetic", synthetic_users=8, teacher_preset="tiny", teacher_steps=2, batch_size=8,
+                         distill_samples=32,
+                         student=StudentSpec(hidden_size=16, heads=2, intermediate_size=32, head_dim=8),
+                         distill=DistillConfig(steps=2, batch_size=8), tune=TuneConfig(steps=2), measure=False)
+    r = run_pipeline(cfg, tmp_path)
+    assert r.rows.tolist() == r.data.rows_of("user_test").tolist()
+    assert set(r.preds) == {POPULATION, BEFORE, TUNED, NO_UNLEARNING}
+    assert all(p.shape == r.rows.shape for p in r.preds.values())
+    assert r.sizes["student"]["parameters"] * 3 < r.sizes["teacher"]["parameters"]
+    assert r.sizes["student"]["disk_bytes"] >= 4 * r.sizes["student"]["parameters"]  # float32 safetensors
