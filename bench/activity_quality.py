@@ -20,12 +20,15 @@ from stllm.data.activity import load_activity_split
 from stllm.data.activity_checks import BOXES, CheckConfig
 from stllm.eval.activity_baselines import fitted_baselines, generate_days, requests_of
 from stllm.eval.activity_metrics import format_table, quality_row
+from stllm.eval.generate import evenly_spaced, read_generated
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="tokyo,nyc", help="comma-separated: tokyo, nyc, synthetic")
     ap.add_argument("--seeds", default="0,1,2", help="sampling seeds of the baselines")
+    ap.add_argument("--max_requests", type=int, default=None,
+                    help="evaluate at most this many held-out days (evenly spaced, as `stllm generate` picks them)")
     ap.add_argument("--generated", action="append", default=[],
                     help="DATA=FILE.jsonl: days written by `stllm generate` for DATA's test requests (repeatable)")
     args = ap.parse_args()
@@ -38,18 +41,17 @@ def main() -> None:
         start = time.perf_counter()
         split = load_activity_split(name)
         cfg = CheckConfig(box=BOXES.get(name), time_resolution_s=split.time_resolution_s)
-        requests = requests_of(split.test)
-        rows: dict[str, list[dict[str, float]]] = {"real test": [quality_row(split.test, split.test, split.train, cfg)]}
+        test = evenly_spaced(split.test, args.max_requests)
+        requests = requests_of(test)
+        rows: dict[str, list[dict[str, float]]] = {"real test": [quality_row(test, test, split.train, cfg)]}
         for model in fitted_baselines(split.train):
-            rows[model.name] = [quality_row(generate_days(model, requests, seed=s), split.test, split.train, cfg)
+            rows[model.name] = [quality_row(generate_days(model, requests, seed=s), test, split.train, cfg)
                                 for s in seeds]
         if extra.get(name):
-            from stllm.eval.generate import read_generated
-
-            rows["stllm"] = [quality_row(read_generated(p, requests), split.test, split.train, cfg)
+            rows["stllm"] = [quality_row(read_generated(p, requests), test, split.train, cfg)
                              for p in extra[name]]
-        print(f"\n{name}: {len(split.train)} training days, {len(split.test)} held-out test days of "
-              f"{len({c.user for c in split.test})} users; JSD lower is better ({time.perf_counter() - start:.1f} s)")
+        print(f"\n{name}: {len(split.train)} training days, {len(test)} held-out test days of "
+              f"{len({c.user for c in test})} users; JSD lower is better ({time.perf_counter() - start:.1f} s)")
         print(format_table(rows))
 
 

@@ -26,6 +26,7 @@ from stllm.eval.generate import (
     add_sampling_args,
     as_chains,
     check_not_trained_on,
+    evenly_spaced,
     generate_texts,
     load_gen_checkpoint,
     write_generated,
@@ -38,10 +39,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
     """Generate for the held-out requests with every seed, score stllm and the baselines; returns the rows."""
     model, tokenizer, record = load_gen_checkpoint(checkpoint)
     split = load_activity_split(record["name"], data_root, seed=record.get("synthetic_seed", 0))
-    test = split.test
-    if max_requests is not None and max_requests < len(test):
-        step = len(test) / max_requests
-        test = [test[int(i * step)] for i in range(max_requests)]
+    test = evenly_spaced(split.test, max_requests)
     requests = requests_of(test)
     check_not_trained_on(requests, record)
     cfg = CheckConfig(box=BOXES.get(split.name), time_resolution_s=split.time_resolution_s)

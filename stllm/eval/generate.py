@@ -153,14 +153,18 @@ def read_requests(path: str | os.PathLike) -> list[ActivityChain]:
     return [parse_chain(b.strip(), f"{path}: request {i}") for i, b in enumerate(blocks)]
 
 
+def evenly_spaced(days: Sequence[ActivityChain], max_requests: int | None) -> list[ActivityChain]:
+    """At most ``max_requests`` of ``days``, evenly spaced (every caller picks the same ones)."""
+    if max_requests is None or max_requests >= len(days):
+        return list(days)
+    step = len(days) / max_requests
+    return [days[int(i * step)] for i in range(max_requests)]
+
+
 def test_requests(data: str, data_root: str | None, max_requests: int | None, seed: int = 0) -> list[ActivityChain]:
     """The held-out days of ``data`` as requests (evenly spaced when capped)."""
     split = load_activity_split(data, data_root, seed=seed)
-    test = split.test
-    if max_requests is not None and max_requests < len(test):
-        step = len(test) / max_requests
-        test = [test[int(i * step)] for i in range(max_requests)]
-    return [replace(c, steps=()) for c in test]
+    return [replace(c, steps=()) for c in evenly_spaced(split.test, max_requests)]
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
