@@ -22,7 +22,8 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "scipy>=1.2", "onnx>=1.17", "onnxruntime>=1.17", "onnxscript>=0.5"],
+        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "scipy>=1.2", "onnx>=1.17", "onnxruntime>=1.17",
+                "onnxscript>=0.5"],
         # ONNX export of the on-device intent student (torch's dynamo exporter needs onnxscript)
         "onnx": ["onnx>=1.17", "onnxruntime>=1.17", "onnxscript>=0.5"],
         "deepspeed": ["deepspeed>=0.16", "ninja"],
