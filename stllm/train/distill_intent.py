@@ -155,11 +155,23 @@ def dir_bytes(path: str | os.PathLike, suffixes: tuple[str, ...] = (".safetensor
 
 
 _PROBE = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
 torch.set_num_threads(1)
 from stllm.models.intent import STLlamaForIntent, IntentLogits
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key + ":"))
+
+
+try:  # reset the high-water mark so that importing torch does not count as the model's peak (Linux)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = status("VmRSS")
 model = IntentLogits(STLlamaForIntent.from_pretrained(sys.argv[1]).eval())
 batch = torch.load(sys.argv[2])
 args = (batch["input_ids"], batch["attention_mask"], batch["intent_features"])
@@ -167,16 +179,17 @@ times = []
 with torch.inference_mode():
     for i in range(int(sys.argv[3]) + 5):
         t = time.perf_counter(); model(*args); times.append(time.perf_counter() - t)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"latency_ms": 1000 * sorted(times[5:])[len(times[5:]) // 2], "peak_rss_mb": peak / 1024,
-                  "model_rss_mb": (peak - base) / 1024}))
+peak = status("VmHWM")
+print(json.dumps({"latency_ms": 1000 * sorted(times[5:])[len(times[5:]) // 2], "peak_rss_mb": peak,
+                  "model_peak_mb": peak - base}))
 """
 
 
 def footprint(checkpoint: str | os.PathLike, one: dict, repeats: int = 50) -> dict:
     """Parameters, bytes of the safetensors, and -- in a fresh single-threaded process -- the median latency of
-    one prediction (``one``: a collated batch of one sample) and the peak RSS (whole process, and above the
-    process after importing torch/transformers)."""
+    one prediction (``one``: a collated batch of one sample) and the peak RSS while loading the model and
+    predicting (``peak_rss_mb``: the whole process, torch included; ``model_peak_mb``: above the process after
+    its imports; Linux /proc)."""
     import tempfile
 
     model = STLlamaForIntent.from_pretrained(checkpoint)
