@@ -386,6 +386,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"{', '.join(ignored)} {verb} to the flow/event demos only, not --data {args.data}")
     if args.seeds is not None:
         parse_seeds(args.seeds)
+    if args.backbone is not None and not Path(args.backbone).exists():
+        raise FileNotFoundError(f"--backbone {args.backbone}: no such model folder or .gguf file; write one with "
+                                "`stllm backbone smollm2-135m --output_dir DIR`")
     from stllm.data.prompts import VIEW_WORDS
 
     unknown = [v for v in args.extra_views.split(",") if v and v not in VIEW_WORDS]
