@@ -14,6 +14,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -115,13 +116,21 @@ def export_onnx(student: STLlamaForIntent, batch: dict, path: str | os.PathLike)
 
     b, length = Dim("batch"), Dim("length")
     args = (batch["input_ids"], batch["attention_mask"], batch["intent_features"])
-    # the exporter narrates each stage on stdout and warns that axes sharing constraints keep one name: both noise
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*axis name.*")
-        torch.onnx.export(IntentLogits(student).eval(), args, str(path), dynamo=True, verbose=False,
-                          input_names=["input_ids", "attention_mask", "intent_features"], output_names=["logits"],
-                          dynamic_shapes={"input_ids": {0: b, 1: length}, "attention_mask": {0: b, 1: length},
-                                          "intent_features": {0: b}})
+    # the exporter narrates each stage on stdout, logs that torchvision ops are skipped and warns about axis names
+    # and pytree internals: all noise for this graph
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*")
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            torch.onnx.export(IntentLogits(student).eval(), args, str(path), dynamo=True, verbose=False,
+                              input_names=["input_ids", "attention_mask", "intent_features"], output_names=["logits"],
+                              dynamic_shapes={"input_ids": {0: b, 1: length}, "attention_mask": {0: b, 1: length},
+                                              "intent_features": {0: b}})
+    finally:
+        onnx_log.setLevel(level)
     return Path(path)
 
 

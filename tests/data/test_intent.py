@@ -176,3 +176,26 @@ def test_real_tokyo_counts():
     log = load_llmob_csv(data_root() / "llmob_tokyo" / "llmob_activity_chains.csv.gz")
     assert len(log) == 59508 and len(np.unique(log.user)) == 93
     assert np.bincount(log.intent, minlength=9).min() > 0  # all nine intents occur
+
+
+def test_nyc_loader_maps_through_tokyo_pairs_then_extra_and_drops_the_rest(tmp_path):
+    header = ("user_id,POI_id,POI_catid,POI_catid_code,POI_catname,latitude,longitude,timezone,UTC_time,local_time,"
+              "day_of_week,norm_in_day_time,trajectory_id,norm_day_shift,norm_relative_time\n")
+    row = "{u},p{i},c,1,{cat},40.7,-74.0,-300,x,2012-11-09 {h}:00:00+00:00,4,0.5,{u}_1,0,0.5\n"
+    body = "".join(row.format(u=u, i=i, cat=cat, h=10 + i) for i, (u, cat) in enumerate(
+        [("1", "Park"), ("1", "Subway"), ("1", "Unknown Thing"), ("2", "Home (private)")]))
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text(header + body)
+    b.write_text(header + body)  # overlapping files: the same check-ins count once
+    from stllm.data.intent import load_nyc_events
+
+    log, dropped = load_nyc_events([a, b], {"Park": "Outdoors & Recreation"})
+    assert dropped == 1 and len(log) == 3
+    assert [INTENTS[i] for i in log.intent] == ["Outdoors & Recreation", "Travel & Transport", "Residence"]
+
+
+def test_missing_events_file_named(tmp_path):
+    from stllm.data.intent import resolve_events
+
+    with pytest.raises(FileNotFoundError, match="nope.csv: no such file"):
+        resolve_events(str(tmp_path / "nope.csv"))
