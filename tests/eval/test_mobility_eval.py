@@ -82,3 +82,24 @@ def test_choose_cells_rules_on_hand_computed_cases():
     assert choose_cells(padded, torch.tensor([[0, 40, -1]]), grid, "distance").item() in (0, 40)
     with pytest.raises(ValueError, match="decode"):
         choose_cells(scores, cells, grid, "mode")
+
+
+def test_quota_decoding_gives_each_day_the_expected_mix_of_places_where_they_fit_best():
+    import torch
+
+    from stllm.eval.mobility import choose_cells, fill_day_quotas
+
+    # day 0: place 0 is the likelier at every row, but the head expects place 1 for 1.1 of the 4 rows: it gets
+    # round-by-largest-remainder 1 row, the one where it is worth most relative to the rest (greedy, best first)
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.6, 0.4], [0.5, 0.5], [0.5, 0.5]])
+    day = torch.tensor([7, 7, 7, 7, 3, 3])  # day ids need only be equal within a day and contiguous
+    pick = fill_day_quotas(probs.log(), probs, day)
+    assert pick[:4].tolist() in ([0, 0, 0, 1], [0, 0, 1, 0]) and sorted(pick[4:].tolist()) == [0, 1]
+    assert probs.log().argmax(1)[:4].tolist() == [0, 0, 0, 0]  # what per-slot argmax does instead
+    # through choose_cells: same-place candidates far apart (no proximity between them), padded candidates unused
+    cells = torch.tensor([[0, 5000, -1]]).repeat(6, 1)
+    scores = torch.cat([probs.log(), torch.full((6, 1), float("-inf"))], 1)
+    chosen = choose_cells(scores, cells, grid=100, decode="quota", day=day, temperature=1.0)
+    assert (chosen[:4] == 5000).sum() == 1 and sorted(chosen[4:].tolist()) == [0, 5000] and (chosen >= 0).all()
+    with pytest.raises(ValueError, match="needs the day"):
+        choose_cells(scores, cells, grid=100, decode="quota")
