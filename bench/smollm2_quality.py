@@ -59,14 +59,25 @@ def random_init_folder(pretrained: Path, out: Path, seed: int = 0) -> Path:
 def _run(preset: str, seed: int, root: Path, folders: dict[str, Path], steps: int | None, flags: tuple[str, ...],
          progress: bool) -> dict:  # fmt: skip
     """Metrics ``{method: {column: value}}`` of one seed: the pretrained run (with the no-LLM row and every
-    baseline) and the random-init run's stllm row, evaluated on the same windows (same seed, same split)."""
+    baseline) and the random-init run's stllm row, evaluated on the same windows (same seed, same split).
+    Runs already finished under ``root`` (their ``eval/metrics.json``) are reused, so seeds can be added later."""
     runs = {}
     for label, folder in folders.items():
-        t0 = time.time()
-        res = run_demo(root / preset / f"seed{seed}" / RUN_DIRS[label], data=preset, seed=seed, steps=steps,
-                       progress=progress, no_llm_row=label == PRETRAINED, extra_flags=flags, backbone=folder)
+        out, t0 = root / preset / f"seed{seed}" / RUN_DIRS[label], time.time()
+        done = out / "eval" / "metrics.json"
+        if done.is_file():  # a finished run of an earlier invocation (same output_dir): reused, not retrained
+            runs[label] = json.loads(done.read_text())["metrics"]
+            print(f"--- {preset} seed {seed} {label}: reused {done}", flush=True)
+            continue
+        res = run_demo(out, data=preset, seed=seed, steps=steps, progress=progress, no_llm_row=label == PRETRAINED,
+                       extra_flags=flags, backbone=folder)  # fmt: skip
         print(f"--- {preset} seed {seed} {label}: {time.time() - t0:.0f} s", flush=True)
         runs[label] = res.metrics
+    records = [json.loads((root / preset / f"seed{seed}" / d / "eval" / "metrics.json").read_text())
+               for d in RUN_DIRS.values()]
+    differ = [k for k in ("regions", "time_range", "windows") if records[0][k] != records[1][k]]
+    if differ:  # held-out regions and windows must be the same for every row
+        raise RuntimeError(f"{preset} seed {seed}: the runs were evaluated on different {differ}")
     metrics = {(PRETRAINED if k == "stllm" else k): v for k, v in runs[PRETRAINED].items()}
     metrics[RANDOM] = runs[RANDOM]["stllm"]
     return metrics
@@ -108,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                                  for m in (PRETRAINED, RANDOM, NO_LLM))  # fmt: skip
                 print(f"{c}: {vals}")
         summary[preset] = {"seeds": seeds, "steps": steps, "flags": list(flags), "runs": runs, "mean_std": agg}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "summary.json").write_text(json.dumps(summary, indent=2, default=float))  # after each preset
     print(f"\nwrote {root / 'summary.json'} ({time.time() - t_start:.0f} s)")
     return 0
 
