@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from stllm.data.activity import load_activity_split
-from stllm.data.activity_checks import BOXES, CheckConfig
 from stllm.errors import run_command
 from stllm.eval.activity_baselines import fitted_baselines, generate_days, requests_of
 from stllm.eval.activity_metrics import format_table, quality_row
@@ -26,38 +25,46 @@ from stllm.eval.generate import (
     add_sampling_args,
     as_chains,
     check_not_trained_on,
+    checks_for,
     evenly_spaced,
     generate_texts,
     load_gen_checkpoint,
+    redraw_invalid,
     write_generated,
 )
 
 
 def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, seeds: list[int],
                         sampling: SamplingConfig, data_root: str | None = None, max_requests: int | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, redraws: int = 0) -> dict:
     """Generate for the held-out requests with every seed, score stllm and the baselines; returns the rows."""
     model, tokenizer, record = load_gen_checkpoint(checkpoint)
     split = load_activity_split(record["name"], data_root, seed=record.get("synthetic_seed", 0))
     test = evenly_spaced(split.test, max_requests)
     requests = requests_of(test)
     check_not_trained_on(requests, record)
-    cfg = CheckConfig(box=BOXES.get(split.name), time_resolution_s=split.time_resolution_s)
+    cfg = checks_for(record)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, float]]] = {"real test": [quality_row(test, test, split.train, cfg)]}
     for base in fitted_baselines(split.train):
         rows[base.name] = [quality_row(generate_days(base, requests, seed=s), test, split.train, cfg) for s in seeds]
-    rows["stllm"] = []
+    rows["stllm"], redrawn = [], []
     generated = []
     for s in seeds:
-        texts = generate_texts(model, tokenizer, record, requests, SamplingConfig(**{**sampling.__dict__, "seed": s}),
-                               progress=progress)
+        seed_cfg = SamplingConfig(**{**sampling.__dict__, "seed": s})
+        texts = generate_texts(model, tokenizer, record, requests, seed_cfg, progress=progress)
         write_generated(out / f"generated_seed{s}.jsonl", requests, texts)
         generated = as_chains(requests, texts)
         rows["stllm"].append(quality_row(generated, test, split.train, cfg))
+        if redraws:
+            texts, n = redraw_invalid(model, tokenizer, record, requests, texts, seed_cfg, cfg, redraws, progress)
+            write_generated(out / f"generated_redraw_seed{s}.jsonl", requests, texts)
+            generated = as_chains(requests, texts)
+            rows.setdefault(f"stllm+redraw{redraws}", []).append(quality_row(generated, test, split.train, cfg))
+            redrawn.append(n)
     result = {"data": split.name, "checkpoint": str(checkpoint), "n_requests": len(requests), "seeds": seeds,
-              "rows": rows, "parsed": 1.0}
+              "rows": rows, "parsed": 1.0, "redrawn_days": redrawn}
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(result, indent=1, default=float))
     os.replace(tmp, out / "metrics.json")
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_generation(args.checkpoint, args.output_dir or Path(args.checkpoint) / "eval-gen", seeds,
                                  SamplingConfig(temperature=args.temperature, top_p=args.top_p,
                                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens),
-                                 args.data_root, args.max_requests)
+                                 args.data_root, args.max_requests, redraws=args.redraws)
     print_generation_table(result)
     return 0
 

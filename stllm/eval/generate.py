@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from stllm.data.activity import ActivityChain, load_activity_split, parse_chain, parse_steps
+from stllm.data.activity_checks import BOXES, CheckConfig, passes, run_checks
 from stllm.data.activity_prompts import gen_conversation
 from stllm.data.prompts import ChatFormatter, Conversation
 from stllm.errors import run_command
@@ -66,43 +67,77 @@ def check_not_trained_on(requests: Sequence[ActivityChain], record: dict) -> Non
                              "day; evaluate on held-out days")
 
 
+def checks_for(record: dict) -> CheckConfig:
+    """The validators' settings for a checkpoint's data: its area's box and its time grid."""
+    return CheckConfig(box=BOXES.get(record["name"]), time_resolution_s=record.get("time_resolution_s", 60))
+
+
 def answer_prefix(formatter: ChatFormatter) -> str:
     """What the chat format puts between the prompt and the answer text (e.g. one space)."""
     return formatter(Conversation("", "", "\x00"))[1].split("\x00")[0]
 
 
-def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
-                   progress: bool = True) -> list[list[str]]:
-    """``cfg.n`` answer texts per request (batched, constrained: each parses)."""
+def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityChain]):
     formatter = ChatFormatter(tokenizer)
     places = [tuple(p) for p in record["places"]] if record["with_coords"] else None
     grammar = activity_grammar(record["categories"], places,
                                answer_prefix(formatter), max_lines=record.get("max_lines", 20),
                                time_resolution_minutes=max(1, record.get("time_resolution_s", 60) // 60))
-    max_new = cfg.max_new_tokens or 16 * grammar.max_lines
     prompts = [formatter(gen_conversation(replace(r, steps=()), record["with_coords"], record["digits"]))[0]
                for r in requests]
-    jobs = [(i, k) for k in range(cfg.n) for i in range(len(prompts))]
-    out: list[list[str]] = [[] for _ in prompts]
+    return prompts, grammar
+
+
+def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, bar) -> list[str]:
+    """One answer per prompt, in batches of ``cfg.batch_size`` (left padding, grammar-constrained)."""
+    max_new = cfg.max_new_tokens or 16 * grammar.max_lines
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    torch.manual_seed(cfg.seed)
-    bar = tqdm(total=len(jobs), desc="generate", disable=not progress, unit="day")
-    for start in range(0, len(jobs), cfg.batch_size):
-        batch = jobs[start:start + cfg.batch_size]
-        enc = tokenizer([prompts[i] for i, _ in batch], add_special_tokens=False, padding=True,
-                        padding_side="left", return_tensors="pt").to(device)
+    out = []
+    for start in range(0, len(prompts), cfg.batch_size):
+        batch = prompts[start:start + cfg.batch_size]
+        enc = tokenizer(batch, add_special_tokens=False, padding=True, padding_side="left",
+                        return_tensors="pt").to(device)
         proc = ActivityLogitsProcessor(grammar, tokenizer, enc["input_ids"].shape[1], max_new)
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
                                   eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for (i, _), text in zip(batch, texts):
-            out[i].append(text.strip())
+        out += [t.strip() for t in tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1]:],
+                                                           skip_special_tokens=True)]
         bar.update(len(batch))
-    bar.close()
     return out
+
+
+def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
+                   progress: bool = True) -> list[list[str]]:
+    """``cfg.n`` answer texts per request (batched, constrained: each parses)."""
+    prompts, grammar = _prompts_and_grammar(tokenizer, record, requests)
+    torch.manual_seed(cfg.seed)
+    with tqdm(total=len(prompts) * cfg.n, desc="generate", disable=not progress, unit="day") as bar:
+        draws = [_sample(model, tokenizer, grammar, prompts, cfg, bar) for _ in range(cfg.n)]
+    return [[d[i] for d in draws] for i in range(len(prompts))]
+
+
+def redraw_invalid(model, tokenizer, record: dict, requests: Sequence[ActivityChain], texts: list[list[str]],
+                   cfg: SamplingConfig, checks: CheckConfig, redraws: int, progress: bool = True
+                   ) -> tuple[list[list[str]], int]:
+    """Generate again, up to ``redraws`` times, each day that fails a validator (the validators judge, the model
+    writes; a day failing every draw stays as last drawn). Returns the texts and how many days were redrawn."""
+    prompts, grammar = _prompts_and_grammar(tokenizer, record, requests)
+    texts = [list(ts) for ts in texts]
+    redrawn: set[tuple[int, int]] = set()
+    for _ in range(redraws):
+        bad = [(i, k) for i, ts in enumerate(texts) for k, t in enumerate(ts)
+               if not passes(run_checks(replace(requests[i], steps=parse_steps(t)), checks))]
+        if not bad:
+            break
+        redrawn.update(bad)
+        with tqdm(total=len(bad), desc="redraw", disable=not progress, unit="day") as bar:
+            new = _sample(model, tokenizer, grammar, [prompts[i] for i, _ in bad], cfg, bar)
+        for (i, k), t in zip(bad, new):
+            texts[i][k] = t
+    return texts, len(redrawn)
 
 
 def as_chains(requests: Sequence[ActivityChain], texts: Sequence[Sequence[str]], source: str = "<generated>"
@@ -176,6 +211,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data_root", default=None, help="where real data lives (default ../shared/data)")
     p.add_argument("--max_requests", type=int, default=None, help="at most this many held-out days (evenly spaced)")
+    p.add_argument("--redraws", type=int, default=0, help="generate a day failing a validator again, up to this "
+                                                          "many times")
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig:
@@ -203,7 +240,11 @@ def run(args: argparse.Namespace) -> int:
         requests = test_requests(args.data or record["name"], args.data_root, args.max_requests,
                                  record.get("synthetic_seed", 0))
     check_not_trained_on(requests, record)
-    texts = generate_texts(model, tokenizer, record, requests, sampling_config(args))
+    cfg = sampling_config(args)
+    texts = generate_texts(model, tokenizer, record, requests, cfg)
+    if args.redraws:
+        texts, n = redraw_invalid(model, tokenizer, record, requests, texts, cfg, checks_for(record), args.redraws)
+        print(f"{n} day(s) failed a validator and were drawn again (up to {args.redraws} times)")
     as_chains(requests, texts)  # every answer parses: the grammar guarantees it, this proves it
     path = write_generated(args.output, requests, texts)
     print(f"{sum(map(len, texts))} days for {len(requests)} requests -> {path}")

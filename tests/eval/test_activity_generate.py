@@ -149,3 +149,18 @@ def test_lora_on_a_pretrained_backbone_trains_and_generates(tmp_path, split):
     texts = generate_texts(model, tok2, record, [replace(c, steps=()) for c in split.test[:3]],
                            SamplingConfig(batch_size=3, max_new_tokens=64), progress=False)
     assert all(1 <= len(c.activities) <= 6 for c in as_chains(split.test[:3], texts))
+
+
+def test_redraw_invalid_draws_again_only_what_fails(checkpoint, split):
+    from stllm.data.activity_checks import CheckConfig
+    from stllm.eval.generate import redraw_invalid
+
+    model, tok, record = load_gen_checkpoint(checkpoint)
+    requests = [replace(c, steps=()) for c in split.test[:4]]
+    cfg = SamplingConfig(batch_size=4, max_new_tokens=96)
+    texts = generate_texts(model, tok, record, requests, cfg, progress=False)
+    same, n = redraw_invalid(model, tok, record, requests, texts, cfg, CheckConfig(), redraws=0, progress=False)
+    assert (same, n) == (texts, 0)
+    box = CheckConfig(box=(0.0, 1.0, 0.0, 1.0))  # no synthetic place lies in it: every day fails, every draw
+    again, n = redraw_invalid(model, tok, record, requests, texts, cfg, box, redraws=2, progress=False)
+    assert n == 4 and len(as_chains(requests, again)) == 4
