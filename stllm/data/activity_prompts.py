@@ -20,8 +20,10 @@ from stllm.data.prompts import Conversation
 
 
 def prompt_header(chain: ActivityChain) -> str:
-    """Persona and date of a request: what the model is told about the day."""
-    return "\n".join(render_header(replace(chain, user=None, steps=(), context_date=None, origin=None)))
+    """Persona and weekday of a request: what the model is told about the day. Not the calendar date: held-out
+    days lie after the training days (NYC), and an unseen year in the prompt moved the tiny model's start hours
+    to the evening (first-hour probabilities matched real days on training prompts, not on 2013 test prompts)."""
+    return "\n".join(render_header(replace(chain, user=None, steps=(), date=None, context_date=None, origin=None)))
 
 
 def gen_conversation(chain: ActivityChain, with_coords: bool, digits: int = 3) -> Conversation:

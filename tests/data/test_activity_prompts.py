@@ -17,8 +17,8 @@ DAY = ActivityChain(persona=Persona(categories=("Office",), hours=(8, 20)), date
 
 def test_conversation_shows_persona_and_date_and_answers_the_day():
     conv = gen_conversation(DAY, with_coords=True)
-    assert conv.user.endswith("persona: categories=Office; hours=08-20\ndate: 2024-01-01 Mon")
-    assert "u1" not in conv.user  # the user id is not a feature
+    assert conv.user.endswith("persona: categories=Office; hours=08-20\ndate: - Mon")
+    assert "u1" not in conv.user and "2024" not in conv.user  # neither the user id nor the calendar date
     assert conv.answer == "A 07:00 | Home | 40.712,-74.000\nA 09:01 | Office | 40.700,-73.990"
     assert gen_conversation(DAY, with_coords=False).answer == "A 07:00 | Home\nA 09:01 | Office"
 
