@@ -5,10 +5,12 @@ day; the table shows the Jensen-Shannon divergence to the real test days of acti
 activities per day, step distance and radius of gyration (lower is better; the last two NYC only), the share
 of generated days passing every validator and the share equal to a training day (memorisation). Baselines:
 copy (a real training day of the same user), per-user and population Markov chains over (category, hour).
-Each sampled method runs with ``--seeds`` (mean +- std). ``--generated name=FILE.jsonl`` adds rows of days
-written by ``stllm generate`` for the same requests. Reads ../shared/data (see each PROVENANCE.txt).
+Each sampled method runs with ``--seeds`` (mean +- std). ``--generated DATA[:ROW]=FILE.jsonl`` adds rows of
+days written by ``stllm generate`` / ``stllm eval gen`` for the same requests (``--max_requests`` as they were
+generated). Reads ../shared/data (see each PROVENANCE.txt).
 
-    python bench/activity_quality.py [--data tokyo,nyc] [--seeds 0,1,2] [--generated nyc=runs/gen/days.jsonl]
+    python bench/activity_quality.py [--data tokyo,nyc] [--seeds 0,1,2] [--max_requests 500] \
+        [--generated nyc=runs/gen-nyc/eval/generated_seed0.jsonl ...]
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ def main() -> None:
     ap.add_argument("--max_requests", type=int, default=None,
                     help="evaluate at most this many held-out days (evenly spaced, as `stllm generate` picks them)")
     ap.add_argument("--generated", action="append", default=[],
-                    help="DATA=FILE.jsonl: days written by `stllm generate` for DATA's test requests (repeatable)")
+                    help="DATA[:ROW]=FILE.jsonl: days written by `stllm generate` (or eval gen) for DATA's held-out "
+                         "requests, scored as row ROW (default stllm); repeat for seeds (mean +- std)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    extra: dict[str, list[str]] = {}
+    extra: dict[str, dict[str, list[str]]] = {}
     for spec in args.generated:
-        name, _, path = spec.partition("=")
-        extra.setdefault(name, []).append(path)
+        key, _, path = spec.partition("=")
+        name, _, row = key.partition(":")
+        extra.setdefault(name, {}).setdefault(row or "stllm", []).append(path)
     for name in args.data.split(","):
         start = time.perf_counter()
         split = load_activity_split(name)
@@ -47,9 +51,8 @@ def main() -> None:
         for model in fitted_baselines(split.train):
             rows[model.name] = [quality_row(generate_days(model, requests, seed=s), test, split.train, cfg)
                                 for s in seeds]
-        if extra.get(name):
-            rows["stllm"] = [quality_row(read_generated(p, requests), test, split.train, cfg)
-                             for p in extra[name]]
+        for row, paths in extra.get(name, {}).items():
+            rows[row] = [quality_row(read_generated(p, requests), test, split.train, cfg) for p in paths]
         print(f"\n{name}: {len(split.train)} training days, {len(test)} held-out test days of "
               f"{len({c.user for c in test})} users; JSD lower is better ({time.perf_counter() - start:.1f} s)")
         print(format_table(rows))
