@@ -12,12 +12,12 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.2",
-        "transformers>=5.0",
+        "transformers>=5.20",  # 5.20: SubConfigSpec (tests/test_dependency_floors.py)
         "peft>=0.17",
         "numpy>=1.24",
         "einops>=0.7",
-        "tokenizers>=0.20",
-        "safetensors>=0.4",
+        "tokenizers>=0.23.1",  # what transformers 5.20 requires
+        "safetensors>=0.8",  # what transformers 5.20 requires
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
