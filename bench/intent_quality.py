@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
                                  teacher_preset=args.preset)
             r = run_pipeline(cfg, args.out / f"seed{seed}")
             results.append(r)
-            up = {n: improved_users(r, b, n) for n, b in ((TUNED, POPULATION), (TUNED, BEFORE),
-                                                          (NO_UNLEARNING, BEFORE))}
+            pairs = ((TUNED, POPULATION), (NO_UNLEARNING, POPULATION), (TUNED, BEFORE), (NO_UNLEARNING, BEFORE))
+            up = {f"{a} over {b}": improved_users(r, b, a) for a, b in pairs}
+            np.savez(args.out / f"seed{seed}" / "predictions.npz", rows=r.rows, **r.preds)
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()) + "; users whose "
                   "macro F1 rises: " + ", ".join(f"{n} {a}/{b}" for n, (a, b) in up.items()), flush=True)
         rows = {**model_rows(results), **rows}

@@ -435,7 +435,7 @@ class TransitionTables:
         return feats.astype(np.float32)
 
 
-INTENT_PRE_PLACEHOLDER_TEXT = "Next intent:"
+PROMPT_QUESTION = "Next intent:"  # the collator appends <intent_pre> after it
 
 
 def describe_events(log: EventLog, rows: np.ndarray, history: int) -> list[str]:
@@ -447,7 +447,7 @@ def describe_events(log: EventLog, rows: np.ndarray, history: int) -> list[str]:
     for r, s in zip(rows.tolist(), user_start.tolist()):
         parts = [f"{WEEKDAYS[wd[i]]} {minute[i] // 60:02d}:{minute[i] % 60:02d} {log.event_names[log.event[i]]}"
                  for i in range(max(s, r - history), r)]
-        texts.append("Recent events: " + "; ".join(parts) + f". {INTENT_PRE_PLACEHOLDER_TEXT}")
+        texts.append("Recent events: " + "; ".join(parts) + f". {PROMPT_QUESTION}")
     return texts
 
 
@@ -469,9 +469,6 @@ class IntentDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return {"id": f"{self.log.user_ids[self.users[i]]}#{int(self.rows[i])}", "text": self.texts[i],
                 "features": self.features[i], "target": int(self.targets[i])}
-
-    def select(self, mask: np.ndarray) -> torch.utils.data.Subset:
-        return torch.utils.data.Subset(self, np.flatnonzero(mask).tolist())
 
 
 class IntentCollator(PromptCollator):
