@@ -72,3 +72,24 @@ def test_loss_is_cross_entropy_and_save_load_round_trip(tmp_path):
     back = STLlamaForIntent.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(back(ids, intent_features=feats).intent_logits, out.intent_logits)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_wraps_a_saved_backbone_with_the_intent_token(tmp_path, kind):
+    """--model_name_or_path: any saved causal LM becomes an intent model; <intent_pre> is one added token."""
+    from model_fixtures import tiny_text_config, tiny_word_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from stllm.train.arguments import ModelArguments
+    from stllm.train.train_intent import build_intent_model
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_text_config(kind)).save_pretrained(tmp_path / kind)
+    tiny_word_tokenizer().save_pretrained(tmp_path / kind)
+    model, tok = build_intent_model(ModelArguments(model_name_or_path=str(tmp_path / kind)), [], 0, "sdpa", 8)
+    slot = model.config.intent_pre_token_id
+    assert tok.convert_tokens_to_ids("<intent_pre>") == slot == len(tok) - 1
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    ids = torch.tensor([[5, 6, slot]])
+    logits = model.eval()(ids, intent_features=torch.randn(1, 9, 7)).intent_logits
+    assert logits.shape == (1, 9) and torch.isfinite(logits).all()
