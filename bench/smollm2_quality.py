@@ -34,7 +34,6 @@ RUN_DIRS = {PRETRAINED: "pretrained", RANDOM: "random-init"}
 # CPU sizing: what a shared 2-core machine allows (the presets' own data flags stay; these come after them)
 CPU_FLAGS = {
     "synthetic": ("--synthetic_regions", "20", "--synthetic_days", "28", "--context_days", "2", "--context_weeks", "1"),
-    "crime": ("--context_days", "7", "--context_weeks", "2"),
     "manhattan": ("--max_train_windows", "256"),
 }
 NO_VALIDATION = ("--eval_strategy", "no", "--eval_on_start", "false")
