@@ -288,7 +288,7 @@ INTENT_PRESETS = {
 
 
 def run_intent_demo(output_dir: str | Path = "runs/demo-tokyo-intent", data: str = "tokyo-intent",
-                    steps: int | None = None, seed: int = 0, progress: bool = True):
+                    steps: int | None = None, seed: int = 0, progress: bool = True, data_root: str | None = None):
     """On-device intent prediction (PITuning-style): population model on population users' earlier days, distilled
     student (+ ONNX), each held-out user's head tuned with and without unlearning; table against the baselines on
     the held-out users' later days and a per-user macro-F1 before/after plot."""
@@ -298,7 +298,8 @@ def run_intent_demo(output_dir: str | Path = "runs/demo-tokyo-intent", data: str
     source, default_steps = INTENT_PRESETS[data]
     out, t0 = Path(output_dir), time.time()
     print(f"[1/2] population model, student, per-user tuning on {source} ({steps or default_steps} steps)", flush=True)
-    r = run_pipeline(PipelineConfig(data=source, seed=seed, teacher_steps=steps or default_steps), out, progress)
+    cfg = PipelineConfig(data=source, seed=seed, teacher_steps=steps or default_steps, data_root=data_root)
+    r = run_pipeline(cfg, out, progress)
     print("[2/2] held-out users' later days, against baselines", flush=True)
     title = f"{source}: {len(np.unique(r.data.log.user[r.rows]))} held-out users, {len(r.rows)} later-day targets"
     result = report_models(r.data, r.rows, r.preds, out / "eval", title, BEFORE, (TUNED, NO_UNLEARNING))
@@ -401,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     if args.data in INTENT_PRESETS:
         out = args.output_dir if args.output_dir != "runs/demo" else f"runs/demo-{args.data}"
-        run_intent_demo(out, args.data, args.steps, args.seed, not args.no_progress)
+        run_intent_demo(out, args.data, args.steps, args.seed, not args.no_progress, args.data_root)
         return 0
     if args.data in GEN_PRESETS:
         out = args.output_dir if args.output_dir != "runs/demo" else f"runs/demo-{args.data}"

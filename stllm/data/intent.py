@@ -499,10 +499,10 @@ TOKYO_FILE = ("llmob_tokyo", "llmob_activity_chains.csv.gz")
 NYC_FILES = (("foursquare_nyc", "NYC_val.csv"), ("foursquare_nyc", "NYC_test.csv"))
 
 
-def resolve_events(spec: str, seed: int = 0, n_users: int = 40) -> EventLog:
+def resolve_events(spec: str, seed: int = 0, n_users: int = 40, root: str | os.PathLike | None = None) -> EventLog:
     """``synthetic`` (the embedded default), ``tokyo`` (LLMob 2019 users), ``nyc`` (Foursquare NYC val+test), or a
-    path to an LLMob-format CSV."""
-    root = data_root()
+    path to an LLMob-format CSV; ``root`` is the real-data folder (default: :func:`stllm.data.loaders.data_root`)."""
+    root = data_root(root)
     if spec == "synthetic":
         return synthetic_events(seed=seed, n_users=n_users)
     if spec == "tokyo":
@@ -544,5 +544,6 @@ def prepare_from_record(record: dict) -> PreparedIntent:
     for key in ("data", "split"):
         if key not in record:
             raise IntentDataError(f"intent record: field '{key}' missing (not written by stllm train-intent?)")
-    log = resolve_events(record["data"], int(record.get("synthetic_seed", 0)), int(record.get("synthetic_users", 40)))
+    log = resolve_events(record["data"], int(record.get("synthetic_seed", 0)), int(record.get("synthetic_users", 40)),
+                         record.get("data_root"))
     return prepare_intent(log, split=IntentSplit.from_dict(record["split"]))

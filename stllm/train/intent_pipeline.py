@@ -52,6 +52,7 @@ class PipelineConfig:
     seed: int = 0
     split_seed: int = 0
     synthetic_users: int = 40  # data "synthetic" only
+    data_root: str | None = None  # real-data folder (default ../shared/data)
     teacher_preset: str = "small"
     teacher_steps: int = 300
     teacher_lr: float = 1e-3
@@ -78,7 +79,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     teacher_dir = out / "population"
     trainer = train_intent(*parse_args([
         "--output_dir", str(teacher_dir), "--data", cfg.data, "--split_seed", str(cfg.split_seed),
-        "--synthetic_users", str(cfg.synthetic_users),
+        "--synthetic_users", str(cfg.synthetic_users), *(["--data_root", cfg.data_root] if cfg.data_root else []),
         "--tiny_preset", cfg.teacher_preset, "--max_steps", str(cfg.teacher_steps), "--per_device_train_batch_size",
         str(cfg.batch_size), "--learning_rate", str(cfg.teacher_lr), "--seed", str(cfg.seed), "--save_strategy", "no",
         "--disable_tqdm", str(not progress).lower(), "--report_to", "none", "--logging_steps", "50",

@@ -41,6 +41,7 @@ class IntentDataArguments:
     data: str = field(default="synthetic", metadata={"help": "Events: 'synthetic' (embedded default), 'tokyo' "
                       "(../shared/data/llmob_tokyo, 2019 users), 'nyc' (../shared/data/foursquare_nyc) or an "
                       "LLMob-format CSV."})
+    data_root: str | None = field(default=None, metadata={"help": "Where real data lives (default ../shared/data)."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the population / held-out user draw."})
     heldout_frac: float = field(default=0.3, metadata={"help": "Fraction of users held out from the population."})
     test_frac: float = field(default=0.2, metadata={"help": "Fraction of each user's active days held out (last)."})
@@ -60,7 +61,7 @@ class IntentDataArguments:
 
 
 def prepare_from_args(data_args: IntentDataArguments) -> PreparedIntent:
-    log = resolve_events(data_args.data, data_args.synthetic_seed, data_args.synthetic_users)
+    log = resolve_events(data_args.data, data_args.synthetic_seed, data_args.synthetic_users, data_args.data_root)
     return prepare_intent(log, heldout_frac=data_args.heldout_frac, test_frac=data_args.test_frac,
                           seed=data_args.split_seed)
 

@@ -199,3 +199,13 @@ def test_missing_events_file_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nope.csv: no such file"):
         resolve_events(str(tmp_path / "nope.csv"))
+
+
+def test_named_sources_read_from_the_given_data_root(tmp_path):
+    from stllm.data.intent import resolve_events
+
+    (tmp_path / "llmob_tokyo").mkdir()
+    _write_llmob(tmp_path / "llmob_tokyo", HEADER + "2019,9,train,2019-01-02,0,Park,2,10:50:00,Food,x\n",
+                 name="llmob_activity_chains.csv.gz")
+    log = resolve_events("tokyo", root=tmp_path)
+    assert log.user_ids.tolist() == ["9"] and str(tmp_path) in log.source
