@@ -102,6 +102,11 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     folder, name = str(path.parent), path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    return plain_model(loaded, dtype), tokenizer
+
+
+def plain_model(loaded, dtype: torch.dtype = torch.float32):
+    """A GGUF-loaded model as the same class without its ``quantization_config`` (it shares the tensors)."""
     config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -112,7 +117,7 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     model.load_state_dict(loaded.state_dict(), assign=True)
     model.tie_weights()
     model.generation_config = copy.deepcopy(loaded.generation_config)
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 def _record(path: Path) -> dict:
@@ -123,11 +128,12 @@ def _record(path: Path) -> dict:
 
 
 def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = False,
-                 source: str | None = None) -> tuple[Path, bool]:  # fmt: skip
+                 source: str | None = None, loaded=None) -> tuple[Path, bool]:  # fmt: skip
     """Write ``gguf_path`` as a plain HF folder at ``output_dir`` (all or nothing); ``(folder, converted)``.
 
     A folder already converted from the same file (same sha256) is kept as it is (``converted`` False);
-    a folder holding anything else is refused unless ``overwrite``."""
+    a folder holding anything else is refused unless ``overwrite``. ``loaded``: ``(model, tokenizer)``
+    transformers already read from this file (spares reading it again)."""
     from stllm.outdir import check_output_dir, claim_output_dir
     from stllm.safe_io import staged_dir
 
@@ -139,7 +145,7 @@ def convert_gguf(gguf_path: str | os.PathLike, output_dir: str | os.PathLike, *,
             and not overwrite):  # fmt: skip
         return output_dir, False
     check_output_dir(output_dir, "model", overwrite=overwrite)
-    model, tokenizer = load_gguf(gguf_path)
+    model, tokenizer = load_gguf(gguf_path) if loaded is None else (plain_model(loaded[0]), loaded[1])
     record = {"source": source, "gguf_file": str(gguf_path.resolve()), "sha256": digest,
               "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer)}  # fmt: skip
     with claim_output_dir(output_dir, "model", overwrite=overwrite), staged_dir(output_dir) as staging:
@@ -153,14 +159,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "stllm") / "backbones"
 
 
-def gguf_folder(gguf_path: str | os.PathLike) -> Path:
+def gguf_folder(gguf_path: str | os.PathLike, loaded=None) -> Path:
     """The converted folder of a GGUF file, converted on first use under :func:`cache_dir` (keyed by
     content): what ``from_backbone`` loads, and what a LoRA checkpoint records as its backbone."""
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
     folder = cache_dir() / f"{gguf_path.stem}-{file_digest(gguf_path)[:16]}"
-    return convert_gguf(gguf_path, folder)[0]
+    return convert_gguf(gguf_path, folder, loaded=loaded)[0]
 
 
 def export_backbone(name: str, output_dir: str | os.PathLike, *, overwrite: bool = False) -> tuple[Path, bool]:

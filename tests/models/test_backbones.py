@@ -31,11 +31,16 @@ needs_smollm2 = pytest.mark.skipif(_absent() is not None, reason=_absent() or ""
 
 @pytest.fixture(scope="session")
 def smol(tmp_path_factory):
-    """``(gguf file, converted folder)``; the folder is the cache entry ``from_backbone(".gguf")`` finds."""
+    """``(gguf file, converted folder, GGUF model and tokenizer as transformers loads them)``; the folder is the
+    cache entry ``from_backbone(".gguf")`` finds. The file is read once (the conversion reuses the reference)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("stllm-cache")))
         gguf = locate_gguf(NAME)
-        yield gguf, gguf_folder(gguf)
+        ref_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+        yield gguf, gguf_folder(gguf, loaded=(ref, ref_tok)), ref, ref_tok
 
 
 @pytest.fixture
@@ -85,11 +90,10 @@ def test_unknown_name_and_missing_package_are_user_errors(monkeypatch, capsys, t
 def test_conversion_continues_like_the_gguf_model(smol):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf, folder = smol
+    gguf, folder, ref, ref_tok = smol
     record = json.loads((folder / SOURCE_RECORD).read_text())
     assert record["vocab_size"] == VOCAB and record["parameters"] == 134_515_008
-    ref_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name).eval()
+    assert getattr(ref.config, "quantization_config", None) is not None  # the GGUF path, not a plain model
     tok = AutoTokenizer.from_pretrained(folder)
     conv = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert getattr(conv.config, "quantization_config", None) is None and conv.config.tie_word_embeddings
@@ -111,7 +115,7 @@ def test_conversion_continues_like_the_gguf_model(smol):
 
 @needs_smollm2
 def test_command_reuses_a_conversion_and_refuses_other_folders(smol, tmp_path, capsys):
-    gguf, folder = smol
+    folder = smol[1]
     assert main(["backbone", NAME, "--output_dir", str(folder)]) == 0  # same sha256: kept, not converted again
     out = capsys.readouterr().out
     assert "already converted" in out and "model.safetensors" in out and "chat_template.jinja" in out
@@ -123,7 +127,7 @@ def test_command_reuses_a_conversion_and_refuses_other_folders(smol, tmp_path, c
 
 @needs_smollm2
 def test_from_backbone_appends_slot_rows_at_the_mean_and_keeps_the_tied_vocabulary(smol, wrapped, tmp_path):
-    gguf, folder = smol
+    folder = smol[1]
     model, tok = wrapped
     assert model.config.backbone_name_or_path == os.path.abspath(folder)  # the cached conversion, not the .gguf
     assert [tok.convert_tokens_to_ids(t) for t in SLOT_TOKENS] == list(range(VOCAB, VOCAB + len(SLOT_TOKENS)))
@@ -157,7 +161,7 @@ def test_lora_steps_on_real_prompts_lower_the_loss_and_keep_the_vocabulary(wrapp
     peft = add_lora(model, dropout=0.0).train()
     opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=2e-3)
     losses = []
-    for _ in range(5):
+    for _ in range(4):
         loss = peft(**batch).loss
         losses.append(loss.item())
         loss.backward()
