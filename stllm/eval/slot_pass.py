@@ -22,7 +22,7 @@ import copy
 
 import torch
 
-from stllm.models.st_llama import SPLICE_INPUTS
+from stllm.models.st_llama import SPLICE_INPUTS, backbone_cache
 
 
 class SlotPass:
@@ -75,5 +75,5 @@ class SlotPass:
         key = tuple(tokens[0].tolist())
         if self._prefix is None or self._prefix[0] != key:
             out = self.model.backbone(input_ids=tokens, use_cache=True, logits_to_keep=1)
-            self._prefix = (key, out.past_key_values)
+            self._prefix = (key, backbone_cache(out))
         return self._prefix[1]

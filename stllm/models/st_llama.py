@@ -10,6 +10,7 @@ heads. The Llama name is what users expect; the backbone is whatever ``text_conf
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import os
 from dataclasses import dataclass
@@ -62,6 +63,14 @@ class STCausalLMOutput(ModelOutput):
     past_key_values: object | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def backbone_cache(out) -> object | None:
+    """The cache a backbone's output carries: ``cache`` on transformers 5.2x (reading ``.past_key_values`` there
+    logs a deprecation), ``past_key_values`` before; None when no cache was asked for."""
+    names = {f.name for f in dataclasses.fields(out)}
+    name = "cache" if "cache" in names else "past_key_values"  # even .get("past_key_values") logs on 5.2x
+    return out.get(name) if name in names else None
 
 
 def _is_prefill(past_key_values) -> bool:
@@ -516,9 +525,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             cls_logits=cls_logits,
             poi_scores=poi_scores,
             mob_scores=mob_scores,
-            # the backbone returns its cache as `cache` (transformers 5.2x; reading `.past_key_values` warns) or
-            # `past_key_values` (older 5.x); absent when no cache was asked for
-            past_key_values=out["cache"] if "cache" in out else out.get("past_key_values"),
+            past_key_values=backbone_cache(out),
             hidden_states=out.hidden_states,
             attentions=getattr(out, "attentions", None),
             **terms,

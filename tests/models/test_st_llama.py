@@ -301,19 +301,24 @@ def test_encoder_runs_in_fp32_under_autocast():
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_a_cached_continuation_uses_the_backbone_cache_argument_without_deprecation(kind):
-    """transformers 5.2x renamed the cache argument (the old one warns and goes in 5.40): the shared-prefix
-    pass hands its cache over under the backbone's own name and reads the same heads as a plain pass."""
+def test_a_cached_continuation_uses_the_backbone_cache_argument_without_deprecation(kind, monkeypatch):
+    """transformers 5.2x renamed the cache argument (the old one warns and goes in 5.40) and the output field
+    (reading ``.past_key_values`` logs once per process: a recorder stands in for the logger): the shared-prefix
+    pass hands its cache over under the backbone's own names and reads the same heads as a plain pass."""
     import warnings
+
+    from transformers.utils import generic
 
     from stllm.eval.slot_pass import SlotPass
 
+    said = []
+    monkeypatch.setattr(generic.logger, "warning_once", lambda *a, **k: said.append(a))
     model, batch = tiny_model(kind).eval(), make_batch()
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         reg, _ = SlotPass(model)(batch)
         plain = model(**{k: v for k, v in batch.items() if k != "labels"})
-    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert not [w for w in caught if "past_key_values" in str(w.message)] and not said
     torch.testing.assert_close(reg, plain.reg_pred, atol=1e-5, rtol=1e-4)
 
 
