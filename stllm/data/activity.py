@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import gzip
 import json
 import os
 import re
@@ -36,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from stllm.data.llmob import read_llmob_rows
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 LatLon = tuple[float, float]
@@ -513,34 +514,18 @@ LLMOB_COLUMNS = ("dataset", "uid", "split", "date", "seq", "place_category", "pl
 
 def load_llmob_chains(path: str | os.PathLike, dataset: str = "2019") -> dict[str, list[ActivityChain]]:
     """The LLMob Tokyo CSV (``llmob_activity_chains.csv.gz``) as ``{"train": [...], "test": [...]}`` chains of
-    one ``dataset`` (2019, 2021 or 20192021); personas come from each user's train days only.
-
-    This is issue 17's Tokyo reader (issue 18 has its own in ``stllm.data.intent``: to be merged)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    opener = gzip.open if path.suffix == ".gz" else open
+    one ``dataset`` (2019, 2021 or 20192021); personas come from each user's train days only."""
     days: dict[tuple[str, str, str], list[tuple[int, int, str, str]]] = {}
-    with opener(path, "rt", newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in LLMOB_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ActivityFormatError(f"{path}: missing column(s) {', '.join(missing)}")
-        for line, rec in enumerate(reader, start=2):
-            if rec["dataset"] != dataset:
-                continue
-            if rec["split"] not in ("train", "test"):
-                raise ActivityFormatError(f"{path}: line {line}: field 'split' {rec['split']!r} is not train/test")
-            t = parse_time(rec["time"], f"{path}: line {line}: field 'time'")
-            try:
-                seq = int(rec["seq"])
-            except ValueError:
-                raise ActivityFormatError(f"{path}: line {line}: field 'seq' {rec['seq']!r} "
-                                          "is not an integer") from None
-            days.setdefault((rec["split"], rec["uid"], rec["date"]), []).append(
-                (seq, t, rec["place_category"], rec["place_id"]))
-    if not days:
-        raise ActivityFormatError(f"{path}: field 'dataset': no rows of dataset {dataset!r}")
+    for line, rec in read_llmob_rows(path, LLMOB_COLUMNS, dataset, ActivityFormatError):
+        if rec["split"] not in ("train", "test"):
+            raise ActivityFormatError(f"{path}: line {line}: field 'split' {rec['split']!r} is not train/test")
+        t = parse_time(rec["time"], f"{path}: line {line}: field 'time'")
+        try:
+            seq = int(rec["seq"])
+        except ValueError:
+            raise ActivityFormatError(f"{path}: line {line}: field 'seq' {rec['seq']!r} is not an integer") from None
+        days.setdefault((rec["split"], rec["uid"], rec["date"]), []).append(
+            (seq, t, rec["place_category"], rec["place_id"]))
     history: dict[str, Counter] = {}
     hours: dict[str, list[int]] = {}
     for (split, uid, _), rows in days.items():

@@ -20,19 +20,17 @@ P(intent | last intent) and P(intent); a training target never sees its own coun
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from stllm.data.checkins import load_checkins
 from stllm.data.collator import PromptCollator
+from stllm.data.llmob import read_llmob_rows
 from stllm.data.loaders import data_root
 from stllm.tokens import INTENT_PRE_TOKEN
 
@@ -140,49 +138,31 @@ def build_event_log(user: Sequence, time: Sequence, event: Sequence, intent: Seq
                     intent=c[order].astype(np.int64), user_ids=user_ids, event_names=event_names, source=source)
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", newline="", encoding="utf-8") if path.suffix == ".gz" else \
-        path.open(newline="", encoding="utf-8")
-
-
 def load_llmob_csv(path: str | os.PathLike, dataset: str = "2019") -> EventLog:
     """The LLMob Tokyo activity chains (``llmob_activity_chains.csv.gz``), rows of one ``dataset`` (2019, 2021 or
     20192021; users repeat across them). Event = the fine place category, intent = ``top_category``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
     users, times, events, intents = [], [], [], []
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in LLMOB_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise IntentDataError(f"{path}: missing column(s) {', '.join(missing)}")
-        for line, rec in enumerate(reader, start=2):
-            if rec["dataset"] != dataset:
-                continue
-            try:
-                t = np.datetime64(f"{rec['date']}T{rec['time'].zfill(8)}", "m")
-            except ValueError:
-                raise IntentDataError(f"{path}: line {line}: field 'date'/'time': unparsable "
-                                      f"{rec['date']!r} {rec['time']!r}") from None
-            top = INTENT_ALIASES.get(rec["top_category"], rec["top_category"])
-            if top not in INTENTS:
-                raise IntentDataError(f"{path}: line {line}: field 'top_category': unknown {rec['top_category']!r}")
-            users.append(rec["uid"])
-            times.append(t)
-            events.append(rec["place_category"])
-            intents.append(top)
-    if not users:
-        raise IntentDataError(f"{path}: field 'dataset': no rows with dataset {dataset!r}")
+    for line, rec in read_llmob_rows(path, LLMOB_COLUMNS, dataset, IntentDataError):
+        try:
+            t = np.datetime64(f"{rec['date']}T{rec['time'].zfill(8)}", "m")
+        except ValueError:
+            raise IntentDataError(f"{path}: line {line}: field 'date'/'time': unparsable "
+                                  f"{rec['date']!r} {rec['time']!r}") from None
+        top = INTENT_ALIASES.get(rec["top_category"], rec["top_category"])
+        if top not in INTENTS:
+            raise IntentDataError(f"{path}: line {line}: field 'top_category': unknown {rec['top_category']!r}")
+        users.append(rec["uid"])
+        times.append(t)
+        events.append(rec["place_category"])
+        intents.append(top)
     return build_event_log(users, np.array(times), events, intents, source=str(path))
 
 
 def llmob_category_map(path: str | os.PathLike) -> dict[str, str]:
     """``place_category -> intent`` as the LLMob file records it (the first pairing wins)."""
     out: dict[str, str] = {}
-    with _open_text(Path(path)) as fh:
-        for rec in csv.DictReader(fh):
-            out.setdefault(rec["place_category"], INTENT_ALIASES.get(rec["top_category"], rec["top_category"]))
+    for _, rec in read_llmob_rows(path, ("place_category", "top_category"), None, IntentDataError):
+        out.setdefault(rec["place_category"], INTENT_ALIASES.get(rec["top_category"], rec["top_category"]))
     return out
 
 
