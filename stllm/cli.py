@@ -12,13 +12,20 @@ import sys
 
 from stllm.errors import run_command, split_debug
 
+# ``stllm eval TASK``: the tasks whose evaluation has its own options (module with build_parser() and run(args));
+# ``stllm eval`` alone evaluates flows and events (stllm.eval.zero_shot)
+EVAL_TASKS = {
+    "next-poi": "stllm.eval.next_poi",
+    "mobility": "stllm.eval.mobility",
+    "intent": "stllm.eval.intent",
+    "gen": "stllm.eval.activity_eval",
+}
+
 
 def command_name(argv: list[str]) -> str:
     """The sub-command named in error messages: ``eval next-poi``, ``data check``, ``train``, ... (``stllm``
     alone when none)."""
-    if argv[:2] == ["eval", "gen"]:
-        return "eval gen"
-    if argv[:2] in (["eval", "next-poi"], ["eval", "mobility"], ["eval", "intent"]) or (
+    if (argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_TASKS) or (
             argv[:1] == ["data"] and argv[1:2] in (["check"], ["convert"])):
         return " ".join(argv[:2])
     return argv[0] if argv and not argv[0].startswith("-") else ""
@@ -139,22 +146,11 @@ def dispatch(argv: list[str]) -> int:
             from stllm.train import pretrain_geo
 
             return pretrain_geo.main(argv[1:i] + argv[i + 2 :])
-    if argv[:2] == ["eval", "next-poi"]:  # next-POI evaluation has its own options
-        from stllm.eval import next_poi
+    if argv[:1] == ["eval"] and argv[1:2] and argv[1] in EVAL_TASKS:  # a task's evaluation has its own options
+        import importlib
 
-        return next_poi.run(next_poi.build_parser().parse_args(argv[2:]))
-    if argv[:2] == ["eval", "gen"]:  # activity generation evaluation has its own options
-        from stllm.eval import activity_eval
-
-        return activity_eval.run(activity_eval.build_parser().parse_args(argv[2:]))
-    if argv[:2] == ["eval", "mobility"]:  # long-term mobility evaluation has its own options
-        from stllm.eval import mobility
-
-        return mobility.run(mobility.build_parser().parse_args(argv[2:]))
-    if argv[:2] == ["eval", "intent"]:  # next-intent evaluation has its own options
-        from stllm.eval import intent
-
-        return intent.run(intent.build_parser().parse_args(argv[2:]))
+        task = importlib.import_module(EVAL_TASKS[argv[1]])
+        return task.run(task.build_parser().parse_args(argv[2:]))
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "module", None):

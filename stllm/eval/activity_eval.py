@@ -1,4 +1,4 @@
-"""``stllm eval gen --checkpoint DIR``: generated days against real held-out days, beside the baselines.
+"""``stllm eval gen CHECKPOINT``: generated days against real held-out days, beside the baselines.
 
 For each held-out day of the checkpoint's data (user, persona, date; never a trained day, checked against the
 checkpoint's record) stllm writes one day per seed under the activity grammar; the copy and Markov baselines

@@ -1,4 +1,4 @@
-"""Generate activity days with a ``stllm train-gen`` checkpoint: ``stllm generate --checkpoint DIR ...``.
+"""Generate activity days with a ``stllm train-gen`` checkpoint: ``stllm generate CHECKPOINT ...``.
 
 Requests (user, persona, date) come from a data split's held-out days (``--data``) or from a file of compact
 headers (``--requests``, blocks of ``persona: ...`` / ``date: ...`` lines separated by blank lines). Prompts are
@@ -203,7 +203,7 @@ def test_requests(data: str, data_root: str | None, max_requests: int | None, se
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a stllm train-gen output directory")
+    p.add_argument("checkpoint", help="a stllm train-gen output directory")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top_p", type=float, default=0.95)
     p.add_argument("--batch_size", type=int, default=32)

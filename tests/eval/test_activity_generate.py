@@ -82,7 +82,7 @@ def test_prompt_is_the_same_for_training_and_generation(split):
 
 
 def test_eval_gen_cli_prints_the_table_and_writes_metrics(checkpoint, tmp_path, capsys):
-    code = cli_main(["eval", "gen", "--checkpoint", str(checkpoint), "--max_requests", "12", "--seeds", "0,1",
+    code = cli_main(["eval", "gen", str(checkpoint), "--max_requests", "12", "--seeds", "0,1",
                      "--max_new_tokens", "96", "--output_dir", str(tmp_path / "ev")])
     assert code == 0
     printed = capsys.readouterr().out
@@ -98,13 +98,13 @@ def test_generate_cli_and_its_errors(checkpoint, tmp_path, capsys):
     req.write_text("user: u0001\npersona: categories=Office,Bar; hours=08-22\ndate: 2030-01-07 Mon\n\n"
                    "persona: group=visitor\ndate: 2030-01-12 Sat\n")
     out = tmp_path / "g.jsonl"
-    assert cli_main(["generate", "--checkpoint", str(checkpoint), "--requests", str(req), "--n", "2",
+    assert cli_main(["generate", str(checkpoint), "--requests", str(req), "--n", "2",
                      "--max_new_tokens", "96", "--output", str(out)]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(x["request"], x["sample"], x["user"], x["date"]) for x in lines] == [
         (0, 0, "u0001", "2030-01-07"), (0, 1, "u0001", "2030-01-07"), (1, 0, None, "2030-01-12"),
         (1, 1, None, "2030-01-12")]
-    assert cli_main(["generate", "--checkpoint", str(tmp_path / "none"), "--output", str(out)]) == 2
+    assert cli_main(["generate", str(tmp_path / "none"), "--output", str(out)]) == 2
     assert "checkpoint directory not found" in capsys.readouterr().err
     assert cli_main(["train-gen", "--data", "paris", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--data must be one of tokyo, nyc, synthetic" in capsys.readouterr().err
