@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 import transformers
+from bench_device import add_device_args, describe, resolve_device, timed
 from transformers import LlamaConfig
 
 from stllm import STEncoder, STEncoderConfig, STLlamaConfig, STLlamaForCausalLM
@@ -59,13 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps the default")
     g.add_argument("--target", type=float, default=1.05, help="ST forward / backbone forward target")
     g.add_argument("--seed", type=int, default=0)
+    add_device_args(p)
     return p.parse_args(argv)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int) -> float:
@@ -184,6 +180,7 @@ def bench_parts(args, model, inputs) -> list[tuple[str, float]]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    device, dtype = resolve_device(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -193,13 +190,14 @@ def main(argv=None) -> None:
     print("== environment")
     print(f"torch {torch.__version__}  transformers {transformers.__version__}  python {platform.python_version()}")
     print(
-        f"device cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cpus)  "
+        f"device {describe(device)}, dtype {args.dtype} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus)  "
         f"threads {torch.get_num_threads()}  load avg {os.getloadavg()[0]:.2f} (other load skews timings)"
     )
 
-    model = build_model(args)
+    model = build_model(args).to(device=device, dtype=dtype)
     cfg = model.config
-    inputs = make_inputs(args, cfg, gen)
+    inputs = {k: v.to(device) for k, v in make_inputs(args, cfg, gen).items()}
     n_backbone = sum(p.numel() for p in model.backbone.parameters())
     n_st = sum(p.numel() for p in model.parameters()) - n_backbone
     print(
@@ -232,9 +230,10 @@ def main(argv=None) -> None:
             print(f"{name:48s} {t * 1e3:9.3f} ms  {100 * t / plain_t:6.2f}%")
 
         print(f"\n== 3. STEncoder alone: {args.regions} regions x {args.enc_windows} windows, default config")
-        enc = STEncoder(STEncoderConfig()).eval()
+        enc = STEncoder(STEncoderConfig()).eval().to(device=device, dtype=dtype)
         ec = enc.config
         x = torch.randn(args.enc_windows, ec.input_window, args.regions, ec.in_channels, generator=gen)
+        x = x.to(device=device, dtype=dtype)
         for _ in range(args.warmup):
             enc(x)
         enc_t = [timed(lambda: enc(x)) for _ in range(args.enc_repeats)]

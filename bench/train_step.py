@@ -38,6 +38,7 @@ from collections.abc import Callable
 import peft
 import torch
 import transformers
+from bench_device import add_device_args, describe, resolve_device, timed
 from forward_overhead import build_model, make_inputs
 from peft import LoraConfig, get_peft_model
 
@@ -69,13 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps the default")
     g.add_argument("--target", type=float, default=1.10, help="ST step / plain step target")
     g.add_argument("--seed", type=int, default=0)
+    add_device_args(p)
     return p.parse_args(argv)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 # -- memory: peak RSS of one step -----------------------------------------------------------------
@@ -122,9 +118,9 @@ def step_peak_rss_mib(step: Callable[[], object]) -> tuple[float, str]:
 
 
 # -- models and steps -----------------------------------------------------------------------------
-def build_pair(args):
+def build_pair(args, device: torch.device, dtype: torch.dtype):
     """ST model with add_lora and a plain backbone (deepcopy, same weights) with its own LoRA."""
-    st = build_model(args)
+    st = build_model(args).to(device=device, dtype=dtype)
     backbone = copy.deepcopy(st.backbone)  # before wrapping: identical weights, no shared tensors
     targets = attention_projections(backbone)
     st = add_lora(st, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
@@ -157,6 +153,7 @@ def make_step(model, inputs: dict[str, torch.Tensor], lr: float) -> tuple[Callab
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    device, dtype = resolve_device(args)
     # peft's wrapping probes a deprecated transformers property; the warning is noise here
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if args.threads > 0:
@@ -171,20 +168,21 @@ def main(argv=None) -> None:
         f"python {platform.python_version()}"
     )
     print(
-        f"device cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cpus)  "
+        f"device {describe(device)}, dtype {args.dtype} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus)  "
         f"threads {torch.get_num_threads()}  load avg {os.getloadavg()[0]:.2f} (other load skews timings)"
     )
 
     rss_start = _maxrss_kib()
-    st, plain, targets = build_pair(args)
+    st, plain, targets = build_pair(args, device, dtype)
     cfg = st.config
-    inputs = make_inputs(args, cfg, gen)
+    inputs = {k: v.to(device) for k, v in make_inputs(args, cfg, gen).items()}
     ids = inputs["input_ids"]
     slot_ids = [i for i in (cfg.st_his_token_id, cfg.st_pre_token_id, cfg.geo_token_id) if i is not None]
-    labels = ids.masked_fill(torch.isin(ids, torch.tensor(slot_ids)), -100)
+    labels = ids.masked_fill(torch.isin(ids, torch.tensor(slot_ids, device=device)), -100)
     n_pre = int((ids == cfg.st_pre_token_id).sum()) // cfg.st_slots
     horizon = cfg.st_encoder.horizon
-    reg_targets = torch.randn(n_pre, horizon, cfg.st_slots, generator=gen)
+    reg_targets = torch.randn(n_pre, horizon, cfg.st_slots, generator=gen).to(device=device, dtype=dtype)
     st_inputs = {**inputs, "labels": labels, "reg_targets": reg_targets}
     plain_inputs = {"input_ids": ids, "attention_mask": inputs["attention_mask"], "labels": labels}
 
@@ -241,7 +239,16 @@ def main(argv=None) -> None:
     if args.warmup:
         print(f"last warm-up loss: ST {losses['ST']:.4f}, plain {losses['plain']:.4f}")
 
-    print("\n== 2. peak RSS of one step above the RSS before it")
+    if device.type == "cuda":
+        print("\n== 2. peak device memory of one step above the memory before it")
+        for name, fn in (("plain backbone + LoRA", plain_step), ("STLlama + LoRA", st_step)):
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            torch.cuda.synchronize()
+            print(f"{name:22s}{(torch.cuda.max_memory_allocated(device) - before) / 2**30:+9.3f} GiB")
+    print("\n== 2. peak RSS of one step above the RSS before it" if device.type == "cpu" else "\n== host peak RSS")
     for name, fn in (("plain backbone + LoRA", plain_step), ("STLlama + LoRA", st_step)):
         mib, how = step_peak_rss_mib(fn)
         print(f"{name:22s}{mib:+9.0f} MiB  ({how})")

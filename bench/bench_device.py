@@ -1,0 +1,51 @@
+"""``--device`` / ``--dtype`` for the bench scripts: one place that picks them, degrades cleanly and times with device
+synchronisation (a CUDA kernel launch returns before the work is done: wall time without a sync measures the
+launch, not the work)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("device")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights and activations")
+
+
+def resolve_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """``(device, dtype)`` from the flags; a CUDA device on a machine without one is one clear line and exit 2."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: this machine has no CUDA device (torch {torch.__version__}); "
+                         "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SystemExit(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device, DTYPES[args.dtype]
+
+
+def synchronize() -> None:
+    """Wait for every queued CUDA kernel (nothing to wait for on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds of ``fn()``, the device drained before starting and stopping the clock."""
+    synchronize()
+    t0 = time.perf_counter()
+    fn()
+    synchronize()
+    return time.perf_counter() - t0
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
