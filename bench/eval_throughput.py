@@ -40,6 +40,7 @@ import time
 import numpy as np
 import torch
 import transformers
+from bench_device import add_device_args, describe, resolve_device, synchronize
 from transformers import LlamaConfig
 
 from stllm import STLlamaConfig, STLlamaForCausalLM
@@ -73,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps the default")
     g.add_argument("--target", type=float, default=100.0, help="rate (a) / rate (b) target")
     g.add_argument("--seed", type=int, default=0)
+    add_device_args(p)
     return p.parse_args(argv)
 
 
@@ -118,8 +120,9 @@ def build_model(args, tok, slot_ids, n_channels: int) -> STLlamaForCausalLM:
 
 
 def run_predict(args, model, tok, ds, scaler) -> tuple[float, np.ndarray]:
+    synchronize()
     t0 = time.perf_counter()
-    out = predict(model, tok, ds, scaler, batch_size=args.batch_size, progress=False)
+    out = predict(model, tok, ds, scaler, batch_size=args.batch_size, progress=False)  # returns host arrays: synced
     return time.perf_counter() - t0, out
 
 
@@ -128,20 +131,25 @@ def run_plain(args, model, tok, ds, max_batches: int | None = None) -> float:
     """(a0): collate in dataset order, one plain ``model(...)`` per batch; seconds."""
     collator = STDataCollator(tok, st_slots=model.config.st_slots, padding_side="right")
     keys = ("input_ids", "attention_mask", "st_values", "st_window", "st_region")
+    device = next(model.parameters()).device
+    synchronize()
     t0 = time.perf_counter()
     for n, k in enumerate(range(0, len(ds), args.batch_size)):
         if max_batches is not None and n >= max_batches:
             break
         batch = collator([ds[i] for i in range(k, min(len(ds), k + args.batch_size))])
-        model(**{key: batch[key] for key in keys}, logits_to_keep=1)  # as predict() did before SlotPass
+        model(**{key: batch[key].to(device) for key in keys}, logits_to_keep=1)  # as predict() did before SlotPass
+    synchronize()
     return time.perf_counter() - t0
 
 
 @torch.inference_mode()
 def generate_one(model, tok, collator: STDataCollator, sample: dict) -> dict:
     """UrbanGPT-style: generate the answer from the prompt, then one forward reading the heads."""
+    synchronize()
     t0 = time.perf_counter()
-    batch = collator([sample])
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collator([sample]).items()}
     ids, labels = batch["input_ids"], batch["labels"]
     p_len = int((labels[0] == -100).sum())  # batch of one, no padding: prompt then answer
     n_ans = ids.shape[1] - p_len
@@ -156,6 +164,7 @@ def generate_one(model, tok, collator: STDataCollator, sample: dict) -> dict:
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
     )
+    synchronize()
     t_gen = time.perf_counter() - t0
     pre_id, k = model.config.st_pre_token_id, model.config.st_slots
     gen = seqs[0, p_len:]
@@ -167,11 +176,13 @@ def generate_one(model, tok, collator: STDataCollator, sample: dict) -> dict:
         seqs[0, ids[0] == pre_id] = pre_id
     out = model(input_ids=seqs, attention_mask=torch.ones_like(seqs), **st, logits_to_keep=1)
     assert out.reg_pred is not None and out.reg_pred.shape[0] == 1
+    synchronize()
     return {"total": time.perf_counter() - t0, "gen": t_gen, "prompt": p_len, "answer": n_ans, "natural": natural}
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    device, dtype = resolve_device(args)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -180,18 +191,20 @@ def main(argv=None) -> None:
     print("== environment")
     print(f"torch {torch.__version__}  transformers {transformers.__version__}  python {platform.python_version()}")
     print(
-        f"device cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cpus)  "
+        f"device {describe(device)}, dtype {args.dtype} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus)  "
         f"threads {torch.get_num_threads()}  load avg {os.getloadavg()[0]:.2f} (other load skews timings)"
     )
 
     city, scaler, ds, tok, slot_ids = build_data(args)
-    model = build_model(args, tok, slot_ids, city.n_channels)
+    model = build_model(args, tok, slot_ids, city.n_channels).to(device=device, dtype=dtype)
     n_backbone = sum(p.numel() for p in model.backbone.parameters())
     n_st = sum(p.numel() for p in model.parameters()) - n_backbone
     print(
         f"model: Llama width {args.hidden}, {args.layers} layers, {args.heads} heads ({args.kv_heads} kv), "
         f"intermediate {args.intermediate}, vocab {len(tok)}, attn {model.backbone.config._attn_implementation}, "
-        f"fp32; params backbone {n_backbone / 1e6:.3f}M, ST modules {n_st / 1e6:.3f}M, st_slots {model.config.st_slots}"
+        f"{args.dtype}; params backbone {n_backbone / 1e6:.3f}M, ST modules {n_st / 1e6:.3f}M, "
+        f"st_slots {model.config.st_slots}"
     )
     collator = STDataCollator(tok, st_slots=model.config.st_slots, padding_side="right")
     lens = [len(x) for x in collator.encode([t for i in range(len(ds)) for t in collator.texts(ds[i])])]
