@@ -42,6 +42,7 @@ from stllm.models import STLlamaForCausalLM
 REQUIRED = ("config.json", "tokenizer_config.json", MOBILITY_DATA_FILE)
 PUBLISHED_FILES = {"Llama-3-8B-Mob": "pred_llama3_8b_mob_days60-74_cityBC.csv",
                    "LP-BERT": "pred_lpbert_days60-74_cityBC.csv"}
+PUBLISHED_DAYS = (60, 74)  # what the published prediction files hold
 PUBLISHED_MEANS = {  # (model, city): (GEO-BLEU, DTW) means reported with the HuMob'24 metric
     ("Llama-3-8B-Mob", "B"): (0.3541, 25.39), ("Llama-3-8B-Mob", "C"): (0.2969, 20.57),
     ("LP-BERT", "B"): (0.3093, 23.30), ("LP-BERT", "C"): (0.2682, 23.82),
@@ -81,9 +82,11 @@ DECODES = ("quota", "geo", "argmax", "distance")
 # geo decoding's weight of the expected distance (cells) beside GEO-BLEU's proximity; on HuMob'24 B -> C / C -> B
 # (tiny model, seed 0) 0.03 cut DTW by 13% / 6% for +0.3% / -0.1% GEO-BLEU against 0 (see the issue 16 note)
 GEO_DISTANCE_WEIGHT = 0.03
-# quota decoding's temperature of the head's distribution (sharper: fewer places a day). On HuMob'24 C -> B (seed 0)
-# 0.4 / 0.55 / 0.7 / 1.0 gave GEO-BLEU 0.326 / 0.334 / 0.339 / 0.323 and DTW 23.1 / 23.5 / 24.1 / 27.0
-QUOTA_TEMPERATURE = 0.55
+# quota decoding's temperature of the head's distribution (sharper: fewer places a day), chosen without test data:
+# on 20 users of the training city left out of training (--heldout_users 20), days 45-59 from 0-44, GEO-BLEU at
+# 0.4 / 0.55 / 0.7 / 1.0 was B 0.278 / 0.285 / 0.294 / 0.277 and C 0.313 / 0.323 / 0.326 / 0.322: 0.7 both ways
+# (python bench/humob_quality.py --select_temperatures 0.4,0.55,0.7,1.0)
+QUOTA_TEMPERATURE = 0.7
 
 
 def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: str = "quota",
@@ -164,7 +167,7 @@ def fill_day_quotas(value: torch.Tensor, probs: torch.Tensor, day: torch.Tensor)
 
 @torch.inference_mode()
 def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories, candidates: int,
-                  batch_size: int = 16, decode: str = "quota") -> Trajectories:
+                  batch_size: int = 16, decode: str = "quota", temperature: float = QUOTA_TEMPERATURE) -> Trajectories:
     """The target rows with stllm's cells: one forward pass per batch of users (no generation); ``decode`` as in
     :func:`choose_cells`."""
     days = (int(history.d.min()), int(history.d.max())), (int(target.d.min()), int(target.d.max()))
@@ -180,7 +183,8 @@ def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories,
         batch.pop("mob_targets")
         batch = {k: v.to(device) for k, v in batch.items()}
         scores = model(**batch, logits_to_keep=1).mob_scores.float().cpu()
-        cells.append(choose_cells(scores, cand, history.grid, decode, day[done:done + len(scores)]).numpy())
+        cells.append(choose_cells(scores, cand, history.grid, decode, day[done:done + len(scores)],
+                                  temperature=temperature).numpy())
         done += len(scores)
     cell = np.concatenate(cells)
     x, y = np.divmod(cell, history.grid)
@@ -201,11 +205,12 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
                       base: int | None = None, city: str | None = None, history_days: tuple[int, int] = (0, 59),
                       target_days: tuple[int, int] = (60, 74), variant: str = "humob24", batch_size: int = 16,
                       published: str | os.PathLike | None = None, max_users: int | None = None,
-                      decode: str = "quota") -> EvalResult:
+                      decode: str = "quota", temperature: float = QUOTA_TEMPERATURE,
+                      users: np.ndarray | None = None) -> EvalResult:
     """Evaluate a ``stllm train-mobility`` checkpoint on ``data`` (default: a synthetic city the checkpoint never
     saw, seed + 1000, other uids). ``published``: a folder with the published models' prediction files (default:
     the data file's folder when it holds them). ``decode``: how a slot's cell is chosen from the head's scores
-    (:func:`choose_cells`)."""
+    (:func:`choose_cells`; ``temperature``: quota's). ``users``: evaluate only these uids."""
     ckpt, out = Path(checkpoint), Path(output_dir)
     model, tokenizer, record = load_mobility_checkpoint(ckpt)
     if data in (None, "synthetic"):
@@ -215,6 +220,8 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
         data, city = "synthetic", "T"
     else:
         traj = resolve_trajectories(data, base, city)
+    if users is not None:
+        traj = traj.subset(np.isin(traj.uid, np.asarray(users)))
     if max_users is not None:
         traj = traj.subset(np.isin(traj.uid, traj.users[:max_users]))
     split = split_by_day(traj, history_days, target_days)
@@ -224,10 +231,12 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     preds = {"stllm": predict_cells(model, tokenizer, split.history, split.target, record["candidates"], batch_size,
-                                    decode)}
+                                    decode, temperature)}
     seconds = time.perf_counter() - start
     preds.update({name: fn(split.history, split.target) for name, fn in BASELINES.items()})
     folder = Path(published) if published else (Path(data).parent if data != "synthetic" else None)
+    if tuple(target_days) != PUBLISHED_DAYS:  # the published models predicted days 60-74 only
+        folder = None
     for name, fname in PUBLISHED_FILES.items():
         if folder is not None and (folder / fname).is_file():
             preds[name] = published_predictions(folder / fname, split.target, base=split.target.base, city=city)

@@ -30,7 +30,7 @@ from stllm.data.prompts import ChatFormatter
 from stllm.models import STLlamaForCausalLM
 from stllm.tokens import MOB_PRE_TOKEN, add_mobility_token
 from stllm.train.arguments import ModelArguments, STTrainingArguments
-from stllm.train.checks import POSITIVE, check_fields, rule
+from stllm.train.checks import NON_NEGATIVE, POSITIVE, check_fields, rule
 from stllm.train.train_mem import (
     build_tiny_model,
     claim_run_dir,
@@ -66,11 +66,15 @@ class MobilityDataArguments:
     synthetic_users: int = field(default=40, metadata={"help": "Users of the synthetic trajectories."})
     tokenizer_vocab: int = field(default=1000, metadata={"help": "BPE vocabulary of the offline tokenizer (tiny)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many samples."})
+    heldout_users: int = field(default=0, metadata={"help": "Leave the last N users (by uid) out of training, so "
+                                                    "settings such as decoding can be chosen on users the model never "
+                                                    "saw (recorded as heldout_users)."})
 
     def __post_init__(self):
         counts = ("last_day", "target_days", "n_windows", "window_stride", "min_history", "candidates",
                   "synthetic_users", "tokenizer_vocab")
-        check_fields(self, [*(rule(k, POSITIVE) for k in counts), rule("max_train_samples", POSITIVE, optional=True)])
+        check_fields(self, [*(rule(k, POSITIVE) for k in counts), rule("max_train_samples", POSITIVE, optional=True),
+                            rule("heldout_users", NON_NEGATIVE)])
         if self.base not in (None, 0, 1):
             raise ValueError(f"--base must be 0 or 1, got {self.base}")
 
@@ -104,6 +108,11 @@ def _train_mobility(model_args, data_args: MobilityDataArguments, training_args:
     traj = resolve_trajectories(data_args.data, data_args.base, data_args.city, data_args.synthetic_seed,
                                 data_args.synthetic_users)
     traj = traj.subset(traj.d <= data_args.last_day)  # later days never reach training, not even as history
+    heldout = traj.users[len(traj.users) - data_args.heldout_users:] if data_args.heldout_users else traj.users[:0]
+    if data_args.heldout_users >= len(traj.users):
+        raise ValueError(f"{traj.source}: --heldout_users {data_args.heldout_users} leaves no training user "
+                         f"({len(traj.users)} users)")
+    traj = traj.subset(~np.isin(traj.uid, heldout))
     if not len(traj):
         raise ValueError(f"{data_args.data}: field 'd': no rows in days 0..{data_args.last_day}")
     windows = training_windows(data_args.last_day, data_args.target_days, data_args.n_windows,
@@ -120,7 +129,7 @@ def _train_mobility(model_args, data_args: MobilityDataArguments, training_args:
     cities = sorted(set(traj.city.tolist())) if traj.city is not None else []
     record = {**asdict(data_args), "source": traj.source, "cities": cities, "users": traj.users.tolist(),
               "days": [0, data_args.last_day], "windows": [asdict(w) for w in windows], "n_samples": len(train_set),
-              "features": list(MOB_FEATURES)}
+              "features": list(MOB_FEATURES), "heldout_users": heldout.tolist()}
     return fit_and_save(model, tokenizer, training_args, train_set, MobilityCollator(tokenizer),
                         {MOBILITY_DATA_FILE: json.dumps(record, indent=2)})
 

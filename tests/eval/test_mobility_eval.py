@@ -103,3 +103,23 @@ def test_quota_decoding_gives_each_day_the_expected_mix_of_places_where_they_fit
     assert (chosen[:4] == 5000).sum() == 1 and sorted(chosen[4:].tolist()) == [0, 5000] and (chosen >= 0).all()
     with pytest.raises(ValueError, match="needs the day"):
         choose_cells(scores, cells, grid=100, decode="quota")
+
+
+def test_heldout_users_stay_out_of_training_and_can_be_evaluated_on_training_days(tmp_path):
+    """--heldout_users: the last users never train, so their days 45-59 may choose settings; trained users may not."""
+    out = tmp_path / "ckpt"
+    assert main(["train-mobility", "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "4",
+                 "--synthetic_users", "5", "--heldout_users", "2", "--n_windows", "1", "--candidates", "16",
+                 "--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none"]) == 0
+    record = json.loads((out / MOBILITY_DATA_FILE).read_text())
+    assert record["users"] == [0, 1, 2] and record["heldout_users"] == [3, 4]
+    data = write_humob_csv(synthetic_mobility_city(0, 5), tmp_path / "same_city.csv")  # the training city itself
+    days = dict(history_days=(0, 44), target_days=(45, 59))
+    result = evaluate_mobility(out, tmp_path / "eval", data=str(data), base=1, users=np.array([3, 4]), **days)
+    assert 0.0 < result.metrics["stllm"]["geobleu"] <= 1.0
+    assert sorted(set(load_humob_csv(tmp_path / "eval" / "predictions.csv", base=1).uid.tolist())) == [3, 4]
+    with pytest.raises(ValueError, match="inside the training windows"):
+        evaluate_mobility(out, tmp_path / "eval2", data=str(data), base=1, users=np.array([0, 3]), **days)
+    assert main(["train-mobility", "--output_dir", str(tmp_path / "x"), "--heldout_users", "-1"]) == 2
+    assert main(["train-mobility", "--output_dir", str(tmp_path / "y"), "--synthetic_users", "3", "--heldout_users",
+                 "3", "--report_to", "none"]) == 2
