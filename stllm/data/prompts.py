@@ -215,3 +215,11 @@ class ChatFormatter:
             pre, mid, post_user, ans_pre, ans_post = self.frame
             return f"{pre}{conv.system}{mid}{conv.user}{post_user}", f"{ans_pre}{conv.answer}{ans_post}"
         return f"{self.bos}{conv.system} USER: {conv.user} ASSISTANT:", f" {conv.answer}{self.eos}"
+
+
+def tokenizer_corpus(dataset, n: int) -> list[str]:
+    """``n`` evenly spaced samples of ``dataset`` (their ``conversation``) as plain text (no chat template): what
+    the offline BPE of a tiny model is trained on, the same for every task."""
+    formatter = ChatFormatter(None)
+    picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), n)).astype(int)
+    return ["\n".join(formatter(dataset[int(i)]["conversation"])) for i in picks]

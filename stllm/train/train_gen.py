@@ -15,11 +15,9 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from stllm.data.activity import ACTIVITY_DATA, load_activity_split
 from stllm.data.activity_prompts import ActivityGenCollator, ActivityGenDataset, answer_vocabulary
-from stllm.data.prompts import ChatFormatter
+from stllm.data.prompts import tokenizer_corpus
 from stllm.models import STLlamaForCausalLM
 from stllm.train.arguments import ModelArguments, STTrainingArguments
 from stllm.train.checks import POSITIVE, check_fields, rule
@@ -62,10 +60,7 @@ def build_gen_model(model_args: ModelArguments, data_args: GenDataArguments, dat
     if model_args.model_name_or_path:
         return STLlamaForCausalLM.from_backbone(
             model_args.model_name_or_path, attn_implementation=model_args.attn_implementation or attn, **common)
-    formatter = ChatFormatter(None)
-    picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), 2000)).astype(int)
-    texts = ["\n".join(formatter(dataset[int(i)]["conversation"])) for i in picks]
-    return build_tiny_model(texts, model_args, data_args.tokenizer_vocab, attn, **common)
+    return build_tiny_model(tokenizer_corpus(dataset, 2000), model_args, data_args.tokenizer_vocab, attn, **common)
 
 
 def train_gen(model_args: ModelArguments, data_args: GenDataArguments, training_args: STTrainingArguments

@@ -33,7 +33,7 @@ from stllm.data import (
     train_tokenizer,
 )
 from stllm.data.loaders import load_preset
-from stllm.data.prompts import ChatFormatter
+from stllm.data.prompts import tokenizer_corpus
 from stllm.encoders.io import CONFIG_NAME as ENCODER_CONFIG
 from stllm.encoders.io import load_encoder
 from stllm.errors import run_command, split_debug
@@ -213,10 +213,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, data: Prep
             model_args.model_name_or_path, st_encoder_path=model_args.st_encoder_path,
             attn_implementation=model_args.attn_implementation or attn, **common,
         )
-    formatter = ChatFormatter(None)
-    n = len(data.train)
-    picks = np.linspace(0, n - 1, num=min(n, 400)).astype(int)
-    texts = ["\n".join(formatter(data.train[int(i)]["conversation"])) for i in picks]
+    texts = tokenizer_corpus(data.train, 400)
     model, tokenizer = build_tiny_model(texts, model_args, data_args.tokenizer_vocab, attn, **common)
     if model_args.st_encoder_path:
         model.st_encoder.load_state_dict(load_encoder(model_args.st_encoder_path).state_dict())

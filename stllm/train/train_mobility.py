@@ -26,7 +26,7 @@ from stllm.data.mobility import (
     resolve_trajectories,
     training_windows,
 )
-from stllm.data.prompts import ChatFormatter
+from stllm.data.prompts import tokenizer_corpus
 from stllm.models import STLlamaForCausalLM
 from stllm.tokens import MOB_PRE_TOKEN, add_mobility_token
 from stllm.train.arguments import ModelArguments, STTrainingArguments
@@ -89,10 +89,7 @@ def build_mobility_model(model_args: ModelArguments, data_args: MobilityDataArgu
             model_args.model_name_or_path, attn_implementation=model_args.attn_implementation or attn, **common)
         model.config.mob_pre_token_id = add_mobility_token(tokenizer, model)
         return model, tokenizer
-    formatter = ChatFormatter(None)
-    picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), 200)).astype(int)
-    texts = ["\n".join(formatter(dataset[int(i)]["conversation"])) for i in picks]
-    return build_tiny_model(texts, model_args, data_args.tokenizer_vocab, attn,
+    return build_tiny_model(tokenizer_corpus(dataset, 200), model_args, data_args.tokenizer_vocab, attn,
                             extra_tokens={"mob_pre_token_id": MOB_PRE_TOKEN}, **common)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from stllm.data.checkins import CheckIns, chronological_split, load_checkins, synthetic_checkins, user_trajectories
 from stllm.data.next_poi import NextPOICollator, NextPOIDataset, next_poi_train_task
-from stllm.data.prompts import ChatFormatter
+from stllm.data.prompts import tokenizer_corpus
 from stllm.eval.poi_baselines import MarkovTransition
 from stllm.models import STLlamaForCausalLM
 from stllm.train.arguments import ModelArguments, STTrainingArguments
@@ -91,9 +91,7 @@ def build_poi_model(model_args: ModelArguments, data_args: POIDataArguments, dat
         return STLlamaForCausalLM.from_backbone(
             model_args.model_name_or_path, attn_implementation=model_args.attn_implementation or attn, **common
         )
-    formatter = ChatFormatter(None)
-    picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), 400)).astype(int)
-    texts = ["\n".join(formatter(dataset[int(i)]["conversation"])) for i in picks]
+    texts = tokenizer_corpus(dataset, 400)
     texts += dataset.task.checkins.categories.tolist()  # every category name, for the candidate embeddings
     return build_tiny_model(texts, model_args, data_args.tokenizer_vocab, attn, **common)
 
