@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from stllm.data.activity import ActivityChain, load_activity_split, parse_chain, parse_steps
 from stllm.data.activity_checks import BOXES, CheckConfig, passes, run_checks
 from stllm.data.activity_prompts import gen_conversation
 from stllm.data.prompts import ChatFormatter, Conversation
 from stllm.errors import run_command
-from stllm.models import STLlamaForCausalLM
+from stllm.eval.run_identity import load_task_checkpoint
 from stllm.models.activity_decoding import ActivityLogitsProcessor, activity_grammar
 
 ACTIVITY_DATA_FILE = "activity_data.json"  # written by stllm.train.train_gen (eval must not import train)
@@ -48,14 +47,7 @@ class SamplingConfig:
 
 def load_gen_checkpoint(path: str | os.PathLike):
     """``(model, tokenizer, record)`` of a ``stllm train-gen`` checkpoint; names a missing part."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    for name in ("config.json", ACTIVITY_DATA_FILE):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-gen?)")
-    record = json.loads((path / ACTIVITY_DATA_FILE).read_text(encoding="utf-8"))
-    return STLlamaForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), record
+    return load_task_checkpoint(path, ("config.json", ACTIVITY_DATA_FILE), ACTIVITY_DATA_FILE, "train-gen")
 
 
 def check_not_trained_on(requests: Sequence[ActivityChain], record: dict) -> None:

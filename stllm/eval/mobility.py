@@ -15,14 +15,12 @@ submission format (``uid,d,t,x,y``, the file's cell numbering).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
 from stllm.data.mobility import (
     MOBILITY_DATA_FILE,
@@ -36,8 +34,8 @@ from stllm.data.trajectories import Trajectories, split_by_day, write_humob_csv
 from stllm.errors import run_command
 from stllm.eval.mobility_baselines import BASELINES, published_predictions
 from stllm.eval.mobility_metrics import score_users
+from stllm.eval.run_identity import load_task_checkpoint
 from stllm.eval.zero_shot import EvalResult, _write_json, print_result
-from stllm.models import STLlamaForCausalLM
 
 REQUIRED = ("config.json", "tokenizer_config.json", MOBILITY_DATA_FILE)
 PUBLISHED_FILES = {"Llama-3-8B-Mob": "pred_llama3_8b_mob_days60-74_cityBC.csv",
@@ -51,16 +49,10 @@ PUBLISHED_MEANS = {  # (model, city): (GEO-BLEU, DTW) means reported with the Hu
 
 def load_mobility_checkpoint(path: Path):
     """``(model, tokenizer, record)`` of a ``stllm train-mobility`` checkpoint; names a missing part."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    for name in REQUIRED:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-mobility?)")
-    record = json.loads((path / MOBILITY_DATA_FILE).read_text())
-    model = STLlamaForCausalLM.from_pretrained(path).eval()
+    model, tokenizer, record = load_task_checkpoint(path, REQUIRED, MOBILITY_DATA_FILE, "train-mobility")
     if model.config.mob_pre_token_id is None or getattr(model, "mob_head", None) is None:
         raise ValueError(f"checkpoint {path} has no <mob_pre> token or mobility head: not a mobility model")
-    return model, AutoTokenizer.from_pretrained(path), record
+    return model, tokenizer, record
 
 
 def check_not_trained_on(target: Trajectories, record: dict) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from stllm.data.checkins import CheckIns, load_checkins
 from stllm.data.next_poi import NextPOICollator, NextPOIDataset, NextPOITask, next_poi_eval_task
@@ -30,8 +29,8 @@ from stllm.errors import run_command
 from stllm.eval.plots import plot_acc_at_k
 from stllm.eval.poi_baselines import MarkovTransition, poi_baseline_ranks
 from stllm.eval.ranking import format_ranking_table, metrics_from_ranks, target_ranks
+from stllm.eval.run_identity import load_task_checkpoint
 from stllm.eval.zero_shot import EvalResult, _write_json, print_result
-from stllm.models import STLlamaForCausalLM
 from stllm.train.train_poi import POI_DATA_FILE, POIDataArguments, resolve_checkins, table_fingerprint
 
 REQUIRED = ("config.json", "tokenizer_config.json", POI_DATA_FILE)
@@ -42,16 +41,10 @@ MISS_RANK = 1e9  # a wrong text answer: outside every cut-off, ~0 reciprocal ran
 
 def load_poi_checkpoint(path: Path):
     """``(model, tokenizer, record)`` of a ``stllm train-poi`` checkpoint; names a missing part."""
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    for name in REQUIRED:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-poi?)")
-    record = json.loads((path / POI_DATA_FILE).read_text())
-    model = STLlamaForCausalLM.from_pretrained(path).eval()
+    model, tokenizer, record = load_task_checkpoint(path, REQUIRED, POI_DATA_FILE, "train-poi")
     if model.config.poi_pre_token_id is None:
         raise ValueError(f"checkpoint {path} has no <poi_pre> token id: not a next-POI model")
-    return model, AutoTokenizer.from_pretrained(path), record
+    return model, tokenizer, record
 
 
 @torch.inference_mode()

@@ -87,3 +87,21 @@ def load_json_object(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}; restore it from the training run")
     return obj
+
+
+def load_task_checkpoint(path: str | os.PathLike, required: tuple[str, ...], record_file: str, command: str):
+    """``(model, tokenizer, record)`` of a task checkpoint (``stllm train-poi``, ``train-mobility``, ``train-gen``):
+    the directory and each ``required`` file named when missing, ``record_file`` the JSON of what it trained on.
+    The caller checks the model is one of its task (its head or slot token)."""
+    from transformers import AutoTokenizer
+
+    from stllm.models import STLlamaForCausalLM
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    for name in required:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm {command}?)")
+    record = json.loads((path / record_file).read_text(encoding="utf-8"))
+    return STLlamaForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), record
