@@ -25,6 +25,15 @@ WEIGHT_GLOBS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
 STAGING_MARK = ".saving-"
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """``path`` holds ``text`` or its previous content, never half of it: written beside it, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def staging_path(target: Path) -> Path:
     """Where a save of ``target`` is staged: a hidden sibling for a new directory (renamed whole at the
     end), a hidden folder inside an existing one (its files replace the old ones one by one). Hidden

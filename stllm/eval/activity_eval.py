@@ -32,6 +32,7 @@ from stllm.eval.generate import (
     redraw_invalid,
     write_generated,
 )
+from stllm.safe_io import write_text_atomic
 
 
 def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, seeds: list[int],
@@ -65,9 +66,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
             redrawn.append(n)
     result = {"data": split.name, "checkpoint": str(checkpoint), "n_requests": len(requests), "seeds": seeds,
               "rows": rows, "parsed": 1.0, "redrawn_days": redrawn}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    os.replace(tmp, out / "metrics.json")
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1, default=float))
     users = list(dict.fromkeys(c.user for c in test))[:3]
     pick = [i for i, c in enumerate(test) if c.user in users][:6]
     result["plot"] = plot_days_map(out / "days_map.png", [test[i] for i in pick], [generated[i] for i in pick],

@@ -36,6 +36,7 @@ from stllm.eval.mobility_baselines import BASELINES, published_predictions
 from stllm.eval.mobility_metrics import score_users
 from stllm.eval.run_identity import load_task_checkpoint
 from stllm.eval.zero_shot import EvalResult, _write_json, print_result
+from stllm.safe_io import write_text_atomic
 
 REQUIRED = ("config.json", "tokenizer_config.json", MOBILITY_DATA_FILE)
 PUBLISHED_FILES = {"Llama-3-8B-Mob": "pred_llama3_8b_mob_days60-74_cityBC.csv",
@@ -252,14 +253,9 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
 
 
 def _write_per_user(path: Path, scores: dict) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("method,uid,geobleu,dtw\n")
-        for name, s in scores.items():
-            for u, g, d in zip(s.uid.tolist(), s.geobleu.tolist(), s.dtw.tolist()):
-                f.write(f"{name},{u},{g:.6f},{d:.4f}\n")
-    os.replace(tmp, path)
-    return path
+    rows = [f"{name},{u},{g:.6f},{d:.4f}\n" for name, s in scores.items()
+            for u, g, d in zip(s.uid.tolist(), s.geobleu.tolist(), s.dtw.tolist())]
+    return write_text_atomic(path, "method,uid,geobleu,dtw\n" + "".join(rows))
 
 
 def plot_user_days(path: Path, target: Trajectories, preds: dict[str, Trajectories], uid: int | None = None):

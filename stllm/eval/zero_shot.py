@@ -50,6 +50,7 @@ from stllm.eval.predict import PredictionFile, predict
 from stllm.eval.run_identity import check_checkpoint, checkpoint_digests, data_digest, load_json_object
 from stllm.models import STLlamaConfig, STLlamaForCausalLM
 from stllm.outdir import check_output_dir, claim_output_dir, held_artifact
+from stllm.safe_io import write_text_atomic
 from stllm.train.arguments import DataArguments
 from stllm.train.train_mem import load_city
 
@@ -460,10 +461,7 @@ def _same_inputs(enc) -> dict:
 
 
 def _write_json(path: Path, obj) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=float))
 
 
 def _plots(out: Path, city, ds, y, preds, metrics) -> list[Path]:
