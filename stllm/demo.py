@@ -40,6 +40,13 @@ def _say(step: int, text: str) -> None:
     print(f"[{step}/4] {text}", flush=True)
 
 
+def train_flags(steps: int, seed: int, progress: bool, batch: int = 16, logging_steps: int = 50) -> list[str]:
+    """The stage-2 flags every demo trains with (a short CPU run that saves only at the end)."""
+    return ["--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--learning_rate", "3e-3",
+            "--logging_steps", str(logging_steps), "--save_strategy", "no", "--seed", str(seed),
+            "--overwrite_output_dir", "true", "--disable_tqdm", str(not progress).lower()]
+
+
 def resolve_preset(
     output_dir: str | Path,
     data: str = "synthetic",
@@ -71,10 +78,8 @@ def resolve_preset(
     if with_geo:  # a <GEO> slot with the region centroid in every prompt, read by a pretrained GeoEncoder
         flags += ["--with_geo", "true"]
     argv = [
-        *flags, "--max_steps", str(steps or default_steps),
-        "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "25",
-        "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
-        "--st_encoder_path", str(out / "encoder"), "--disable_tqdm", str(not progress).lower(),
+        *flags, *train_flags(steps or default_steps, seed, progress, logging_steps=25),
+        "--st_encoder_path", str(out / "encoder"),
         *(["--geo_encoder_path", str(out / "geo_encoder")] if with_geo else []),
         *extra_flags,  # last: they override the preset's defaults (batch size, validation)
     ]  # fmt: skip
@@ -178,10 +183,7 @@ def run_poi_demo(output_dir: str | Path = "runs/demo-poi", data: str = "next-poi
         flags += ["--synthetic_users", "12", "--synthetic_pois", "40", "--synthetic_days", "10"]
         default_steps = 8
     model_args, data_args, train_args = parse_args([
-        "--output_dir", str(out / "model"), *flags, "--max_steps", str(steps or default_steps),
-        "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "50",
-        "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
-        "--disable_tqdm", str(not progress).lower(),
+        "--output_dir", str(out / "model"), *flags, *train_flags(steps or default_steps, seed, progress),
     ], data_class=POIDataArguments)  # fmt: skip
     print(f"[1/2] next-POI instruction tuning on {source} (tiny Llama, candidate head)", flush=True)
     train_next_poi(model_args, data_args, train_args)
@@ -224,10 +226,8 @@ def run_mobility_demo(output_dir: str | Path = "runs/demo-humob", data: str = "h
         name = f"{pair[0]}-to-{pair[1]}" if pair else "synthetic"
         city = ["--city", pair[0]] if pair else []
         model_args, data_args, train_args = parse_args([
-            "--output_dir", str(out / name / "model"), *flags, *city, "--max_steps", str(steps or default_steps),
-            "--per_device_train_batch_size", "8", "--learning_rate", "3e-3", "--logging_steps", "50",
-            "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true",
-            "--disable_tqdm", str(not progress).lower(),
+            "--output_dir", str(out / name / "model"), *flags, *city,
+            *train_flags(steps or default_steps, seed, progress, batch=8),
         ], data_class=MobilityDataArguments)  # fmt: skip
         where = f"city {pair[0]}, days 0-59" if pair else "synthetic trajectories"
         print(f"[{2 * i - 1}/{2 * len(pairs)}] mobility instruction tuning on {where} (tiny Llama, cell-choice head)",
@@ -264,10 +264,8 @@ def run_gen_demo(output_dir: str | Path = "runs/demo-nyc-gen", data: str = "nyc-
     out, t0 = Path(output_dir), time.time()
     root = ["--data_root", data_root] if data_root else []
     model_args, data_args, train_args = parse_args([
-        "--output_dir", str(out / "model"), "--data", source, *root, "--max_steps", str(steps or default_steps),
-        "--per_device_train_batch_size", "16", "--learning_rate", "3e-3", "--logging_steps", "50",
-        "--save_strategy", "no", "--seed", str(seed), "--overwrite_output_dir", "true", "--full_finetune", "true",
-        "--disable_tqdm", str(not progress).lower(),
+        "--output_dir", str(out / "model"), "--data", source, *root, "--full_finetune", "true",
+        *train_flags(steps or default_steps, seed, progress),
     ], data_class=GenDataArguments)  # fmt: skip
     print(f"[1/2] activity generation tuning on {source} training days (tiny Llama)", flush=True)
     train_gen(model_args, data_args, train_args)
