@@ -46,13 +46,13 @@ def main() -> None:
     data = args.data / FILE
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     scores: dict[str, list[tuple[float, float]]] = {}
+    select = [float(t) for t in args.select_temperatures.split(",") if t.strip()]
+    held = ["--heldout_users", str(args.heldout_users)] if select else []
     for pair in args.pairs:
         train_city, eval_city = pair.split(":")
         for seed in seeds:
             ckpt = args.out / f"train-{train_city}-seed{seed}"
             start = time.perf_counter()
-            select = [float(t) for t in args.select_temperatures.split(",") if t.strip()]
-            held = ["--heldout_users", str(args.heldout_users)] if select else []
             code = stllm(["train-mobility", "--data", str(data), "--base", "1", "--city", train_city, "--output_dir",
                           str(ckpt), "--max_steps", str(args.steps), "--per_device_train_batch_size", "8",
                           "--learning_rate", "3e-3", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to",
