@@ -139,20 +139,21 @@ def bench_parts(args, model, inputs) -> list[tuple[str, float]]:
     emb = model.get_input_embeddings()(ids)
     tokens = model.encode_history(vals, win, reg)
     feats = model.st_projector(tokens).flatten(0, 1)
-    his_mask = ids == model.config.st_his_token_id
     hidden = model.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    layout = model.slot_layout(ids, vals, win, reg)
     n, w = args.part_repeats, args.warmup
 
     def heads():
-        slots = model._slot_hidden(ids, hidden, strict=True)[:2]
+        slots = model._slot_hidden(hidden, layout)[:2]
         return model.reg_head(*slots), model.cls_head(*slots)
 
     parts = [
-        ("_check_input_ids", lambda: model._check_input_ids(ids)),
+        ("slot_layout (every check, one host sync)", lambda: model.slot_layout(ids, vals, win, reg)),
         ("encode_history", lambda: model.encode_history(vals, win, reg)),
         ("st_projector", lambda: model.st_projector(tokens)),
-        ("masked_scatter alone", lambda: emb.masked_scatter(his_mask.unsqueeze(-1), feats)),
-        ("splice (encode+project+scatter+checks)", lambda: model.splice(ids, emb, vals, win, reg)),
+        ("index_copy of the features alone", lambda: emb.reshape(-1, emb.shape[-1]).index_copy(0, layout.his, feats)),
+        ("splice given the layout (encode+project+copy)",
+         lambda: model.splice(ids, emb, vals, win, reg, layout=layout)),
         ("heads (_slot_hidden + reg + cls)", heads),
     ]
     out = [(name, median_time(fn, n, w)) for name, fn in parts]

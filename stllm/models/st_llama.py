@@ -2,9 +2,14 @@
 
 The forward pass is the picture in DESIGN.md: encode each (window, region) history once, project
 to the LLM width, write the features into the input embeddings at ``<st_his>`` / ``<geo>`` slots
-with one ``masked_scatter``, run any Hugging Face causal LM, and read the hidden states at
+with one ``index_copy``, run any Hugging Face causal LM, and read the hidden states at
 ``<st_pre>`` slots (and the history slots they answer) with the regression and classification
 heads. The Llama name is what users expect; the backbone is whatever ``text_config`` describes.
+
+Every bad-input check and every slot count is read back from the device in one transfer
+(:meth:`STLlamaForCausalLM.slot_layout`); the slot positions then follow from the counts, so a
+forward on a GPU waits for the device once, not at each check (``masked_scatter`` and boolean
+indexing each wait to learn their sizes).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from transformers.utils import ModelOutput
 from stllm.encoders.geo_encoder import GeoEncoder
 from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder, STEncoderOutput, denormalise
+from stllm.models.batch_checks import DeviceChecks, flat_positions
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.heads import ClassificationHead, RegressionHead
 from stllm.models.mobility import CellChoiceHead
@@ -71,6 +77,20 @@ def backbone_cache(out) -> object | None:
     names = {f.name for f in dataclasses.fields(out)}
     name = "cache" if "cache" in names else "past_key_values"  # even .get("past_key_values") logs on 5.2x
     return out.get(name) if name in names else None
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Flat positions ``(n,)`` in reading order over a ``(B, L)`` batch of the slot tokens a pass writes
+    (``his``, ``geo``: None without their features) or reads (``pre``: None without ``<st_pre>``; ``poi``;
+    ``mob``), and ``his_group (Q,)``: the history placeholder each ``<st_pre>`` placeholder answers."""
+
+    his: torch.Tensor | None = None
+    geo: torch.Tensor | None = None
+    pre: torch.Tensor | None = None
+    his_group: torch.Tensor | None = None
+    poi: torch.Tensor | None = None
+    mob: torch.Tensor | None = None
 
 
 def _is_prefill(past_key_values) -> bool:
@@ -170,13 +190,15 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         return self
 
     # -- the splice ---------------------------------------------------------------------------------
-    def _check_input_ids(self, input_ids: torch.Tensor) -> None:
+    def _check_input_ids(self, input_ids: torch.Tensor, checks: DeviceChecks | None = None) -> None:
         vocab = self.get_input_embeddings().weight.shape[0]
-        if ((input_ids < 0) | (input_ids >= vocab)).any():
-            bad = input_ids[(input_ids < 0) | (input_ids >= vocab)]
-            raise ValueError(
-                f"input_ids contain token ids outside the vocabulary [0, {vocab}): {bad.unique()[:8].tolist()}"
-            )
+        outside = (input_ids < 0) | (input_ids >= vocab)
+        own = checks is None
+        checks = DeviceChecks() if own else checks
+        checks.fail_if(outside.any(), lambda: f"input_ids contain token ids outside the vocabulary [0, {vocab}): "
+                                              f"{input_ids[outside].unique()[:8].tolist()}")
+        if own:
+            checks.resolve()
 
     def encode_history(
         self,
@@ -187,6 +209,31 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """Encoder tokens ``(P, K, D)`` for each history placeholder's (window, region)."""
         return self.encode_context(st_values, st_window, st_region, st_adj).tokens
+
+    def _check_context(self, st_values, st_window, st_region, checks: DeviceChecks) -> None:
+        """Shape errors raise now (host-side facts); value errors (NaN, indices) join ``checks``."""
+        if st_values.dim() != 4:
+            raise ValueError(f"st_values must be (W, T, N, C) city windows, got shape {tuple(st_values.shape)}")
+        w, _, n, c = st_values.shape
+        if c != self.st_encoder.config.in_channels:
+            raise ValueError(f"st_values has {c} channels; the ST encoder was built for "
+                             f"{self.st_encoder.config.in_channels}")
+        checks.fail_if(~torch.isfinite(st_values).all(),
+                       "st_values contains NaN or inf; fill or mask missing values before the model")
+        for name, idx, size in (("st_window", st_window, w), ("st_region", st_region, n)):
+            if idx is None:
+                raise ValueError(f"st_values given without {name}: pass one index per history placeholder")
+            if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"{name} must be a 1-D integer tensor, got {idx.dtype} {tuple(idx.shape)}")
+            if idx.numel():
+                checks.fail_if((idx.min() < 0) | (idx.max() >= size),
+                               lambda name=name, idx=idx, size=size:
+                               f"{name} holds indices outside [0, {size}): {idx.tolist()[:8]}...")
+        if st_window.shape != st_region.shape:
+            raise ValueError(
+                f"st_window ({st_window.numel()}) and st_region ({st_region.numel()}) must have one entry "
+                "per history placeholder each"
+            )
 
     def encode_context(
         self,
@@ -202,48 +249,97 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         (cheaper than all W x N when a batch touches few regions); with graph mixing every window
         is encoded over all its regions once and the placeholders gather from the result.
         """
-        if st_values.dim() != 4:
-            raise ValueError(f"st_values must be (W, T, N, C) city windows, got shape {tuple(st_values.shape)}")
-        w, _, n, c = st_values.shape
-        enc_cfg = self.st_encoder.config
-        if c != enc_cfg.in_channels:
-            raise ValueError(f"st_values has {c} channels; the ST encoder was built for {enc_cfg.in_channels}")
-        if not torch.isfinite(st_values).all():
-            raise ValueError("st_values contains NaN or inf; fill or mask missing values before the model")
-        for name, idx, size in (("st_window", st_window, w), ("st_region", st_region, n)):
-            if idx is None:
-                raise ValueError(f"st_values given without {name}: pass one index per history placeholder")
-            if idx.dim() != 1 or idx.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"{name} must be a 1-D integer tensor, got {idx.dtype} {tuple(idx.shape)}")
-            if idx.numel() and (idx.min() < 0 or idx.max() >= size):
-                raise ValueError(f"{name} holds indices outside [0, {size}): {idx.tolist()[:8]}...")
-        if st_window.shape != st_region.shape:
-            raise ValueError(
-                f"st_window ({st_window.numel()}) and st_region ({st_region.numel()}) must have one entry "
-                "per history placeholder each"
-            )
+        checks = DeviceChecks()
+        self._check_context(st_values, st_window, st_region, checks)
+        checks.resolve()
+        return self._encode_checked(st_values, st_window, st_region, st_adj)
+
+    def _encode_checked(self, st_values, st_window, st_region, st_adj) -> STEncoderOutput:
         ref = next(self.st_encoder.parameters())  # cast to the encoder's dtype/device, whatever came in
         x = st_values.to(device=ref.device, dtype=ref.dtype)
         st_window, st_region = st_window.to(x.device), st_region.to(x.device)
         # the encoder (~0.1M parameters) runs outside autocast: its forecast is the base the heads correct,
         # and in bf16 the closed-form linear correction would lose its precision
         with torch.autocast(x.device.type, enabled=False):
-            if enc_cfg.graph_mixing:
+            if self.st_encoder.config.graph_mixing:
                 out = self.st_encoder(x, st_adj)
                 return STEncoderOutput(*(None if v is None else v[st_window, st_region] for v in out))
             series = x[st_window, :, st_region]  # (P, T, C)
             out = self.st_encoder(series.transpose(0, 1).unsqueeze(0))
         return STEncoderOutput(*(None if v is None else v[0] for v in out))
 
-    @staticmethod
-    def _scatter(embeds, mask, feats, what: str, slots: int, n_items: int):
-        n_slots = int(mask.sum())
-        if n_slots != feats.shape[0]:
-            raise ValueError(
-                f"{what}: input_ids hold {n_slots} slot tokens but {n_items} placeholder feature sets x "
-                f"{slots} slots = {feats.shape[0]} features were given"
-            )
-        return embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.dtype))
+    def slot_layout(
+        self,
+        input_ids: torch.Tensor,
+        st_values: torch.Tensor | None = None,
+        st_window: torch.Tensor | None = None,
+        st_region: torch.Tensor | None = None,
+        geo_coords: torch.Tensor | None = None,
+        strict: bool = True,
+        heads: tuple[str, ...] = ("st",),
+        checks: DeviceChecks | None = None,
+    ) -> SlotLayout:
+        """Check a batch and find its slot tokens with one host synchronisation (see batch_checks).
+
+        ``heads`` names the readouts this pass needs positions for (``st``, ``poi``, ``mob``); ``checks``
+        may already hold the caller's own device-side checks, resolved in the same transfer.
+        Every error the splice and heads raise for bad input is raised here, before any work.
+        """
+        cfg, k = self.config, self.config.st_slots
+        checks = DeviceChecks() if checks is None else checks
+        self._check_input_ids(input_ids, checks)
+        if st_values is not None:
+            self._check_context(st_values, st_window, st_region, checks)
+        wanted = {
+            "his": cfg.st_his_token_id,
+            "geo": cfg.geo_token_id,
+            "pre": cfg.st_pre_token_id if strict and "st" in heads and cfg.st_his_token_id is not None else None,
+            "poi": cfg.poi_pre_token_id if "poi" in heads else None,
+            "mob": cfg.mob_pre_token_id if "mob" in heads else None,
+        }
+        masks = {name: input_ids == tok for name, tok in wanted.items() if tok is not None}
+        handles = {name: checks.count(mask.sum()) for name, mask in masks.items()}
+        his_before = None
+        if "pre" in masks:
+            flat, length = masks["pre"].reshape(-1), input_ids.shape[1]
+            checks.fail_if(masks["pre"].sum() % k != 0,
+                           lambda: f"{int(masks['pre'].sum())} <st_pre> tokens is not a multiple of st_slots={k}")
+            rank = flat.long().cumsum(0) - 1
+            col = torch.arange(flat.numel(), device=flat.device) % length
+            prev = torch.cat([flat.new_zeros(1), flat[:-1]]) & (col > 0)
+            checks.fail_if((flat & (rank % k != 0) & ~prev).any(),
+                           f"<st_pre> slot tokens must come in consecutive runs of st_slots={k}")
+            his = masks["his"].long()
+            his_before = his.reshape(-1).cumsum(0) - his.reshape(-1)  # <st_his> tokens before each position
+            in_row = his_before.view_as(his) - his_before.view_as(his)[:, :1]
+            checks.fail_if((flat & (rank % k == 0) & (in_row.reshape(-1) < k)).any(),
+                           "an <st_pre> placeholder has no <st_his> placeholder before it in its prompt")
+        if "poi" in masks:
+            per_row = masks["poi"].sum(dim=1)
+            checks.fail_if((per_row != 1).any(), lambda: "next-POI scoring needs one <poi_pre> per prompt; row "
+                           f"{int(torch.nonzero(per_row != 1)[0, 0])} has {int(per_row[per_row != 1][0])}")
+        values = checks.resolve()
+        counts = {name: values[h] for name, h in handles.items()}
+        for name, feats, what, arg, per in (("his", st_values, "<st_his>", "st_values", k),
+                                            ("geo", geo_coords, "<geo>", "geo_coords", 1)):
+            if feats is None:
+                if strict and counts.get(name):
+                    raise ValueError(f"input_ids contain {what} slot tokens but no {arg} was given")
+                continue
+            if name not in counts:
+                raise ValueError(f"{arg} given but config.{what[1:-1]}_token_id is not set")
+            items = st_window.numel() if name == "his" else feats.reshape(-1, 2).shape[0]
+            if counts[name] != items * per:
+                raise ValueError(f"{what}: input_ids hold {counts[name]} slot tokens but {items} placeholder "
+                                 f"feature sets x {per} slots = {items * per} features were given")
+        pos = {name: flat_positions(masks[name], counts[name]) for name in masks}
+        his_group = None
+        if "pre" in pos:
+            his_group = his_before[pos["pre"].view(-1, k)[:, 0]] // k - 1  # nearest preceding history placeholder
+        return SlotLayout(his=pos.get("his") if st_values is not None else None,
+                          geo=pos.get("geo") if geo_coords is not None else None,
+                          pre=pos.get("pre") if counts.get("pre") else None, his_group=his_group,
+                          poi=pos.get("poi"), mob=pos.get("mob"))
 
     def splice(
         self,
@@ -256,67 +352,49 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         geo_coords: torch.Tensor | None = None,
         strict: bool = True,
         return_encoding: bool = False,
+        layout: SlotLayout | None = None,
     ):
         """Write projected encoder features into ``inputs_embeds`` at the slot tokens (rule 1).
 
         ``strict`` (prefill) makes slot tokens without features an error; in cached decoding a
         generated slot token is an ordinary token with its own embedding row. ``return_encoding``
         also returns the per-placeholder :class:`STEncoderOutput` (None without ``st_values``), whose
-        normalisation and anchor the regression head's output is added to.
+        normalisation and anchor the regression head's output is added to. ``layout`` (from
+        :meth:`slot_layout`, which checks the inputs) is found here when not given.
         """
-        cfg, encoding = self.config, None
-        for token_id, values, what, name in (
-            (cfg.st_his_token_id, st_values, "<st_his>", "st_values"),
-            (cfg.geo_token_id, geo_coords, "<geo>", "geo_coords"),
-        ):
-            if values is None:
-                if strict and token_id is not None and (input_ids == token_id).any():
-                    raise ValueError(f"input_ids contain {what} slot tokens but no {name} was given")
-                continue
-            if token_id is None:
-                raise ValueError(f"{name} given but config.{what[1:-1]}_token_id is not set")
-            mask = input_ids == token_id
-            if name == "st_values":
-                encoding = self.encode_context(st_values, st_window, st_region, st_adj)
-                tokens = encoding.tokens  # (P, K, D)
-                feats = self.st_projector(tokens).flatten(0, 1)
-                inputs_embeds = self._scatter(inputs_embeds, mask, feats, what, cfg.st_slots, tokens.shape[0])
-            else:
-                coords = geo_coords.to(device=inputs_embeds.device).reshape(-1, 2)
-                feats = self.geo_projector(self.geo_encoder(coords))
-                inputs_embeds = self._scatter(inputs_embeds, mask, feats, what, 1, coords.shape[0])
+        if layout is None:
+            layout = self.slot_layout(input_ids, st_values, st_window, st_region, geo_coords, strict, heads=())
+        encoding, flat = None, inputs_embeds.reshape(-1, inputs_embeds.shape[-1])
+        if st_values is not None:
+            encoding = self._encode_checked(st_values, st_window, st_region, st_adj)
+            feats = self.st_projector(encoding.tokens).flatten(0, 1)
+            flat = flat.index_copy(0, layout.his, feats.to(flat.dtype))
+        if geo_coords is not None:
+            coords = geo_coords.to(device=inputs_embeds.device).reshape(-1, 2)
+            feats = self.geo_projector(self.geo_encoder(coords))
+            flat = flat.index_copy(0, layout.geo, feats.to(flat.dtype))
+        inputs_embeds = flat.view_as(inputs_embeds)
         return (inputs_embeds, encoding) if return_encoding else inputs_embeds
 
     # -- heads ----------------------------------------------------------------------------------------
-    def _slot_hidden(self, input_ids, hidden, strict: bool):
+    @staticmethod
+    def _at(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(n, H)`` at flat positions of a ``(B, L, H)`` batch (no host synchronisation)."""
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions.to(hidden.device))
+
+    def _slot_hidden(self, hidden: torch.Tensor, layout: SlotLayout):
         """Hidden states ``(Q, K, H)`` at each ``<st_pre>`` placeholder and at its history placeholder,
         and the index ``(Q,)`` of that history placeholder (reading order over the batch).
 
         Prediction placeholder q is paired with the nearest history placeholder before it in the same
         sample (one per prompt in the usual case; the last view when a prompt carries several).
         """
-        cfg, k = self.config, self.config.st_slots
-        if not strict or cfg.st_pre_token_id is None or cfg.st_his_token_id is None:
-            return None  # cached decoding: the history is not in this forward; heads run on a full pass
-        pre_mask = input_ids == cfg.st_pre_token_id
-        n_pre = int(pre_mask.sum())
-        if n_pre == 0:
-            return None
-        his_mask = input_ids == cfg.st_his_token_id
-        if n_pre % k:
-            raise ValueError(f"{n_pre} <st_pre> tokens is not a multiple of st_slots={k}")
-        rows, cols = (i.view(-1, k) for i in torch.nonzero(pre_mask, as_tuple=True))  # (Q, K) each
-        if not ((rows[:, 0] == rows[:, -1]) & (cols[:, -1] - cols[:, 0] == k - 1)).all():
-            raise ValueError(f"<st_pre> slot tokens must come in consecutive runs of st_slots={k}")
-        his_count = his_mask.long()
-        his_before = (his_count.cumsum(dim=1) - his_count)[rows[:, 0], cols[:, 0]]  # in the same row
-        if (his_before < k).any():
-            raise ValueError("an <st_pre> placeholder has no <st_his> placeholder before it in its prompt")
-        row_offset = his_count.sum(dim=1).cumsum(0) - his_count.sum(dim=1)  # his tokens in earlier rows
-        his_group = (row_offset[rows[:, 0]] + his_before) // k - 1  # nearest preceding history placeholder
-        his_h = hidden[his_mask].view(-1, k, hidden.shape[-1])
-        pre_h = hidden[pre_mask].view(-1, k, hidden.shape[-1])
-        return his_h[his_group], pre_h, his_group
+        if layout.pre is None:
+            return None  # no <st_pre>, or cached decoding: the heads run on a full pass
+        k, h = self.config.st_slots, hidden.shape[-1]
+        his_h = self._at(hidden, layout.his).view(-1, k, h)
+        pre_h = self._at(hidden, layout.pre).view(-1, k, h)
+        return his_h[layout.his_group], pre_h, layout.his_group
 
     def _read_heads(self, his_h, pre_h, his_group, encoding: STEncoderOutput | None):
         """``(reg_pred, cls_logits)`` in float32, the heads run outside autocast. With a scale-free encoder
@@ -328,9 +406,6 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             his_h, pre_h = his_h.to(dtype), pre_h.to(dtype)
             reg, cls = self.reg_head(his_h, pre_h).float(), self.cls_head(his_h, pre_h).float()
             if encoding is not None and encoding.loc is not None:
-                if encoding.loc.shape[0] <= int(his_group.max()):
-                    raise ValueError(f"{encoding.loc.shape[0]} history placeholders were encoded, but an "
-                                     f"<st_pre> placeholder pairs with number {int(his_group.max()) + 1}")
                 k = reg.shape[-1]
                 base = encoding.base[his_group][..., :k].to(reg.device)
                 reg = denormalise(base + reg, encoding.loc[his_group].to(reg.device),
@@ -355,18 +430,6 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         geo = self.geo_projector(self.geo_encoder(poi_coords.to(emb.weight.device)))
         return geo + cat[poi_category.to(cat.device)].to(geo.dtype)
 
-    def _poi_query(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Hidden state ``(B, H)`` at each row's single ``<poi_pre>`` token."""
-        token = self.config.poi_pre_token_id
-        if token is None:
-            raise ValueError("next-POI inputs given but config.poi_pre_token_id is not set")
-        mask = input_ids == token
-        per_row = mask.sum(dim=1)
-        if (per_row != 1).any():
-            bad = int(torch.nonzero(per_row != 1)[0, 0])
-            raise ValueError(f"next-POI scoring needs one <poi_pre> per prompt; row {bad} has {int(per_row[bad])}")
-        return hidden[mask]
-
     def score_candidates(self, query, poi_coords, poi_category, poi_category_tokens, poi_history, poi_anchor,
                          poi_transition=None):
         """``(B, P)`` scores of every candidate for each query (see :class:`~stllm.models.poi.CandidateHead`)."""
@@ -376,16 +439,15 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                                 None if poi_transition is None else poi_transition.to(dev))
         return self.poi_head(query, cands, rel)
 
-    def score_places(self, input_ids: torch.Tensor, hidden: torch.Tensor, mob_features: torch.Tensor,
+    def score_places(self, hidden: torch.Tensor, layout: SlotLayout, mob_features: torch.Tensor,
                      mob_slot: torch.Tensor | None, mob_valid: torch.Tensor | None = None) -> torch.Tensor:
         """``(Q, K)`` logits over candidate places at every ``<mob_pre>`` token (reading order over the batch)."""
-        token = self.config.mob_pre_token_id
-        if token is None or getattr(self, "mob_head", None) is None:
+        if layout.mob is None or getattr(self, "mob_head", None) is None:
             raise ValueError("mob_features given but the model has no mobility head (config.mob_pre_token_id and "
                              "config.mob_features must be set)")
         if mob_slot is None:
             raise ValueError("mob_features given without mob_slot (day kind * 48 + slot of each <mob_pre>)")
-        return self.mob_head(hidden[input_ids == token], mob_features, mob_slot.to(hidden.device), mob_valid)
+        return self.mob_head(self._at(hidden, layout.mob), mob_features, mob_slot.to(hidden.device), mob_valid)
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(
@@ -432,15 +494,27 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         cache = past_key_values if past_key_values is not None else kwargs.pop("cache", None)  # transformers 5.2x
         prefill = _is_prefill(cache) if prefill is None else prefill
+        layout = encoding = None
         if inputs_embeds is None:
-            self._check_input_ids(input_ids)
+            heads = tuple(name for name, given in (("st", True), ("poi", poi_coords is not None),
+                                                   ("mob", mob_features is not None)) if given and prefill)
+            checks = DeviceChecks()  # target ranges join the one host synchronisation of the layout
+            for name, target, table, dim, missing in (
+                ("poi_targets", poi_targets, poi_coords, 0, "POI not in the table"),
+                ("mob_targets", mob_targets, mob_features, 1, "cell that is not a candidate"),
+            ):
+                if target is not None and table is not None and target.numel():
+                    n = table.shape[dim]
+                    checks.fail_if(target.max() >= n, lambda name=name, target=target, n=n, missing=missing:
+                                   f"{name} holds {int(target.max())}, outside the {n} candidates "
+                                   f"(use -1 for a {missing})")
+            layout = self.slot_layout(input_ids, st_values, st_window, st_region, geo_coords, strict=prefill,
+                                      heads=heads, checks=checks)
             inputs_embeds = self.get_input_embeddings()(input_ids)
             inputs_embeds, encoding = self.splice(
                 input_ids, inputs_embeds, st_values, st_window, st_region, st_adj, geo_coords, strict=prefill,
-                return_encoding=True,
+                return_encoding=True, layout=layout,
             )
-        else:
-            encoding = None
         out, hidden = self._run_backbone(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -452,7 +526,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         reg_pred = cls_logits = None
-        slots = None if input_ids is None else self._slot_hidden(input_ids, hidden, strict=prefill)
+        slots = None if layout is None else self._slot_hidden(hidden, layout)
         if slots is not None:
             reg_pred, cls_logits = self._read_heads(*slots, encoding)
         poi_scores = None
@@ -461,11 +535,13 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             missing = [k for k, v in given.items() if v is None]
             if missing:
                 raise ValueError(f"next-POI scoring needs {', '.join(POI_INPUTS)}; missing {', '.join(missing)}")
-            poi_scores = self.score_candidates(self._poi_query(input_ids, hidden), **given,
+            if layout.poi is None:
+                raise ValueError("next-POI inputs given but config.poi_pre_token_id is not set")
+            poi_scores = self.score_candidates(self._at(hidden, layout.poi), **given,
                                                poi_transition=poi_transition)
         mob_scores = None
         if mob_features is not None and input_ids is not None and prefill:
-            mob_scores = self.score_places(input_ids, hidden, mob_features, mob_slot, mob_valid)
+            mob_scores = self.score_places(hidden, layout, mob_features, mob_slot, mob_valid)
 
         cfg, terms = self.config, {}
         if labels is not None:
@@ -498,9 +574,6 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             if poi_targets.shape != poi_scores.shape[:1]:
                 raise ValueError(f"poi_targets has shape {tuple(poi_targets.shape)}, expected ({poi_scores.shape[0]},)")
             target = poi_targets.to(poi_scores.device)
-            if target.numel() and int(target.max()) >= poi_scores.shape[1]:
-                raise ValueError(f"poi_targets holds {int(target.max())}, outside the {poi_scores.shape[1]} candidates "
-                                 "(use -1 for a POI not in the table)")
             per = F.cross_entropy(poi_scores.float(), target.clamp_min(0), reduction="none")
             terms["poi_loss"] = masked_mean(per, target >= 0)
         if mob_targets is not None:
@@ -509,9 +582,6 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             if mob_targets.shape != mob_scores.shape[:1]:
                 raise ValueError(f"mob_targets has shape {tuple(mob_targets.shape)}, expected ({mob_scores.shape[0]},)")
             target = mob_targets.to(mob_scores.device)
-            if target.numel() and int(target.max()) >= mob_scores.shape[1]:
-                raise ValueError(f"mob_targets holds {int(target.max())}, outside the {mob_scores.shape[1]} candidates "
-                                 "(use -1 for a cell that is not a candidate)")
             # -inf logits of padded candidates are never a target; clamp so a -1 row's CE stays finite
             per = F.cross_entropy(mob_scores.float().clamp_min(-1e4), target.clamp_min(0), reduction="none")
             terms["mob_loss"] = masked_mean(per, target >= 0)
