@@ -48,6 +48,7 @@ from stllm.data import STDataCollator, STInstructionDataset, STScaler, synthetic
 from stllm.data.city import parse_freq
 from stllm.data.prompts import ChatFormatter
 from stllm.eval.predict import predict
+from stllm.eval.slot_pass import SlotPass, TokenCount
 from stllm.tokens import add_st_tokens
 
 
@@ -119,11 +120,13 @@ def build_model(args, tok, slot_ids, n_channels: int) -> STLlamaForCausalLM:
     return STLlamaForCausalLM(cfg).eval()
 
 
-def run_predict(args, model, tok, ds, scaler) -> tuple[float, np.ndarray]:
+def run_predict(args, model, tok, ds, scaler) -> tuple[float, np.ndarray, TokenCount]:
     synchronize()
     t0 = time.perf_counter()
-    out = predict(model, tok, ds, scaler, batch_size=args.batch_size, progress=False)  # returns host arrays: synced
-    return time.perf_counter() - t0, out
+    slot_pass = SlotPass(model)
+    out = predict(model, tok, ds, scaler, batch_size=args.batch_size, progress=False,
+                  slot_pass=slot_pass)  # returns host arrays: synced
+    return time.perf_counter() - t0, out, slot_pass.tokens
 
 
 @torch.inference_mode()
@@ -220,13 +223,14 @@ def main(argv=None) -> None:
         predict(model, tok, ds, scaler, batch_size=args.batch_size, progress=False, max_batches=1)
     times = []
     for _ in range(args.repeats):
-        t, pred = run_predict(args, model, tok, ds, scaler)
+        t, pred, tokens = run_predict(args, model, tok, ds, scaler)
         times.append(t)
     t_a = statistics.median(times)
     rate_a = len(ds) / t_a
     print(f"predictions {tuple(pred.shape)}, {args.repeats} passes: median {t_a * 1e3:.1f} ms "
           f"(min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f})")  # fmt: skip
     print(f"rate (a) {rate_a:,.1f} samples/s  ({t_a / len(ds) * 1e3:.2f} ms/sample)")
+    print(f"(a) {tokens.per_sample()}; (a0) and (b) compute every prompt token")
 
     print(f"\n== (a0) reference: plain batched forward (batch_size={args.batch_size}, full template, padding mask)")
     run_plain(args, model, tok, ds, max_batches=1)

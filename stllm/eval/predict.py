@@ -232,6 +232,7 @@ def predict(
     max_batches: int | None = None,
     generate: bool = False,
     overwrite: bool = False,
+    slot_pass: SlotPass | None = None,
 ) -> np.ndarray:
     """Predictions ``(W, R, horizon, C)`` for every (window, region) of ``dataset``.
 
@@ -242,7 +243,9 @@ def predict(
     slots are NaN rows in the result (never a fallback value) and their number is logged. Batches
     are formed in prompt-text order (within chunks of 32 batches); the result and the final file
     are in dataset order. ``overwrite`` discards rows of an earlier run in ``output`` instead of
-    resuming them (or refusing them when they belong to another run).
+    resuming them (or refusing them when they belong to another run). ``slot_pass`` (a fresh
+    :class:`SlotPass` by default) holds the shared-prefix memo; its ``tokens`` count what the run
+    computed, logged at the end.
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size (--batch_size) must be a positive integer, got {batch_size!r}")
@@ -256,7 +259,7 @@ def predict(
     todo = [i for i, k in enumerate(keys) if k not in rows]
     sink = file.open_for_append() if (file is not None and todo) else None
     task = dataset.city.task
-    slot_pass = SlotPass(model)
+    slot_pass = SlotPass(model) if slot_pass is None else slot_pass
     try:
         bar = tqdm(total=len(todo), desc="predict", unit="sample", disable=not progress)
         batches = (((idx, None) for idx in _batches(todo, batch_size)) if generate
@@ -276,6 +279,8 @@ def predict(
                 sink.flush()
             bar.update(len(idx))
         bar.close()
+        if not generate and slot_pass.tokens.samples:
+            logger.info("predict: %s", slot_pass.tokens.per_sample())
     finally:
         if sink is not None:
             sink.close()

@@ -214,6 +214,29 @@ def test_slot_pass_on_random_batches_with_padding_and_other_backbones(kind):
     assert torch.allclose(SlotPass(model)(left)[0], want, atol=1e-5)
 
 
+def test_slot_pass_runs_the_prefix_every_batch_shares_once_per_run_and_counts_tokens():
+    """Two batches share 10 tokens (the system prompt) and each shares 4 more within itself: the 10 run once,
+    each batch's 4 continue from them; every row's rest runs up to the batch's last <st_pre>. Heads equal a
+    plain forward; the token count is the hand sum."""
+    model = tiny_model("llama")
+    first = make_batch(length=30, his_at=(16, 17, 18), pre_at=(21, 22, 24))
+    second = make_batch(length=30, his_at=(16, 19, 18), pre_at=(23, 21, 22), seed=1)
+    for b in (first, second):
+        b["input_ids"][:, :14] = b["input_ids"][:1, :14]
+    second["input_ids"][:, :10] = first["input_ids"][0, :10]
+    second["input_ids"][:, 10] = (first["input_ids"][0, 10] + 1) % 200 + 3  # diverge right after the 10
+    fast = SlotPass(model)
+    for b in (first, second):
+        reg, cls = fast(b)
+        with torch.no_grad():
+            full = model(**b)
+        assert torch.allclose(reg, full.reg_pred, atol=1e-5) and torch.allclose(cls, full.cls_logits, atol=1e-5)
+    assert len(fast._root[0]) == 10 and len(fast._prefix[0]) == 14
+    # first: 14 (its prefix, the first root) + 3 x (26 - 14); second: 10 (the root, shrunk once) + 4 + 3 x (25 - 14)
+    assert fast.tokens.computed == 14 + 3 * 12 + 10 + 4 + 3 * 11
+    assert (fast.tokens.samples, fast.tokens.prompt) == (6, 6 * 30)
+
+
 def test_untrained_model_forecasts_the_historical_average_through_the_whole_pipeline():
     """Residual heads start at zero: dataset -> collator -> model -> inverse scaler gives exactly the
     historical average on held-out regions, before any training."""
