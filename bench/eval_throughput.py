@@ -40,7 +40,7 @@ import time
 import numpy as np
 import torch
 import transformers
-from bench_device import add_device_args, describe, resolve_device, synchronize
+from bench_device import add_device_args, built_on, describe, resolve_device, synchronize
 from transformers import LlamaConfig
 
 from stllm import STLlamaConfig, STLlamaForCausalLM
@@ -183,7 +183,7 @@ def generate_one(model, tok, collator: STDataCollator, sample: dict) -> dict:
     return {"total": time.perf_counter() - t0, "gen": t_gen, "prompt": p_len, "answer": n_ans, "natural": natural}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     args = parse_args(argv)
     device, dtype = resolve_device(args)
     if args.threads > 0:
@@ -200,7 +200,9 @@ def main(argv=None) -> None:
     )
 
     city, scaler, ds, tok, slot_ids = build_data(args)
-    model = build_model(args, tok, slot_ids, city.n_channels).to(device=device, dtype=dtype)
+    with built_on(device, dtype):
+        model = build_model(args, tok, slot_ids, city.n_channels)
+    model = model.to(device=device, dtype=dtype)
     n_backbone = sum(p.numel() for p in model.backbone.parameters())
     n_st = sum(p.numel() for p in model.parameters()) - n_backbone
     print(
@@ -268,6 +270,9 @@ def main(argv=None) -> None:
     print(f"rate (a0) / rate (b) = {rate_a0 / rate_b:.1f}x  (the plain batched forward, for reference)")
     print(f"model {(n_backbone + n_st) / 1e6:.3f}M params, threads {torch.get_num_threads()}")
     print(f"\ntotal bench time {time.perf_counter() - t_start:.1f} s")
+    return {"rate_a": rate_a, "rate_a0": rate_a0, "rate_b": rate_b, "ratio": ratio, "target": args.target,
+            "computed_tokens": tokens.computed / tokens.samples, "prompt_tokens": tokens.prompt / tokens.samples,
+            "params": n_backbone + n_st}
 
 
 if __name__ == "__main__":

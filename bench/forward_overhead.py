@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 import transformers
-from bench_device import add_device_args, describe, resolve_device, timed
+from bench_device import add_device_args, built_on, describe, resolve_device, timed
 from transformers import LlamaConfig
 
 from stllm import STEncoder, STEncoderConfig, STLlamaConfig, STLlamaForCausalLM
@@ -179,7 +179,7 @@ def bench_parts(args, model, inputs) -> list[tuple[str, float]]:
     return out
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     args = parse_args(argv)
     device, dtype = resolve_device(args)
     if args.threads > 0:
@@ -196,7 +196,9 @@ def main(argv=None) -> None:
         f"threads {torch.get_num_threads()}  load avg {os.getloadavg()[0]:.2f} (other load skews timings)"
     )
 
-    model = build_model(args).to(device=device, dtype=dtype)
+    with built_on(device, dtype):
+        model = build_model(args)
+    model = model.to(device=device, dtype=dtype)
     cfg = model.config
     inputs = {k: v.to(device) for k, v in make_inputs(args, cfg, gen).items()}
     n_backbone = sum(p.numel() for p in model.backbone.parameters())
@@ -245,6 +247,8 @@ def main(argv=None) -> None:
         print(f"min    {min(enc_t) * 1e3:.2f} ms  ->  {n_series / min(enc_t):,.0f} region-windows/s")
 
     print(f"\ntotal bench time {time.perf_counter() - t_start:.1f} s")
+    return {"st_ms": st_t * 1e3, "plain_ms": plain_t * 1e3, "ratio": ratio, "target": args.target,
+            "encoder_ms": t * 1e3}
 
 
 if __name__ == "__main__":

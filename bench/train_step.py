@@ -38,7 +38,7 @@ from collections.abc import Callable
 import peft
 import torch
 import transformers
-from bench_device import add_device_args, describe, resolve_device, timed
+from bench_device import add_device_args, built_on, describe, resolve_device, timed
 from forward_overhead import build_model, make_inputs
 from peft import LoraConfig, get_peft_model
 
@@ -120,7 +120,9 @@ def step_peak_rss_mib(step: Callable[[], object]) -> tuple[float, str]:
 # -- models and steps -----------------------------------------------------------------------------
 def build_pair(args, device: torch.device, dtype: torch.dtype):
     """ST model with add_lora and a plain backbone (deepcopy, same weights) with its own LoRA."""
-    st = build_model(args).to(device=device, dtype=dtype)
+    with built_on(device, dtype):
+        st = build_model(args)
+    st = st.to(device=device, dtype=dtype)
     backbone = copy.deepcopy(st.backbone)  # before wrapping: identical weights, no shared tensors
     targets = attention_projections(backbone)
     st = add_lora(st, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
@@ -151,7 +153,7 @@ def make_step(model, inputs: dict[str, torch.Tensor], lr: float) -> tuple[Callab
     return step, sum(p.numel() for p in params)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     args = parse_args(argv)
     device, dtype = resolve_device(args)
     # peft's wrapping probes a deprecated transformers property; the warning is noise here
@@ -239,6 +241,7 @@ def main(argv=None) -> None:
     if args.warmup:
         print(f"last warm-up loss: ST {losses['ST']:.4f}, plain {losses['plain']:.4f}")
 
+    peak_gib = {}
     if device.type == "cuda":
         print("\n== 2. peak device memory of one step above the memory before it")
         for name, fn in (("plain backbone + LoRA", plain_step), ("STLlama + LoRA", st_step)):
@@ -247,7 +250,8 @@ def main(argv=None) -> None:
             torch.cuda.reset_peak_memory_stats(device)
             fn()
             torch.cuda.synchronize()
-            print(f"{name:22s}{(torch.cuda.max_memory_allocated(device) - before) / 2**30:+9.3f} GiB")
+            peak_gib[name] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+            print(f"{name:22s}{peak_gib[name]:+9.3f} GiB")
     print("\n== 2. peak RSS of one step above the RSS before it" if device.type == "cpu" else "\n== host peak RSS")
     for name, fn in (("plain backbone + LoRA", plain_step), ("STLlama + LoRA", st_step)):
         mib, how = step_peak_rss_mib(fn)
@@ -255,6 +259,9 @@ def main(argv=None) -> None:
     print(f"process peak RSS {_maxrss_kib() / 1024:.0f} MiB")
 
     print(f"\ntotal bench time {time.perf_counter() - t_start:.1f} s")
+    extra_gib = peak_gib["STLlama + LoRA"] - peak_gib["plain backbone + LoRA"] if peak_gib else None
+    return {"st_ms": st_med * 1e3, "plain_ms": plain_med * 1e3, "ratio": ratio, "target": args.target,
+            "extra_peak_gib": extra_gib}
 
 
 if __name__ == "__main__":
