@@ -3,6 +3,12 @@ days 60-74 of the other city, and print the table beside the baselines and the p
 
     python bench/humob_quality.py [--data DIR] [--steps 250] [--pairs B:C C:B] [--seeds 0,1,2]
                                   [--train_flags "--lm_loss_weight 0.1"] [--out /tmp/humob_quality]
+                                  [--select_radii 8,12,16,20,30] [--select_temperatures 0.4,0.55,0.7,1.0]
+
+Decode settings are chosen without test data: ``--select_*`` leaves ``--heldout_users`` of the training city out of
+training and scores them on windows inside days 0-59 (:data:`SELECTION_WINDOWS`). Quota's temperature maximises
+their GEO-BLEU; anchored's radius maximises the smaller of its two relative margins over the best history baseline
+(GEO-BLEU above the best, DTW below the best): the target is to beat every baseline on both metrics.
 
 Each pair and seed trains from scratch (about 40 s of 250 steps on 2 idle cores) and evaluates with
 ``stllm eval mobility`` (a few seconds for 100 users); with several seeds a last table gives stllm's mean and
@@ -22,9 +28,40 @@ import numpy as np
 from stllm.cli import main as stllm
 from stllm.data.loaders import data_root
 from stllm.data.mobility import MOBILITY_DATA_FILE
-from stllm.eval.mobility import QUOTA_TEMPERATURE, evaluate_mobility
+from stllm.eval.mobility import ANCHOR_RADIUS, QUOTA_TEMPERATURE, evaluate_mobility
+from stllm.eval.mobility_baselines import BASELINES
 
 FILE = "groundtruth_days0-74_cityBC.csv"
+# (history days, target days) of the held-out users that choose decode settings: inside days 0-59, two windows
+SELECTION_WINDOWS = (((0, 44), (45, 59)), ((0, 29), (30, 44)))
+
+
+def worst_margin(metrics: dict[str, dict[str, float]]) -> float:
+    """stllm's smaller relative margin over the best history baseline: GEO-BLEU above it, DTW below it."""
+    best_g = max(metrics[b]["geobleu"] for b in BASELINES)
+    best_d = min(metrics[b]["dtw"] for b in BASELINES)
+    return min(metrics["stllm"]["geobleu"] / best_g - 1.0, 1.0 - metrics["stllm"]["dtw"] / best_d)
+
+
+def select(ckpt: Path, out: Path, data: Path, city: str, decode: str, name: str, values: list[float],
+           objective, **fixed) -> float:
+    """The value of ``name`` (an evaluate_mobility argument) whose decode scores best by ``objective`` (of the
+    metrics averaged over :data:`SELECTION_WINDOWS`) on the checkpoint's held-out users of the training city."""
+    heldout = np.array(json.loads((ckpt / MOBILITY_DATA_FILE).read_text())["heldout_users"])
+    found = {}
+    for v in values:
+        runs = [evaluate_mobility(ckpt, out / f"{name}{v}-{h[1]}", data=str(data), base=1, city=city, history_days=h,
+                                  target_days=t, decode=decode, users=heldout, **fixed, **{name: v}).metrics
+                for h, t in SELECTION_WINDOWS]
+        found[v] = {m: {k: float(np.mean([r[m][k] for r in runs])) for k in ("geobleu", "dtw")} for m in runs[0]}
+    chosen = max(values, key=lambda v: objective(found[v]))
+    base = {b: found[chosen][b] for b in BASELINES}
+    print(f"\n== {decode} {name} on {len(heldout)} held-out users of {city} ({len(SELECTION_WINDOWS)} windows in days "
+          f"0-59; GEO-BLEU / DTW): " + ", ".join(f"{v:g}: {found[v]['stllm']['geobleu']:.4f} / "
+                                                 f"{found[v]['stllm']['dtw']:.2f}" for v in values)
+          + f" -> {chosen:g}; baselines there: " + ", ".join(f"{b} {m['geobleu']:.4f} / {m['dtw']:.2f}"
+                                                            for b, m in base.items()))
+    return chosen
 
 
 def main() -> None:
@@ -37,17 +74,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/humob_quality"))
     ap.add_argument("--select_temperatures", default="",
                     help="comma list, e.g. 0.4,0.55,0.7,1.0: leave --heldout_users of the training city out of "
-                         "training, choose quota decoding's temperature by their GEO-BLEU on days 45-59 (from 0-44), "
+                         "training, choose quota decoding's temperature by their GEO-BLEU in SELECTION_WINDOWS, "
                          "then evaluate the other city with it (no test data in the choice)")
-    ap.add_argument("--heldout_users", type=int, default=20, help="users left out for --select_temperatures")
-    ap.add_argument("--decodes", default="quota,geo,argmax",
+    ap.add_argument("--select_radii", default="", help="comma list, e.g. 8,12,16,20,30: choose anchored decoding's "
+                    "radius (cells) on --heldout_users of the training city (see above), then evaluate with it")
+    ap.add_argument("--heldout_users", type=int, default=20, help="users left out for --select_*")
+    ap.add_argument("--decodes", default="anchored,quota,geo",
                     help="comma list of stllm eval mobility --decode rules, each scored on the same checkpoint")
     args = ap.parse_args()
     data = args.data / FILE
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     scores: dict[str, list[tuple[float, float]]] = {}
-    select = [float(t) for t in args.select_temperatures.split(",") if t.strip()]
-    held = ["--heldout_users", str(args.heldout_users)] if select else []
+    temps = [float(t) for t in args.select_temperatures.split(",") if t.strip()]
+    radii = [float(t) for t in args.select_radii.split(",") if t.strip()]
+    held = ["--heldout_users", str(args.heldout_users)] if temps or radii else []
     for pair in args.pairs:
         train_city, eval_city = pair.split(":")
         for seed in seeds:
@@ -61,25 +101,21 @@ def main() -> None:
             if code:
                 raise SystemExit(code)
             trained = time.perf_counter() - start
-            temperature = QUOTA_TEMPERATURE
-            if select:
-                heldout = json.loads((ckpt / MOBILITY_DATA_FILE).read_text())["heldout_users"]
-                valid = {}
-                for t in select:
-                    r = evaluate_mobility(ckpt, args.out / f"select-{train_city}-seed{seed}-T{t}", data=str(data),
-                                          base=1, city=train_city, history_days=(0, 44), target_days=(45, 59),
-                                          decode="quota", temperature=t, users=np.array(heldout))
-                    valid[t] = (r.metrics["stllm"]["geobleu"], r.metrics["stllm"]["dtw"])
-                temperature = max(valid, key=lambda t: valid[t][0])
-                print(f"\n== seed {seed}: quota temperature on {len(heldout)} held-out users of {train_city} (days "
-                      f"45-59 from 0-44): " + ", ".join(f"T {t}: {g:.4f} / {d:.2f}" for t, (g, d) in valid.items())
-                      + f" -> T {temperature}")
+            temperature, radius = QUOTA_TEMPERATURE, ANCHOR_RADIUS
+            sel = args.out / f"select-{train_city}-seed{seed}"
+            if temps:
+                temperature = select(ckpt, sel, data, train_city, "quota", "temperature", temps,
+                                     lambda m: m["stllm"]["geobleu"])
+            if radii:
+                radius = select(ckpt, sel, data, train_city, "anchored", "radius", radii, worst_margin,
+                                temperature=temperature)
             for decode in args.decodes.split(","):
                 result = evaluate_mobility(ckpt, args.out / f"{train_city}-to-{eval_city}-seed{seed}-{decode}",
                                            data=str(data), base=1, city=eval_city, decode=decode,
-                                           temperature=temperature)
+                                           temperature=temperature, radius=radius)
                 print(f"\n== seed {seed}: trained on {train_city} ({trained:.0f} s), zero-shot on {eval_city}, "
-                      f"decode {decode}{f' (T {temperature})' if decode == 'quota' else ''} ==\n{result.table}")
+                      f"decode {decode} (T {temperature:g}{f', radius {radius:g}' if decode == 'anchored' else ''}) "
+                      f"==\n{result.table}")
                 m = result.metrics["stllm"]
                 scores.setdefault(f"{pair} decode {decode}", []).append((m["geobleu"], m["dtw"]))
     if scores:

@@ -71,7 +71,7 @@ def check_not_trained_on(target: Trajectories, record: dict) -> None:
                          f"{target.uid[i]} day {target.d[i]}. Evaluate later days or other users/cities")
 
 
-DECODES = ("quota", "geo", "argmax", "distance")
+DECODES = ("anchored", "quota", "geo", "argmax", "distance")
 # geo decoding's weight of the expected distance (cells) beside GEO-BLEU's proximity; on HuMob'24 B -> C / C -> B
 # (tiny model, seed 0) 0.03 cut DTW by 13% / 6% for +0.3% / -0.1% GEO-BLEU against 0 (see the issue 16 note)
 GEO_DISTANCE_WEIGHT = 0.03
@@ -80,11 +80,16 @@ GEO_DISTANCE_WEIGHT = 0.03
 # 0.4 / 0.55 / 0.7 / 1.0 was B 0.278 / 0.285 / 0.294 / 0.277 and C 0.313 / 0.323 / 0.326 / 0.322: 0.7 both ways
 # (python bench/humob_quality.py --select_temperatures 0.4,0.55,0.7,1.0)
 QUOTA_TEMPERATURE = 0.7
+# anchored decoding's radius in cells: quota's places farther than this from the day's expected last place give way
+# to that place. RADII are the values bench/humob_quality.py chooses among on held-out users of the training city
+ANCHOR_RADIUS = 16.0
+ANCHOR_RADII = (8.0, 12.0, 16.0, 20.0, 30.0)
 
 
 def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: str = "quota",
                  day: torch.Tensor | None = None, distance_weight: float = GEO_DISTANCE_WEIGHT,
-                 temperature: float = QUOTA_TEMPERATURE, beta: float = 0.5) -> torch.Tensor:
+                 temperature: float = QUOTA_TEMPERATURE, beta: float = 0.5, radius: float = ANCHOR_RADIUS
+                 ) -> torch.Tensor:
     """Each slot's cell ``(Q,)`` from the head's scores ``(Q, K)`` over the candidate cells ``(Q, K)`` (flat ids
     ``x * grid + y``; padded candidates score ``-inf``).
 
@@ -94,23 +99,44 @@ def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: s
     proximity (``beta`` 0.5 as the metric) and a small share of what DTW adds up; ``distance`` minimises
     ``sum_k p_k |c - k|`` alone. ``quota`` gives each day of ``day`` (one id per row, a day's rows contiguous) the
     places in the proportions the head expects (``p`` at ``temperature``), each where its ``geo`` value is highest
-    (:func:`fill_day_quotas`): the bag of places GEO-BLEU compares, at some cost in DTW.
+    (:func:`fill_day_quotas`): the bag of places GEO-BLEU compares, at some cost in DTW. ``anchored`` is quota with
+    every place farther than ``radius`` cells from the day's anchor (the ``geo`` choice of the day's last row)
+    replaced by the anchor (:func:`anchor_far_places`): one decode for both metrics.
     """
     if decode not in DECODES:
         raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
-    if decode == "quota" and (day is None or day.shape != scores.shape[:1]):
-        raise ValueError("decode 'quota' needs the day of every row (day: one id per row of scores)")
+    if decode in ("quota", "anchored") and (day is None or day.shape != scores.shape[:1]):
+        raise ValueError(f"decode {decode!r} needs the day of every row (day: one id per row of scores)")
     scores = scores.float()
     if decode == "argmax":
         pick = scores.argmax(1)
     else:
-        p = (scores / (temperature if decode == "quota" else 1.0)).softmax(1).nan_to_num(0.0)  # all -inf: all 0
+        quota = decode in ("quota", "anchored")
+        p = (scores / (temperature if quota else 1.0)).softmax(1).nan_to_num(0.0)  # all -inf: all 0
         xy = torch.stack((cells // grid, cells % grid), -1).to(p.dtype)
         dist = torch.cdist(xy, xy)  # (Q, K, K), in cells
         utility = -dist if decode == "distance" else torch.exp(-beta * dist) - distance_weight * dist
         value = torch.bmm(utility, p[:, :, None])[:, :, 0].masked_fill(torch.isneginf(scores), float("-inf"))
-        pick = fill_day_quotas(value, p, day.cpu()) if decode == "quota" else value.argmax(1)
+        pick = fill_day_quotas(value, p, day.cpu()).to(value.device) if quota else value.argmax(1)
+        if decode == "anchored":
+            pick = anchor_far_places(pick, value.argmax(1), dist, day.to(value.device), radius)
     return cells.gather(1, pick[:, None].to(cells.device))[:, 0]
+
+
+def anchor_far_places(pick: torch.Tensor, best: torch.Tensor, dist: torch.Tensor, day: torch.Tensor,
+                      radius: float) -> torch.Tensor:
+    """``pick`` (Q,) candidate indices with every one farther than ``radius`` cells from its day's anchor replaced by
+    the anchor: ``best`` (Q,) of the day's last row (``dist`` (Q, K, K) between candidates; a day's rows contiguous).
+
+    Why: the HuMob'24 DTW lets the alignment start anywhere along the true day but end at its last row, so a day
+    predicted at or near where the user ends it costs little whatever happened before, while a far place at a wrong
+    time costs its whole distance. Places near the anchor (the home area's cells) keep quota's mix for GEO-BLEU.
+    """
+    last = torch.ones_like(day, dtype=torch.bool)
+    last[:-1] = day[1:] != day[:-1]
+    anchor = best[torch.nonzero(last)[:, 0]][torch.unique_consecutive(day, return_inverse=True)[1]]
+    rows = torch.arange(len(pick), device=pick.device)
+    return torch.where(dist[rows, pick, anchor] > radius, anchor, pick)
 
 
 def fill_day_quotas(value: torch.Tensor, probs: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
@@ -160,7 +186,8 @@ def fill_day_quotas(value: torch.Tensor, probs: torch.Tensor, day: torch.Tensor)
 
 @torch.inference_mode()
 def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories, candidates: int,
-                  batch_size: int = 16, decode: str = "quota", temperature: float = QUOTA_TEMPERATURE) -> Trajectories:
+                  batch_size: int = 16, decode: str = "anchored", temperature: float = QUOTA_TEMPERATURE,
+                  radius: float = ANCHOR_RADIUS) -> Trajectories:
     """The target rows with stllm's cells: one forward pass per batch of users (no generation); ``decode`` as in
     :func:`choose_cells`."""
     days = (int(history.d.min()), int(history.d.max())), (int(target.d.min()), int(target.d.max()))
@@ -177,7 +204,7 @@ def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories,
         batch = {k: v.to(device) for k, v in batch.items()}
         scores = model(**batch, logits_to_keep=1).mob_scores.float().cpu()
         cells.append(choose_cells(scores, cand, history.grid, decode, day[done:done + len(scores)],
-                                  temperature=temperature).numpy())
+                                  temperature=temperature, radius=radius).numpy())
         done += len(scores)
     cell = np.concatenate(cells)
     x, y = np.divmod(cell, history.grid)
@@ -198,12 +225,12 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
                       base: int | None = None, city: str | None = None, history_days: tuple[int, int] = (0, 59),
                       target_days: tuple[int, int] = (60, 74), variant: str = "humob24", batch_size: int = 16,
                       published: str | os.PathLike | None = None, max_users: int | None = None,
-                      decode: str = "quota", temperature: float = QUOTA_TEMPERATURE,
-                      users: np.ndarray | None = None) -> EvalResult:
+                      decode: str = "anchored", temperature: float = QUOTA_TEMPERATURE,
+                      users: np.ndarray | None = None, radius: float = ANCHOR_RADIUS) -> EvalResult:
     """Evaluate a ``stllm train-mobility`` checkpoint on ``data`` (default: a synthetic city the checkpoint never
     saw, seed + 1000, other uids). ``published``: a folder with the published models' prediction files (default:
     the data file's folder when it holds them). ``decode``: how a slot's cell is chosen from the head's scores
-    (:func:`choose_cells`; ``temperature``: quota's). ``users``: evaluate only these uids."""
+    (:func:`choose_cells`; ``temperature``: quota's, ``radius``: anchored's). ``users``: evaluate only these uids."""
     ckpt, out = Path(checkpoint), Path(output_dir)
     model, tokenizer, record = load_mobility_checkpoint(ckpt)
     if data in (None, "synthetic"):
@@ -224,7 +251,7 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     preds = {"stllm": predict_cells(model, tokenizer, split.history, split.target, record["candidates"], batch_size,
-                                    decode, temperature)}
+                                    decode, temperature, radius)}
     seconds = time.perf_counter() - start
     preds.update({name: fn(split.history, split.target) for name, fn in BASELINES.items()})
     folder = Path(published) if published else (Path(data).parent if data != "synthetic" else None)
@@ -239,7 +266,8 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     table = (f"city {city or '(all)'} ({traj.source}): {n_users} users, {len(split.target)} target slots (days "
              f"{target_days[0]}-{target_days[1]}), history days {history_days[0]}-{history_days[1]}, metric "
              f"{variant}\n{format_table(metrics, variant, city)}\n\nstllm predicted {n_users} users in "
-             f"{seconds:.1f} s (one forward pass per batch of {batch_size} users, decode {decode}); trained on "
+             f"{seconds:.1f} s (one forward pass per batch of {batch_size} users, decode {decode}"
+             f"{f' radius {radius:g}' if decode == 'anchored' else ''}); trained on "
              f"{', '.join(record.get('cities') or ['(no city label)'])}, {len(record['users'])} users, days "
              f"{record['days'][0]}-{record['days'][1]}")
     files = [_write_json(out / "metrics.json", {"city": city, "variant": variant, "seconds": seconds,
@@ -299,10 +327,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--output_dir", default=None, help="where results go (default: <checkpoint>/eval-mobility)")
     p.add_argument("--batch_size", type=int, default=16, help="users per forward pass")
     p.add_argument("--max_users", type=int, default=None, help="evaluate only the first N users")
-    p.add_argument("--decode", choices=DECODES, default="quota", help="a slot's cell from the head's scores: each day "
+    p.add_argument("--decode", choices=DECODES, default="anchored", help="a slot's cell from the head's scores: quota "
+                   "with places farther than --radius cells from the day's expected last place replaced by it "
+                   "(anchored: both metrics), each day "
                    "holds the places in the proportions the head expects (quota: best GEO-BLEU), the place of best "
                    "expected GEO-BLEU proximity minus distance (geo: best DTW), the most likely place (argmax), the "
                    "place of least expected distance (distance)")
+    p.add_argument("--radius", type=float, default=ANCHOR_RADIUS, help="anchored decoding: cells from the day's "
+                   "anchor beyond which quota's places give way to it")
     return p
 
 
@@ -311,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_mobility(args.checkpoint, out, data=args.data, base=args.base, city=args.city,
                                history_days=tuple(args.history_days), target_days=tuple(args.target_days),
                                variant=args.variant, batch_size=args.batch_size, published=args.published,
-                               max_users=args.max_users, decode=args.decode)
+                               max_users=args.max_users, decode=args.decode, radius=args.radius)
     return print_result(result)
 
 

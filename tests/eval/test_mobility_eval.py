@@ -105,6 +105,31 @@ def test_quota_decoding_gives_each_day_the_expected_mix_of_places_where_they_fit
         choose_cells(scores, cells, grid=100, decode="quota")
 
 
+def test_anchored_decoding_sends_far_places_to_the_place_the_day_ends_at():
+    import torch
+
+    from stllm.eval.mobility import anchor_far_places, choose_cells
+
+    # candidates 0 (0, 0), 1 (0, 5), 2 (0, 30). Day 4 = rows 0-2: its last row's best is 0, so row 0's place 2
+    # (30 cells away) becomes 0 and row 1's place 1 (5 cells) stays. Day 9 = rows 3-4, anchor 2: row 3's 0 -> 2
+    xy = torch.tensor([[0.0, 0.0], [0.0, 5.0], [0.0, 30.0]])
+    dist = torch.cdist(xy, xy).expand(5, 3, 3)
+    pick, best, day = torch.tensor([2, 1, 0, 0, 2]), torch.tensor([1, 1, 0, 1, 2]), torch.tensor([4, 4, 4, 9, 9])
+    assert anchor_far_places(pick, best, dist, day, 10.0).tolist() == [0, 1, 0, 2, 2]
+    assert anchor_far_places(pick, best, dist, day, 30.0).tolist() == [2, 1, 0, 0, 2]  # 30 is not beyond 30
+    # through choose_cells: an unbounded radius is quota; radius 0 fills each day with its last row's geo choice
+    gen = torch.Generator().manual_seed(0)
+    scores, day = torch.randn(7, 4, generator=gen), torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    cells = torch.tensor([[0, 3, 40 * 100, 41 * 100]]).repeat(7, 1)
+    quota = choose_cells(scores, cells, 100, "quota", day)
+    assert torch.equal(choose_cells(scores, cells, 100, "anchored", day, radius=1e9), quota)
+    ends = choose_cells(scores / 0.7, cells, 100, "geo")[[3, 6]]  # anchored's value uses quota's temperature
+    anchored = choose_cells(scores, cells, 100, "anchored", day, radius=0.0)
+    assert anchored.tolist() == [ends[0].item()] * 4 + [ends[1].item()] * 3
+    with pytest.raises(ValueError, match="needs the day"):
+        choose_cells(scores, cells, 100, "anchored")
+
+
 def test_heldout_users_stay_out_of_training_and_can_be_evaluated_on_training_days(tmp_path):
     """--heldout_users: the last users never train, so their days 45-59 may choose settings; trained users may not."""
     out = tmp_path / "ckpt"
