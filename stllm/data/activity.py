@@ -31,6 +31,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -759,6 +760,24 @@ class ActivitySplit:
 
 
 ACTIVITY_DATA = ("tokyo", "nyc", "synthetic")
+
+
+def hold_out_last_days(train: Sequence[ActivityChain], per_user: int, min_kept: int = 2
+                       ) -> tuple[list[ActivityChain], list[ActivityChain]]:
+    """``(kept, validation)``: each user's last ``per_user`` training days (by date) become validation days when
+    at least ``min_kept`` days stay for training. Sampling settings are chosen on these days of training users,
+    never on the test days; users with few days give none (their only days are needed to learn them)."""
+    if per_user < 0 or min_kept < 1:
+        raise ValueError(f"validation days: need per_user >= 0 and min_kept >= 1, got {per_user}, {min_kept}")
+    by_user: dict[str | None, list[int]] = {}
+    for i, c in enumerate(train):
+        by_user.setdefault(c.user, []).append(i)
+    held: set[int] = set()
+    for rows in by_user.values():
+        if per_user and len(rows) - per_user >= min_kept:
+            order = sorted(rows, key=lambda i: (train[i].date is None, train[i].date or dt.date.min, i))
+            held.update(order[-per_user:])
+    return ([c for i, c in enumerate(train) if i not in held], [c for i, c in enumerate(train) if i in held])
 
 
 def load_activity_split(name: str, root: str | os.PathLike | None = None, seed: int = 0) -> ActivitySplit:

@@ -2,9 +2,11 @@
 
 For each held-out day of the checkpoint's data (user, persona, date; never a trained day, checked against the
 checkpoint's record) stllm writes one day per seed under the activity grammar; the copy and Markov baselines
-sample the same requests with the same seeds. Prints the table (JSDs, validity, copies; mean +- std over seeds),
-writes ``metrics.json``, the generated days (``generated_seed{S}.jsonl``) and a map of a few generated days
-over real ones (data with coordinates).
+sample the same requests with the same seeds. With ``--select`` the sampling temperature and the bonus towards
+the user's own places are first chosen on the checkpoint's validation days (training users' days it did not
+train on; never a test day, checked), by the mean JSD to those days. Prints the table (JSDs, validity, copies;
+mean +- std over seeds), writes ``metrics.json``, the generated days (``generated_seed{S}.jsonl``) and a map of
+a few generated days over real ones (data with coordinates).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from stllm.data.activity import load_activity_split
+import numpy as np
+
+from stllm.data.activity import ActivitySplit, load_activity_split
 from stllm.errors import run_command
 from stllm.eval.activity_baselines import fitted_baselines, generate_days, requests_of
-from stllm.eval.activity_metrics import format_table, quality_row
+from stllm.eval.activity_metrics import DISTRIBUTIONS, format_table, quality_row
 from stllm.eval.activity_plots import plot_days_map
 from stllm.eval.generate import (
     SamplingConfig,
@@ -30,14 +35,56 @@ from stllm.eval.generate import (
     generate_texts,
     load_gen_checkpoint,
     redraw_invalid,
+    trained_own_choices,
     write_generated,
 )
 from stllm.safe_io import write_text_atomic
 
+SELECT_TEMPERATURES = (0.8, 1.0)
+SELECT_PREFER_OWN = (0.0, 2.0, 4.0)
+MIN_SELECT_VALID = 0.95  # settings below this validity on validation days are chosen only when all are
+
+
+def validation_days(record: dict, split: ActivitySplit) -> list:
+    """The checkpoint's validation days (training users' days it did not train on); refuses test or trained
+    days among them."""
+    keys = set(record.get("validation_days", ()))
+    if not keys:
+        raise ValueError("checkpoint activity_data.json: field 'validation_days' is empty: train with --val_days >= 1 "
+                         "to select sampling settings")
+    bad = keys & ({f"{c.user}/{c.date}" for c in split.test} | set(record.get("trained_days", ())))
+    if bad:
+        raise ValueError(f"checkpoint activity_data.json: field 'validation_days': {len(bad)} are test or trained "
+                         f"days (first: {sorted(bad)[0]})")
+    return [c for c in split.train if f"{c.user}/{c.date}" in keys]
+
+
+def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: SamplingConfig, own: dict,
+                    progress: bool = True, max_requests: int | None = 200,
+                    temperatures: tuple[float, ...] = SELECT_TEMPERATURES,
+                    prefer_own: tuple[float, ...] = SELECT_PREFER_OWN) -> tuple[SamplingConfig, list[dict]]:
+    """The temperature and own-place bonus (grid) whose days are closest (mean JSD) to the validation days
+    (at most ``max_requests``, evenly spaced), among those with validity >= ``MIN_SELECT_VALID`` if any."""
+    val = evenly_spaced(validation_days(record, split), max_requests)
+    requests = requests_of(val)
+    check_not_trained_on(requests, record)
+    cfg = checks_for(record)
+    grid = []
+    for t in temperatures:
+        for b in prefer_own:
+            s = replace(base, temperature=t, prefer_own=b, seed=0)
+            days = as_chains(requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
+            row = quality_row(days, val, [], cfg)
+            grid.append({"temperature": t, "prefer_own": b, **row,
+                         "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS]))})
+    ok = [g for g in grid if g["valid"] >= MIN_SELECT_VALID] or grid
+    best = min(ok, key=lambda g: g["mean_jsd"])
+    return replace(base, temperature=best["temperature"], prefer_own=best["prefer_own"]), grid
+
 
 def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, seeds: list[int],
                         sampling: SamplingConfig, data_root: str | None = None, max_requests: int | None = None,
-                        progress: bool = True, redraws: int = 0) -> dict:
+                        progress: bool = True, redraws: int = 0, select: bool = False) -> dict:
     """Generate for the held-out requests with every seed, score stllm and the baselines; returns the rows."""
     model, tokenizer, record = load_gen_checkpoint(checkpoint)
     split = load_activity_split(record["name"], data_root, seed=record.get("synthetic_seed", 0))
@@ -45,6 +92,10 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
     requests = requests_of(test)
     check_not_trained_on(requests, record)
     cfg = checks_for(record)
+    own = trained_own_choices(record, split.train)
+    grid = None
+    if select:
+        sampling, grid = select_sampling(model, tokenizer, record, split, sampling, own, progress)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, float]]] = {"real test": [quality_row(test, test, split.train, cfg)]}
@@ -54,18 +105,21 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
     generated = []
     for s in seeds:
         seed_cfg = SamplingConfig(**{**sampling.__dict__, "seed": s})
-        texts = generate_texts(model, tokenizer, record, requests, seed_cfg, progress=progress)
+        texts = generate_texts(model, tokenizer, record, requests, seed_cfg, progress=progress, own=own)
         write_generated(out / f"generated_seed{s}.jsonl", requests, texts)
         generated = as_chains(requests, texts)
         rows["stllm"].append(quality_row(generated, test, split.train, cfg))
         if redraws:
-            texts, n = redraw_invalid(model, tokenizer, record, requests, texts, seed_cfg, cfg, redraws, progress)
+            texts, n = redraw_invalid(model, tokenizer, record, requests, texts, seed_cfg, cfg, redraws, progress, own)
             write_generated(out / f"generated_redraw_seed{s}.jsonl", requests, texts)
             generated = as_chains(requests, texts)
             rows.setdefault(f"stllm+redraw{redraws}", []).append(quality_row(generated, test, split.train, cfg))
             redrawn.append(n)
     result = {"data": split.name, "checkpoint": str(checkpoint), "n_requests": len(requests), "seeds": seeds,
-              "rows": rows, "parsed": 1.0, "redrawn_days": redrawn}
+              "rows": rows, "parsed": 1.0, "redrawn_days": redrawn,
+              "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                           "prefer_own": sampling.prefer_own, "reach": sampling.reach},
+              "selection_grid": grid}
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=1, default=float))
     users = list(dict.fromkeys(c.user for c in test))[:3]
     pick = [i for i, c in enumerate(test) if c.user in users][:6]
@@ -75,7 +129,15 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
 
 
 def print_generation_table(result: dict) -> None:
-    print(f"\n{result['data']}: {result['n_requests']} held-out days, seeds {result['seeds']}; JSD lower is better")
+    if result.get("selection_grid"):
+        print("\nsampling chosen on validation days (training users' untrained days):")
+        for g in result["selection_grid"]:
+            print(f"  temperature {g['temperature']:.1f} prefer_own {g['prefer_own']:.1f}: mean JSD "
+                  f"{g['mean_jsd']:.4f}, valid {g['valid']:.3f}")
+    s = result["sampling"]
+    print(f"\n{result['data']}: {result['n_requests']} held-out days, seeds {result['seeds']}; sampling temperature "
+          f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, reach {s['reach']}; "
+          "JSD lower is better")
     print(format_table(result["rows"]))
     if result.get("plot"):
         print(f"map: {result['plot']}")
@@ -87,6 +149,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_sampling_args(p)
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds (stllm and baselines)")
     p.add_argument("--output_dir", default=None, help="default: CHECKPOINT/eval-gen")
+    p.add_argument("--select", action="store_true", help="choose temperature and --prefer_own on the checkpoint's "
+                                                         "validation days first (overrides both)")
     return p
 
 
@@ -94,8 +158,9 @@ def run(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     result = evaluate_generation(args.checkpoint, args.output_dir or Path(args.checkpoint) / "eval-gen", seeds,
                                  SamplingConfig(temperature=args.temperature, top_p=args.top_p,
-                                                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens),
-                                 args.data_root, args.max_requests, redraws=args.redraws)
+                                                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                                prefer_own=args.prefer_own, reach=not args.no_reach),
+                                 args.data_root, args.max_requests, redraws=args.redraws, select=args.select)
     print_generation_table(result)
     return 0
 

@@ -3,7 +3,9 @@
 Requests (user, persona, date) come from a data split's held-out days (``--data``) or from a file of compact
 headers (``--requests``, blocks of ``persona: ...`` / ``date: ...`` lines separated by blank lines). Prompts are
 batched (left padding) and sampled with temperature / top-p under the activity grammar
-(:class:`~stllm.models.activity_decoding.ActivityLogitsProcessor`), so every answer parses. Output: JSONL, one
+(:class:`~stllm.models.activity_decoding.ActivityLogitsProcessor`), so every answer parses and (with
+coordinates) no place lies beyond reach of the previous one in the time between them; ``prefer_own`` favours
+the places (or categories) the request's user visited on the days the checkpoint trained on. Output: JSONL, one
 line per generated day (``request`` index, ``sample``, ``user``, ``date``, ``text``), written atomically.
 """
 
@@ -22,11 +24,11 @@ from tqdm.auto import tqdm
 
 from stllm.data.activity import ActivityChain, load_activity_split, parse_chain, parse_steps
 from stllm.data.activity_checks import BOXES, CheckConfig, passes, run_checks
-from stllm.data.activity_prompts import gen_conversation
+from stllm.data.activity_prompts import gen_conversation, own_choices
 from stllm.data.prompts import ChatFormatter, Conversation
 from stllm.errors import run_command
 from stllm.eval.run_identity import load_task_checkpoint
-from stllm.models.activity_decoding import ActivityLogitsProcessor, activity_grammar
+from stllm.models.activity_decoding import ActivityLogitsProcessor, ReachRule, activity_grammar
 
 ACTIVITY_DATA_FILE = "activity_data.json"  # written by stllm.train.train_gen (eval must not import train)
 
@@ -39,10 +41,14 @@ class SamplingConfig:
     max_new_tokens: int | None = None  # default: 16 per allowed line
     seed: int = 0
     n: int = 1  # days per request
+    prefer_own: float = 0.0  # logit bonus towards the user's own training places/categories
+    reach: bool = True  # places within reach of the previous one (data with coordinates)
 
     def __post_init__(self):
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1:
-            raise ValueError(f"sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1; got {self}")
+        if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
+                or self.prefer_own < 0):
+            raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own "
+                             f">= 0; got {self}")
 
 
 def load_gen_checkpoint(path: str | os.PathLike):
@@ -64,23 +70,37 @@ def checks_for(record: dict) -> CheckConfig:
     return CheckConfig(box=BOXES.get(record["name"]), time_resolution_s=record.get("time_resolution_s", 60))
 
 
+def trained_own_choices(record: dict, train: Sequence[ActivityChain]) -> dict[str | None, set]:
+    """Per user, the places (or categories) of the days this checkpoint trained on (not its validation days:
+    settings chosen there must not see them)."""
+    trained = set(record.get("trained_days", ()))
+    return own_choices([c for c in train if f"{c.user}/{c.date}" in trained], record["with_coords"],
+                       record["digits"])
+
+
 def answer_prefix(formatter: ChatFormatter) -> str:
     """What the chat format puts between the prompt and the answer text (e.g. one space)."""
     return formatter(Conversation("", "", "\x00"))[1].split("\x00")[0]
 
 
-def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityChain]):
+def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
+                         own: dict | None):
+    """Prompts, the grammar, and per request the mask of preferred choices (None: none)."""
     formatter = ChatFormatter(tokenizer)
     places = [tuple(p) for p in record["places"]] if record["with_coords"] else None
+    checks = checks_for(record)
+    reach = ReachRule(checks.max_speed_kmh[None], checks.time_resolution_s, checks.continuity_m) if cfg.reach else None
     grammar = activity_grammar(record["categories"], places,
                                answer_prefix(formatter), max_lines=record.get("max_lines", 20),
-                               time_resolution_minutes=max(1, record.get("time_resolution_s", 60) // 60))
+                               time_resolution_minutes=max(1, record.get("time_resolution_s", 60) // 60), reach=reach)
     prompts = [formatter(gen_conversation(replace(r, steps=()), record["with_coords"], record["digits"]))[0]
                for r in requests]
-    return prompts, grammar
+    prefer = [grammar.preferred(own.get(r.user, ())) if own and cfg.prefer_own else None for r in requests]
+    return prompts, grammar, prefer
 
 
-def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, bar) -> list[str]:
+def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, bar,
+            prefer: list | None = None) -> list[str]:
     """One answer per prompt, in batches of ``cfg.batch_size`` (left padding, grammar-constrained)."""
     max_new = cfg.max_new_tokens or 16 * grammar.max_lines
     device = next(model.parameters()).device
@@ -90,7 +110,8 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
         batch = prompts[start:start + cfg.batch_size]
         enc = tokenizer(batch, add_special_tokens=False, padding=True, padding_side="left",
                         return_tensors="pt").to(device)
-        proc = ActivityLogitsProcessor(grammar, tokenizer, enc["input_ids"].shape[1], max_new)
+        proc = ActivityLogitsProcessor(grammar, tokenizer, enc["input_ids"].shape[1], max_new,
+                                       prefer[start:start + cfg.batch_size] if prefer else None, cfg.prefer_own)
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
@@ -102,21 +123,22 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
 
 
 def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
-                   progress: bool = True) -> list[list[str]]:
-    """``cfg.n`` answer texts per request (batched, constrained: each parses)."""
-    prompts, grammar = _prompts_and_grammar(tokenizer, record, requests)
+                   progress: bool = True, own: dict | None = None) -> list[list[str]]:
+    """``cfg.n`` answer texts per request (batched, constrained: each parses); ``own`` (per user, their training
+    choices: :func:`trained_own_choices`) is favoured by ``cfg.prefer_own``."""
+    prompts, grammar, prefer = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
     torch.manual_seed(cfg.seed)
     with tqdm(total=len(prompts) * cfg.n, desc="generate", disable=not progress, unit="day") as bar:
-        draws = [_sample(model, tokenizer, grammar, prompts, cfg, bar) for _ in range(cfg.n)]
+        draws = [_sample(model, tokenizer, grammar, prompts, cfg, bar, prefer) for _ in range(cfg.n)]
     return [[d[i] for d in draws] for i in range(len(prompts))]
 
 
 def redraw_invalid(model, tokenizer, record: dict, requests: Sequence[ActivityChain], texts: list[list[str]],
-                   cfg: SamplingConfig, checks: CheckConfig, redraws: int, progress: bool = True
-                   ) -> tuple[list[list[str]], int]:
+                   cfg: SamplingConfig, checks: CheckConfig, redraws: int, progress: bool = True,
+                   own: dict | None = None) -> tuple[list[list[str]], int]:
     """Generate again, up to ``redraws`` times, each day that fails a validator (the validators judge, the model
     writes; a day failing every draw stays as last drawn). Returns the texts and how many days were redrawn."""
-    prompts, grammar = _prompts_and_grammar(tokenizer, record, requests)
+    prompts, grammar, prefer = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
     texts = [list(ts) for ts in texts]
     redrawn: set[tuple[int, int]] = set()
     for _ in range(redraws):
@@ -126,7 +148,8 @@ def redraw_invalid(model, tokenizer, record: dict, requests: Sequence[ActivityCh
             break
         redrawn.update(bad)
         with tqdm(total=len(bad), desc="redraw", disable=not progress, unit="day") as bar:
-            new = _sample(model, tokenizer, grammar, [prompts[i] for i, _ in bad], cfg, bar)
+            new = _sample(model, tokenizer, grammar, [prompts[i] for i, _ in bad], cfg, bar,
+                          [prefer[i] for i, _ in bad])
         for (i, k), t in zip(bad, new):
             texts[i][k] = t
     return texts, len(redrawn)
@@ -205,11 +228,15 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max_requests", type=int, default=None, help="at most this many held-out days (evenly spaced)")
     p.add_argument("--redraws", type=int, default=0, help="generate a day failing a validator again, up to this "
                                                           "many times")
+    p.add_argument("--prefer_own", type=float, default=0.0, help="logit bonus towards the places (or categories) "
+                                                                 "the user visited on trained days")
+    p.add_argument("--no_reach", action="store_true", help="do not restrict places to those within reach")
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     return SamplingConfig(temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed, n=getattr(args, "n", 1))
+                          max_new_tokens=args.max_new_tokens, seed=args.seed, n=getattr(args, "n", 1),
+                          prefer_own=args.prefer_own, reach=not args.no_reach)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -233,9 +260,13 @@ def run(args: argparse.Namespace) -> int:
                                  record.get("synthetic_seed", 0))
     check_not_trained_on(requests, record)
     cfg = sampling_config(args)
-    texts = generate_texts(model, tokenizer, record, requests, cfg)
+    own = trained_own_choices(record, load_activity_split(record["name"], args.data_root,
+                                                          seed=record.get("synthetic_seed", 0)).train) \
+        if cfg.prefer_own else None
+    texts = generate_texts(model, tokenizer, record, requests, cfg, own=own)
     if args.redraws:
-        texts, n = redraw_invalid(model, tokenizer, record, requests, texts, cfg, checks_for(record), args.redraws)
+        texts, n = redraw_invalid(model, tokenizer, record, requests, texts, cfg, checks_for(record), args.redraws,
+                                  own=own)
         print(f"{n} day(s) failed a validator and were drawn again (up to {args.redraws} times)")
     as_chains(requests, texts)  # every answer parses: the grammar guarantees it, this proves it
     path = write_generated(args.output, requests, texts)

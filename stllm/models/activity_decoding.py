@@ -5,8 +5,12 @@ is enough (no grammar library): a line is ``A `` + a time + `` | `` + a category
 ``\n``, each field a choice from a trie of allowed strings (times ``HH:MM``; the training categories, or the
 training places as (category, coordinates) pairs at the written precision), and EOS only where a line is
 complete. The automaton also keeps what a grammar library would not: start times never decrease, at most
-``max_lines`` lines, and a new line is only begun when the remaining token budget can still finish it (worst
-case one byte per token), so every generated answer parses. Tokens are matched by their bytes (byte-level BPE
+``max_lines`` lines, a new line is only begun when the remaining token budget can still finish it (worst
+case one byte per token), so every generated answer parses, and (with a :class:`ReachRule`) a place is only
+written when the previous place lies within what the fastest mode covers in the minutes between the two
+lines: the time comes first on a line, so a far place needs a later time (the speed validator's own rule).
+Per row, the processor can also favour a set of choices (the user's own places or categories from their
+training days): a logit bonus on the tokens that lead towards them. Tokens are matched by their bytes (byte-level BPE
 and SentencePiece with byte fallback), so categories with non-ASCII letters work too. Allowed-token masks are
 cached per automaton state, and found by walking a trie of the vocabulary's byte strings with the automaton.
 
@@ -17,22 +21,28 @@ would still need the monotone-time and budget rules written by hand; this automa
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
+
+from stllm.data.activity import parse_coord
+from stllm.data.activity_checks import haversine_m
 
 FINISHED = ("finished",)
 
 
 class ChoiceTrie:
     """Byte trie over complete field strings (each ends with its terminator byte). ``value`` (optional, per
-    string) is kept at the leaf and bounded per node (``max_value``), to prune choices below a floor."""
+    string) is kept at the leaf and bounded per node (``min_value``/``max_value``): to prune times below a floor,
+    and, with values = the rank of the string in sorted order, each node's strings are the ranks ``min..max``."""
 
     def __init__(self, strings: Sequence[str], values: Sequence[int] | None = None, eos_after: str | None = None):
         self.children: list[dict[int, int]] = [{}]
         self.leaf_value: list[int | None] = [None]
         self.max_value: list[int] = [-1]
+        self.min_value: list[int] = [-1]
         self.eos_ok: list[bool] = [False]
         if not strings:
             raise ValueError("a field needs at least one allowed string")
@@ -41,6 +51,7 @@ class ChoiceTrie:
             data = s.encode("utf-8")
             node = 0
             self.max_value[0] = max(self.max_value[0], v)
+            self.min_value[0] = v if i == 0 else min(self.min_value[0], v)
             for j, b in enumerate(data):
                 nxt = self.children[node].get(b)
                 if nxt is None:
@@ -49,9 +60,11 @@ class ChoiceTrie:
                     self.children.append({})
                     self.leaf_value.append(None)
                     self.max_value.append(-1)
+                    self.min_value.append(v)
                     self.eos_ok.append(False)
                 node = nxt
                 self.max_value[node] = max(self.max_value[node], v)
+                self.min_value[node] = min(self.min_value[node], v)
                 if eos_after is not None and j == len(data) - 2 and data[-1:] == eos_after.encode():
                     self.eos_ok[node] = True  # the string is complete before its terminator: EOS may end it here
             if self.children[node]:
@@ -61,20 +74,72 @@ class ChoiceTrie:
 
 
 @dataclass(frozen=True)
+class ReachRule:
+    """How far a place may be from the previous one: ``free_m`` always, else at most ``max_speed_kmh`` over the
+    minutes between the lines (at least ``min_seconds``): :func:`stllm.data.activity_checks.check_speed`'s rule
+    for a move of unknown mode, which is what a generated line is."""
+
+    max_speed_kmh: float
+    min_seconds: int = 60
+    free_m: float = 25.0
+
+
+@dataclass(frozen=True)
 class ActivityGrammar:
-    """The fields of one answer line and its limits; states are ``(lines done, field, trie node, time floor)``."""
+    """The fields of one answer line and its limits; states are ``(lines done, field, trie node, time floor,
+    last choice, its time)``. The last field is the line's choice (category, or category and place); its
+    strings are ranked in sorted order (``choices`` are their keys), so a trie node covers a range of ranks."""
 
     prefix: ChoiceTrie | None
     fields: tuple[ChoiceTrie, ...]
     time_field: int
     max_lines: int
+    choices: tuple = ()
+    coords: np.ndarray | None = None  # (n choices, 2) lat/lon of each place choice
+    reach: ReachRule | None = None
+    _reach_cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def choice_field(self) -> int:
+        return len(self.fields) - 1
+
+    def choice_range(self, node: int) -> tuple[int, int]:
+        """Ranks of the choices below ``node`` of the choice field."""
+        trie = self.fields[-1]
+        return trie.min_value[node], trie.max_value[node]
+
+    def preferred(self, keys: Iterable) -> np.ndarray:
+        """Boolean mask over ``choices`` of ``keys`` (categories, or ``(category, "lat,lon")`` pairs); unknown keys
+        are ignored."""
+        rank = {k: i for i, k in enumerate(self.choices)}
+        mask = np.zeros(len(self.choices), dtype=bool)
+        clean = [_clean(k) if isinstance(k, str) else (_clean(k[0]), k[1]) for k in keys]
+        mask[[rank[k] for k in clean if k in rank]] = True
+        return mask
+
+    def _reachable(self, place: int, minutes: int) -> np.ndarray:
+        """Prefix counts of the places reachable from ``place`` in ``minutes`` (cached per pair)."""
+        key = (place, minutes)
+        if key not in self._reach_cache:
+            d = haversine_m(self.coords[place, 0], self.coords[place, 1], self.coords[:, 0], self.coords[:, 1])
+            r = self.reach
+            ok = (d <= r.free_m) | (d * 3.6 / max(60 * minutes, r.min_seconds) <= r.max_speed_kmh * (1 - 1e-9))
+            self._reach_cache[key] = np.concatenate([[0], np.cumsum(ok)])
+        return self._reach_cache[key]
+
+    def reachable(self, place: int, minutes: int, lo: int, hi: int) -> bool:
+        """Whether a choice ranked ``lo..hi`` can follow ``place`` written ``minutes`` earlier."""
+        if self.reach is None or self.coords is None or place < 0:
+            return True
+        cum = self._reachable(place, minutes)
+        return bool(cum[hi + 1] > cum[lo])
 
     @property
     def max_line_bytes(self) -> int:
         return sum(f.max_line for f in self.fields)
 
     def start(self):
-        return (0, -1, 0, -1) if self.prefix is not None else (0, 0, 0, -1)
+        return (0, -1 if self.prefix is not None else 0, 0, -1, -1, -1)
 
     def trie(self, field: int) -> ChoiceTrie:
         return self.prefix if field < 0 else self.fields[field]
@@ -83,28 +148,31 @@ class ActivityGrammar:
         """The state after one byte, or None when the byte is not allowed there."""
         if state == FINISHED:
             return None
-        lines, field, node, floor = state
+        lines, field, node, floor, place, since = state
         trie = self.trie(field)
         child = trie.children[node].get(byte)
         if child is None:
             return None
         if field == self.time_field and trie.max_value[child] < floor:
             return None  # every time below this prefix is earlier than the previous line's
+        last = field == self.choice_field
+        if last and not self.reachable(place, floor - since, trie.min_value[child], trie.max_value[child]):
+            return None  # every place below this prefix is too far from the previous one for the time between
         if trie.children[child]:
-            return lines, field, child, floor
+            return lines, field, child, floor, place, since
         if field == self.time_field:
             floor = trie.leaf_value[child]
-        if field == len(self.fields) - 1:  # the line's '\n': a next line must fit
+        if last:  # the line's '\n': a next line must fit
             if lines + 1 >= self.max_lines or not may_start_line:
                 return None
-            return lines + 1, 0, 0, floor
-        return lines, field + 1, 0, floor
+            return lines + 1, 0, 0, floor, trie.leaf_value[child], floor
+        return lines, field + 1, 0, floor, place, since
 
     def eos_allowed(self, state) -> bool:
         if state == FINISHED:
             return True
-        _, field, node, _ = state
-        return field == len(self.fields) - 1 and self.fields[field].eos_ok[node]
+        field, node = state[1], state[2]
+        return field == self.choice_field and self.fields[field].eos_ok[node]
 
 
 def time_strings(resolution_minutes: int = 1) -> tuple[list[str], list[int]]:
@@ -113,22 +181,30 @@ def time_strings(resolution_minutes: int = 1) -> tuple[list[str], list[int]]:
 
 
 def activity_grammar(categories: Iterable[str], places: Iterable[tuple[str, str]] | None = None,
-                     answer_prefix: str = "", max_lines: int = 20, time_resolution_minutes: int = 1) -> ActivityGrammar:
+                     answer_prefix: str = "", max_lines: int = 20, time_resolution_minutes: int = 1,
+                     reach: ReachRule | None = None) -> ActivityGrammar:
     """The grammar of :func:`stllm.data.activity.render_steps` lines (``A HH:MM | cat[ | lat,lon]``).
 
     With ``places`` (``(category, "lat,lon")`` pairs seen in training) category and coordinates are one choice:
-    a coffee shop is written where a coffee shop was, never at an office's coordinates."""
+    a coffee shop is written where a coffee shop was, never at an office's coordinates; ``reach`` then keeps
+    consecutive places within reach of each other. ``grammar.choices`` are the pairs (or categories) by rank."""
     times, minutes = time_strings(time_resolution_minutes)
     last = "\n"
     fields = [ChoiceTrie(["A "]), ChoiceTrie([f"{t} | " for t in times], minutes)]
+    coords = None
     if places is not None:
-        pairs = sorted({(c.replace("|", "/").strip(), xy) for c, xy in places})
-        fields.append(ChoiceTrie([f"{c} | {xy}{last}" for c, xy in pairs], eos_after=last))
+        keyed = sorted((f"{c} | {xy}", (c, xy)) for c, xy in {(_clean(c), xy) for c, xy in places})
+        coords = np.array([parse_coord(xy, "place") for _, (_, xy) in keyed], dtype=np.float64).reshape(-1, 2)
     else:
-        cats = sorted({c.replace("|", "/").strip() for c in categories} - {""})
-        fields.append(ChoiceTrie([f"{c}{last}" for c in cats], eos_after=last))
+        keyed = [(c, c) for c in sorted({_clean(c) for c in categories} - {""})]
+    fields.append(ChoiceTrie([f"{s}{last}" for s, _ in keyed], list(range(len(keyed))), eos_after=last))
     prefix = _literal(answer_prefix) if answer_prefix else None
-    return ActivityGrammar(prefix, tuple(fields), time_field=1, max_lines=max_lines)
+    return ActivityGrammar(prefix, tuple(fields), time_field=1, max_lines=max_lines,
+                           choices=tuple(k for _, k in keyed), coords=coords, reach=reach if places else None)
+
+
+def _clean(category: str) -> str:
+    return category.replace("|", "/").strip()
 
 
 def _literal(text: str) -> ChoiceTrie:
@@ -136,7 +212,8 @@ def _literal(text: str) -> ChoiceTrie:
     t = ChoiceTrie.__new__(ChoiceTrie)
     data = text.encode("utf-8")
     t.children = [{b: i + 1} for i, b in enumerate(data)] + [{}]
-    t.leaf_value, t.max_value, t.eos_ok = [None] * len(t.children), [-1] * len(t.children), [False] * len(t.children)
+    n = len(t.children)
+    t.leaf_value, t.max_value, t.min_value, t.eos_ok = [None] * n, [-1] * n, [-1] * n, [False] * n
     t.max_line = len(data)
     return t
 
@@ -182,9 +259,12 @@ class ActivityLogitsProcessor(LogitsProcessor):
 
     ``prompt_len`` is the (padded) prompt length of the batch; ``max_new_tokens`` the generation budget (a new
     line starts only when a whole line still fits). Rows are replayed from a cache keyed by their generated
-    ids, so each step advances each row by one token."""
+    ids, so each step advances each row by one token. ``prefer`` (one boolean array over ``grammar.choices``
+    per row, or None) and ``bonus``: allowed tokens that lead towards a preferred choice get ``bonus`` added to
+    their logit (before temperature and top-p), e.g. the places the row's user visited in training."""
 
-    def __init__(self, grammar: ActivityGrammar, tokenizer, prompt_len: int, max_new_tokens: int):
+    def __init__(self, grammar: ActivityGrammar, tokenizer, prompt_len: int, max_new_tokens: int,
+                 prefer: Sequence[np.ndarray | None] | None = None, bonus: float = 0.0):
         self.grammar, self.prompt_len, self.max_new_tokens = grammar, prompt_len, max_new_tokens
         self.eos_ids = {int(tokenizer.eos_token_id)}
         self.pad_id = tokenizer.pad_token_id
@@ -203,7 +283,10 @@ class ActivityLogitsProcessor(LogitsProcessor):
                 node = nxt
             self.ends[node].append(i)
         self.states: dict[tuple[int, ...], tuple] = {(): grammar.start()}
-        self.masks: dict[tuple, list[int]] = {}
+        self.masks: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.bonus = float(bonus)
+        self.prefer_counts = None if prefer is None or not self.bonus else [
+            None if p is None else np.concatenate([[0], np.cumsum(np.asarray(p, dtype=bool))]) for p in prefer]
 
     def _advance_bytes(self, state, data: bytes, may_start_line: bool):
         for b in data:
@@ -226,30 +309,68 @@ class ActivityLogitsProcessor(LogitsProcessor):
         self.states[generated] = state
         return state
 
-    def allowed(self, state, may_start_line: bool) -> list[int]:
+    def _choice_range(self, before, after, rng: tuple[int, int]) -> tuple[int, int]:
+        """The ranks of the choices a token's bytes lead towards (``rng`` carried when they touch none)."""
+        field = self.grammar.choice_field
+        if after[1] == field and after[2] != 0:
+            return self.grammar.choice_range(after[2])
+        if before[1] == field and after[1] != field:  # the token completed the choice: the line's last choice
+            return after[4], after[4]
+        return rng
+
+    def _open_choices(self, state) -> tuple[int, int] | None:
+        """The choice ranks still open once the line's time is decided (None while it is not, or finished)."""
+        if state == FINISHED:
+            return None
+        g, (field, node) = self.grammar, state[1:3]
+        if field == g.choice_field:
+            return g.choice_range(node)
+        times = g.fields[g.time_field]
+        if field == g.time_field and node and times.min_value[node] == times.max_value[node]:
+            return g.choice_range(0)
+        return None
+
+    def allowed(self, state, may_start_line: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Allowed token ids, and per token the rank range of the choices it leads towards (-1: none)."""
         key = (state, may_start_line)
         if key not in self.masks:
             ids = [*self.eos_ids] if self.grammar.eos_allowed(state) else []
+            ranges = [(-1, -1)] * len(ids)
             if state != FINISHED:
-                stack = [(0, state)]
+                stack = [(0, state, (-1, -1))]
                 while stack:
-                    node, st = stack.pop()
+                    node, st, rng = stack.pop()
                     for b, child in self.trie[node].items():
                         nxt = self.grammar.advance(st, b, may_start_line)
                         if nxt is not None:
+                            r = self._choice_range(st, nxt, rng)
                             ids.extend(self.ends[child])
-                            stack.append((child, nxt))
+                            ranges.extend([r] * len(self.ends[child]))
+                            stack.append((child, nxt, r))
             elif self.pad_id is not None:
                 ids.append(int(self.pad_id))
+                ranges.append((-1, -1))
             if not ids:
                 raise RuntimeError(f"activity grammar: no token can follow state {state}")
-            self.masks[key] = ids
+            r = np.array(ranges, dtype=np.int64).reshape(-1, 2)
+            # favour tokens only while the line's place is open: not one ending a decided line against EOS, nor
+            # one still writing the time (it would pull times towards the favoured choices)
+            here = self._open_choices(state)
+            if here is None or here[0] == here[1]:
+                r[:] = -1
+            self.masks[key] = (np.array(ids, dtype=np.int64), r[:, 0], r[:, 1])
         return self.masks[key]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         done = input_ids.shape[1] - self.prompt_len
         may_start_line = self.max_new_tokens - done > self.grammar.max_line_bytes + 1
         allow = torch.zeros_like(scores, dtype=torch.bool)
+        boost = torch.zeros_like(scores)
         for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
-            allow[row, self.allowed(self.state_of(tuple(ids)), may_start_line)] = True
-        return scores.masked_fill(~allow, float("-inf"))
+            tok, lo, hi = self.allowed(self.state_of(tuple(ids)), may_start_line)
+            allow[row, torch.from_numpy(tok)] = True
+            counts = self.prefer_counts[row] if self.prefer_counts is not None else None
+            if counts is not None:
+                hit = (lo >= 0) & (counts[hi + 1] > counts[np.maximum(lo, 0)])
+                boost[row, torch.from_numpy(tok[hit])] = self.bonus
+        return (scores + boost).masked_fill(~allow, float("-inf"))

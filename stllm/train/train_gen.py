@@ -15,7 +15,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 
-from stllm.data.activity import ACTIVITY_DATA, load_activity_split
+from stllm.data.activity import ACTIVITY_DATA, hold_out_last_days, load_activity_split
 from stllm.data.activity_prompts import ActivityGenCollator, ActivityGenDataset, answer_vocabulary
 from stllm.data.prompts import tokenizer_corpus
 from stllm.models import STLlamaForCausalLM
@@ -46,10 +46,15 @@ class GenDataArguments:
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic days."})
     tokenizer_vocab: int = field(default=1000, metadata={"help": "BPE vocabulary of the offline tokenizer (tiny)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training days."})
+    val_days: int = field(default=1, metadata={"help": "Each user's last N training days are not trained on but "
+                                                       "kept as validation days (users keeping >= 2 days), where "
+                                                       "`stllm eval gen --select` picks sampling settings; 0: none."})
 
     def __post_init__(self):
         check_fields(self, [rule("digits", POSITIVE), rule("max_lines", POSITIVE), rule("tokenizer_vocab", POSITIVE),
                             rule("max_train_samples", POSITIVE, optional=True)])
+        if self.val_days < 0:
+            raise ValueError(f"--val_days must be >= 0, got {self.val_days}")
         if self.data not in ACTIVITY_DATA:
             raise ValueError(f"--data must be one of {', '.join(ACTIVITY_DATA)}, got {self.data!r}")
 
@@ -69,18 +74,20 @@ def train_gen(model_args: ModelArguments, data_args: GenDataArguments, training_
     rt = start_run(training_args)
     with claim_run_dir(training_args):
         split = load_activity_split(data_args.data, data_args.data_root, seed=data_args.synthetic_seed)
-        dataset = ActivityGenDataset(split.train, split.with_coords, data_args.digits)  # test days never enter
+        kept, val = hold_out_last_days(split.train, data_args.val_days)
+        dataset = ActivityGenDataset(kept, split.with_coords, data_args.digits)  # test and validation days never enter
         if training_args.process_index == 0:
             logger.warning("activity generation training: %d days of %d users (%s)", len(dataset),
                            len({c.user for c in split.train}), split.name)
         model, tokenizer = build_gen_model(model_args, data_args, dataset, rt.attn_implementation)
         model = ready_for_training(model, model_args, training_args, rt)
         train_set = subsample(dataset, data_args.max_train_samples, training_args.seed)
-        used = [split.train[i] for i in (train_set.indices if hasattr(train_set, "indices") else range(len(dataset)))]
+        used = [kept[i] for i in (train_set.indices if hasattr(train_set, "indices") else range(len(dataset)))]
         cats, places = answer_vocabulary(split.train, split.with_coords, data_args.digits)
         record = {**asdict(data_args), "name": split.name, "with_coords": split.with_coords,
                   "time_resolution_s": split.time_resolution_s, "categories": cats, "places": places,
-                  "trained_days": sorted({f"{c.user}/{c.date}" for c in used}), "n_samples": len(train_set)}
+                  "trained_days": sorted({f"{c.user}/{c.date}" for c in used}), "n_samples": len(train_set),
+                  "validation_days": sorted({f"{c.user}/{c.date}" for c in val})}
         return fit_and_save(model, tokenizer, training_args, train_set, ActivityGenCollator(tokenizer),
                             {ACTIVITY_DATA_FILE: json.dumps(record, indent=1)})
 

@@ -204,6 +204,23 @@ def test_activity_split_refuses_leaked_days_and_unseen_users():
         ActivitySplit("x", [day], [replace(day, user="v")], with_coords=False, time_resolution_s=60)
 
 
+def test_hold_out_last_days_takes_each_users_latest_days_when_enough_stay():
+    from stllm.data.activity import hold_out_last_days
+
+    def day(user: str, d: int) -> ActivityChain:
+        return ActivityChain(steps=(Activity("Park", start=3600),), date=dt.date(2024, 1, d), user=user)
+
+    train = [day("a", 5), day("a", 1), day("b", 2), day("a", 3), day("b", 1), day("c", 9)]
+    kept, val = hold_out_last_days(train, per_user=1)
+    assert [(c.user, c.date.day) for c in val] == [("a", 5)]  # b keeps only 1 day with one out: too few; c has 1
+    assert kept == [c for c in train if c is not train[0]]
+    kept, val = hold_out_last_days(train, per_user=1, min_kept=1)
+    assert sorted((c.user, c.date.day) for c in val) == [("a", 5), ("b", 2)]
+    assert hold_out_last_days(train, per_user=0) == (train, [])
+    with pytest.raises(ValueError, match="per_user >= 0"):
+        hold_out_last_days(train, per_user=-1)
+
+
 @needs_shared
 def test_nyc_split_tests_later_days_of_trained_users():
     from stllm.data.activity import load_activity_split

@@ -43,7 +43,12 @@ def split():
 def test_checkpoint_records_training_days_and_vocabulary(checkpoint, split):
     record = json.loads((checkpoint / "activity_data.json").read_text())
     assert record["name"] == "synthetic" and record["with_coords"] and record["max_lines"] == 8
-    assert set(record["trained_days"]) == {f"{c.user}/{c.date}" for c in split.train}
+    trained, val = set(record["trained_days"]), set(record["validation_days"])
+    assert trained | val == {f"{c.user}/{c.date}" for c in split.train} and not trained & val
+    last = {}
+    for c in split.train:
+        last[c.user] = max(last.get(c.user, c.date), c.date)
+    assert val == {f"{u}/{d}" for u, d in last.items()}  # --val_days 1: each user's last training day (28-day users)
     assert record["categories"] == sorted({a.category for c in split.train for a in c.activities})
     assert {tuple(p) for p in record["places"]} == {(a.category, f"{a.lat:.3f},{a.lon:.3f}")
                                                      for c in split.train for a in c.activities}
@@ -164,3 +169,35 @@ def test_redraw_invalid_draws_again_only_what_fails(checkpoint, split):
     box = CheckConfig(box=(0.0, 1.0, 0.0, 1.0))  # no synthetic place lies in it: every day fails, every draw
     again, n = redraw_invalid(model, tok, record, requests, texts, cfg, box, redraws=2, progress=False)
     assert n == 4 and len(as_chains(requests, again)) == 4
+
+
+def test_validation_days_are_refused_when_they_are_test_or_trained_days(checkpoint, split):
+    from stllm.eval.activity_eval import validation_days
+
+    _, _, record = load_gen_checkpoint(checkpoint)
+    val = validation_days(record, split)
+    assert {f"{c.user}/{c.date}" for c in val} == set(record["validation_days"]) and len(val) == 30
+    test_day = f"{split.test[0].user}/{split.test[0].date}"
+    with pytest.raises(ValueError, match="field 'validation_days': 1 are test or trained days"):
+        validation_days({**record, "validation_days": [*record["validation_days"], test_day]}, split)
+    with pytest.raises(ValueError, match="field 'validation_days' is empty"):
+        validation_days({**record, "validation_days": []}, split)
+
+
+def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpoint, split):
+    from stllm.eval.activity_eval import select_sampling
+    from stllm.eval.generate import trained_own_choices
+
+    model, tok, record = load_gen_checkpoint(checkpoint)
+    own = trained_own_choices(record, split.train)
+    trained = set(record["trained_days"])
+    for user in sorted(own)[:3]:  # a user's own places: those of their trained days, never a validation day's
+        assert own[user] == {(a.category, f"{a.lat:.3f},{a.lon:.3f}") for c in split.train
+                             if c.user == user and f"{c.user}/{c.date}" in trained for a in c.activities}
+    chosen, grid = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64), own,
+                                   progress=False, max_requests=8, temperatures=(0.7, 1.3), prefer_own=(0.0, 2.0))
+    assert [(g["temperature"], g["prefer_own"]) for g in grid] == [(0.7, 0.0), (0.7, 2.0), (1.3, 0.0), (1.3, 2.0)]
+    ok = [g for g in grid if g["valid"] >= 0.95] or grid
+    best = min(ok, key=lambda g: g["mean_jsd"])
+    assert (chosen.temperature, chosen.prefer_own) == (best["temperature"], best["prefer_own"])
+    assert chosen.batch_size == 16 and chosen.max_new_tokens == 64

@@ -89,3 +89,69 @@ def test_sampled_answers_of_an_untrained_model_always_parse(places):
             assert all((a.category, f"{a.lat:.3f},{a.lon:.3f}") in PLACES for a in steps)
         else:
             assert all(a.lat is None for a in steps)
+
+
+def test_reach_masks_places_too_far_for_the_minutes_between_lines():
+    from stllm.data.activity import ActivityChain
+    from stllm.data.activity_checks import CheckConfig, check_speed, distance_m
+    from stllm.models.activity_decoding import ReachRule
+
+    g = activity_grammar(CATS, PLACES, max_lines=3, reach=ReachRule(max_speed_kmh=130.0, min_seconds=60))
+    d = distance_m((40.700, -74.000), (40.720, -73.980))  # by hand ~2.8 km: 2.8 km / 130 km/h = 1.3 min
+    assert 2700 < d < 2900
+    s = _feed(g, "A 10:00 | Bar | 40.700,-74.000\n")
+    assert _feed(g, "A 10:01 | Office | 40.720,-73.980", s) is None  # 168 km/h
+    assert _feed(g, "A 10:02 | Office | 40.720,-73.980", s) is not None  # 84 km/h
+    assert _feed(g, "A 10:00 | Bar / Pub | 40.700,-74.000", s) is not None  # same coordinates: always reachable
+    assert _feed(g, "A 10:01 | Office | 40.7", s) is not None and _feed(g, "A 10:01 | Office | 40.72", s) is None
+    for text, ok in (("A 10:00 | Bar | 40.700,-74.000\nA 10:02 | Office | 40.720,-73.980", True),
+                     ("A 10:00 | Bar | 40.700,-74.000\nA 10:01 | Office | 40.720,-73.980", False)):
+        assert check_speed(ActivityChain(steps=parse_steps(text)), CheckConfig()).ok is ok  # the validator agrees
+
+
+def _untrained(tok):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tok),
+                                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
+
+
+def test_prefer_bonus_lifts_only_tokens_that_choose_a_preferred_place():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, PLACES, answer_prefix=" ", max_lines=4)
+    cafe = g.preferred([("Café", "40.710,-73.990"), ("Nowhere", "0.000,0.000")])
+    assert cafe.sum() == 1 and g.choices[int(cafe.argmax())] == ("Café", "40.710,-73.990")
+    proc = ActivityLogitsProcessor(g, tok, prompt_len=0, max_new_tokens=200, prefer=[cafe, None], bonus=5.0)
+
+    def boosted(text: str, row: int = 0) -> tuple[set, set]:
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]] * 2)
+        out = proc(ids, torch.zeros(2, len(tok)))[row]
+        return set(torch.nonzero(out == 5.0).flatten().tolist()), set(torch.nonzero(out == 0.0).flatten().tolist())
+
+    up, flat = boosted(" A 10:00 |")  # the time is decided: choosing the place starts
+    assert up and all("Café".startswith(tok.decode([i]).strip()) for i in up)  # ' ', ' C', ' Café', ...
+    assert any(tok.decode([i]).strip().startswith("Office") for i in flat)
+    assert boosted(" A 10:00 |", row=1)[0] == set()  # no preference for the second row
+    up, flat = boosted(" A 10:00 | Café | 40.710,-73.990")  # decided line: EOS and the newline stay level
+    assert not up and tok.eos_token_id in flat
+    assert not boosted(" A 1")[0]  # times are never pulled
+
+
+def test_sampling_with_reach_and_a_strong_preference_keeps_speed_and_place():
+    from stllm.data.activity import ActivityChain
+    from stllm.data.activity_checks import CheckConfig, check_speed
+    from stllm.models.activity_decoding import ReachRule
+
+    tok = _tokenizer()
+    model = _untrained(tok)
+    g = activity_grammar(CATS, PLACES, answer_prefix=" ", max_lines=4, reach=ReachRule(130.0))
+    prefer = [g.preferred([("Office", "40.720,-73.980")]), None] * 3
+    prompts = tok(["<s>persona: x ASSISTANT:"] * 6, add_special_tokens=False, return_tensors="pt")
+    proc = ActivityLogitsProcessor(g, tok, prompts["input_ids"].shape[1], 80, prefer, bonus=50.0)
+    out = model.generate(**prompts, do_sample=True, top_k=0, max_new_tokens=80, logits_processor=[proc],
+                         pad_token_id=tok.pad_token_id)
+    days = [ActivityChain(steps=parse_steps(t.strip()))
+            for t in tok.batch_decode(out[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)]
+    assert all(check_speed(d, CheckConfig()).ok for d in days)
+    assert all(a.category == "Office" and a.lat == 40.72 for d in days[::2] for a in d.activities[:1])
+    assert len({(a.category, a.lat) for d in days[1::2] for a in d.activities}) > 1
