@@ -41,11 +41,15 @@ from stllm.tokens import MOB_PRE_PLACEHOLDER, MOB_PRE_TOKEN
 MOB_FEATURES = (
     "share_kind_slot", "share_slot", "share_kind_slot_pm2", "share_kind_slot_pm6", "share_weekday_slot_pm1",
     "share_recent_kind_slot_pm2", "share_overall", "is_slot_baseline", "log_evidence", "log_distance_top", "rank",
+    "log_share_kind_slot_pm2", "log_share_weekday_slot_pm1", "log_share_overall",
 )
 N_CANDIDATES = 64
 # what a mobility checkpoint trained on (city, users, days): evaluation refuses targets inside it
 MOBILITY_DATA_FILE = "mobility_data.json"
 RECENT_DAYS = 14
+# log-share features: log(share + LOG_FLOOR) scaled to [-1, 0]; a score linear in them multiplies the shares,
+# as a frequency prior does in logit space (the linear shares alone cannot tell 0.001 from 0.01)
+LOG_FLOOR = 1e-3
 BLOCK = 6  # slots per block in the prompt's text summary (3 hours)
 
 
@@ -155,8 +159,9 @@ def place_features(places: UserPlaces, d: np.ndarray, t: np.ndarray,
     xy = np.stack(np.divmod(np.maximum(places.cells, 0), places.grid), -1).astype(np.float64)
     dist = np.log1p(np.linalg.norm(xy - xy[:1], axis=-1))[None].repeat(len(t), 0)
     rank = (np.arange(ks.shape[-1]) / ks.shape[-1])[None].repeat(len(t), 0)
+    logs = [np.log(s + LOG_FLOOR) / -np.log(LOG_FLOOR) for s in (s_pm2, s_wd, overall)]  # in [-1, 0]
     feats = np.stack([s_kind, s_slot, s_pm2, s_pm6, s_wd, s_recent, overall, is_base, evidence / 5.0, dist / 5.0,
-                      rank], axis=-1)
+                      rank, *logs], axis=-1)
     return (feats * places.valid[None, :, None]).astype(np.float32)
 
 

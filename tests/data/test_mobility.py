@@ -58,6 +58,9 @@ def test_padded_candidates_have_zero_features():
     assert places.cells.tolist()[:2] == [(5 - 1) * 200 + 4, (6 - 1) * 200 + 5] and (places.cells[2:] == -1).all()
     feats = place_features(places, np.array([2]), np.array([1]))
     assert (feats[:, 2:] == 0).all() and feats[0, 0, 0] == pytest.approx(1.0)
+    # overall shares 3/4 and 1/4 -> log(share + 0.001) / log(1000), by hand: -0.28635 / 6.90776 and -1.38230 / 6.90776
+    log_overall = feats[0, :2, MOB_FEATURES.index("log_share_overall")]
+    assert log_overall.tolist() == pytest.approx([-0.041453, -0.200108], abs=1e-5)
 
 
 def test_dataset_and_collator(traj):
