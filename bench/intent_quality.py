@@ -5,9 +5,13 @@ Split: 30% of users held out (never seen by the population model or the student)
 active days are test days; the table scores the held-out users' test days (checked in code). Baselines need no
 training; ``--models`` runs the pipeline of :mod:`stllm.train.intent_pipeline` per seed (population model =
 ``--tiny_preset small`` Llama trained by ``stllm train-intent``, distilled student, per-user head tuning with and
-without the unlearning term) and reports mean ± std over seeds, then the footprint of teacher and student.
+without the unlearning term, history sizing and per-user logit adjustment with ``k``/``tau`` chosen on validation
+days inside the users' earlier days, and their ablations) and reports mean ± std over seeds, the per-seed count of
+users whose macro F1 rises and the chosen ``(k, tau)``, then the footprint of teacher and student. ``--reuse``
+loads the population model and student a previous run of the same seed left in ``--out`` (training is
+deterministic on CPU: the same seed trains the same models).
 
-    python bench/intent_quality.py [--data tokyo|nyc|synthetic] [--models] [--seeds 0,1,2] [--steps 300]
+    python bench/intent_quality.py [--data tokyo|nyc|synthetic] [--models] [--seeds 0,1,2] [--steps 300] [--reuse]
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=300, help="population model training steps (batch 32)")
     ap.add_argument("--preset", default="small", help="population model size (--tiny_preset)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/intent_quality"))
+    ap.add_argument("--reuse", action="store_true", help="load population/ and student/ of --out/seedK when there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     data = prepare_intent(resolve_events(args.data), seed=args.split_seed)
@@ -60,19 +65,30 @@ def main(argv: list[str] | None = None) -> None:
     title = (f"{args.data}: {len(data.split.heldout_users)} held-out users, {len(data.rows_of('user_test'))} "
              f"later-day targets ({len(data.split.population_users)} population users)")
     if args.models:
-        from stllm.train.intent_pipeline import BEFORE, NO_UNLEARNING, POPULATION, TUNED, PipelineConfig, run_pipeline
+        from stllm.train.intent_pipeline import (
+            BEFORE,
+            PLAIN,
+            POPULATION,
+            POPULATION_ADJUSTED,
+            TUNED,
+            PipelineConfig,
+            run_pipeline,
+        )
 
         results = []
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
             cfg = PipelineConfig(data=args.data, seed=seed, split_seed=args.split_seed, teacher_steps=args.steps,
-                                 teacher_preset=args.preset)
+                                 teacher_preset=args.preset, reuse=args.reuse)
             r = run_pipeline(cfg, args.out / f"seed{seed}")
             results.append(r)
-            pairs = ((TUNED, POPULATION), (NO_UNLEARNING, POPULATION), (TUNED, BEFORE), (NO_UNLEARNING, BEFORE))
+            pairs = ((TUNED, POPULATION), (TUNED, POPULATION_ADJUSTED), (TUNED, BEFORE), (PLAIN, POPULATION))
             up = {f"{a} over {b}": improved_users(r, b, a) for a, b in pairs}
             np.savez(args.out / f"seed{seed}" / "predictions.npz", rows=r.rows, **r.preds)
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()) + "; users whose "
                   "macro F1 rises: " + ", ".join(f"{n} {a}/{b}" for n, (a, b) in up.items()), flush=True)
+            print(f"seed {seed}: chosen on validation: " + ", ".join(f"{n} k={c.k:g} tau={c.tau:g}"
+                                                                     for n, c in r.choices.items()), flush=True)
+        print(f"held-out users' training targets: median {np.median(results[0].n_train):.0f} per test target")
         rows = {**model_rows(results), **rows}
         title += f"; models: mean over seeds {args.seeds} (user macro F1 ± std over seeds)"
         print(format_intent_table(rows, title))

@@ -288,10 +288,11 @@ INTENT_PRESETS = {
 def run_intent_demo(output_dir: str | Path = "runs/demo-tokyo-intent", data: str = "tokyo-intent",
                     steps: int | None = None, seed: int = 0, progress: bool = True, data_root: str | None = None):
     """On-device intent prediction (PITuning-style): population model on population users' earlier days, distilled
-    student (+ ONNX), each held-out user's head tuned with and without unlearning; table against the baselines on
-    the held-out users' later days and a per-user macro-F1 before/after plot."""
+    student (+ ONNX), each held-out user's head tuned (unlearning, history sizing, per-user logit adjustment chosen
+    on validation days inside the users' earlier days) and its ablations; table against the baselines on the
+    held-out users' later days and a per-user macro-F1 before/after plot."""
     from stllm.eval.intent import report_models
-    from stllm.train.intent_pipeline import BEFORE, NO_UNLEARNING, TUNED, PipelineConfig, run_pipeline
+    from stllm.train.intent_pipeline import BEFORE, PLAIN, TUNED, PipelineConfig, run_pipeline
 
     source, default_steps = INTENT_PRESETS[data]
     out, t0 = Path(output_dir), time.time()
@@ -300,8 +301,9 @@ def run_intent_demo(output_dir: str | Path = "runs/demo-tokyo-intent", data: str
     r = run_pipeline(cfg, out, progress)
     print("[2/2] held-out users' later days, against baselines", flush=True)
     title = f"{source}: {len(np.unique(r.data.log.user[r.rows]))} held-out users, {len(r.rows)} later-day targets"
-    result = report_models(r.data, r.rows, r.preds, out / "eval", title, BEFORE, (TUNED, NO_UNLEARNING))
+    result = report_models(r.data, r.rows, r.preds, out / "eval", title, BEFORE, (TUNED, PLAIN))
     print(result.table)
+    print("chosen on validation days: " + ", ".join(f"{n} k={c.k:g} tau={c.tau:g}" for n, c in r.choices.items()))
     for who, size in r.sizes.items():
         print(f"{who}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in size.items()))
     print(f"\nwrote: {', '.join(str(f) for f in result.files)}\ndemo took {time.time() - t0:.0f} s")

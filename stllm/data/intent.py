@@ -347,6 +347,43 @@ def check_heldout(log: EventLog, rows: np.ndarray, split: IntentSplit, allow_pop
                               f"{log.user_ids[log.user[r]]} at {log.time[r]} ({PARTS[part[i]]}): refusing to evaluate")
 
 
+def validation_split(log: EventLog, split: IntentSplit, val_frac: float = 0.25) -> IntentSplit:
+    """A split for choosing hyperparameters of individual tuning without test targets: each held-out user's cutoff
+    moves back to the first of the last ``val_frac`` of their *training* active days (at least one), so that the
+    new split's ``user_test`` is the end of the user's own earlier days. Users with fewer than two training days
+    have no validation days and leave the held-out group; population users are unchanged (the population tables
+    and model are the same). :func:`check_validation` checks the result never reaches a test day."""
+    if not 0 < val_frac < 1:
+        raise IntentDataError(f"{split.source}: val_frac must be in (0, 1), got {val_frac}")
+    check_split(split)
+    day, names = log.day, log.user_ids[log.user]
+    cutoff, held = dict(split.cutoff), []
+    for u in split.heldout_users:
+        days = np.unique(day[(names == u) & (day < split.cutoff[u])])
+        if len(days) < 2:
+            continue
+        n_val = min(len(days) - 1, max(1, int(round(val_frac * len(days)))))
+        cutoff[u] = int(days[len(days) - n_val])
+        held.append(u)
+    if not held:
+        raise IntentDataError(f"{split.source}: field 'heldout_users': no held-out user has 2+ training days to "
+                              "validate on")
+    return IntentSplit(split.population_users, tuple(held), cutoff, f"{split.source} (validation)")
+
+
+def check_validation(log: EventLog, rows: np.ndarray, split: IntentSplit) -> None:
+    """Refuse validation targets that are not held-out users' training targets under the real ``split``."""
+    check_split(split)
+    part = sample_parts(log, rows, split)
+    bad = part != PARTS.index("user_train")
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        r = int(rows[i])
+        raise IntentDataError(f"{log.source}: {int(bad.sum())} validation target(s) are not held-out users' "
+                              f"training targets, e.g. user {log.user_ids[log.user[r]]} at {log.time[r]} "
+                              f"({PARTS[part[i]]}): refusing to select on them")
+
+
 # -- samples and features ------------------------------------------------------------------------------------------
 def target_rows(log: EventLog, min_history: int = 1) -> np.ndarray:
     """Rows that can be a target: at least ``min_history`` earlier events of the same user."""
@@ -391,6 +428,12 @@ class TransitionTables:
         np.add.at(tables.user_intent, (log.user[own], log.intent[own - 1], log.intent[own]), 1.0)
         np.add.at(tables.user_freq, (log.user[own], log.intent[own]), 1.0)
         return tables
+
+    def user_prior(self, log: EventLog, rows: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+        """``(n, C)`` each row's user's intent shares on their training targets, add-``alpha`` smoothed (the prior
+        of a per-user logit adjustment; meant for test rows, which the counts never include)."""
+        counts = self.user_freq[log.user[rows]] + alpha
+        return counts / counts.sum(-1, keepdims=True)
 
     def features(self, log: EventLog, rows: np.ndarray, split: IntentSplit) -> np.ndarray:
         """``(n, C, F)`` features (:data:`INTENT_FEATURES`) of every intent for each target row; a target that
@@ -517,6 +560,18 @@ def prepare_intent(log: EventLog, split: IntentSplit | None = None, heldout_frac
     check_split(split)
     rows = target_rows(log)
     return PreparedIntent(log, split, rows, sample_parts(log, rows, split), TransitionTables.fit(log, rows, split))
+
+
+def validation_data(data: PreparedIntent, val_frac: float = 0.25) -> PreparedIntent:
+    """``data`` under :func:`validation_split`: its ``user_test`` part is the end of each held-out user's earlier
+    days (the real test days drop out, as ``unused``), the user tables count only the days before it. Checked:
+    every validation target is a training target of the real split."""
+    split = validation_split(data.log, data.split, val_frac)
+    parts = sample_parts(data.log, data.rows, split)
+    parts[data.parts == PARTS.index("user_test")] = PARTS.index("unused")
+    val = PreparedIntent(data.log, split, data.rows, parts, TransitionTables.fit(data.log, data.rows, split))
+    check_validation(data.log, val.rows_of("user_test"), data.split)
+    return val
 
 
 def prepare_from_record(record: dict) -> PreparedIntent:

@@ -5,9 +5,14 @@
    saved, measured (parameters, disk, single-thread latency, peak RSS) and exported to ONNX (checked against
    PyTorch with onnxruntime when installed);
 3. each held-out user's student head is tuned on their earlier days, with and without the unlearning term
-   (:mod:`stllm.train.tune_intent`).
+   (:mod:`stllm.train.tune_intent`);
+4. post-hoc, per variant: the tuned logits shrink towards the student's by ``n / (n + k)`` (``n``: the user's
+   training targets, so thin histories move little) and are logit-adjusted by ``tau`` times the user's own
+   intent prior (Menon et al. 2021, per user: a user's rare intents get recall). ``k`` and ``tau`` are chosen on
+   a *validation* split (:func:`stllm.data.intent.validation_data`: the last quarter of each held-out user's
+   earlier days, tuned on the days before it; checked to hold no test target), by mean per-user macro F1.
 Every model predicts the held-out users' later days (checked by :func:`stllm.data.intent.check_heldout`); scoring
-is the caller's (``stllm.eval.intent_metrics``), so this module stays below evaluation.
+of the table is the caller's (``stllm.eval.intent``).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stllm.data.intent import IntentCollator, PreparedIntent, check_heldout, prepare_from_record
-from stllm.models.intent import load_intent_checkpoint, run_intent
+from stllm.data.intent import IntentCollator, PreparedIntent, check_heldout, prepare_from_record, validation_data
+from stllm.models.intent import INTENT_DATA_FILE, load_intent_checkpoint, read_intent_record, run_intent
 from stllm.train.arguments import parse_args
 from stllm.train.distill_intent import (
     ONNX_FILE,
@@ -39,11 +44,14 @@ from stllm.train.distill_intent import (
 )
 from stllm.train.train_intent import IntentDataArguments, train_intent
 from stllm.train.train_mem import release_trainer, subsample
-from stllm.train.tune_intent import TuneConfig, tune_users
+from stllm.train.tune_intent import Posthoc, TuneConfig, UserLogits, posthoc_logits, select_posthoc, tune_users
 
 logger = logging.getLogger("stllm")
-POPULATION, BEFORE = "population model", "student before tuning"
-TUNED, NO_UNLEARNING = "student tuned (+unlearning)", "student tuned (no unlearning)"
+POPULATION, POPULATION_ADJUSTED = "population model", "population model, adjusted"
+BEFORE = "student before tuning"
+TUNED = "student tuned (+unlearning, sized, adjusted)"
+NO_SIZING, NO_ADJUSTMENT = "tuned, no history sizing", "tuned, no logit adjustment"
+NO_UNLEARNING, PLAIN = "tuned, no unlearning", "tuned, plain (no sizing, no adjustment)"
 
 
 @dataclass
@@ -61,7 +69,11 @@ class PipelineConfig:
     student: StudentSpec = field(default_factory=StudentSpec)
     distill: DistillConfig = field(default_factory=DistillConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    val_frac: float = 0.25  # of each held-out user's earlier days: validation for k and tau
+    ks: tuple[float, ...] = (0, 10, 30, 100, 300, 1000)  # history sizing n / (n + k); 0 = none
+    taus: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # logit adjustment; 0 = none
     measure: bool = True  # footprint and ONNX
+    reuse: bool = False  # load population/ and student/ from out_dir when there (same config and seed)
 
 
 @dataclass
@@ -69,22 +81,38 @@ class PipelineResult:
     data: PreparedIntent
     rows: np.ndarray  # the held-out users' later-day targets, in the order of every prediction array
     preds: dict[str, np.ndarray]
+    choices: dict[str, Posthoc]  # the (k, tau) validation chose for each post-hoc row
+    n_train: np.ndarray  # each test row's user's training targets
     sizes: dict[str, dict]  # "teacher" / "student": parameters, disk_bytes, latency_ms, peak_rss_mb, ...
     seconds: dict[str, float]
+
+
+def _reusable(path: Path, cfg: PipelineConfig) -> bool:
+    """Whether ``path`` holds a checkpoint of this data and split to reuse (``cfg.reuse``); a mismatch is an error."""
+    if not (cfg.reuse and (path / INTENT_DATA_FILE).is_file()):
+        return False
+    record = read_intent_record(path)
+    seed = record.get("distill", {}).get("seed", record.get("seed"))
+    if record.get("data") != cfg.data or int(record.get("split_seed", -1)) != cfg.split_seed or (
+            seed is not None and int(seed) != cfg.seed):
+        raise ValueError(f"{path}: field 'data'/'split_seed'/'seed' of {INTENT_DATA_FILE} differs from this run's "
+                         f"({cfg.data}, split seed {cfg.split_seed}, seed {cfg.seed}): not reusable")
+    return True
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool = False) -> PipelineResult:
     out = Path(out_dir)
     seconds, t0 = {}, time.perf_counter()
     teacher_dir = out / "population"
-    trainer = train_intent(*parse_args([
-        "--output_dir", str(teacher_dir), "--data", cfg.data, "--split_seed", str(cfg.split_seed),
-        "--synthetic_users", str(cfg.synthetic_users), *(["--data_root", cfg.data_root] if cfg.data_root else []),
-        "--tiny_preset", cfg.teacher_preset, "--max_steps", str(cfg.teacher_steps), "--per_device_train_batch_size",
-        str(cfg.batch_size), "--learning_rate", str(cfg.teacher_lr), "--seed", str(cfg.seed), "--save_strategy", "no",
-        "--disable_tqdm", str(not progress).lower(), "--report_to", "none", "--logging_steps", "50",
-        "--overwrite_output_dir", "true"], data_class=IntentDataArguments))  # fmt: skip
-    release_trainer(trainer)
+    if not _reusable(teacher_dir, cfg):
+        trainer = train_intent(*parse_args([
+            "--output_dir", str(teacher_dir), "--data", cfg.data, "--split_seed", str(cfg.split_seed),
+            "--synthetic_users", str(cfg.synthetic_users), *(["--data_root", cfg.data_root] if cfg.data_root else []),
+            "--tiny_preset", cfg.teacher_preset, "--max_steps", str(cfg.teacher_steps), "--per_device_train_batch_size",
+            str(cfg.batch_size), "--learning_rate", str(cfg.teacher_lr), "--seed", str(cfg.seed), "--save_strategy",
+            "no", "--disable_tqdm", str(not progress).lower(), "--report_to", "none", "--logging_steps", "50",
+            "--overwrite_output_dir", "true"], data_class=IntentDataArguments))  # fmt: skip
+        release_trainer(trainer)
     seconds["train population"] = time.perf_counter() - t0
     teacher, tokenizer, record = load_intent_checkpoint(teacher_dir)
     data = prepare_from_record(record)
@@ -92,14 +120,16 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     test = data.dataset("user_test", history=history)
     check_heldout(data.log, test.rows, data.split)
     collator = IntentCollator(tokenizer)
-    preds = {POPULATION: run_intent(teacher, collator, test).argmax(-1).numpy()}
 
     t = time.perf_counter()
     dcfg = DistillConfig(**{**cfg.distill.__dict__, "seed": cfg.seed})
-    pool = subsample(data.dataset("population_train", history=history), cfg.distill_samples, cfg.seed)
-    student = distill(teacher, tokenizer, pool, cfg.student, dcfg, progress=progress)
-    student_dir = save_student(student, tokenizer, out / "student", distill_record(record, cfg.student, dcfg,
-                                                                                    teacher_dir))
+    student_dir = out / "student"
+    if _reusable(student_dir, cfg):
+        student = load_intent_checkpoint(student_dir)[0]
+    else:
+        pool = subsample(data.dataset("population_train", history=history), cfg.distill_samples, cfg.seed)
+        student = distill(teacher, tokenizer, pool, cfg.student, dcfg, progress=progress)
+        save_student(student, tokenizer, student_dir, distill_record(record, cfg.student, dcfg, teacher_dir))
     seconds["distil"] = time.perf_counter() - t
     sizes = {"teacher": {"parameters": n_parameters(teacher), "disk_bytes": dir_bytes(teacher_dir)},
              "student": {"parameters": n_parameters(student), "disk_bytes": dir_bytes(student_dir)}}
@@ -118,10 +148,38 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     t = time.perf_counter()
     variants = {TUNED: TuneConfig(**{**cfg.tune.__dict__, "seed": cfg.seed}),
                 NO_UNLEARNING: TuneConfig(**{**cfg.tune.__dict__, "seed": cfg.seed, "unlearning": 0.0})}
-    rows, tuned = tune_users(student, tokenizer, data, variants, history)
-    if not np.array_equal(rows, test.rows):
+    val = validation_data(data, cfg.val_frac)
+    scored = {}
+    for name, d in (("val", val), ("test", data)):
+        ul = tune_users(student, tokenizer, d, variants, history)
+        ul.logits[POPULATION] = run_intent(teacher, collator, d.dataset("user_test", history=history)).numpy()
+        scored[name] = (d, ul, d.tables.user_prior(d.log, ul.rows))
+    if not np.array_equal(scored["test"][1].rows, test.rows):
         raise RuntimeError("tuned predictions are not aligned with the held-out targets")
-    preds[BEFORE] = tuned.pop("before")
-    preds.update(tuned)
     seconds["tune users"] = time.perf_counter() - t
-    return PipelineResult(data=data, rows=test.rows, preds=preds, sizes=sizes, seconds=seconds)
+    preds, choices = _posthoc_rows(cfg, scored)
+    return PipelineResult(data=data, rows=test.rows, preds=preds, choices=choices, n_train=scored["test"][1].n_train,
+                          sizes=sizes, seconds=seconds)
+
+
+def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, UserLogits, np.ndarray]]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Posthoc]]:
+    """Every table row's test predictions; the post-hoc rows' ``(k, tau)`` chosen on the validation logits only."""
+    vd, vl, vprior = scored["val"]
+    _, tl, tprior = scored["test"]
+    y, users = vd.log.intent[vl.rows], vd.log.user[vl.rows]
+    grid = {  # row: (tuned logits, start logits, ks, taus)
+        POPULATION_ADJUSTED: (POPULATION, POPULATION, (0,), cfg.taus),
+        TUNED: (TUNED, "before", cfg.ks, cfg.taus),
+        NO_SIZING: (TUNED, "before", (0,), cfg.taus),
+        NO_ADJUSTMENT: (TUNED, "before", cfg.ks, (0,)),
+        NO_UNLEARNING: (NO_UNLEARNING, "before", cfg.ks, cfg.taus),
+        PLAIN: (TUNED, "before", (0,), (0,)),
+    }
+    preds = {POPULATION: tl.logits[POPULATION].argmax(-1), BEFORE: tl.logits["before"].argmax(-1)}
+    choices = {}
+    for row, (tuned, start, ks, taus) in grid.items():
+        choices[row] = select_posthoc(y, users, vl.logits[start], vl.logits[tuned], vl.n_train, vprior, ks, taus)
+        preds[row] = posthoc_logits(tl.logits[start], tl.logits[tuned], tl.n_train, tprior, choices[row]).argmax(-1)
+    order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_UNLEARNING, PLAIN)
+    return {name: preds[name] for name in order}, choices

@@ -7,6 +7,12 @@ unlearning, in this form): on the user's samples where the population head's top
 intent's probability down, weighted by how confident the population head was, ``-w log(1 - p(pop_top))`` with
 ``w = p_pop(pop_top)``. Population patterns the user contradicts are thus forgotten faster than cross-entropy alone
 would (it only raises the right intent). ``unlearning=0`` is the ablation.
+
+Post-hoc (:class:`Posthoc`, chosen on validation days by :func:`select_posthoc`): a user with ``n`` training
+targets keeps only ``n / (n + k)`` of the move from the student's logits to their tuned head's (thin histories
+overfit a head; NYC users have a median of 17 targets), and the logits are adjusted by ``tau`` times the log of the
+user's own intent prior (Menon et al. 2021's logit adjustment, per user: a user's rare intents are what macro F1
+and the weighted - macro gap are about).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from stllm.data.intent import IntentCollator, PreparedIntent
+from stllm.eval.intent_metrics import per_user_scores
 from stllm.models.intent import IntentHead, STLlamaForIntent, run_intent
 
 
@@ -62,11 +69,21 @@ def tune_head(head: IntentHead, query: torch.Tensor, features: torch.Tensor, tar
     return tuned.eval()
 
 
+@dataclass
+class UserLogits:
+    """Intent logits of the held-out users' test targets (of the split ``tune_users`` was given), one array per
+    variant, aligned with ``rows``; ``n_train`` is each row's user's number of training targets."""
+
+    rows: np.ndarray
+    n_train: np.ndarray
+    logits: dict[str, np.ndarray]
+
+
 def tune_users(student: STLlamaForIntent, tokenizer, data: PreparedIntent, configs: dict[str, TuneConfig],
-               history: int = 8) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``(test rows, {variant: predictions})``: each held-out user's head tuned on their ``user_train`` targets
-    under every config of ``configs``, then predicting their ``user_test`` targets; ``"before"`` is the student
-    itself. Users without training targets keep the student's head."""
+               history: int = 8) -> UserLogits:
+    """Each held-out user's head tuned on their ``user_train`` targets under every config of ``configs``, then
+    scoring their ``user_test`` targets; ``"before"`` is the student itself. Users without training targets keep
+    the student's head."""
     collator = IntentCollator(tokenizer)
     train_ds, test_ds = data.dataset("user_train", history=history), data.dataset("user_test", history=history)
     q_train = run_intent(student, collator, train_ds, what="query")
@@ -75,8 +92,9 @@ def tune_users(student: STLlamaForIntent, tokenizer, data: PreparedIntent, confi
     y_train = torch.from_numpy(train_ds.targets)
     head = student.intent_head
     with torch.no_grad():
-        before = head(q_test, f_test).argmax(-1).numpy()
-    preds = {"before": before, **{name: before.copy() for name in configs}}
+        before = head(q_test, f_test).numpy()
+    logits = {"before": before, **{name: before.copy() for name in configs}}
+    n_train = np.bincount(train_ds.users, minlength=len(data.log.user_ids))[test_ds.users]
     for u in np.unique(test_ds.users):
         tr, te = train_ds.users == u, test_ds.users == u
         if not tr.any():
@@ -84,5 +102,57 @@ def tune_users(student: STLlamaForIntent, tokenizer, data: PreparedIntent, confi
         for name, cfg in configs.items():
             tuned = tune_head(head, q_train[tr], f_train[tr], y_train[tr], cfg)
             with torch.no_grad():
-                preds[name][te] = tuned(q_test[te], f_test[te]).argmax(-1).numpy()
-    return test_ds.rows, preds
+                logits[name][te] = tuned(q_test[te], f_test[te]).numpy()
+    return UserLogits(test_ds.rows, n_train.astype(np.int64), logits)
+
+
+def history_weight(n: np.ndarray, k: float) -> np.ndarray:
+    """``n / (n + k)``: how far a user with ``n`` training targets moves from the student's head to their own tuned
+    head (``k = 0``: all the way, as plain tuning does; a user without training targets stays put)."""
+    n = np.asarray(n, dtype=np.float64)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return np.divide(n, n + k, out=np.zeros_like(n), where=n + k > 0)
+
+
+def sized_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, k: float) -> np.ndarray:
+    """The tuned logits shrunk towards the student's by :func:`history_weight` of each row's user."""
+    w = history_weight(n, k)[:, None]
+    return w * tuned + (1.0 - w) * before
+
+
+def adjust_logits(logits: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
+    """Post-hoc logit adjustment (Menon et al., ICLR 2021): ``logits - tau log prior``. The argmax then trades the
+    frequent intents' accuracy for the rare ones' recall (``tau = 1`` targets the balanced error when the logits
+    are calibrated log-probabilities); ``prior`` is (C,) or per row (n, C), every entry > 0."""
+    prior = np.asarray(prior, dtype=np.float64)
+    if (prior <= 0).any():
+        raise ValueError("prior must be > 0 everywhere (smooth the counts)")
+    return logits - tau * np.log(prior / prior.sum(-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class Posthoc:
+    """How tuned logits become predictions: shrinkage ``k`` of :func:`history_weight`, adjustment ``tau``."""
+
+    k: float = 0.0
+    tau: float = 0.0
+
+
+def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, prior: np.ndarray, p: Posthoc) -> np.ndarray:
+    return adjust_logits(sized_logits(before, tuned, n, p.k), prior, p.tau)
+
+
+def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray, n: np.ndarray,
+                   prior: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...]) -> Posthoc:
+    """The ``(k, tau)`` of the grid with the best mean per-user macro F1 on *validation* targets ``y`` (the caller
+    passes validation rows only); ties go to the first in grid order."""
+    best, best_score = Posthoc(), -np.inf
+    for k in ks:
+        sized = sized_logits(before, tuned, n, k)
+        for tau in taus:
+            pred = adjust_logits(sized, prior, tau).argmax(-1)
+            score = float(per_user_scores(y, pred, users, tuned.shape[-1])[1]["macro_f1"].mean())
+            if score > best_score:
+                best, best_score = Posthoc(float(k), float(tau)), score
+    return best

@@ -9,6 +9,7 @@ import pytest
 from stllm.data.intent import (
     INTENT_FEATURES,
     INTENTS,
+    PARTS,
     IntentCollator,
     IntentDataError,
     IntentDataset,
@@ -16,12 +17,16 @@ from stllm.data.intent import (
     TransitionTables,
     build_event_log,
     check_heldout,
+    check_validation,
     describe_events,
     load_llmob_csv,
     make_split,
+    prepare_intent,
     sample_parts,
     synthetic_events,
     target_rows,
+    validation_data,
+    validation_split,
 )
 from stllm.data.loaders import data_root
 from stllm.data.tokenizer import train_tokenizer
@@ -209,3 +214,45 @@ def test_named_sources_read_from_the_given_data_root(tmp_path):
                  name="llmob_activity_chains.csv.gz")
     log = resolve_events("tokyo", root=tmp_path)
     assert log.user_ids.tolist() == ["9"] and str(tmp_path) in log.source
+
+
+def test_validation_days_are_the_end_of_heldout_users_earlier_days_never_test_days():
+    log = synthetic_events(seed=1, n_users=10, days=20)
+    data = prepare_intent(log, heldout_frac=0.3, test_frac=0.25, seed=0)
+    val = validation_data(data, val_frac=0.2)
+    for u in data.split.heldout_users:
+        i = int(np.flatnonzero(log.user_ids == u)[0])
+        days = np.unique(log.day[log.user == i])
+        # 15 training days (20 - 5 test days); the last round(0.2 * 15) = 3 of them validate
+        assert val.split.cutoff[u] == days[12] and data.split.cutoff[u] == days[15]
+    v = val.rows_of("user_test")
+    assert len(v) and (sample_parts(log, v, data.split) == PARTS.index("user_train")).all()
+    assert not np.isin(v, data.rows_of("user_test")).any()
+    assert val.split.population_users == data.split.population_users
+    assert np.array_equal(val.tables.pop_intent, data.tables.pop_intent)
+    # user tables count only the days before validation: fewer targets than the real split's
+    held = np.isin(log.user_ids, data.split.heldout_users)
+    assert val.tables.user_freq[held].sum() == len(val.rows_of("user_train"))
+    assert val.tables.user_freq[held].sum() < data.tables.user_freq[held].sum()
+    with pytest.raises(IntentDataError, match="validation target.*user_test.*refusing"):
+        check_validation(log, data.rows_of("user_train", "user_test"), data.split)
+
+
+def test_validation_drops_users_with_one_training_day():
+    log = _log()
+    split = IntentSplit(("b",), ("a",), {"a": int(log.day[4]), "b": int(log.day[6])})  # a: one training day
+    with pytest.raises(IntentDataError, match="field 'heldout_users'.*2\\+ training days"):
+        validation_split(log, split)
+    with pytest.raises(IntentDataError, match="val_frac"):
+        validation_split(log, split, val_frac=1.0)
+
+
+def test_user_prior_is_smoothed_own_training_shares():
+    log = _log()
+    split = IntentSplit(("b",), ("a",), {"a": int(log.day[4]), "b": int(log.day[6])})
+    tables = TransitionTables.fit(log, target_rows(log), split)
+    # user a's training targets are day 1's rows 1, 2 (Shop, Food); rows 3, 4 are day-2 test targets
+    prior = tables.user_prior(log, np.array([4]), alpha=1.0)
+    want = np.ones(len(INTENTS))
+    want[[SHOP, FOOD]] += 1
+    assert np.allclose(prior[0], want / want.sum())

@@ -21,7 +21,17 @@ from stllm.train.distill_intent import (
     onnx_max_abs_diff,
 )
 from stllm.train.train_intent import main as train_main
-from stllm.train.tune_intent import TuneConfig, tune_head, tune_users, unlearning_term
+from stllm.train.tune_intent import (
+    Posthoc,
+    TuneConfig,
+    adjust_logits,
+    history_weight,
+    select_posthoc,
+    sized_logits,
+    tune_head,
+    tune_users,
+    unlearning_term,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,26 +112,81 @@ def test_unlearning_pushes_contradicted_population_intent_down():
     assert p_top[2.0] < p_top[0.0]
 
 
-def test_tune_users_predicts_every_heldout_test_target(ckpt):
+def test_tune_users_scores_every_heldout_test_target(ckpt):
     teacher, tok, record = load_intent_checkpoint(ckpt)
     data = prepare_from_record(record)
-    rows, preds = tune_users(teacher, tok, data, {"tuned": TuneConfig(steps=2)})
-    assert rows.tolist() == data.rows_of("user_test").tolist()
-    assert set(preds) == {"before", "tuned"} and all(len(p) == len(rows) for p in preds.values())
+    out = tune_users(teacher, tok, data, {"tuned": TuneConfig(steps=2)})
+    assert out.rows.tolist() == data.rows_of("user_test").tolist()
+    assert set(out.logits) == {"before", "tuned"} and all(v.shape == (len(out.rows), len(INTENTS))
+                                                          for v in out.logits.values())
+    train = data.rows_of("user_train")
+    for r, n in zip(out.rows, out.n_train):  # each row carries its user's number of training targets
+        assert n == (data.log.user[train] == data.log.user[r]).sum()
+
+
+def test_history_weight_and_sizing_hand_worked():
+    assert history_weight(np.array([30, 10, 0]), 10).tolist() == [0.75, 0.5, 0.0]
+    assert history_weight(np.array([5, 0]), 0).tolist() == [1.0, 0.0]  # no sizing; no history: stay put
+    with pytest.raises(ValueError, match="k must be"):
+        history_weight(np.array([1]), -1)
+    before, tuned = np.array([[0.0, 4.0], [0.0, 4.0]]), np.array([[4.0, 0.0], [4.0, 0.0]])
+    assert np.allclose(sized_logits(before, tuned, np.array([30, 10]), 10), [[3.0, 1.0], [2.0, 2.0]])
+
+
+def test_logit_adjustment_three_class_toy():
+    """Calibrated posteriors p(y|x) = (0.5, 0.3, 0.2) under the prior (0.7, 0.2, 0.1): the plain argmax is the frequent
+    class 0; the balanced (prior-free) score p(y|x) / p(y) = (0.71, 1.5, 2.0) picks the rare class 2 (tau = 1), and
+    tau = 0.5 ranks by (0.60, 0.67, 0.63): class 1."""
+    prior = np.array([0.7, 0.2, 0.1])
+    logits = np.log(np.array([[0.5, 0.3, 0.2]]))
+    assert adjust_logits(logits, prior, 0.0).argmax() == 0
+    assert adjust_logits(logits, prior, 1.0).argmax() == 2
+    assert adjust_logits(logits, prior, 0.5).argmax() == 1
+    assert np.allclose(adjust_logits(logits, 10 * prior, 1.0), adjust_logits(logits, prior, 1.0))  # counts work too
+    per_row = np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]])  # a per-user prior: each row its own
+    assert adjust_logits(np.log([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]), per_row, 1.0).argmax(-1).tolist() == [2, 0]
+    with pytest.raises(ValueError, match="prior must be > 0"):
+        adjust_logits(logits, np.array([1.0, 0.0, 0.0]), 1.0)
+
+
+def test_select_posthoc_follows_validation():
+    """Users 0, 1 each have validation targets that alternate 0/1; the student always says 0, the tuned head is
+    right: full tuning (k = 0) wins and no adjustment is needed. With a student that is right and a tuned head
+    that is wrong, the largest k wins."""
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    users, n = np.repeat([0, 1], 4), np.full(8, 20)
+    right, wrong = np.eye(2)[y] * 3, np.eye(2)[1 - y] * 3
+    always0 = np.tile([3.0, 0.0], (8, 1))
+    prior = np.full((8, 2), 0.5)
+    assert select_posthoc(y, users, always0, right, n, prior, (1000, 0), (0, 1)) == Posthoc(k=0.0, tau=0.0)
+    assert select_posthoc(y, users, right, wrong, n, prior, (0, 10, 1000), (0,)) == Posthoc(k=1000.0, tau=0.0)
+    # a student that always says 0 while the user's prior is 0.9 / 0.1: only a large tau flips it to recall class 1
+    skewed = np.tile([0.9, 0.1], (8, 1))
+    near = np.tile([1.0, 0.0], (8, 1))
+    near[1::2] = [0.5, 0.0]  # the class-1 rows are the ones the student is less sure of
+    got = select_posthoc(y, users, near, near, n, skewed, (0,), (0, 0.2, 0.4))
+    assert got == Posthoc(k=0.0, tau=0.4)  # 0.4 * log 9 = 0.88 flips only the unsure rows: all right
 
 
 def test_pipeline_predicts_every_heldout_target(tmp_path):
     """The whole population -> student -> individual pipeline, tiny: every variant predicts every held-out later-day
-    target (the fresh-process footprint and ONNX steps run in bench/intent_quality.py; ONNX is tested above)."""
-    from stllm.train.intent_pipeline import BEFORE, NO_UNLEARNING, POPULATION, TUNED, PipelineConfig, run_pipeline
+    target, post-hoc choices come from the grid, and a second run with ``reuse`` loads the checkpoints (the
+    fresh-process footprint and ONNX steps run in bench/intent_quality.py; ONNX is tested above)."""
+    from stllm.train.intent_pipeline import BEFORE, PLAIN, POPULATION, TUNED, PipelineConfig, run_pipeline
 
     cfg = PipelineConfig(data="synthetic", synthetic_users=8, teacher_preset="tiny", teacher_steps=2, batch_size=8,
                          distill_samples=32,
                          student=StudentSpec(hidden_size=16, heads=2, intermediate_size=32, head_dim=8),
-                         distill=DistillConfig(steps=2, batch_size=8), tune=TuneConfig(steps=2), measure=False)
+                         distill=DistillConfig(steps=2, batch_size=8), tune=TuneConfig(steps=2), measure=False,
+                         ks=(0, 50), taus=(0, 1), reuse=True)
     r = run_pipeline(cfg, tmp_path)
     assert r.rows.tolist() == r.data.rows_of("user_test").tolist()
-    assert set(r.preds) == {POPULATION, BEFORE, TUNED, NO_UNLEARNING}
+    assert {POPULATION, BEFORE, TUNED, PLAIN} <= set(r.preds) and len(r.preds) == 8
     assert all(p.shape == r.rows.shape for p in r.preds.values())
+    assert r.choices[PLAIN] == Posthoc() and all(c.k in (0, 50) and c.tau in (0, 1) for c in r.choices.values())
     assert r.sizes["student"]["parameters"] * 3 < r.sizes["teacher"]["parameters"]
     assert r.sizes["student"]["disk_bytes"] >= 4 * r.sizes["student"]["parameters"]  # float32 safetensors
+    again = run_pipeline(cfg, tmp_path)
+    assert all(np.array_equal(again.preds[k], r.preds[k]) for k in r.preds)
+    with pytest.raises(ValueError, match="not reusable"):
+        run_pipeline(PipelineConfig(**{**cfg.__dict__, "split_seed": 1}), tmp_path)
