@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from stllm.data.mobility import (
+    MOB_FEATURES,
     MOBILITY_DATA_FILE,
     MobilityCollator,
     MobilityDataset,
@@ -53,6 +54,10 @@ def load_mobility_checkpoint(path: Path):
     model, tokenizer, record = load_task_checkpoint(path, REQUIRED, MOBILITY_DATA_FILE, "train-mobility")
     if model.config.mob_pre_token_id is None or getattr(model, "mob_head", None) is None:
         raise ValueError(f"checkpoint {path} has no <mob_pre> token or mobility head: not a mobility model")
+    if record.get("features") != list(MOB_FEATURES):
+        raise ValueError(f"{path / MOBILITY_DATA_FILE}: field 'features': the checkpoint's head reads "
+                         f"{record.get('features')}, this version computes {list(MOB_FEATURES)}; retrain it with "
+                         f"stllm train-mobility")
     return model, tokenizer, record
 
 

@@ -2,6 +2,7 @@
 baseline, predictions are a valid HuMob submission for exactly the target rows, training days are refused."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -52,6 +53,17 @@ def test_refuses_targets_inside_training_windows(checkpoint, tmp_path):
     # the same users on later days are a temporal hold-out: allowed
     result = evaluate_mobility(checkpoint, tmp_path / "out", data=str(path), base=1)
     assert np.isfinite(result.metrics["stllm"]["geobleu"])
+
+
+def test_checkpoint_of_other_features_is_refused_by_name(checkpoint, tmp_path):
+    """A head trained on another feature list (an older version) would read shifted columns: refused, file named."""
+    old = tmp_path / "old"
+    shutil.copytree(checkpoint, old)
+    record = json.loads((old / MOBILITY_DATA_FILE).read_text())
+    record["features"] = record["features"][:-3]
+    (old / MOBILITY_DATA_FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=f"{MOBILITY_DATA_FILE}: field 'features'.*retrain"):
+        evaluate_mobility(old, tmp_path / "eval")
 
 
 def test_csv_needs_base(checkpoint, tmp_path, capsys):
