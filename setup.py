@@ -11,9 +11,10 @@ setup(
     packages=find_packages(include=["stllm", "stllm.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.2",
+        "torch>=2.6",  # transformers 5.20 disables torch below 2.6; tests checked on 2.6.0 (bench/README.md)
         "transformers>=5.20",  # 5.20: SubConfigSpec (tests/test_dependency_floors.py)
-        "peft>=0.17",
+        "peft>=0.18",  # 0.17 imports HybridCache, gone in transformers 5 (tests/test_dependency_floors.py)
+        "accelerate>=1.3",  # the Trainer; 1.1-1.2 (what transformers declares) lack unwrap_model(keep_torch_compile)
         "numpy>=1.24",
         "einops>=0.7",
         "tokenizers>=0.23.1",  # what transformers 5.20 requires
