@@ -4,6 +4,7 @@ days 60-74 of the other city, and print the table beside the baselines and the p
     python bench/humob_quality.py [--data DIR] [--steps 250] [--pairs B:C C:B] [--seeds 0,1,2]
                                   [--train_flags "--lm_loss_weight 0.1"] [--out /tmp/humob_quality]
                                   [--select_radii 8,12,16,20,30] [--select_temperatures 0.4,0.55,0.7,1.0]
+                                  [--variant humob24|giscup25] [--reuse]
 
 Decode settings are chosen without test data: ``--select_*`` leaves ``--heldout_users`` of the training city out of
 training and scores them on windows inside days 0-59 (:data:`SELECTION_WINDOWS`). Quota's temperature maximises
@@ -44,14 +45,15 @@ def worst_margin(metrics: dict[str, dict[str, float]]) -> float:
 
 
 def select(ckpt: Path, out: Path, data: Path, city: str, decode: str, name: str, values: list[float],
-           objective, **fixed) -> float:
+           objective, variant: str = "humob24", **fixed) -> float:
     """The value of ``name`` (an evaluate_mobility argument) whose decode scores best by ``objective`` (of the
     metrics averaged over :data:`SELECTION_WINDOWS`) on the checkpoint's held-out users of the training city."""
     heldout = np.array(json.loads((ckpt / MOBILITY_DATA_FILE).read_text())["heldout_users"])
     found = {}
     for v in values:
         runs = [evaluate_mobility(ckpt, out / f"{name}{v}-{h[1]}", data=str(data), base=1, city=city, history_days=h,
-                                  target_days=t, decode=decode, users=heldout, **fixed, **{name: v}).metrics
+                                  target_days=t, decode=decode, users=heldout, variant=variant, **fixed,
+                                  **{name: v}).metrics
                 for h, t in SELECTION_WINDOWS]
         found[v] = {m: {k: float(np.mean([r[m][k] for r in runs])) for k in ("geobleu", "dtw")} for m in runs[0]}
     chosen = max(values, key=lambda v: objective(found[v]))
@@ -79,6 +81,10 @@ def main() -> None:
     ap.add_argument("--select_radii", default="", help="comma list, e.g. 8,12,16,20,30: choose anchored decoding's "
                     "radius (cells) on --heldout_users of the training city (see above), then evaluate with it")
     ap.add_argument("--heldout_users", type=int, default=20, help="users left out for --select_*")
+    ap.add_argument("--reuse", action="store_true", help="evaluate the checkpoints already in --out (same pairs and "
+                    "seeds) instead of training them again, e.g. with another --variant or --decodes")
+    ap.add_argument("--variant", choices=("humob24", "giscup25"), default="humob24",
+                    help="metric of the selection and the tables (giscup25: the 2025 one, DTW without a free start)")
     ap.add_argument("--decodes", default="anchored,quota,geo",
                     help="comma list of stllm eval mobility --decode rules, each scored on the same checkpoint")
     args = ap.parse_args()
@@ -93,27 +99,29 @@ def main() -> None:
         for seed in seeds:
             ckpt = args.out / f"train-{train_city}-seed{seed}"
             start = time.perf_counter()
-            code = stllm(["train-mobility", "--data", str(data), "--base", "1", "--city", train_city, "--output_dir",
-                          str(ckpt), "--max_steps", str(args.steps), "--per_device_train_batch_size", "8",
-                          "--learning_rate", "3e-3", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to",
-                          "none", "--logging_steps", "50", "--seed", str(seed), "--overwrite_output_dir", "true",
-                          *held, *shlex.split(args.train_flags)])  # fmt: skip
+            reuse = args.reuse and (ckpt / MOBILITY_DATA_FILE).is_file()
+            flags = ["train-mobility", "--data", str(data), "--base", "1", "--city", train_city, "--output_dir",
+                     str(ckpt), "--max_steps", str(args.steps), "--per_device_train_batch_size", "8",
+                     "--learning_rate", "3e-3", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to",
+                     "none", "--logging_steps", "50", "--seed", str(seed), "--overwrite_output_dir", "true",
+                     *held, *shlex.split(args.train_flags)]  # fmt: skip
+            code = 0 if reuse else stllm(flags)
             if code:
                 raise SystemExit(code)
-            trained = time.perf_counter() - start
+            trained = "reused" if reuse else f"{time.perf_counter() - start:.0f} s"
             temperature, radius = QUOTA_TEMPERATURE, ANCHOR_RADIUS
             sel = args.out / f"select-{train_city}-seed{seed}"
             if temps:
                 temperature = select(ckpt, sel, data, train_city, "quota", "temperature", temps,
-                                     lambda m: m["stllm"]["geobleu"])
+                                     lambda m: m["stllm"]["geobleu"], args.variant)
             if radii:
                 radius = select(ckpt, sel, data, train_city, "anchored", "radius", radii, worst_margin,
-                                temperature=temperature)
+                                args.variant, temperature=temperature)
             for decode in args.decodes.split(","):
                 result = evaluate_mobility(ckpt, args.out / f"{train_city}-to-{eval_city}-seed{seed}-{decode}",
                                            data=str(data), base=1, city=eval_city, decode=decode,
-                                           temperature=temperature, radius=radius)
-                print(f"\n== seed {seed}: trained on {train_city} ({trained:.0f} s), zero-shot on {eval_city}, "
+                                           temperature=temperature, radius=radius, variant=args.variant)
+                print(f"\n== seed {seed}: trained on {train_city} ({trained}), zero-shot on {eval_city}, "
                       f"decode {decode} (T {temperature:g}{f', radius {radius:g}' if decode == 'anchored' else ''}) "
                       f"==\n{result.table}")
                 m = result.metrics["stllm"]

@@ -12,10 +12,10 @@ candidate is left out of the loss and is a (near) miss for every model that pred
 For each (target slot, candidate) the features (:data:`MOB_FEATURES`) are shares of the user's history rows:
 at the same slot on the same kind of day, smoothed over neighbouring slots, on the same weekday, in the most
 recent two weeks, overall; whether the candidate is the slot baseline's choice; how much evidence the slot
-has; the candidate's distance from the user's most visited cell. The prompt carries the same history in a
-compact text form (the top place of each 3-hour block on weekdays and weekends), and the answer holds one
-``<MOB_PRE>`` slot per target row, grouped by day; the head reads the LLM's hidden state there
-(:class:`stllm.models.mobility.CellChoiceHead`).
+has; the candidate's distance from the user's most visited cell; three of the shares again in log scale. The
+prompt carries the same history in a compact text form (the top place of each 3-hour block on weekdays and
+weekends), and the answer holds one ``<MOB_PRE>`` slot per target row, grouped by day; the head reads the LLM's
+hidden state there (:class:`stllm.models.mobility.CellChoiceHead`).
 """
 
 from __future__ import annotations
