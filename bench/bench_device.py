@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from stllm.runtime import DTYPES, inference_device
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -22,13 +22,10 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 def resolve_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     """``(device, dtype)`` from the flags; a CUDA device on a machine without one is one clear line and exit 2."""
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: this machine has no CUDA device (torch {torch.__version__}); "
-                         "use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SystemExit(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
-    return device, DTYPES[args.dtype]
+    try:
+        return inference_device(args.device), DTYPES[args.dtype]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def synchronize() -> None:

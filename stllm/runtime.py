@@ -48,6 +48,48 @@ def detect_runtime(prefer_flash: bool = True) -> Runtime:
     return Runtime("cuda", "sdpa", dtype, "nccl", f"{why}: SDPA attention")
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_device(spec: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU. A CUDA device that is not there is a
+    ``ValueError`` naming the flag, never a CUDA error deep inside the first forward."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {spec!r}: not a device (cpu, cuda, cuda:N or auto)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: this machine has no CUDA device (torch {torch.__version__}); "
+                         "use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def inference_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a CUDA device that has it (fp16 on one that does not), fp32 on the CPU."""
+    if spec == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if spec not in DTYPES:
+        raise ValueError(f"--dtype {spec!r}: one of auto, {', '.join(DTYPES)}")
+    return DTYPES[spec]
+
+
+def place_for_inference(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` on ``device`` with its backbone in ``dtype``. The ST encoder, projectors and heads (a fraction of a
+    percent of the FLOPs) stay in float32: the heads correct the encoder's own forecast in closed form, and half
+    precision would cost that correction its digits."""
+    model.to(device)
+    backbone = getattr(model, "backbone", None)
+    (backbone if backbone is not None else model).to(dtype)
+    logger.info("inference on %s, backbone in %s", device, str(dtype).removeprefix("torch."))
+    return model
+
+
 def environment_report() -> dict[str, str]:
     """Versions and capabilities, for bug reports and for ``stllm env``."""
     import transformers

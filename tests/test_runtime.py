@@ -1,4 +1,6 @@
+import pytest
 import torch
+from model_fixtures import make_batch, tiny_model
 
 from stllm import runtime
 
@@ -19,3 +21,37 @@ def test_gpu_picks_flash_attention_only_when_installed(monkeypatch):
     monkeypatch.setattr(runtime, "has_package", lambda name: False)
     rt = runtime.detect_runtime()
     assert rt.attn_implementation == "sdpa" and "not installed" in rt.reason
+
+
+def test_inference_device_auto_takes_the_cpu_without_cuda_and_a_missing_gpu_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.inference_device("auto") == torch.device("cpu")
+    assert runtime.inference_dtype("auto", torch.device("cpu")) == torch.float32
+    for spec, words in (("cuda", "no CUDA device"), ("cuda:1", "no CUDA device"), ("tpu-ish", "not a device")):
+        with pytest.raises(ValueError, match=f"--device {spec!r}|--device {spec}: .*{words}|{words}"):
+            runtime.inference_device(spec)
+    with pytest.raises(ValueError, match="--dtype 'half'"):
+        runtime.inference_dtype("half", torch.device("cpu"))
+
+
+def test_inference_dtype_auto_on_a_gpu_is_bf16_or_fp16_without_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert runtime.inference_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert runtime.inference_dtype("auto", torch.device("cuda")) == torch.float16
+    assert runtime.inference_dtype("fp32", torch.device("cuda")) == torch.float32
+
+
+def test_half_precision_backbone_keeps_encoder_and_heads_in_fp32_and_predicts_close_to_fp32():
+    b = make_batch()
+    model = tiny_model()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.reg_head.out.weight, std=0.5)  # heads start at zero: make them read the backbone
+        want = model(**b).reg_pred
+        runtime.place_for_inference(model, torch.device("cpu"), torch.bfloat16)
+        got = model(**b).reg_pred
+    dtypes = {name.split(".")[0]: p.dtype for name, p in model.named_parameters()}
+    assert dtypes["backbone"] == torch.bfloat16
+    assert {dtypes[m] for m in ("st_encoder", "st_projector", "reg_head", "cls_head")} == {torch.float32}
+    assert got.dtype == torch.float32 and not torch.equal(got, want)  # the backbone did run in bf16
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)

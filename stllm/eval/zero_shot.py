@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from transformers import AutoTokenizer
 
 from stllm.data import SplitRecord, STInstructionDataset, STScaler, assert_zero_shot, split_record
@@ -50,6 +51,7 @@ from stllm.eval.predict import PredictionFile, predict
 from stllm.eval.run_identity import check_checkpoint, checkpoint_digests, data_digest, load_json_object
 from stllm.models import STLlamaConfig, STLlamaForCausalLM
 from stllm.outdir import check_output_dir, claim_output_dir, held_artifact
+from stllm.runtime import DTYPES, inference_device, inference_dtype, place_for_inference
 from stllm.safe_io import write_text_atomic
 from stllm.train.arguments import DataArguments
 from stllm.train.train_mem import load_city
@@ -208,6 +210,8 @@ def evaluate(
     ridge: bool = True,
     overwrite: bool = False,
     channel_map: dict[str, str] | str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> EvalResult:
     """Evaluate ``checkpoint`` zero-shot against baselines; see the module docstring.
 
@@ -217,8 +221,12 @@ def evaluate(
     training city, also when another city is evaluated). ``overwrite`` discards the prediction files of
     an earlier run in ``output_dir`` instead of resuming them (or refusing them when they differ).
     ``channel_map`` (``{new: trained}`` or ``"new=trained,..."``) says which channel of the evaluated data feeds
-    which trained channel when their names differ (:func:`stllm.data.channels.map_channels`)."""
+    which trained channel when their names differ (:func:`stllm.data.channels.map_channels`). ``device`` and
+    ``dtype`` (``auto``: the GPU in bf16 when there is one, else the CPU in fp32) place the model's passes
+    (:func:`stllm.runtime.place_for_inference`)."""
     _check_options(mode, batch_size, stride, eval_days, baselines)
+    placement = inference_device(device)
+    placement = (placement, inference_dtype(dtype, placement))  # bad flags are named before any work
     ckpt, out = Path(checkpoint), Path(output_dir)
     check_checkpoint(ckpt)
     for label, other in (compare or {}).items():
@@ -228,12 +236,15 @@ def evaluate(
     with claim_output_dir(out, "evaluation", check=False):
         return _evaluate(ckpt, out, mode, data, data_root, eval_start, eval_days, stride, batch_size, baselines,
                          supervised, allow_overlap, progress, plots, data_overrides, rescale, generate, compare or {},
-                         ridge, overwrite, channel_map)  # fmt: skip
+                         ridge, overwrite, channel_map, placement)  # fmt: skip
+
+
+CPU_FP32 = (torch.device("cpu"), torch.float32)
 
 
 def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_days, stride, batch_size, baselines,
               supervised, allow_overlap, progress, plots, data_overrides, rescale, generate, compare, ridge,
-              overwrite, channel_map=None) -> EvalResult:  # fmt: skip
+              overwrite, channel_map=None, placement=CPU_FP32) -> EvalResult:  # fmt: skip
     # -- everything that can be checked, before the model is loaded
     enc = STLlamaConfig.from_pretrained(ckpt).st_encoder
     scaler = STScaler.load(ckpt / "scaler.json")
@@ -294,6 +305,7 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
                          encoder_dir=encoder_dir, train_time=train_time, ridge_kwargs=ridge_kwargs,
                          pretrain_kwargs={**SUPERVISED_TRAINING, "progress": False,
                                           "encoder_config": _same_inputs(enc)})  # fmt: skip
+    place_for_inference(model, *placement)
     stllm = predict(model, AutoTokenizer.from_pretrained(ckpt), ds, scaler, batch_size=batch_size,
                     output=out / "predictions.jsonl", run=run, progress=progress, generate=generate)  # fmt: skip
     del model
@@ -302,7 +314,7 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     name = "stllm" if not generate else f"stllm (generate, {int((~failed).sum())}/{failed.size} parsed)"
     preds = {name: stllm}
     for label, other in others.items():
-        preds[label] = _predict_other(other, batch_size, progress)
+        preds[label] = _predict_other(other, batch_size, progress, placement)
     preds.update({baseline_label(k): v for k, v in base.items()})
 
     # parse failures are reported in the row name and scored for no method (same samples for all rows)
@@ -414,9 +426,9 @@ def _prepare_other(path: Path, label: str, city, record: SplitRecord, enc, d_arg
             "file": PredictionFile(out / f"predictions-{slug}.jsonl", run)}  # fmt: skip
 
 
-def _predict_other(other: dict, batch_size: int, progress: bool) -> np.ndarray:
+def _predict_other(other: dict, batch_size: int, progress: bool, placement) -> np.ndarray:
     """Predictions of another checkpoint on the same windows (prepared by :func:`_prepare_other`)."""
-    model = STLlamaForCausalLM.from_pretrained(other["path"])
+    model = place_for_inference(STLlamaForCausalLM.from_pretrained(other["path"]), *placement)
     return predict(model, AutoTokenizer.from_pretrained(other["path"]), other["ds"], other["scaler"],
                    batch_size=batch_size, output=other["file"].path, run=other["run"], progress=progress)  # fmt: skip
 
@@ -508,6 +520,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--channel_map", default=None,
                    help="new=trained,...: which channel of the evaluated data feeds which trained channel when their "
                         "names differ (default: by name; e.g. pickup=outflow,dropoff=inflow)")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                   help="the backbone's dtype (auto: bf16 on a GPU, fp32 on the CPU); encoder and heads stay fp32")
     return p
 
 
@@ -522,6 +537,7 @@ def run(args: argparse.Namespace) -> int:
         allow_overlap=args.allow_overlap, progress=not args.no_progress,
         rescale={"auto": None, "yes": True, "no": False}[args.rescale], generate=args.generate,
         overwrite=args.overwrite, data_overrides=file_options, channel_map=args.channel_map,
+        device=args.device, dtype=args.dtype,
     )  # fmt: skip
     return print_result(result)
 

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from model_fixtures import train_tiny_run
 
 from stllm import STLlamaForCausalLM
@@ -40,6 +41,13 @@ def test_cross_region_table_files_and_honesty(checkpoint, tmp_path, capsys):
 def test_overlap_is_refused_and_named(checkpoint, tmp_path):
     with pytest.raises(SplitError, match="overlaps training time"):
         evaluate(checkpoint, tmp_path, eval_start="2024-01-02", supervised=False, progress=False, plots=False)
+
+
+def test_a_gpu_the_machine_lacks_is_refused_before_any_work(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([str(checkpoint), "--output_dir", str(tmp_path / "o"), "--device", "cuda", "--no_progress"]) == 2
+    assert "--device cuda: this machine has no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_checkpoint_part_is_named(checkpoint, tmp_path):
