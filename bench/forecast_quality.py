@@ -45,15 +45,18 @@ def _mae_cols(metrics: dict) -> list[str]:
     return [c for c in next(iter(metrics.values())) if c.startswith("MAE/")]
 
 
-def _run(preset: str, seed: int, out: Path, progress: bool, steps: int | None, flags=()) -> dict:
+def _run(preset: str, seed: int, out: Path, progress: bool, steps: int | None, flags=(), device: str = "auto",
+         dtype: str = "auto") -> dict:
     """Metrics ``{method: {column: value}}`` of one run (``bikenyc``: the Manhattan model, cross-dataset)."""
+    placed = {"device": device, "dtype": dtype}
     if preset == "bikenyc":
         model_dir = out.parent.parent / "manhattan" / out.name
         if not (model_dir / "model" / "config.json").is_file():
-            run_demo(model_dir, data="manhattan", seed=seed, progress=progress, steps=steps, extra_flags=flags)
+            run_demo(model_dir, data="manhattan", seed=seed, progress=progress, steps=steps, extra_flags=flags,
+                     **placed)
         return evaluate(model_dir / "model", out / "eval", mode="cross-dataset", data="bikenyc", progress=progress,
-                        compare={"stllm without LLM": model_dir / "model-no-llm"}).metrics  # fmt: skip
-    return run_demo(out, data=preset, seed=seed, progress=progress, steps=steps, extra_flags=flags).metrics
+                        compare={"stllm without LLM": model_dir / "model-no-llm"}, **placed).metrics  # fmt: skip
+    return run_demo(out, data=preset, seed=seed, progress=progress, steps=steps, extra_flags=flags, **placed).metrics
 
 
 def _ratios(preset: str, agg: dict) -> list[str]:
@@ -122,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run_only", action="store_true", help="run, write the run's files, print no summary")
     p.add_argument("--output_dir", default="runs/bench-forecast-quality")
     p.add_argument("--progress", action="store_true", help="progress bars")
+    p.add_argument("--device", default="auto", help="auto (the GPU if any), cpu or cuda: training and evaluation")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="mixed-precision training and the evaluation backbone (auto: bf16 on a GPU, fp32 on the CPU)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     presets = [s.strip() for s in args.presets.split(",") if s.strip()]
@@ -131,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             for s in seeds:
                 if args.ablation:
                     _run(preset, s, root / preset / f"ablation-{args.ablation.replace(' ', '-')}", args.progress,
-                         args.steps, ABLATIONS[args.ablation])  # fmt: skip
+                         args.steps, ABLATIONS[args.ablation], args.device, args.dtype)  # fmt: skip
                 else:
-                    _run(preset, s, root / preset / f"seed{s}", args.progress, args.steps)
+                    _run(preset, s, root / preset / f"seed{s}", args.progress, args.steps, device=args.device,
+                         dtype=args.dtype)
         return 0
     steps = ["--steps", str(args.steps)] if args.steps else []
+    steps += ["--device", args.device, "--dtype", args.dtype]  # each run, also the ones in other processes
     first = [["--presets", pr, "--seeds", str(s), *steps] for pr in presets if pr != "bikenyc" for s in seeds]
     ablate = [s.strip() for s in args.ablations.split(",") if s.strip() and s.strip() != "bikenyc"]
     first += [["--presets", pr, "--seeds", str(seeds[0]), "--ablation", a, *steps] for pr in ablate for a in ABLATIONS]

@@ -16,6 +16,7 @@ import numpy as np
 
 from stllm.data import RegionSplit
 from stllm.eval.zero_shot import aggregate_seeds, evaluate, format_seed_table
+from stllm.runtime import DTYPES, inference_device, inference_dtype, trainer_flags
 from stllm.train.arguments import parse_args
 from stllm.train.pretrain_encoder import pretrain_st_encoder
 from stllm.train.train_mem import encoder_config, load_city, train, train_time_slice
@@ -99,6 +100,8 @@ def run_demo(
     no_llm_row: bool = True,
     extra_flags: tuple[str, ...] = (),
     backbone: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
 ):
     """Run the four stages into ``output_dir`` and return the evaluation result.
 
@@ -109,10 +112,13 @@ def run_demo(
     for stage 2 instead of the tiny Llama (LoRA on it; the "without LLM" row stays the zero-layer tiny model).
 
     ``quick`` shrinks everything (smaller city, a few steps, no supervised reference): a smoke run of
-    the same code path, for tests; its numbers mean nothing."""
+    the same code path, for tests; its numbers mean nothing. ``device`` / ``dtype`` (``auto``: the GPU in bf16 when
+    there is one, else the CPU in fp32) place stage-2 training (mixed precision) and the evaluation's passes."""
     out, t0 = Path(output_dir), time.time()
+    placed = inference_device(device)
+    placed_flags = tuple(trainer_flags(placed, inference_dtype(dtype, placed)))
     argv, stage1, eval_kwargs = resolve_preset(out, data, data_root, steps, extra_views, seed, progress, quick,
-                                               with_geo, extra_flags)
+                                               with_geo, placed_flags + tuple(extra_flags))
     model_args, data_args, train_args = parse_args(["--output_dir", str(out / "model"), *argv,
                                                     *(["--model_name_or_path", str(backbone)] if backbone else [])])
     city = load_city(data_args)
@@ -149,7 +155,7 @@ def run_demo(
 
     _say(4, "cross-region zero-shot evaluation against baselines")
     result = evaluate(out / "model", out / "eval", mode="cross-region", progress=progress, compare=compare,
-                      **eval_kwargs)
+                      device=device, dtype=dtype, **eval_kwargs)
     print()
     print(result.table)
     print(f"\nwrote: model {out / 'model'}, encoder {out / 'encoder'}, results and plots {out / 'eval'}")
@@ -254,8 +260,9 @@ GEN_PRESETS = {
 
 def run_gen_demo(output_dir: str | Path = "runs/demo-nyc-gen", data: str = "nyc-gen", data_root: str | None = None,
                  steps: int | None = None, seed: int = 0, progress: bool = True, max_requests: int | None = None):
-    """Daily activity generation: train on the users' training days, generate their held-out days under the
-    activity grammar (seeds 0-2), table against copy and Markov baselines, map of generated over real days."""
+    """Daily activity generation: train on the users' training days (each user's last one held out for
+    validation), choose temperature and own-place bonus on those, generate their held-out days under the activity
+    grammar (seeds 0-2), table against copy and Markov baselines, map of generated over real days."""
     from stllm.eval.activity_eval import evaluate_generation, print_generation_table
     from stllm.eval.generate import SamplingConfig
     from stllm.train.train_gen import GenDataArguments, train_gen
@@ -270,8 +277,8 @@ def run_gen_demo(output_dir: str | Path = "runs/demo-nyc-gen", data: str = "nyc-
     print(f"[1/2] activity generation tuning on {source} training days (tiny Llama)", flush=True)
     train_gen(model_args, data_args, train_args)
     print("[2/2] generating held-out days (constrained decoding), against baselines", flush=True)
-    result = evaluate_generation(out / "model", out / "eval", [0, 1, 2], SamplingConfig(), data_root,
-                                 max_requests or requests, progress=progress)
+    result = evaluate_generation(out / "model", out / "eval", [0, 1, 2], SamplingConfig(top_p=1.0, batch_size=50),
+                                 data_root, max_requests or requests, progress=progress, select=True)
     print_generation_table(result)
     print(f"\nwrote: model {out / 'model'}, generated days, metrics and map under {out / 'eval'}")
     print(f"demo took {time.time() - t0:.0f} s")
@@ -349,6 +356,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers mean nothing)")
     p.add_argument("--with_geo", action="store_true", help="add <GEO> region-centroid tokens (pretrained GeoEncoder)")
+    p.add_argument("--device", default="auto", help="flow/event demos: auto (the GPU when there is one), cpu or cuda")
+    p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
+                   help="flow/event demos: mixed-precision training and the evaluation backbone's dtype "
+                        "(auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--backbone", default=None, help="a pretrained model folder for stage 2 instead of the tiny Llama, "
                    "e.g. the one `stllm backbone smollm2-135m --output_dir DIR` writes")
     return p
@@ -381,7 +392,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.data in POI_PRESETS or args.data in MOBILITY_PRESETS or args.data in GEN_PRESETS:
         ignored = [flag for flag, on in (("--seeds", args.seeds is not None), ("--with_geo", args.with_geo),
                                          ("--extra_views", bool(args.extra_views)),
-                                         ("--backbone", args.backbone is not None)) if on]  # fmt: skip
+                                         ("--backbone", args.backbone is not None),
+                                         ("--device", args.device != "auto"),
+                                         ("--dtype", args.dtype != "auto")) if on]  # fmt: skip
         if ignored:
             verb = "applies" if len(ignored) == 1 else "apply"
             raise ValueError(f"{', '.join(ignored)} {verb} to the flow/event demos only, not --data {args.data}")
@@ -418,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     kwargs = dict(data=args.data, data_root=args.data_root, steps=args.steps, extra_views=args.extra_views,
                   progress=not args.no_progress, quick=args.quick, with_geo=args.with_geo,
-                  no_llm_row=not args.no_llm_row, backbone=args.backbone)
+                  no_llm_row=not args.no_llm_row, backbone=args.backbone, device=args.device, dtype=args.dtype)
     if args.seeds is not None:
         run_demo_seeds(parse_seeds(args.seeds), args.output_dir, **kwargs)
     else:

@@ -90,6 +90,22 @@ def place_for_inference(model: torch.nn.Module, device: torch.device, dtype: tor
     return model
 
 
+def trainer_flags(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """``TrainingArguments`` flags that train on ``device`` in ``dtype`` (mixed precision: fp32 weights, autocast).
+
+    The Trainer takes every visible GPU (or torchrun's); one GPU of several is chosen with ``CUDA_VISIBLE_DEVICES``,
+    so ``cuda:N`` is refused here rather than silently trained on another device."""
+    if device.type == "cuda" and device.index is not None:
+        raise ValueError(f"--device {device}: training takes the visible GPUs; pick one with "
+                         f"CUDA_VISIBLE_DEVICES={device.index} and pass --device cuda")
+    flags = ["--use_cpu", "true"] if device.type == "cpu" else []
+    if dtype == torch.bfloat16:
+        flags += ["--bf16", "true"]
+    elif dtype == torch.float16:
+        flags += ["--fp16", "true"]
+    return flags
+
+
 def environment_report() -> dict[str, str]:
     """Versions and capabilities, for bug reports and for ``stllm env``."""
     import transformers

@@ -55,3 +55,16 @@ def test_half_precision_backbone_keeps_encoder_and_heads_in_fp32_and_predicts_cl
     assert {dtypes[m] for m in ("st_encoder", "st_projector", "reg_head", "cls_head")} == {torch.float32}
     assert got.dtype == torch.float32 and not torch.equal(got, want)  # the backbone did run in bf16
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+
+
+def test_trainer_flags_train_where_evaluation_runs_and_refuse_one_gpu_of_several(tmp_path):
+    from stllm.train.arguments import parse_args
+
+    assert runtime.trainer_flags(torch.device("cpu"), torch.float32) == ["--use_cpu", "true"]
+    assert runtime.trainer_flags(torch.device("cuda"), torch.bfloat16) == ["--bf16", "true"]
+    assert runtime.trainer_flags(torch.device("cuda"), torch.float16) == ["--fp16", "true"]
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES=1"):
+        runtime.trainer_flags(torch.device("cuda:1"), torch.bfloat16)
+    _, _, train_args = parse_args(["--output_dir", str(tmp_path), *runtime.trainer_flags(torch.device("cpu"),
+                                                                                         torch.bfloat16)])
+    assert train_args.use_cpu and train_args.bf16 and not train_args.fp16
