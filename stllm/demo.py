@@ -260,8 +260,9 @@ GEN_PRESETS = {
 
 def run_gen_demo(output_dir: str | Path = "runs/demo-nyc-gen", data: str = "nyc-gen", data_root: str | None = None,
                  steps: int | None = None, seed: int = 0, progress: bool = True, max_requests: int | None = None):
-    """Daily activity generation: train on the users' training days, generate their held-out days under the
-    activity grammar (seeds 0-2), table against copy and Markov baselines, map of generated over real days."""
+    """Daily activity generation: train on the users' training days (each user's last one held out for
+    validation), choose temperature and own-place bonus on those, generate their held-out days under the activity
+    grammar (seeds 0-2), table against copy and Markov baselines, map of generated over real days."""
     from stllm.eval.activity_eval import evaluate_generation, print_generation_table
     from stllm.eval.generate import SamplingConfig
     from stllm.train.train_gen import GenDataArguments, train_gen
@@ -276,8 +277,8 @@ def run_gen_demo(output_dir: str | Path = "runs/demo-nyc-gen", data: str = "nyc-
     print(f"[1/2] activity generation tuning on {source} training days (tiny Llama)", flush=True)
     train_gen(model_args, data_args, train_args)
     print("[2/2] generating held-out days (constrained decoding), against baselines", flush=True)
-    result = evaluate_generation(out / "model", out / "eval", [0, 1, 2], SamplingConfig(), data_root,
-                                 max_requests or requests, progress=progress)
+    result = evaluate_generation(out / "model", out / "eval", [0, 1, 2], SamplingConfig(top_p=1.0, batch_size=50),
+                                 data_root, max_requests or requests, progress=progress, select=True)
     print_generation_table(result)
     print(f"\nwrote: model {out / 'model'}, generated days, metrics and map under {out / 'eval'}")
     print(f"demo took {time.time() - t0:.0f} s")

@@ -42,6 +42,7 @@ from stllm.safe_io import write_text_atomic
 
 SELECT_TEMPERATURES = (0.8, 1.0)
 SELECT_PREFER_OWN = (0.0, 2.0, 4.0)
+SELECT_REQUESTS = 200  # validation days a grid point is scored on (fewer when the test days are capped lower)
 MIN_SELECT_VALID = 0.95  # settings below this validity on validation days are chosen only when all are
 
 
@@ -60,7 +61,7 @@ def validation_days(record: dict, split: ActivitySplit) -> list:
 
 
 def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: SamplingConfig, own: dict,
-                    progress: bool = True, max_requests: int | None = 200,
+                    progress: bool = True, max_requests: int | None = SELECT_REQUESTS,
                     temperatures: tuple[float, ...] = SELECT_TEMPERATURES,
                     prefer_own: tuple[float, ...] = SELECT_PREFER_OWN) -> tuple[SamplingConfig, list[dict]]:
     """The temperature and own-place bonus (grid) whose days are closest (mean JSD) to the validation days
@@ -95,7 +96,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
     own = trained_own_choices(record, split.train)
     grid = None
     if select:
-        sampling, grid = select_sampling(model, tokenizer, record, split, sampling, own, progress)
+        sampling, grid = select_sampling(model, tokenizer, record, split, sampling, own, progress,
+                                         min(SELECT_REQUESTS, max_requests or SELECT_REQUESTS))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, float]]] = {"real test": [quality_row(test, test, split.train, cfg)]}
