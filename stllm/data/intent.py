@@ -429,12 +429,6 @@ class TransitionTables:
         np.add.at(tables.user_freq, (log.user[own], log.intent[own]), 1.0)
         return tables
 
-    def user_prior(self, log: EventLog, rows: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-        """``(n, C)`` each row's user's intent shares on their training targets, add-``alpha`` smoothed (the prior
-        of a per-user logit adjustment; meant for test rows, which the counts never include)."""
-        counts = self.user_freq[log.user[rows]] + alpha
-        return counts / counts.sum(-1, keepdims=True)
-
     def features(self, log: EventLog, rows: np.ndarray, split: IntentSplit) -> np.ndarray:
         """``(n, C, F)`` features (:data:`INTENT_FEATURES`) of every intent for each target row; a target that
         was counted into a table is taken out of it first (leave-one-out)."""

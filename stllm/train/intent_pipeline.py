@@ -7,10 +7,11 @@
 3. each held-out user's student head is tuned on their earlier days, with and without the unlearning term
    (:mod:`stllm.train.tune_intent`);
 4. post-hoc, per variant: the tuned logits shrink towards the student's by ``n / (n + k)`` (``n``: the user's
-   training targets, so thin histories move little) and are logit-adjusted by ``tau`` times the user's own
-   intent prior (Menon et al. 2021, per user: a user's rare intents get recall). ``k`` and ``tau`` are chosen on
-   a *validation* split (:func:`stllm.data.intent.validation_data`: the last quarter of each held-out user's
-   earlier days, tuned on the days before it; checked to hold no test target), by mean per-user macro F1.
+   training targets, so thin histories move little) and are logit-adjusted by ``tau`` times the log of the user's
+   own intent prior, add-``alpha`` smoothed (Menon et al. 2021, per user: a user's rare intents get recall).
+   ``k``, ``tau`` and ``alpha`` are chosen on a *validation* split (:func:`stllm.data.intent.validation_data`: the
+   last quarter of each held-out user's earlier days, tuned on the days before it; checked to hold no test
+   target), by mean per-user macro F1.
 Every model predicts the held-out users' later days (checked by :func:`stllm.data.intent.check_heldout`); scoring
 of the table is the caller's (``stllm.eval.intent``).
 """
@@ -72,6 +73,7 @@ class PipelineConfig:
     val_frac: float = 0.25  # of each held-out user's earlier days: validation for k and tau
     ks: tuple[float, ...] = (0, 10, 30, 100, 300, 1000)  # history sizing n / (n + k); 0 = none
     taus: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # logit adjustment; 0 = none
+    alphas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # pseudo-counts per intent of the user's prior
     measure: bool = True  # footprint and ONNX
     reuse: bool = False  # load population/ and student/ from out_dir when there (same config and seed)
 
@@ -153,7 +155,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     for name, d in (("val", val), ("test", data)):
         ul = tune_users(student, tokenizer, d, variants, history)
         ul.logits[POPULATION] = run_intent(teacher, collator, d.dataset("user_test", history=history)).numpy()
-        scored[name] = (d, ul, d.tables.user_prior(d.log, ul.rows))
+        scored[name] = (d, ul, d.tables.user_freq[d.log.user[ul.rows]])
     if not np.array_equal(scored["test"][1].rows, test.rows):
         raise RuntimeError("tuned predictions are not aligned with the held-out targets")
     seconds["tune users"] = time.perf_counter() - t
@@ -165,8 +167,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
 def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, UserLogits, np.ndarray]]
                   ) -> tuple[dict[str, np.ndarray], dict[str, Posthoc]]:
     """Every table row's test predictions; the post-hoc rows' ``(k, tau)`` chosen on the validation logits only."""
-    vd, vl, vprior = scored["val"]
-    _, tl, tprior = scored["test"]
+    vd, vl, vcounts = scored["val"]
+    _, tl, tcounts = scored["test"]
     y, users = vd.log.intent[vl.rows], vd.log.user[vl.rows]
     grid = {  # row: (tuned logits, start logits, ks, taus)
         POPULATION_ADJUSTED: (POPULATION, POPULATION, (0,), cfg.taus),
@@ -179,7 +181,8 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
     preds = {POPULATION: tl.logits[POPULATION].argmax(-1), BEFORE: tl.logits["before"].argmax(-1)}
     choices = {}
     for row, (tuned, start, ks, taus) in grid.items():
-        choices[row] = select_posthoc(y, users, vl.logits[start], vl.logits[tuned], vl.n_train, vprior, ks, taus)
-        preds[row] = posthoc_logits(tl.logits[start], tl.logits[tuned], tl.n_train, tprior, choices[row]).argmax(-1)
+        choices[row] = select_posthoc(y, users, vl.logits[start], vl.logits[tuned], vl.n_train, vcounts, ks, taus,
+                                      cfg.alphas)
+        preds[row] = posthoc_logits(tl.logits[start], tl.logits[tuned], tl.n_train, tcounts, choices[row]).argmax(-1)
     order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_UNLEARNING, PLAIN)
     return {name: preds[name] for name in order}, choices

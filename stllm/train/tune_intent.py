@@ -133,26 +133,41 @@ def adjust_logits(logits: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarr
 
 @dataclass(frozen=True)
 class Posthoc:
-    """How tuned logits become predictions: shrinkage ``k`` of :func:`history_weight`, adjustment ``tau``."""
+    """How tuned logits become predictions: shrinkage ``k`` of :func:`history_weight`, adjustment ``tau`` by the
+    user's prior smoothed with ``alpha`` pseudo-counts per intent (:func:`user_prior`)."""
 
     k: float = 0.0
     tau: float = 0.0
+    alpha: float = 1.0
 
 
-def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, prior: np.ndarray, p: Posthoc) -> np.ndarray:
-    return adjust_logits(sized_logits(before, tuned, n, p.k), prior, p.tau)
+def user_prior(counts: np.ndarray, alpha: float) -> np.ndarray:
+    """``(n, C)`` intent shares of each row's user's training ``counts``, add-``alpha`` smoothed (``alpha > 0``)."""
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    c = np.asarray(counts, dtype=np.float64) + alpha
+    return c / c.sum(-1, keepdims=True)
+
+
+def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, counts: np.ndarray, p: Posthoc
+                   ) -> np.ndarray:
+    return adjust_logits(sized_logits(before, tuned, n, p.k), user_prior(counts, p.alpha), p.tau)
 
 
 def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray, n: np.ndarray,
-                   prior: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...]) -> Posthoc:
-    """The ``(k, tau)`` of the grid with the best mean per-user macro F1 on *validation* targets ``y`` (the caller
-    passes validation rows only); ties go to the first in grid order."""
+                   counts: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...],
+                   alphas: tuple[float, ...] = (1.0,)) -> Posthoc:
+    """The ``(k, tau, alpha)`` of the grid with the best mean per-user macro F1 on *validation* targets ``y`` (the
+    caller passes validation rows only; ``counts``: each row's user's training intent counts); ties go to the
+    first in grid order."""
     best, best_score = Posthoc(), -np.inf
     for k in ks:
         sized = sized_logits(before, tuned, n, k)
-        for tau in taus:
-            pred = adjust_logits(sized, prior, tau).argmax(-1)
-            score = float(per_user_scores(y, pred, users, tuned.shape[-1])[1]["macro_f1"].mean())
-            if score > best_score:
-                best, best_score = Posthoc(float(k), float(tau)), score
+        for alpha in alphas:
+            log_prior = np.log(user_prior(counts, alpha))
+            for tau in taus:
+                pred = (sized - tau * log_prior).argmax(-1)
+                score = float(per_user_scores(y, pred, users, tuned.shape[-1])[1]["macro_f1"].mean())
+                if score > best_score:
+                    best, best_score = Posthoc(float(k), float(tau), float(alpha)), score
     return best

@@ -246,13 +246,3 @@ def test_validation_drops_users_with_one_training_day():
     with pytest.raises(IntentDataError, match="val_frac"):
         validation_split(log, split, val_frac=1.0)
 
-
-def test_user_prior_is_smoothed_own_training_shares():
-    log = _log()
-    split = IntentSplit(("b",), ("a",), {"a": int(log.day[4]), "b": int(log.day[6])})
-    tables = TransitionTables.fit(log, target_rows(log), split)
-    # user a's training targets are day 1's rows 1, 2 (Shop, Food); rows 3, 4 are day-2 test targets
-    prior = tables.user_prior(log, np.array([4]), alpha=1.0)
-    want = np.ones(len(INTENTS))
-    want[[SHOP, FOOD]] += 1
-    assert np.allclose(prior[0], want / want.sum())

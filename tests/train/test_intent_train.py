@@ -31,6 +31,7 @@ from stllm.train.tune_intent import (
     tune_head,
     tune_users,
     unlearning_term,
+    user_prior,
 )
 
 
@@ -157,15 +158,25 @@ def test_select_posthoc_follows_validation():
     users, n = np.repeat([0, 1], 4), np.full(8, 20)
     right, wrong = np.eye(2)[y] * 3, np.eye(2)[1 - y] * 3
     always0 = np.tile([3.0, 0.0], (8, 1))
-    prior = np.full((8, 2), 0.5)
-    assert select_posthoc(y, users, always0, right, n, prior, (1000, 0), (0, 1)) == Posthoc(k=0.0, tau=0.0)
-    assert select_posthoc(y, users, right, wrong, n, prior, (0, 10, 1000), (0,)) == Posthoc(k=1000.0, tau=0.0)
-    # a student that always says 0 while the user's prior is 0.9 / 0.1: only a large tau flips it to recall class 1
-    skewed = np.tile([0.9, 0.1], (8, 1))
+    counts = np.zeros((8, 2))
+    assert select_posthoc(y, users, always0, right, n, counts, (1000, 0), (0, 1)) == Posthoc(k=0.0, tau=0.0)
+    assert select_posthoc(y, users, right, wrong, n, counts, (0, 10, 1000), (0,)) == Posthoc(k=1000.0, tau=0.0)
+    # a student that always says 0 to users whose training counts are 9 / 1 (prior 10/12, 2/12 with alpha = 1):
+    # only a large enough tau flips it to recall class 1
+    skewed = np.tile([9.0, 1.0], (8, 1))
     near = np.tile([1.0, 0.0], (8, 1))
     near[1::2] = [0.5, 0.0]  # the class-1 rows are the ones the student is less sure of
     got = select_posthoc(y, users, near, near, n, skewed, (0,), (0, 0.2, 0.4))
-    assert got == Posthoc(k=0.0, tau=0.4)  # 0.4 * log 9 = 0.88 flips only the unsure rows: all right
+    assert got == Posthoc(k=0.0, tau=0.4)  # 0.4 * log 5 = 0.64 flips only the unsure rows: all right
+    # with alpha = 9 the prior is 18/28, 10/28: log-ratio 0.59, tau 0.4 moves 0.24 and flips nothing; alpha 1 wins
+    assert select_posthoc(y, users, near, near, n, skewed, (0,), (0.4,), (9.0, 1.0)) == Posthoc(0.0, 0.4, 1.0)
+
+
+def test_user_prior_hand_worked():
+    assert np.allclose(user_prior(np.array([[2.0, 0.0, 1.0]]), 1.0), [[3 / 6, 1 / 6, 2 / 6]])
+    assert np.allclose(user_prior(np.array([[0.0, 0.0]]), 0.3), [[0.5, 0.5]])
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        user_prior(np.array([[1.0, 0.0]]), 0.0)
 
 
 def test_pipeline_predicts_every_heldout_target(tmp_path):
@@ -183,7 +194,9 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
     assert r.rows.tolist() == r.data.rows_of("user_test").tolist()
     assert {POPULATION, BEFORE, TUNED, PLAIN} <= set(r.preds) and len(r.preds) == 8
     assert all(p.shape == r.rows.shape for p in r.preds.values())
-    assert r.choices[PLAIN] == Posthoc() and all(c.k in (0, 50) and c.tau in (0, 1) for c in r.choices.values())
+    assert (r.choices[PLAIN].k, r.choices[PLAIN].tau) == (0, 0)
+    assert all(c.k in (0, 50) and c.tau in (0, 1) for c in r.choices.values())
+    assert all(c.alpha in cfg.alphas for c in r.choices.values() if c.tau)
     assert r.sizes["student"]["parameters"] * 3 < r.sizes["teacher"]["parameters"]
     assert r.sizes["student"]["disk_bytes"] >= 4 * r.sizes["student"]["parameters"]  # float32 safetensors
     again = run_pipeline(cfg, tmp_path)
