@@ -46,7 +46,7 @@ from transformers import LlamaConfig
 from stllm import STLlamaConfig, STLlamaForCausalLM
 from stllm.data import STDataCollator, STInstructionDataset, STScaler, synthetic_city, train_tokenizer
 from stllm.data.city import parse_freq
-from stllm.data.prompts import ChatFormatter
+from stllm.data.prompts import PROMPT_STYLES, ChatFormatter
 from stllm.eval.predict import predict
 from stllm.eval.slot_pass import SlotPass, TokenCount
 from stllm.tokens import add_st_tokens
@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--samples", type=int, default=200, help="evaluation samples (rounded up to whole windows)")
     g.add_argument("--stride", type=int, default=1)
     g.add_argument("--freq", default="1h")
+    g.add_argument("--prompt-style", default="urbangpt", choices=PROMPT_STYLES,
+                   help="compact: the same facts without UrbanGPT's filler (about half the tokens)")
     g = p.add_argument_group("timing")
     g.add_argument("--batch-size", type=int, default=32, help="batch size of (a)")
     g.add_argument("--gen-samples", type=int, default=20, help="subset timed for (b), evenly spaced")
@@ -89,8 +91,9 @@ def build_data(args):
                           freq=args.freq, task="flow")  # fmt: skip
     train_ids, eval_ids = city.region_ids[: -args.heldout], city.region_ids[-args.heldout :]
     scaler = STScaler.fit(city, regions=train_ids)
-    ds = STInstructionDataset(city, scaler, regions=eval_ids, time=slice(0, steps), stride=args.stride)
-    train_ds = STInstructionDataset(city, scaler, regions=train_ids, stride=12)
+    ds = STInstructionDataset(city, scaler, regions=eval_ids, time=slice(0, steps), stride=args.stride,
+                              prompt_style=args.prompt_style)
+    train_ds = STInstructionDataset(city, scaler, regions=train_ids, stride=12, prompt_style=args.prompt_style)
     fmt = ChatFormatter(None)
     texts = ["\n".join(fmt(train_ds[i]["conversation"])) for i in range(min(len(train_ds), 300))]
     tok = train_tokenizer(texts, vocab_size=args.vocab)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from stllm.data import RegionSplit
+from stllm.data.prompts import PROMPT_STYLES
 from stllm.eval.zero_shot import aggregate_seeds, evaluate, format_seed_table
 from stllm.runtime import DTYPES, inference_device, inference_dtype, trainer_flags
 from stllm.train.arguments import parse_args
@@ -356,6 +357,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (numbers mean nothing)")
     p.add_argument("--with_geo", action="store_true", help="add <GEO> region-centroid tokens (pretrained GeoEncoder)")
+    p.add_argument("--prompt_style", default="urbangpt", choices=PROMPT_STYLES,
+                   help="flow/event demos: compact states the same facts without UrbanGPT's filler (half the tokens)")
     p.add_argument("--device", default="auto", help="flow/event demos: auto (the GPU when there is one), cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                    help="flow/event demos: mixed-precision training and the evaluation backbone's dtype "
@@ -393,6 +396,7 @@ def check_args(args: argparse.Namespace) -> None:
         ignored = [flag for flag, on in (("--seeds", args.seeds is not None), ("--with_geo", args.with_geo),
                                          ("--extra_views", bool(args.extra_views)),
                                          ("--backbone", args.backbone is not None),
+                                         ("--prompt_style", args.prompt_style != "urbangpt"),
                                          ("--device", args.device != "auto"),
                                          ("--dtype", args.dtype != "auto")) if on]  # fmt: skip
         if ignored:
@@ -431,7 +435,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     kwargs = dict(data=args.data, data_root=args.data_root, steps=args.steps, extra_views=args.extra_views,
                   progress=not args.no_progress, quick=args.quick, with_geo=args.with_geo,
-                  no_llm_row=not args.no_llm_row, backbone=args.backbone, device=args.device, dtype=args.dtype)
+                  no_llm_row=not args.no_llm_row, backbone=args.backbone, device=args.device, dtype=args.dtype,
+                  extra_flags=("--prompt_style", args.prompt_style) if args.prompt_style != "urbangpt" else ())
     if args.seeds is not None:
         run_demo_seeds(parse_seeds(args.seeds), args.output_dir, **kwargs)
     else:

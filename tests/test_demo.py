@@ -80,6 +80,7 @@ def test_quick_mobility_demo_trains_then_predicts_an_unseen_city_against_baselin
     (["--data_root", "{tmp}/absent"], "--data_root {tmp}/absent: no such directory"),
     (["--extra_views", "day,month"], "--extra_views 'day,month': unknown view(s) ['month']"),
     (["--data", "next-poi", "--device", "cpu"], "--device applies to the flow/event demos only"),
+    (["--data", "mobility", "--prompt_style", "compact"], "--prompt_style applies to the flow/event demos only"),
     (["--device", "tpu-ish"], "--device 'tpu-ish': not a device"),
 ])  # fmt: skip
 def test_demo_refuses_bad_flags_with_a_sentence_before_any_work(flags, message, tmp_path, capsys):

@@ -25,7 +25,7 @@ import torch
 
 from stllm.data.city import CityData
 from stllm.data.context import ContextSpec, gather_context, period_steps
-from stllm.data.prompts import VIEW_WORDS, PromptContext, build_conversation
+from stllm.data.prompts import PROMPT_STYLES, VIEW_WORDS, PromptContext, build_conversation
 from stllm.data.scaler import STScaler
 
 _UIDS = itertools.count()
@@ -54,7 +54,10 @@ class STInstructionDataset(torch.utils.data.Dataset):
         top_pois: int = 5,
         days: int = 0,
         weeks: int = 0,
+        prompt_style: str = "urbangpt",
     ):
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style {prompt_style!r}: one of {', '.join(PROMPT_STYLES)}")
         if input_len < 1 or output_len < 1 or stride < 1:
             raise ValueError(f"input_len, output_len and stride must be >= 1, got {input_len}, {output_len}, {stride}")
         unknown = [v for v in extra_views if v not in VIEW_WORDS]
@@ -70,6 +73,7 @@ class STInstructionDataset(torch.utils.data.Dataset):
         self.city, self.scaler = city, scaler
         self.input_len, self.output_len = input_len, output_len
         self.extra_views, self.with_geo, self.top_pois = tuple(extra_views), with_geo, top_pois
+        self.prompt_style = prompt_style
         self.scaled = city.values if scaler is None else scaler.transform(city.values)
         self.region_idx = (np.arange(city.n_regions) if regions is None
                            else city.region_index(regions, field_name="STInstructionDataset.regions"))
@@ -131,7 +135,7 @@ class STInstructionDataset(torch.utils.data.Dataset):
             input_len=self.input_len, output_len=self.output_len, freq_minutes=self._freq_minutes,
             quantity=c.quantity, place=c.place, extra_views=self.extra_views, with_geo=self.with_geo,
             top_pois=self.top_pois, view_shifts=self.view_shifts, context_days=self.context_spec.days,
-            context_weeks=self.context_spec.weeks,
+            context_weeks=self.context_spec.weeks, style=self.prompt_style,
         )  # fmt: skip
 
     def _check(self, i: int) -> int:

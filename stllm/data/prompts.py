@@ -23,6 +23,10 @@ VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 VIEW_WORDS = {"day": "one day earlier", "week": "one week earlier"}
+# "urbangpt": UrbanGPT's wording (system prompt, instructions, an answer sentence around <ST_PRE>);
+# "compact": the same facts without the filler, about a third fewer tokens (bench/smollm2_prompts.py)
+PROMPT_STYLES = ("urbangpt", "compact")
+COMPACT_SYSTEM = "You forecast urban data from the facts and encoder tokens given."
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class PromptContext:
     view_shifts: tuple[int, ...] = ()  # whole periods each extra view lies back (default 1 each)
     context_days: int = 0  # the one history placeholder also holds the target slots on this many days
     context_weeks: int = 0  # ... and weeks before (stllm.data.context)
+    style: str = "urbangpt"  # one of PROMPT_STYLES
 
 
 @lru_cache(maxsize=65536)
@@ -144,6 +149,50 @@ def event_prompt(ctx: PromptContext) -> Conversation:
 TEMPLATES = {"flow": flow_prompt, "event": event_prompt}
 
 
+@lru_cache(maxsize=65536)
+def _moment(start_minutes: int, freq_minutes: int) -> str:
+    """``Wed 2020-01-01 00:00`` (the date alone for daily or coarser steps)."""
+    t = _dt.datetime(1970, 1, 1) + _dt.timedelta(minutes=start_minutes)
+    return t.strftime("%a %Y-%m-%d" if freq_minutes % 1440 == 0 else "%a %Y-%m-%d %H:%M")
+
+
+def _compact_facts(ctx: PromptContext, what: str) -> str:
+    """Region, POIs, history span and the placeholders: every fact of the UrbanGPT wording, no filler."""
+    place = f", {ctx.place}" if ctx.place else ""
+    borough = f" ({ctx.region.borough})" if ctx.region.borough else ""
+    pois = ", ".join(f"{c} {n}" for c, n in ctx.region.top_pois(ctx.top_pois)) if ctx.region.pois else "none listed"
+    geo = f" Centre {GEO_PLACEHOLDER}." if ctx.with_geo else ""
+    shifts = ctx.view_shifts or (1,) * len(ctx.extra_views)
+    views = "".join(f" {_view_words(v, k).capitalize()}: {ST_HIS_PLACEHOLDER}."
+                    for v, k in zip(ctx.extra_views, shifts))
+    periods = [f"{n} {unit}{'s' if n > 1 else ''}" for n, unit in ((ctx.context_days, "day"),
+                                                                    (ctx.context_weeks, "week")) if n]
+    also = f", with the target steps of the previous {_list_words(periods)}" if periods else ""
+    every = freq_words(np.timedelta64(ctx.freq_minutes, "m"))
+    return (
+        f"{ctx.region.name}{place}{borough}. POIs: {pois}.{geo}{views} {what.capitalize()} history: "
+        f"{ctx.input_len} {every} steps from {_moment(ctx.history_start, ctx.freq_minutes)}{also}, per channel "
+        f"({', '.join(ctx.channels)}): {ST_HIS_PLACEHOLDER}."
+    )
+
+
+def compact_flow_prompt(ctx: PromptContext) -> Conversation:
+    what = f"{ctx.quantity} flow".strip()
+    user = (f"{_compact_facts(ctx, what)} Predict {', '.join(ctx.channels)} for {ctx.output_len} steps from "
+            f"{_moment(ctx.target_start, ctx.freq_minutes)}.")
+    return Conversation(COMPACT_SYSTEM, user, ST_PRE_PLACEHOLDER)
+
+
+def compact_event_prompt(ctx: PromptContext) -> Conversation:
+    what = ctx.quantity or "event"
+    user = (f"{_compact_facts(ctx, what)} Predict whether each of {', '.join(c.lower() for c in ctx.channels)} "
+            f"occurs in each of {ctx.output_len} steps from {_moment(ctx.target_start, ctx.freq_minutes)}.")
+    return Conversation(COMPACT_SYSTEM, user, ST_PRE_PLACEHOLDER)
+
+
+COMPACT_TEMPLATES = {"flow": compact_flow_prompt, "event": compact_event_prompt}
+
+
 def when_words(minutes: int) -> str:
     """``Friday 08:29``: weekday and clock time of a check-in (minutes since the epoch, local time)."""
     t = _dt.datetime(1970, 1, 1) + _dt.timedelta(minutes=int(minutes))
@@ -164,8 +213,10 @@ def next_poi_prompt(visits: list[tuple[int, str]], target_minutes: int, answer_p
 
 
 def build_conversation(ctx: PromptContext) -> Conversation:
+    if ctx.style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style {ctx.style!r} (--prompt_style): one of {', '.join(PROMPT_STYLES)}")
     try:
-        template = TEMPLATES[ctx.task]
+        template = (COMPACT_TEMPLATES if ctx.style == "compact" else TEMPLATES)[ctx.task]
     except KeyError:
         raise ValueError(f"no prompt template for task {ctx.task!r}; known: {sorted(TEMPLATES)}") from None
     return template(ctx)

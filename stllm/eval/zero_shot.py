@@ -92,7 +92,7 @@ def eval_dataset(city, scaler, d_args: DataArguments, enc, regions, time: slice,
     views = tuple(v for v in d_args.extra_views.split(",") if v)
     return STInstructionDataset(city, scaler, regions=regions, time=time, input_len=enc.input_window,
                                 output_len=enc.horizon, stride=stride, extra_views=views, with_geo=d_args.with_geo,
-                                days=enc.days, weeks=enc.weeks)  # fmt: skip
+                                days=enc.days, weeks=enc.weeks, prompt_style=d_args.prompt_style)  # fmt: skip
 
 
 def _check_options(mode: str, batch_size, stride, eval_days, baselines) -> None:
@@ -285,7 +285,8 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
         names, ridge_kwargs, skipped["ridge"] = [n for n in names if n != "ridge"], None, clash
         logger.warning("ridge skipped: %s", clash)
     options = {"regions": regions, "time_range": list(record.time_range), "stride": stride, "rescale": rescale,
-               "prompt": {"extra_views": d_args.extra_views, "with_geo": d_args.with_geo}}  # fmt: skip
+               "prompt": {"extra_views": d_args.extra_views, "with_geo": d_args.with_geo,
+                          **({"style": d_args.prompt_style} if d_args.prompt_style != "urbangpt" else {})}}  # fmt: skip
     shared = {"data": data_digest(city)}
     run = {**checkpoint_digests(ckpt), **shared, "scaler": json.loads(scaler.to_json()),
            "options": {**options, "generate": generate}}  # fmt: skip

@@ -17,6 +17,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from stllm.data.city_files import parse_overrides
 from stllm.data.loaders import read_json
+from stllm.data.prompts import PROMPT_STYLES
 from stllm.train.checks import (
     FRACTION_HALF_OPEN,
     FRACTION_OPEN,
@@ -140,6 +141,9 @@ class DataArguments:
         default="", metadata={"help": "Extra history placeholders (older mechanism, needs context 0/0): comma list "
                               "of day,week."})
     with_geo: bool = field(default=False, metadata={"help": "Add a <GEO> placeholder with the region centroid."})
+    prompt_style: str = field(
+        default="urbangpt", metadata={"help": "urbangpt (UrbanGPT's wording) or compact (the same facts without "
+                                      "filler, about a third fewer tokens); evaluation reuses the checkpoint's."})
     val_fraction: float = field(
         default=0.1, metadata={"help": "Last fraction of the training time range (training regions) held out as "
                                "validation: early stopping and the best weights kept (0: none)."})
@@ -150,6 +154,8 @@ class DataArguments:
     def __post_init__(self):
         if self.synthetic_task not in ("flow", "event"):
             raise ValueError(f"--synthetic_task must be flow or event, got {self.synthetic_task!r}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"--prompt_style must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt_style!r}")
         check_fields(self, DATA_RULES)
         self.file_options()  # refuses a bad --task/--freq/--channels/--keys now, naming the flag
 

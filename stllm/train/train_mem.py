@@ -134,7 +134,7 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
         return STInstructionDataset(
             city, scaler, regions=regions.train, time=time, input_len=data_args.input_len,
             output_len=data_args.output_len, stride=stride, extra_views=views, with_geo=data_args.with_geo,
-            days=data_args.context_days, weeks=data_args.context_weeks,
+            days=data_args.context_days, weeks=data_args.context_weeks, prompt_style=data_args.prompt_style,
         )
 
     val = None

@@ -24,4 +24,6 @@ def test_every_part_reports_and_the_slot_pass_computes_fewer_tokens_than_the_pro
     computed = float(table["eval: tokens computed per sample"][0])
     prompt = float(next(t for n, _, t, _ in rows if n == "eval: tokens computed per sample").split()[1])
     assert 0 < computed < prompt  # the tail after the last <st_pre> and the shared prefix are not recomputed
+    compact = float(table["eval, compact prompts: tokens computed per sample"][0])
+    assert compact < 0.7 * computed  # the same facts without the filler
     assert "gpu suite: shape tiny, cpu, fp32" in capsys.readouterr().out

@@ -69,3 +69,23 @@ def test_chat_formatter_plain_and_template(tokenizer):
     assert p == tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": conv.answer}], tokenize=False)
     assert p + a == full and a.endswith(tokenizer.eos_token)
+
+
+def test_compact_style_states_every_fact_of_the_urbangpt_wording_in_under_half_the_text():
+    full = build_conversation(_ctx(with_geo=True, extra_views=("week",), context_days=0, context_weeks=0))
+    c = build_conversation(_ctx(with_geo=True, extra_views=("week",), context_days=0, context_weeks=0, style="compact"))
+    assert c.answer == ST_PRE_PLACEHOLDER
+    assert c.user.count(ST_HIS_PLACEHOLDER) == 2 and c.user.count(GEO_PLACEHOLDER) == 1
+    assert c.user.index("One week earlier") < c.user.rindex(ST_HIS_PLACEHOLDER)  # the view's slot comes first
+    for fact in ("Midtown", "New York City", "Manhattan", "Commercial 9, Education Facility 3, Residential 3",
+                 "Taxi flow history: 12 30-minute steps from Wed 2020-01-01 00:00", "(inflow, outflow)",
+                 "Predict inflow, outflow for 12 steps from Wed 2020-01-01 06:00"):
+        assert fact in c.user, fact
+    assert len(c.system + c.user + c.answer) < 0.5 * len(full.system + full.user + full.answer)
+    ctx = build_conversation(_ctx(style="compact", context_days=7, context_weeks=8))
+    assert "with the target steps of the previous 7 days and 8 weeks" in ctx.user
+    daily = build_conversation(_ctx(task="event", channels=("BURGLARY", "ROBBERY"), quantity="crime",
+                                    freq_minutes=1440, style="compact"))
+    assert "Predict whether each of burglary, robbery occurs in each of 12 steps from Wed 2020-01-01." in daily.user
+    with pytest.raises(ValueError, match="prompt style 'terse'"):
+        build_conversation(_ctx(style="terse"))

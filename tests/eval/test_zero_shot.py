@@ -91,7 +91,14 @@ def views_checkpoint(tmp_path_factory):
                           "--with_geo", "true", "--max_steps", "2")
 
 
-@pytest.mark.parametrize("fixture", ["checkpoint", "views_checkpoint"])
+@pytest.fixture(scope="module")
+def compact_checkpoint(tmp_path_factory):
+    """The compact prompt style (no filler), with a <GEO> slot."""
+    return train_tiny_run(tmp_path_factory.mktemp("compact"), "--synthetic_regions", "8", "--synthetic_days", "21",
+                          "--prompt_style", "compact", "--with_geo", "true", "--max_steps", "2")
+
+
+@pytest.mark.parametrize("fixture", ["checkpoint", "views_checkpoint", "compact_checkpoint"])
 def test_evaluated_prompts_equal_the_training_template(fixture, request, tmp_path):
     """Evaluation rebuilds exactly the training prompts (views, geo slots, context) from the checkpoint."""
     from stllm.eval.zero_shot import _data_args, eval_dataset
@@ -102,6 +109,7 @@ def test_evaluated_prompts_equal_the_training_template(fixture, request, tmp_pat
     data = prepare_data(d_args)
     enc = STLlamaForCausalLM.from_pretrained(ckpt).config.st_encoder
     ev = eval_dataset(data.city, data.scaler, d_args, enc, list(data.regions.train), data.train_time, stride=1)
+    assert ev.prompt_style == ("compact" if fixture == "compact_checkpoint" else "urbangpt")
     for i in (0, len(ev) // 2, len(ev) - 1):
         a, b = data.train[i], ev[i]
         assert a["conversation"] == b["conversation"] and a["id"] == b["id"]
