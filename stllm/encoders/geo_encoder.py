@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from stllm.batch_checks import DeviceChecks
+
 EARTH_RADIUS_M = 6_371_000.0
 
 
@@ -48,20 +50,22 @@ class GeoEncoderConfig:
         return d if isinstance(d, cls) else cls(**d)
 
 
-def check_coordinates(coords: torch.Tensor, name: str = "geo_coords") -> None:
-    """Raise a clear error for out-of-range coordinates; |lat| > 90 usually means (lon, lat) order."""
+def check_coordinates(coords: torch.Tensor, name: str = "geo_coords", checks: DeviceChecks | None = None) -> None:
+    """Raise a clear error for out-of-range coordinates; |lat| > 90 usually means (lon, lat) order. With ``checks``
+    the value checks join the caller's single host synchronisation (:mod:`stllm.batch_checks`)."""
     if coords.shape[-1] != 2:
         raise ValueError(f"{name} must end in a (lat, lon) pair, got shape {tuple(coords.shape)}")
-    if not torch.isfinite(coords).all():
-        raise ValueError(f"{name} contains NaN or inf")
+    own = checks is None
+    checks = DeviceChecks() if own else checks
+    checks.fail_if(~torch.isfinite(coords).all(), f"{name} contains NaN or inf")
     lat, lon = coords[..., 0], coords[..., 1]
-    if (lat.abs() > 90).any():
-        raise ValueError(
-            f"{name}: latitude outside [-90, 90] (max |lat| = {lat.abs().max().item():.3f}); "
-            "coordinates must be (lat, lon) -- were they given as (lon, lat)?"
-        )
-    if (lon.abs() > 180).any():
-        raise ValueError(f"{name}: longitude outside [-180, 180] (max |lon| = {lon.abs().max().item():.3f})")
+    checks.fail_if((lat.abs() > 90).any(), lambda: (
+        f"{name}: latitude outside [-90, 90] (max |lat| = {lat.abs().max().item():.3f}); "
+        "coordinates must be (lat, lon) -- were they given as (lon, lat)?"))
+    checks.fail_if((lon.abs() > 180).any(),
+                   lambda: f"{name}: longitude outside [-180, 180] (max |lon| = {lon.abs().max().item():.3f})")
+    if own:
+        checks.resolve()
 
 
 def multiscale_features(coords: torch.Tensor, config: GeoEncoderConfig) -> torch.Tensor:
@@ -106,7 +110,9 @@ class GeoEncoder(nn.Module):
     def token_dim(self) -> int:
         return self.config.out_dim
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        check_coordinates(coords)
+    def forward(self, coords: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """``validate=False``: the caller checked ``coords`` with :func:`check_coordinates` already."""
+        if validate:
+            check_coordinates(coords)
         feats = multiscale_features(coords, self.config)
         return self.mlp(feats.to(self.mlp[0].weight.dtype))

@@ -32,6 +32,7 @@ def relation_features(
     anchor: torch.Tensor,
     transition: torch.Tensor | None = None,
     decay: float = 0.8,
+    validate: bool = True,
 ) -> torch.Tensor:
     """``(B, P, 5)`` features of each candidate for each sample (:data:`RELATION_FEATURES`).
 
@@ -39,14 +40,15 @@ def relation_features(
     visit), -1 for padding or a POI outside the table; ``anchor`` (B, 2) the last visit's (lat, lon);
     ``cand_coords`` (P, 2). Recency weighs a visit ``decay ** age`` (age 0 = last visit). ``transition``
     (B, P), optional, counts how often training users went from the sample's last POI to each candidate
-    (:meth:`~stllm.eval.poi_baselines.MarkovTransition.scores_after`); zeros when not given.
+    (:meth:`~stllm.eval.poi_baselines.MarkovTransition.scores_after`); zeros when not given. ``validate=False``:
+    the caller has checked the history's indices already (with its other checks, in one host synchronisation).
     """
     if history.dim() != 2:
         raise ValueError(f"poi_history must be (B, H) candidate indices, got shape {tuple(history.shape)}")
     b, h = history.shape
     if anchor.shape != (b, 2):
         raise ValueError(f"poi_anchor must be ({b}, 2): (lat, lon) of each last visit; got {tuple(anchor.shape)}")
-    if history.numel() and int(history.max()) >= n_candidates:
+    if validate and history.numel() and int(history.max()) >= n_candidates:
         raise ValueError(f"poi_history holds index {int(history.max())}, outside the {n_candidates} candidates")
     dtype = cand_coords.dtype if cand_coords.is_floating_point() else torch.float32
     valid = history >= 0

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from stllm.encoders.geo_encoder import GeoEncoder
+from stllm.batch_checks import DeviceChecks, flat_positions
+from stllm.encoders.geo_encoder import GeoEncoder, check_coordinates
 from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder, STEncoderOutput, denormalise
-from stllm.models.batch_checks import DeviceChecks, flat_positions
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.heads import ClassificationHead, RegressionHead
 from stllm.models.mobility import CellChoiceHead
@@ -290,6 +290,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         self._check_input_ids(input_ids, checks)
         if st_values is not None:
             self._check_context(st_values, st_window, st_region, checks)
+        if geo_coords is not None:
+            check_coordinates(geo_coords, "geo_coords", checks)
         wanted = {
             "his": cfg.st_his_token_id,
             "geo": cfg.geo_token_id,
@@ -371,7 +373,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             flat = flat.index_copy(0, layout.his, feats.to(flat.dtype))
         if geo_coords is not None:
             coords = geo_coords.to(device=inputs_embeds.device).reshape(-1, 2)
-            feats = self.geo_projector(self.geo_encoder(coords))
+            feats = self.geo_projector(self.geo_encoder(coords, validate=False))  # checked by slot_layout
             flat = flat.index_copy(0, layout.geo, feats.to(flat.dtype))
         inputs_embeds = flat.view_as(inputs_embeds)
         return (inputs_embeds, encoding) if return_encoding else inputs_embeds
@@ -412,31 +414,46 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                                   encoding.scale[his_group].to(reg.device), k)
         return reg, cls
 
+    @staticmethod
+    def _check_poi_indices(poi_coords, poi_category, poi_category_tokens, poi_history, checks: DeviceChecks) -> None:
+        """Category and history indices of a next-POI batch inside the table (device-side, see batch_checks)."""
+        n_cat, n_cand = poi_category_tokens.shape[0], poi_coords.shape[0]
+        check_coordinates(poi_coords, "poi_coords", checks)
+        if poi_category.numel():
+            checks.fail_if((poi_category.min() < 0) | (poi_category.max() >= n_cat),
+                           f"poi_category holds indices outside the {n_cat} categories of poi_category_tokens")
+        if poi_history is not None and poi_history.numel():
+            checks.fail_if(poi_history.max() >= n_cand, lambda: f"poi_history holds index {int(poi_history.max())}, "
+                                                                f"outside the {n_cand} candidates")
+
     def candidate_embeddings(
-        self, poi_coords: torch.Tensor, poi_category: torch.Tensor, poi_category_tokens: torch.Tensor
+        self, poi_coords: torch.Tensor, poi_category: torch.Tensor, poi_category_tokens: torch.Tensor,
+        validate: bool = True,
     ) -> torch.Tensor:
         """``(P, H)``: projected GeoEncoder features of each candidate plus the mean input embedding of
-        its category name's tokens (``poi_category_tokens`` (C, L), -1 padded; ``poi_category`` (P,))."""
+        its category name's tokens (``poi_category_tokens`` (C, L), -1 padded; ``poi_category`` (P,)).
+        ``validate=False``: the forward checked the indices with its other checks."""
         if poi_coords.dim() != 2 or poi_category.shape != poi_coords.shape[:1]:
             raise ValueError(f"poi_coords must be (P, 2) and poi_category (P,), got {tuple(poi_coords.shape)} "
                              f"and {tuple(poi_category.shape)}")
-        n_cat = poi_category_tokens.shape[0]
-        if poi_category.numel() and (int(poi_category.min()) < 0 or int(poi_category.max()) >= n_cat):
-            raise ValueError(f"poi_category holds indices outside the {n_cat} categories of poi_category_tokens")
+        if validate:
+            checks = DeviceChecks()
+            self._check_poi_indices(poi_coords, poi_category, poi_category_tokens, None, checks)
+            checks.resolve()
         emb = self.get_input_embeddings()
         valid = (poi_category_tokens >= 0).unsqueeze(-1)
         tok = emb(poi_category_tokens.clamp_min(0).to(emb.weight.device)) * valid.to(emb.weight.device)
         cat = tok.sum(dim=1) / valid.sum(dim=1).clamp_min(1).to(tok)
-        geo = self.geo_projector(self.geo_encoder(poi_coords.to(emb.weight.device)))
+        geo = self.geo_projector(self.geo_encoder(poi_coords.to(emb.weight.device), validate=False))  # checked
         return geo + cat[poi_category.to(cat.device)].to(geo.dtype)
 
     def score_candidates(self, query, poi_coords, poi_category, poi_category_tokens, poi_history, poi_anchor,
-                         poi_transition=None):
+                         poi_transition=None, validate: bool = True):
         """``(B, P)`` scores of every candidate for each query (see :class:`~stllm.models.poi.CandidateHead`)."""
-        cands = self.candidate_embeddings(poi_coords, poi_category, poi_category_tokens)
+        cands = self.candidate_embeddings(poi_coords, poi_category, poi_category_tokens, validate)
         dev = cands.device
         rel = relation_features(poi_history.to(dev), cands.shape[0], poi_coords.to(dev), poi_anchor.to(dev),
-                                None if poi_transition is None else poi_transition.to(dev))
+                                None if poi_transition is None else poi_transition.to(dev), validate=validate)
         return self.poi_head(query, cands, rel)
 
     def score_places(self, hidden: torch.Tensor, layout: SlotLayout, mob_features: torch.Tensor,
@@ -508,6 +525,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                     checks.fail_if(target.max() >= n, lambda name=name, target=target, n=n, missing=missing:
                                    f"{name} holds {int(target.max())}, outside the {n} candidates "
                                    f"(use -1 for a {missing})")
+            if "poi" in heads and None not in (poi_category, poi_category_tokens):
+                self._check_poi_indices(poi_coords, poi_category, poi_category_tokens, poi_history, checks)
             layout = self.slot_layout(input_ids, st_values, st_window, st_region, geo_coords, strict=prefill,
                                       heads=heads, checks=checks)
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -538,7 +557,7 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             if layout.poi is None:
                 raise ValueError("next-POI inputs given but config.poi_pre_token_id is not set")
             poi_scores = self.score_candidates(self._at(hidden, layout.poi), **given,
-                                               poi_transition=poi_transition)
+                                               poi_transition=poi_transition, validate=False)
         mob_scores = None
         if mob_features is not None and input_ids is not None and prefill:
             mob_scores = self.score_places(hidden, layout, mob_features, mob_slot, mob_valid)

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from model_fixtures import HIS, PRE, make_batch, tiny_model
+from model_fixtures import GEO, HIS, PRE, make_batch, tiny_model
 from torch.overrides import TorchFunctionMode
 
-from stllm.models.batch_checks import DeviceChecks, flat_positions
+from stllm.batch_checks import DeviceChecks, flat_positions
 
 
 class HostSyncs(TorchFunctionMode):
@@ -71,3 +71,26 @@ def test_forward_adds_one_host_read_to_the_backbone_and_heads_match_boolean_inde
     assert torch.equal(pre_h, h[b["input_ids"] == PRE].view(-1, k, h.shape[-1]))
     assert torch.equal(his_h, h[b["input_ids"] == HIS].view(-1, k, h.shape[-1]))
     assert group.tolist() == [0, 1, 2]
+
+
+def _extra_reads(model, inputs: dict) -> list[str]:
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        with HostSyncs() as plain:
+            model.backbone(inputs_embeds=embeds, attention_mask=inputs.get("attention_mask"))
+        with HostSyncs() as ours:
+            model(**inputs)
+    extra = list(ours.calls)
+    for c in plain.calls:
+        extra.remove(c)
+    return extra
+
+
+def test_coordinates_are_checked_in_the_same_single_read_and_still_named():
+    model = tiny_model()
+    b = make_batch()
+    b["input_ids"][:, 0] = GEO
+    b["geo_coords"] = torch.tensor([[40.7, -74.0], [40.8, -73.9], [31.2, 121.5]])
+    assert _extra_reads(model, b) == ["tolist"]
+    with pytest.raises(ValueError, match=r"geo_coords: latitude outside \[-90, 90\].*\(lon, lat\)"):
+        model(**{**b, "geo_coords": b["geo_coords"].flip(-1)})
