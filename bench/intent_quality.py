@@ -86,9 +86,11 @@ def main(argv: list[str] | None = None) -> None:
             np.savez(args.out / f"seed{seed}" / "predictions.npz", rows=r.rows, **r.preds)
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()) + "; users whose "
                   "macro F1 rises: " + ", ".join(f"{n} {a}/{b}" for n, (a, b) in up.items()), flush=True)
-            print(f"seed {seed}: chosen on validation: " + ", ".join(f"{n} k={c.k:g} tau={c.tau:g}"
+            print(f"seed {seed}: chosen on validation: " + ", ".join(f"{n} k={c.k:g} tau={c.tau:g} alpha={c.alpha:g}"
                                                                      for n, c in r.choices.items()), flush=True)
-        print(f"held-out users' training targets: median {np.median(results[0].n_train):.0f} per test target")
+        r = results[0]
+        _, first = np.unique(r.data.log.user[r.rows], return_index=True)
+        print(f"held-out users' training targets: median {np.median(r.n_train[first]):.0f} per user")
         rows = {**model_rows(results), **rows}
         title += f"; models: mean over seeds {args.seeds} (user macro F1 ± std over seeds)"
         print(format_intent_table(rows, title))
