@@ -58,6 +58,18 @@ def own_choices(train: Sequence[ActivityChain], with_coords: bool, digits: int =
     return out
 
 
+def own_start_minutes(train: Sequence[ActivityChain]) -> dict[str | None, np.ndarray]:
+    """Per user, a boolean mask over the day's minutes: the hours in which they started an activity on their
+    training days (what generation may favour for their start times)."""
+    out: dict[str | None, np.ndarray] = {}
+    for c in train:
+        hours = [a.start // 3600 for a in c.activities if a.start is not None and a.start < 86400]
+        mask = out.setdefault(c.user, np.zeros(24 * 60, dtype=bool))
+        for h in hours:
+            mask[h * 60:(h + 1) * 60] = True
+    return out
+
+
 class ActivityGenDataset(torch.utils.data.Dataset):
     """One sample per training day (lazy conversations)."""
 

@@ -12,6 +12,7 @@ a few generated days over real ones (data with coordinates).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from stllm.eval.activity_baselines import fitted_baselines, generate_days, reque
 from stllm.eval.activity_metrics import DISTRIBUTIONS, format_table, quality_row
 from stllm.eval.activity_plots import plot_days_map
 from stllm.eval.generate import (
+    OwnHistory,
     SamplingConfig,
     add_sampling_args,
     as_chains,
@@ -42,6 +44,7 @@ from stllm.safe_io import write_text_atomic
 
 SELECT_TEMPERATURES = (0.8, 1.0)
 SELECT_PREFER_OWN = (0.0, 2.0, 4.0)
+SELECT_PREFER_HOURS = (0.0, 2.0)
 SELECT_REQUESTS = 200  # validation days a grid point is scored on (fewer when the test days are capped lower)
 MIN_SELECT_VALID = 0.95  # settings below this validity on validation days are chosen only when all are
 
@@ -60,27 +63,28 @@ def validation_days(record: dict, split: ActivitySplit) -> list:
     return [c for c in split.train if f"{c.user}/{c.date}" in keys]
 
 
-def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: SamplingConfig, own: dict,
+def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: SamplingConfig, own: OwnHistory,
                     progress: bool = True, max_requests: int | None = SELECT_REQUESTS,
                     temperatures: tuple[float, ...] = SELECT_TEMPERATURES,
-                    prefer_own: tuple[float, ...] = SELECT_PREFER_OWN) -> tuple[SamplingConfig, list[dict]]:
-    """The temperature and own-place bonus (grid) whose days are closest (mean JSD) to the validation days
+                    prefer_own: tuple[float, ...] = SELECT_PREFER_OWN,
+                    prefer_hours: tuple[float, ...] = SELECT_PREFER_HOURS) -> tuple[SamplingConfig, list[dict]]:
+    """The temperature, own-place and own-hour bonuses (grid) whose days are closest (mean JSD) to the validation days
     (at most ``max_requests``, evenly spaced), among those with validity >= ``MIN_SELECT_VALID`` if any."""
     val = evenly_spaced(validation_days(record, split), max_requests)
     requests = requests_of(val)
     check_not_trained_on(requests, record)
     cfg = checks_for(record)
     grid = []
-    for t in temperatures:
-        for b in prefer_own:
-            s = replace(base, temperature=t, prefer_own=b, seed=0)
-            days = as_chains(requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
-            row = quality_row(days, val, [], cfg)
-            grid.append({"temperature": t, "prefer_own": b, **row,
-                         "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS]))})
+    for t, b, h in itertools.product(temperatures, prefer_own, prefer_hours):
+        s = replace(base, temperature=t, prefer_own=b, prefer_hours=h, seed=0)
+        days = as_chains(requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
+        row = quality_row(days, val, [], cfg)
+        grid.append({"temperature": t, "prefer_own": b, "prefer_hours": h, **row,
+                     "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS]))})
     ok = [g for g in grid if g["valid"] >= MIN_SELECT_VALID] or grid
     best = min(ok, key=lambda g: g["mean_jsd"])
-    return replace(base, temperature=best["temperature"], prefer_own=best["prefer_own"]), grid
+    return replace(base, temperature=best["temperature"], prefer_own=best["prefer_own"],
+                   prefer_hours=best["prefer_hours"]), grid
 
 
 def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, seeds: list[int],
@@ -120,7 +124,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
     result = {"data": split.name, "checkpoint": str(checkpoint), "n_requests": len(requests), "seeds": seeds,
               "rows": rows, "parsed": 1.0, "redrawn_days": redrawn,
               "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
-                           "prefer_own": sampling.prefer_own, "reach": sampling.reach},
+                           "prefer_own": sampling.prefer_own, "prefer_hours": sampling.prefer_hours,
+                           "reach": sampling.reach},
               "selection_grid": grid}
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=1, default=float))
     users = list(dict.fromkeys(c.user for c in test))[:3]
@@ -134,11 +139,13 @@ def print_generation_table(result: dict) -> None:
     if result.get("selection_grid"):
         print("\nsampling chosen on validation days (training users' untrained days):")
         for g in result["selection_grid"]:
-            print(f"  temperature {g['temperature']:.1f} prefer_own {g['prefer_own']:.1f}: mean JSD "
+            print(f"  temperature {g['temperature']:.1f} prefer_own {g['prefer_own']:.1f} prefer_hours "
+                  f"{g['prefer_hours']:.1f}: mean JSD "
                   f"{g['mean_jsd']:.4f}, valid {g['valid']:.3f}")
     s = result["sampling"]
     print(f"\n{result['data']}: {result['n_requests']} held-out days, seeds {result['seeds']}; sampling temperature "
-          f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, reach {s['reach']}; "
+          f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, prefer_hours {s['prefer_hours']}, "
+          f"reach {s['reach']}; "
           "JSD lower is better")
     print(format_table(result["rows"]))
     if result.get("plot"):
@@ -161,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_generation(args.checkpoint, args.output_dir or Path(args.checkpoint) / "eval-gen", seeds,
                                  SamplingConfig(temperature=args.temperature, top_p=args.top_p,
                                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                                prefer_own=args.prefer_own, reach=not args.no_reach),
+                                                prefer_own=args.prefer_own, prefer_hours=args.prefer_hours,
+                                                reach=not args.no_reach),
                                  args.data_root, args.max_requests, redraws=args.redraws, select=args.select)
     print_generation_table(result)
     return 0

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from stllm.data.activity import ActivityChain, load_activity_split, parse_chain, parse_steps
 from stllm.data.activity_checks import BOXES, CheckConfig, passes, run_checks
-from stllm.data.activity_prompts import gen_conversation, own_choices
+from stllm.data.activity_prompts import gen_conversation, own_choices, own_start_minutes
 from stllm.data.prompts import ChatFormatter, Conversation
 from stllm.errors import run_command
 from stllm.eval.run_identity import load_task_checkpoint
@@ -42,13 +42,14 @@ class SamplingConfig:
     seed: int = 0
     n: int = 1  # days per request
     prefer_own: float = 0.0  # logit bonus towards the user's own training places/categories
+    prefer_hours: float = 0.0  # logit bonus towards the hours the user started activities in training
     reach: bool = True  # places within reach of the previous one (data with coordinates)
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
-                or self.prefer_own < 0):
+                or self.prefer_own < 0 or self.prefer_hours < 0):
             raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own "
-                             f">= 0; got {self}")
+                             f"and prefer_hours >= 0; got {self}")
 
 
 def load_gen_checkpoint(path: str | os.PathLike):
@@ -70,12 +71,20 @@ def checks_for(record: dict) -> CheckConfig:
     return CheckConfig(box=BOXES.get(record["name"]), time_resolution_s=record.get("time_resolution_s", 60))
 
 
-def trained_own_choices(record: dict, train: Sequence[ActivityChain]) -> dict[str | None, set]:
-    """Per user, the places (or categories) of the days this checkpoint trained on (not its validation days:
-    settings chosen there must not see them)."""
+@dataclass(frozen=True)
+class OwnHistory:
+    """Per user, what their trained days hold: places (or categories) and start-hour minute masks."""
+
+    choices: dict
+    minutes: dict
+
+
+def trained_own_choices(record: dict, train: Sequence[ActivityChain]) -> OwnHistory:
+    """Per user, the places (or categories) and start hours of the days this checkpoint trained on (not its
+    validation days: settings chosen there must not see them)."""
     trained = set(record.get("trained_days", ()))
-    return own_choices([c for c in train if f"{c.user}/{c.date}" in trained], record["with_coords"],
-                       record["digits"])
+    days = [c for c in train if f"{c.user}/{c.date}" in trained]
+    return OwnHistory(own_choices(days, record["with_coords"], record["digits"]), own_start_minutes(days))
 
 
 def answer_prefix(formatter: ChatFormatter) -> str:
@@ -84,8 +93,8 @@ def answer_prefix(formatter: ChatFormatter) -> str:
 
 
 def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
-                         own: dict | None):
-    """Prompts, the grammar, and per request the mask of preferred choices (None: none)."""
+                         own: OwnHistory | None):
+    """Prompts, the grammar, and per request the masks of preferred choices and minutes (None: none)."""
     formatter = ChatFormatter(tokenizer)
     places = [tuple(p) for p in record["places"]] if record["with_coords"] else None
     checks = checks_for(record)
@@ -95,12 +104,13 @@ def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityCha
                                time_resolution_minutes=max(1, record.get("time_resolution_s", 60) // 60), reach=reach)
     prompts = [formatter(gen_conversation(replace(r, steps=()), record["with_coords"], record["digits"]))[0]
                for r in requests]
-    prefer = [grammar.preferred(own.get(r.user, ())) if own and cfg.prefer_own else None for r in requests]
-    return prompts, grammar, prefer
+    prefer = [grammar.preferred(own.choices.get(r.user, ())) if own and cfg.prefer_own else None for r in requests]
+    times = [own.minutes.get(r.user) if own and cfg.prefer_hours else None for r in requests]
+    return prompts, grammar, (prefer, times)
 
 
 def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, bar,
-            prefer: list | None = None) -> list[str]:
+            prefer: tuple[list, list] | None = None) -> list[str]:
     """One answer per prompt, in batches of ``cfg.batch_size`` (left padding, grammar-constrained)."""
     max_new = cfg.max_new_tokens or 16 * grammar.max_lines
     device = next(model.parameters()).device
@@ -110,8 +120,10 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
         batch = prompts[start:start + cfg.batch_size]
         enc = tokenizer(batch, add_special_tokens=False, padding=True, padding_side="left",
                         return_tensors="pt").to(device)
+        rows = slice(start, start + cfg.batch_size)
         proc = ActivityLogitsProcessor(grammar, tokenizer, enc["input_ids"].shape[1], max_new,
-                                       prefer[start:start + cfg.batch_size] if prefer else None, cfg.prefer_own)
+                                       prefer[0][rows] if prefer else None, cfg.prefer_own,
+                                       prefer[1][rows] if prefer else None, cfg.prefer_hours)
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
@@ -123,7 +135,7 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
 
 
 def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
-                   progress: bool = True, own: dict | None = None) -> list[list[str]]:
+                   progress: bool = True, own: OwnHistory | None = None) -> list[list[str]]:
     """``cfg.n`` answer texts per request (batched, constrained: each parses); ``own`` (per user, their training
     choices: :func:`trained_own_choices`) is favoured by ``cfg.prefer_own``."""
     prompts, grammar, prefer = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
@@ -135,7 +147,7 @@ def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityCh
 
 def redraw_invalid(model, tokenizer, record: dict, requests: Sequence[ActivityChain], texts: list[list[str]],
                    cfg: SamplingConfig, checks: CheckConfig, redraws: int, progress: bool = True,
-                   own: dict | None = None) -> tuple[list[list[str]], int]:
+                   own: OwnHistory | None = None) -> tuple[list[list[str]], int]:
     """Generate again, up to ``redraws`` times, each day that fails a validator (the validators judge, the model
     writes; a day failing every draw stays as last drawn). Returns the texts and how many days were redrawn."""
     prompts, grammar, prefer = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
@@ -149,7 +161,7 @@ def redraw_invalid(model, tokenizer, record: dict, requests: Sequence[ActivityCh
         redrawn.update(bad)
         with tqdm(total=len(bad), desc="redraw", disable=not progress, unit="day") as bar:
             new = _sample(model, tokenizer, grammar, [prompts[i] for i, _ in bad], cfg, bar,
-                          [prefer[i] for i, _ in bad])
+                          tuple([p[i] for i, _ in bad] for p in prefer))
         for (i, k), t in zip(bad, new):
             texts[i][k] = t
     return texts, len(redrawn)
@@ -230,13 +242,15 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                                                           "many times")
     p.add_argument("--prefer_own", type=float, default=0.0, help="logit bonus towards the places (or categories) "
                                                                  "the user visited on trained days")
+    p.add_argument("--prefer_hours", type=float, default=0.0, help="logit bonus towards the hours the user started "
+                                                                   "activities on trained days")
     p.add_argument("--no_reach", action="store_true", help="do not restrict places to those within reach")
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     return SamplingConfig(temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, seed=args.seed, n=getattr(args, "n", 1),
-                          prefer_own=args.prefer_own, reach=not args.no_reach)
+                          prefer_own=args.prefer_own, prefer_hours=args.prefer_hours, reach=not args.no_reach)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -262,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = sampling_config(args)
     own = trained_own_choices(record, load_activity_split(record["name"], args.data_root,
                                                           seed=record.get("synthetic_seed", 0)).train) \
-        if cfg.prefer_own else None
+        if cfg.prefer_own or cfg.prefer_hours else None
     texts = generate_texts(model, tokenizer, record, requests, cfg, own=own)
     if args.redraws:
         texts, n = redraw_invalid(model, tokenizer, record, requests, texts, cfg, checks_for(record), args.redraws,

@@ -261,10 +261,13 @@ class ActivityLogitsProcessor(LogitsProcessor):
     line starts only when a whole line still fits). Rows are replayed from a cache keyed by their generated
     ids, so each step advances each row by one token. ``prefer`` (one boolean array over ``grammar.choices``
     per row, or None) and ``bonus``: allowed tokens that lead towards a preferred choice get ``bonus`` added to
-    their logit (before temperature and top-p), e.g. the places the row's user visited in training."""
+    their logit (before temperature and top-p), e.g. the places the row's user visited in training;
+    ``prefer_times`` (one boolean array over the minutes of the day per row) and ``time_bonus`` do the same for
+    the line's start time while it is being written (e.g. the hours the user started activities in training)."""
 
     def __init__(self, grammar: ActivityGrammar, tokenizer, prompt_len: int, max_new_tokens: int,
-                 prefer: Sequence[np.ndarray | None] | None = None, bonus: float = 0.0):
+                 prefer: Sequence[np.ndarray | None] | None = None, bonus: float = 0.0,
+                 prefer_times: Sequence[np.ndarray | None] | None = None, time_bonus: float = 0.0):
         self.grammar, self.prompt_len, self.max_new_tokens = grammar, prompt_len, max_new_tokens
         self.eos_ids = {int(tokenizer.eos_token_id)}
         self.pad_id = tokenizer.pad_token_id
@@ -283,10 +286,10 @@ class ActivityLogitsProcessor(LogitsProcessor):
                 node = nxt
             self.ends[node].append(i)
         self.states: dict[tuple[int, ...], tuple] = {(): grammar.start()}
-        self.masks: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.bonus = float(bonus)
-        self.prefer_counts = None if prefer is None or not self.bonus else [
-            None if p is None else np.concatenate([[0], np.cumsum(np.asarray(p, dtype=bool))]) for p in prefer]
+        self.masks: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.bonus, self.time_bonus = float(bonus), float(time_bonus)
+        self.prefer_counts = _counts(prefer) if self.bonus else None
+        self.time_counts = _counts(prefer_times) if self.time_bonus else None
 
     def _advance_bytes(self, state, data: bytes, may_start_line: bool):
         for b in data:
@@ -309,10 +312,28 @@ class ActivityLogitsProcessor(LogitsProcessor):
         self.states[generated] = state
         return state
 
+    def _time_range(self, before, after, rng: tuple[int, int]) -> tuple[int, int]:
+        """The minutes a token's bytes lead towards as the line's start time (``rng`` when they touch none)."""
+        g = self.grammar
+        if after[1] == g.time_field:
+            times = g.fields[g.time_field]
+            return times.min_value[after[2]], times.max_value[after[2]]
+        if before[1] == g.time_field and after[1] != g.time_field:  # the token completed the time
+            return after[3], after[3]
+        return rng
+
+    def _time_open(self, state) -> bool:
+        """Whether the line's start time is still to be chosen (the state before or inside an undecided time)."""
+        if state == FINISHED:
+            return False
+        g, (field, node) = self.grammar, state[1:3]
+        times = g.fields[g.time_field]
+        return field < g.time_field or (field == g.time_field and times.min_value[node] != times.max_value[node])
+
     def _choice_range(self, before, after, rng: tuple[int, int]) -> tuple[int, int]:
         """The ranks of the choices a token's bytes lead towards (``rng`` carried when they touch none)."""
         field = self.grammar.choice_field
-        if after[1] == field and after[2] != 0:
+        if after[1] == field:
             return self.grammar.choice_range(after[2])
         if before[1] == field and after[1] != field:  # the token completed the choice: the line's last choice
             return after[4], after[4]
@@ -330,35 +351,38 @@ class ActivityLogitsProcessor(LogitsProcessor):
             return g.choice_range(0)
         return None
 
-    def allowed(self, state, may_start_line: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Allowed token ids, and per token the rank range of the choices it leads towards (-1: none)."""
+    def allowed(self, state, may_start_line: bool) -> tuple[np.ndarray, ...]:
+        """Allowed token ids, and per token the rank range of the choices it leads towards and the range of
+        minutes its line's time is led towards (-1: none)."""
         key = (state, may_start_line)
         if key not in self.masks:
             ids = [*self.eos_ids] if self.grammar.eos_allowed(state) else []
-            ranges = [(-1, -1)] * len(ids)
+            ranges = [(-1, -1, -1, -1)] * len(ids)
             if state != FINISHED:
-                stack = [(0, state, (-1, -1))]
+                stack = [(0, state, (-1, -1), (-1, -1))]
                 while stack:
-                    node, st, rng = stack.pop()
+                    node, st, rng, trng = stack.pop()
                     for b, child in self.trie[node].items():
                         nxt = self.grammar.advance(st, b, may_start_line)
                         if nxt is not None:
-                            r = self._choice_range(st, nxt, rng)
+                            r, tr = self._choice_range(st, nxt, rng), self._time_range(st, nxt, trng)
                             ids.extend(self.ends[child])
-                            ranges.extend([r] * len(self.ends[child]))
-                            stack.append((child, nxt, r))
+                            ranges.extend([(*r, *tr)] * len(self.ends[child]))
+                            stack.append((child, nxt, r, tr))
             elif self.pad_id is not None:
                 ids.append(int(self.pad_id))
-                ranges.append((-1, -1))
+                ranges.append((-1, -1, -1, -1))
             if not ids:
                 raise RuntimeError(f"activity grammar: no token can follow state {state}")
-            r = np.array(ranges, dtype=np.int64).reshape(-1, 2)
+            r = np.array(ranges, dtype=np.int64).reshape(-1, 4)
+            if not self._time_open(state):
+                r[:, 2:] = -1
             # favour tokens only while the line's place is open: not one ending a decided line against EOS, nor
             # one still writing the time (it would pull times towards the favoured choices)
             here = self._open_choices(state)
             if here is None or here[0] == here[1]:
-                r[:] = -1
-            self.masks[key] = (np.array(ids, dtype=np.int64), r[:, 0], r[:, 1])
+                r[:, :2] = -1
+            self.masks[key] = (np.array(ids, dtype=np.int64), r[:, 0], r[:, 1], r[:, 2], r[:, 3])
         return self.masks[key]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -367,10 +391,19 @@ class ActivityLogitsProcessor(LogitsProcessor):
         allow = torch.zeros_like(scores, dtype=torch.bool)
         boost = torch.zeros_like(scores)
         for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
-            tok, lo, hi = self.allowed(self.state_of(tuple(ids)), may_start_line)
+            tok, lo, hi, tlo, thi = self.allowed(self.state_of(tuple(ids)), may_start_line)
             allow[row, torch.from_numpy(tok)] = True
-            counts = self.prefer_counts[row] if self.prefer_counts is not None else None
-            if counts is not None:
-                hit = (lo >= 0) & (counts[hi + 1] > counts[np.maximum(lo, 0)])
-                boost[row, torch.from_numpy(tok[hit])] = self.bonus
+            for counts, a, b, bonus in ((self.prefer_counts, lo, hi, self.bonus),
+                                        (self.time_counts, tlo, thi, self.time_bonus)):
+                if counts is not None and counts[row] is not None:
+                    hit = (a >= 0) & (counts[row][b + 1] > counts[row][np.maximum(a, 0)])
+                    boost[row, torch.from_numpy(tok[hit])] += bonus
         return (scores + boost).masked_fill(~allow, float("-inf"))
+
+
+def _counts(masks: Sequence[np.ndarray | None] | None) -> list[np.ndarray | None] | None:
+    """Per row, prefix counts of a boolean mask (None passes through): a range holds a preferred item when the
+    counts at its two ends differ."""
+    if masks is None:
+        return None
+    return [None if m is None else np.concatenate([[0], np.cumsum(np.asarray(m, dtype=bool))]) for m in masks]

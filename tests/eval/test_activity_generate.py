@@ -191,13 +191,16 @@ def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpo
     model, tok, record = load_gen_checkpoint(checkpoint)
     own = trained_own_choices(record, split.train)
     trained = set(record["trained_days"])
-    for user in sorted(own)[:3]:  # a user's own places: those of their trained days, never a validation day's
-        assert own[user] == {(a.category, f"{a.lat:.3f},{a.lon:.3f}") for c in split.train
+    for user in sorted(own.choices)[:3]:  # a user's own places: those of their trained days, never a validation day's
+        assert own.choices[user] == {(a.category, f"{a.lat:.3f},{a.lon:.3f}") for c in split.train
                              if c.user == user and f"{c.user}/{c.date}" in trained for a in c.activities}
     chosen, grid = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64), own,
-                                   progress=False, max_requests=8, temperatures=(0.7, 1.3), prefer_own=(0.0, 2.0))
-    assert [(g["temperature"], g["prefer_own"]) for g in grid] == [(0.7, 0.0), (0.7, 2.0), (1.3, 0.0), (1.3, 2.0)]
+                                   progress=False, max_requests=8, temperatures=(0.7, 1.3), prefer_own=(0.0, 2.0),
+                                   prefer_hours=(1.0,))
+    assert [(g["temperature"], g["prefer_own"], g["prefer_hours"]) for g in grid] == [
+        (0.7, 0.0, 1.0), (0.7, 2.0, 1.0), (1.3, 0.0, 1.0), (1.3, 2.0, 1.0)]
     ok = [g for g in grid if g["valid"] >= 0.95] or grid
     best = min(ok, key=lambda g: g["mean_jsd"])
-    assert (chosen.temperature, chosen.prefer_own) == (best["temperature"], best["prefer_own"])
+    assert (chosen.temperature, chosen.prefer_own, chosen.prefer_hours) == (best["temperature"], best["prefer_own"],
+                                                                            1.0)
     assert chosen.batch_size == 16 and chosen.max_new_tokens == 64

@@ -3,6 +3,7 @@ untrained model (the worst case: logits say nothing) that all parse, keep times 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -155,3 +156,21 @@ def test_sampling_with_reach_and_a_strong_preference_keeps_speed_and_place():
     assert all(check_speed(d, CheckConfig()).ok for d in days)
     assert all(a.category == "Office" and a.lat == 40.72 for d in days[::2] for a in d.activities[:1])
     assert len({(a.category, a.lat) for d in days[1::2] for a in d.activities}) > 1
+
+
+def test_time_bonus_lifts_tokens_towards_preferred_hours_while_the_time_is_open():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, None, answer_prefix=" ", max_lines=4)
+    hours = np.zeros(24 * 60, dtype=bool)
+    hours[14 * 60:15 * 60] = True  # 14:00-14:59
+    proc = ActivityLogitsProcessor(g, tok, prompt_len=0, max_new_tokens=200, prefer_times=[hours], time_bonus=3.0)
+
+    def lifted(text: str) -> set[str]:
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        out = proc(ids, torch.zeros(1, len(tok)))[0]
+        return {tok.decode([i]) for i in torch.nonzero(out == 3.0).flatten().tolist()}
+
+    up = lifted(" A")
+    assert up == {" "}  # ' ' keeps every time open; ' 09', ' 10', ' 11' (this vocabulary's) close out 14:xx
+    assert lifted(" A 1") == {"4"}  # 14:xx, not 10-13 or 15-19
+    assert not lifted(" A 14:00 |")  # the time is written: categories are not pulled by it
