@@ -91,14 +91,19 @@ def _view_words(view: str, shift: int) -> str:
     return VIEW_WORDS[view] if shift == 1 else f"{shift} {view}s earlier"
 
 
+def _context_periods(ctx: PromptContext) -> list[str]:
+    """``["7 days", "8 weeks"]``: the earlier periods whose target slots the history placeholder also holds."""
+    return [f"{n} {unit}{'s' if n > 1 else ''}" for n, unit in ((ctx.context_days, "day"),
+                                                                (ctx.context_weeks, "week")) if n]
+
+
 def _history_sentence(ctx: PromptContext, what: str) -> str:
     shifts = ctx.view_shifts or (1,) * len(ctx.extra_views)
     views = "".join(
         f" The target time steps {_view_words(v, k)} are encoded as {ST_HIS_PLACEHOLDER}."
         for v, k in zip(ctx.extra_views, shifts)
     )
-    periods = [f"{n} {unit}{'s' if n > 1 else ''}" for n, unit in ((ctx.context_days, "day"),
-                                                                    (ctx.context_weeks, "week")) if n]
+    periods = _context_periods(ctx)
     also = f" together with the target time steps on each of the previous {_list_words(periods)}" if periods else ""
     return (
         f"{views} To improve prediction accuracy, a spatio-temporal model encodes the historical {what} "
@@ -165,8 +170,7 @@ def _compact_facts(ctx: PromptContext, what: str) -> str:
     shifts = ctx.view_shifts or (1,) * len(ctx.extra_views)
     views = "".join(f" {_view_words(v, k).capitalize()}: {ST_HIS_PLACEHOLDER}."
                     for v, k in zip(ctx.extra_views, shifts))
-    periods = [f"{n} {unit}{'s' if n > 1 else ''}" for n, unit in ((ctx.context_days, "day"),
-                                                                    (ctx.context_weeks, "week")) if n]
+    periods = _context_periods(ctx)
     also = f", with the target steps of the previous {_list_words(periods)}" if periods else ""
     every = freq_words(np.timedelta64(ctx.freq_minutes, "m"))
     return (
