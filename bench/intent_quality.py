@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=300, help="population model training steps (batch 32)")
     ap.add_argument("--preset", default="small", help="population model size (--tiny_preset)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/intent_quality"))
+    ap.add_argument("--select_on", default="user", choices=("user", "pooled"),
+                    help="validation objective of k/tau/alpha: mean per-user or pooled macro F1")
     ap.add_argument("--reuse", action="store_true", help="load population/ and student/ of --out/seedK when there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         results = []
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
             cfg = PipelineConfig(data=args.data, seed=seed, split_seed=args.split_seed, teacher_steps=args.steps,
-                                 teacher_preset=args.preset, reuse=args.reuse)
+                                 teacher_preset=args.preset, reuse=args.reuse,
+                                 select_on=args.select_on)
             r = run_pipeline(cfg, args.out / f"seed{seed}")
             results.append(r)
             pairs = ((TUNED, POPULATION), (TUNED, POPULATION_ADJUSTED), (TUNED, BEFORE), (PLAIN, POPULATION))

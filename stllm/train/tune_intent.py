@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from stllm.data.intent import IntentCollator, PreparedIntent
-from stllm.eval.intent_metrics import per_user_scores
+from stllm.eval.intent_metrics import intent_scores, per_user_scores
 from stllm.models.intent import IntentHead, STLlamaForIntent, run_intent
 
 
@@ -131,6 +131,9 @@ def adjust_logits(logits: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarr
     return logits - tau * np.log(prior / prior.sum(-1, keepdims=True))
 
 
+SELECTION_OBJECTIVES = ("user", "pooled")
+
+
 @dataclass(frozen=True)
 class Posthoc:
     """How tuned logits become predictions: shrinkage ``k`` of :func:`history_weight`, adjustment ``tau`` by the
@@ -156,10 +159,13 @@ def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, counts:
 
 def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray, n: np.ndarray,
                    counts: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...],
-                   alphas: tuple[float, ...] = (1.0,)) -> Posthoc:
-    """The ``(k, tau, alpha)`` of the grid with the best mean per-user macro F1 on *validation* targets ``y`` (the
-    caller passes validation rows only; ``counts``: each row's user's training intent counts); ties go to the
-    first in grid order."""
+                   alphas: tuple[float, ...] = (1.0,), objective: str = "user") -> Posthoc:
+    """The ``(k, tau, alpha)`` of the grid with the best macro F1 on *validation* targets ``y`` (the caller passes
+    validation rows only; ``counts``: each row's user's training intent counts): the mean of per-user macro F1s
+    (``objective="user"``) or the macro F1 of all targets pooled (``"pooled"``: steadier when users have only a
+    few validation targets each). Ties go to the first in grid order."""
+    if objective not in SELECTION_OBJECTIVES:
+        raise ValueError(f"objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}")
     best, best_score = Posthoc(), -np.inf
     for k in ks:
         sized = sized_logits(before, tuned, n, k)
@@ -167,7 +173,9 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
             log_prior = np.log(user_prior(counts, alpha))
             for tau in taus:
                 pred = (sized - tau * log_prior).argmax(-1)
-                score = float(per_user_scores(y, pred, users, tuned.shape[-1])[1]["macro_f1"].mean())
+                c = tuned.shape[-1]
+                score = (float(per_user_scores(y, pred, users, c)[1]["macro_f1"].mean()) if objective == "user"
+                         else intent_scores(y, pred, c)["macro_f1"])
                 if score > best_score:
                     best, best_score = Posthoc(float(k), float(tau), float(alpha)), score
     return best

@@ -161,6 +161,9 @@ def test_select_posthoc_follows_validation():
     counts = np.zeros((8, 2))
     assert select_posthoc(y, users, always0, right, n, counts, (1000, 0), (0, 1)) == Posthoc(k=0.0, tau=0.0)
     assert select_posthoc(y, users, right, wrong, n, counts, (0, 10, 1000), (0,)) == Posthoc(k=1000.0, tau=0.0)
+    assert select_posthoc(y, users, always0, right, n, counts, (1000, 0), (0,), objective="pooled").k == 0
+    with pytest.raises(ValueError, match="objective must be one of"):
+        select_posthoc(y, users, always0, right, n, counts, (0,), (0,), objective="accuracy")
     # a student that always says 0 to users whose training counts are 9 / 1 (prior 10/12, 2/12 with alpha = 1):
     # only a large enough tau flips it to recall class 1
     skewed = np.tile([9.0, 1.0], (8, 1))
