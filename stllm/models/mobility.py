@@ -37,13 +37,14 @@ class CellChoiceHead(nn.Module):
         self.n_features = n_features
 
     def forward(self, query: torch.Tensor, features: torch.Tensor, slot: torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None, validate: bool = True) -> torch.Tensor:
+        """``validate=False``: the caller checked ``slot``'s range with its other checks (one host read)."""
         q_n, _, f = features.shape
         if f != self.n_features or query.shape[0] != q_n or slot.shape != (q_n,):
             raise ValueError(f"mob_features must be (Q, K, {self.n_features}) with one <mob_pre> and one mob_slot per "
                              f"row: got features {tuple(features.shape)}, {query.shape[0]} <mob_pre> tokens, "
                              f"mob_slot {tuple(slot.shape)}")
-        if slot.numel() and (int(slot.min()) < 0 or int(slot.max()) >= 2 * SLOTS_PER_DAY):
+        if validate and slot.numel() and (int(slot.min()) < 0 or int(slot.max()) >= 2 * SLOTS_PER_DAY):
             raise ValueError(f"mob_slot must be day kind * {SLOTS_PER_DAY} + slot in [0, {2 * SLOTS_PER_DAY})")
         dtype = self.query.weight.dtype
         feats = features.to(device=self.query.weight.device, dtype=dtype)

@@ -31,7 +31,7 @@ from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder, STEncoderOutput, denormalise
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.heads import ClassificationHead, RegressionHead
-from stllm.models.mobility import CellChoiceHead
+from stllm.models.mobility import SLOTS_PER_DAY, CellChoiceHead
 from stllm.models.poi import CandidateHead, relation_features
 from stllm.models.projector import STProjector
 from stllm.tokens import add_st_tokens
@@ -464,7 +464,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                              "config.mob_features must be set)")
         if mob_slot is None:
             raise ValueError("mob_features given without mob_slot (day kind * 48 + slot of each <mob_pre>)")
-        return self.mob_head(self._at(hidden, layout.mob), mob_features, mob_slot.to(hidden.device), mob_valid)
+        return self.mob_head(self._at(hidden, layout.mob), mob_features, mob_slot.to(hidden.device), mob_valid,
+                             validate=False)  # mob_slot's range: checked in the forward's one host read
 
     # -- forward ------------------------------------------------------------------------------------
     def forward(
@@ -525,6 +526,9 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                     checks.fail_if(target.max() >= n, lambda name=name, target=target, n=n, missing=missing:
                                    f"{name} holds {int(target.max())}, outside the {n} candidates "
                                    f"(use -1 for a {missing})")
+            if "mob" in heads and mob_slot is not None and mob_slot.numel():
+                checks.fail_if((mob_slot.min() < 0) | (mob_slot.max() >= 2 * SLOTS_PER_DAY),
+                               f"mob_slot must be day kind * {SLOTS_PER_DAY} + slot in [0, {2 * SLOTS_PER_DAY})")
             if "poi" in heads and None not in (poi_category, poi_category_tokens):
                 self._check_poi_indices(poi_coords, poi_category, poi_category_tokens, poi_history, checks)
             layout = self.slot_layout(input_ids, st_values, st_window, st_region, geo_coords, strict=prefill,

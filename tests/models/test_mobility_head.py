@@ -64,3 +64,21 @@ def test_without_mobility_config_no_head():
     assert not hasattr(model, "mob_head") and "mob_head" not in str(model.state_dict().keys())
     with pytest.raises(ValueError, match="no mobility head"):
         model(**inputs())
+
+
+def test_model_checks_mob_slot_in_its_one_host_read():
+    from test_batch_checks import HostSyncs
+
+    model, x = tiny(), inputs()
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(x["input_ids"])
+        with HostSyncs() as plain:
+            model.backbone(inputs_embeds=embeds)
+        with HostSyncs() as ours:
+            model(**x)
+        extra = list(ours.calls)
+        for c in plain.calls:
+            extra.remove(c)
+        assert extra == ["tolist"]
+        with pytest.raises(ValueError, match=r"mob_slot must be day kind \* 48 \+ slot in \[0, 96\)"):
+            model(**{**x, "mob_slot": torch.full_like(x["mob_slot"], 96)})
