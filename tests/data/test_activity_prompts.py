@@ -37,3 +37,18 @@ def test_collator_labels_only_the_answer():
     answer = tok.decode(ids[0][labels[0] != -100])
     assert answer == " " + gen_conversation(DAY, True).answer + tok.eos_token
     assert np.array_equal(labels[0] != -100, labels[1] != -100)
+
+
+def test_own_choices_and_start_hours_per_user():
+    from dataclasses import replace
+
+    from stllm.data.activity_prompts import own_choices, own_start_minutes
+
+    other = replace(DAY, user="u2", steps=(Activity("Bar", start=22 * 3600 + 59 * 60, lat=40.8, lon=-73.9),))
+    places = own_choices([DAY, other], with_coords=True)
+    assert places == {"u1": {("Home", "40.712,-74.000"), ("Office", "40.700,-73.990")},
+                      "u2": {("Bar", "40.800,-73.900")}}
+    assert own_choices([DAY], with_coords=False) == {"u1": {"Home", "Office"}}
+    minutes = own_start_minutes([DAY, other])
+    assert np.flatnonzero(minutes["u1"]).tolist() == [*range(420, 480), *range(540, 600)]  # 07:xx and 09:xx
+    assert np.flatnonzero(minutes["u2"]).tolist() == list(range(1320, 1380))  # 22:xx
