@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=300, help="population model training steps (batch 32)")
     ap.add_argument("--preset", default="small", help="population model size (--tiny_preset)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/intent_quality"))
-    ap.add_argument("--select_on", default="user", choices=("user", "pooled"),
-                    help="validation objective of k/tau/alpha: mean per-user or pooled macro F1")
+    ap.add_argument("--select_on", default="pooled", choices=("pooled", "user"),
+                    help="validation objective of k/tau/alpha: pooled or mean per-user macro F1")
     ap.add_argument("--reuse", action="store_true", help="load population/ and student/ of --out/seedK when there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

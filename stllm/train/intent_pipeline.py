@@ -11,7 +11,8 @@
    own intent prior, add-``alpha`` smoothed (Menon et al. 2021, per user: a user's rare intents get recall).
    ``k``, ``tau`` and ``alpha`` are chosen on a *validation* split (:func:`stllm.data.intent.validation_data`: the
    last quarter of each held-out user's earlier days, tuned on the days before it; checked to hold no test
-   target), by mean per-user macro F1 (``select_on="pooled"``: pooled macro F1).
+   target), by pooled macro F1 (``select_on="user"``: the mean of per-user macro F1s, noisier with the few
+   validation targets NYC users have).
 Every model predicts the held-out users' later days (checked by :func:`stllm.data.intent.check_heldout`); scoring
 of the table is the caller's (``stllm.eval.intent``).
 """
@@ -74,7 +75,7 @@ class PipelineConfig:
     ks: tuple[float, ...] = (0, 10, 30, 100, 300, 1000)  # history sizing n / (n + k); 0 = none
     taus: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # logit adjustment; 0 = none
     alphas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # pseudo-counts per intent of the user's prior
-    select_on: str = "user"  # validation macro F1: mean per user or pooled (tune_intent.select_posthoc)
+    select_on: str = "pooled"  # validation macro F1: pooled or mean per user (tune_intent.select_posthoc)
     measure: bool = True  # footprint and ONNX
     reuse: bool = False  # load population/ and student/ from out_dir when there (same config and seed)
 
