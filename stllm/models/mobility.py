@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stllm.batch_checks import DeviceChecks
 from stllm.data.trajectories import SLOTS_PER_DAY
+
+
+def check_mob_slot(slot: torch.Tensor, checks: DeviceChecks) -> None:
+    """``mob_slot`` (day kind * 48 + slot) inside ``[0, 96)``, as a device-side check (see stllm.batch_checks)."""
+    if slot.numel():
+        checks.fail_if((slot.min() < 0) | (slot.max() >= 2 * SLOTS_PER_DAY),
+                       f"mob_slot must be day kind * {SLOTS_PER_DAY} + slot in [0, {2 * SLOTS_PER_DAY})")
 
 
 class CellChoiceHead(nn.Module):
@@ -44,8 +52,10 @@ class CellChoiceHead(nn.Module):
             raise ValueError(f"mob_features must be (Q, K, {self.n_features}) with one <mob_pre> and one mob_slot per "
                              f"row: got features {tuple(features.shape)}, {query.shape[0]} <mob_pre> tokens, "
                              f"mob_slot {tuple(slot.shape)}")
-        if validate and slot.numel() and (int(slot.min()) < 0 or int(slot.max()) >= 2 * SLOTS_PER_DAY):
-            raise ValueError(f"mob_slot must be day kind * {SLOTS_PER_DAY} + slot in [0, {2 * SLOTS_PER_DAY})")
+        if validate:
+            checks = DeviceChecks()
+            check_mob_slot(slot, checks)
+            checks.resolve()
         dtype = self.query.weight.dtype
         feats = features.to(device=self.query.weight.device, dtype=dtype)
         q = self.query(query.to(dtype)) + self.slot(slot.to(feats.device))

@@ -31,7 +31,7 @@ from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder, STEncoderOutput, denormalise
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.heads import ClassificationHead, RegressionHead
-from stllm.models.mobility import SLOTS_PER_DAY, CellChoiceHead
+from stllm.models.mobility import CellChoiceHead, check_mob_slot
 from stllm.models.poi import CandidateHead, relation_features
 from stllm.models.projector import STProjector
 from stllm.tokens import add_st_tokens
@@ -300,12 +300,13 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
             "mob": cfg.mob_pre_token_id if "mob" in heads else None,
         }
         masks = {name: input_ids == tok for name, tok in wanted.items() if tok is not None}
-        handles = {name: checks.count(mask.sum()) for name, mask in masks.items()}
+        sums = {name: mask.sum() for name, mask in masks.items()}
+        handles = {name: checks.count(total) for name, total in sums.items()}
         his_before = None
         if "pre" in masks:
             flat, length = masks["pre"].reshape(-1), input_ids.shape[1]
-            checks.fail_if(masks["pre"].sum() % k != 0,
-                           lambda: f"{int(masks['pre'].sum())} <st_pre> tokens is not a multiple of st_slots={k}")
+            checks.fail_if(sums["pre"] % k != 0,
+                           lambda: f"{int(sums['pre'])} <st_pre> tokens is not a multiple of st_slots={k}")
             rank = flat.long().cumsum(0) - 1
             col = torch.arange(flat.numel(), device=flat.device) % length
             prev = torch.cat([flat.new_zeros(1), flat[:-1]]) & (col > 0)
@@ -526,9 +527,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                     checks.fail_if(target.max() >= n, lambda name=name, target=target, n=n, missing=missing:
                                    f"{name} holds {int(target.max())}, outside the {n} candidates "
                                    f"(use -1 for a {missing})")
-            if "mob" in heads and mob_slot is not None and mob_slot.numel():
-                checks.fail_if((mob_slot.min() < 0) | (mob_slot.max() >= 2 * SLOTS_PER_DAY),
-                               f"mob_slot must be day kind * {SLOTS_PER_DAY} + slot in [0, {2 * SLOTS_PER_DAY})")
+            if "mob" in heads and mob_slot is not None:
+                check_mob_slot(mob_slot, checks)
             if "poi" in heads and None not in (poi_category, poi_category_tokens):
                 self._check_poi_indices(poi_coords, poi_category, poi_category_tokens, poi_history, checks)
             layout = self.slot_layout(input_ids, st_values, st_window, st_region, geo_coords, strict=prefill,
