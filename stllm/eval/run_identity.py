@@ -96,12 +96,8 @@ def load_task_checkpoint(path: str | os.PathLike, required: tuple[str, ...], rec
     from transformers import AutoTokenizer
 
     from stllm.models import STLlamaForCausalLM
+    from stllm.models.checkpoint import require_checkpoint_files
 
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    for name in required:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm {command}?)")
+    path = require_checkpoint_files(path, required, command)
     record = json.loads((path / record_file).read_text(encoding="utf-8"))
     return STLlamaForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), record

@@ -28,6 +28,18 @@ _DROP = re.compile(r"(lora_[A-Za-z]+\.|\.modules_to_save\.|trainable_tokens_)")
 _UNWRAP = ((".token_adapter.base_layer.", "."), (".base_layer.", "."), (".original_module.", "."))
 
 
+def require_checkpoint_files(path: str | os.PathLike, required: tuple[str, ...], command: str) -> Path:
+    """``path`` as a Path, after checking it is a directory holding each ``required`` file (the first missing one
+    named, with the command that writes such checkpoints)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    for name in required:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm {command}?)")
+    return path
+
+
 def is_lora_checkpoint(path) -> bool:
     p = Path(os.fspath(path))
     return p.is_dir() and (p / ADAPTER_CONFIG).is_file() and (p / BASE_WEIGHTS).is_file()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from stllm.data.loaders import read_json
+from stllm.models.checkpoint import require_checkpoint_files
 from stllm.models.configuration import STLlamaConfig
 from stllm.models.st_llama import STLlamaForCausalLM
 
@@ -164,12 +164,7 @@ REQUIRED = ("config.json", "tokenizer_config.json", INTENT_DATA_FILE)
 
 def read_intent_record(path: str | os.PathLike) -> dict:
     """The ``intent_data.json`` of a checkpoint directory, after checking the directory holds a whole checkpoint."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    for name in REQUIRED:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is missing {name} (was it written by stllm train-intent?)")
+    path = require_checkpoint_files(path, REQUIRED, "train-intent")
     return read_json(path / INTENT_DATA_FILE, "the intent data record")
 
 
