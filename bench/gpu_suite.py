@@ -104,15 +104,12 @@ def main(argv=None) -> list[tuple[str, str, str, str]]:
     trn, t_trn = _run("train step", train_step.main,
                       [*common, "--batch", "4", "--seq", "512", "--repeats", "5", "--target", str(TARGETS["train"]),
                        *tiny])
-    ev, t_ev = _run("evaluation", eval_throughput.main,
-                    [*common, "--batch-size", "128", "--samples", str(args.eval_samples), "--heldout", "4",
-                     "--gen-samples", str(args.gen_samples), "--repeats", "2", "--target",
-                     str(TARGETS["eval_ratio"]), *(["--vocab", "400", "--regions", "6"] if tiny else [])])
+    evaluation = [*common, "--batch-size", "128", "--samples", str(args.eval_samples), "--heldout", "4",
+                  "--gen-samples", str(args.gen_samples), "--repeats", "2", "--target", str(TARGETS["eval_ratio"]),
+                  *(["--vocab", "400", "--regions", "6"] if tiny else [])]
+    ev, t_ev = _run("evaluation", eval_throughput.main, evaluation)
     ev_c, t_ev_c = _run("evaluation, compact prompts", eval_throughput.main,
-                        [*common, "--batch-size", "128", "--samples", str(args.eval_samples), "--heldout", "4",
-                         "--gen-samples", str(args.gen_samples), "--repeats", "2", "--prompt-style", "compact",
-                         "--target", str(TARGETS["eval_ratio"]),
-                         *(["--vocab", "400", "--regions", "6"] if tiny else [])])  # fmt: skip
+                        [*evaluation, "--prompt-style", "compact"])
     t_ev += t_ev_c
     rows = [
         _row("forward: ST / backbone (batch 8, seq 256)", fwd and fwd["ratio"], ".4f", f"<= {TARGETS['forward']}",
