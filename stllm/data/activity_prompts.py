@@ -14,7 +14,16 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from stllm.data.activity import INSTRUCTION, SYSTEM, ActivityChain, format_coord, lm_view, render_header, render_steps
+from stllm.data.activity import (
+    INSTRUCTION,
+    SYSTEM,
+    Activity,
+    ActivityChain,
+    format_coord,
+    lm_view,
+    render_header,
+    render_steps,
+)
 from stllm.data.collator import PromptCollator
 from stllm.data.prompts import Conversation
 
@@ -31,10 +40,21 @@ def gen_conversation(chain: ActivityChain, with_coords: bool, digits: int = 3) -
     return Conversation(SYSTEM, f"{INSTRUCTION}\n{prompt_header(chain)}", answer)
 
 
+def place_key(a: Activity, digits: int = 3) -> tuple[str, str]:
+    """(category, rounded ``lat,lon``) of a located activity: the place choice a line writes for it."""
+    return a.category, format_coord((round(a.lat, digits), round(a.lon, digits)), digits)
+
+
 def day_places(chain: ActivityChain, digits: int = 3) -> set[tuple[str, str]]:
-    """(category, rounded ``lat,lon``) of a day's located activities: the place choices a line can write."""
-    return {(a.category, format_coord((round(a.lat, digits), round(a.lon, digits)), digits))
-            for a in chain.activities if a.coord is not None}
+    """The place choices of a day's located activities."""
+    return {place_key(a, digits) for a in chain.activities if a.coord is not None}
+
+
+def day_choices(chain: ActivityChain, with_coords: bool, digits: int = 3) -> list[tuple[str | tuple[str, str], int]]:
+    """(choice, start minute) of a day's timed activities in order: places with coordinates (activities without
+    them left out), else categories."""
+    return [(place_key(a, digits) if with_coords else a.category, a.start // 60) for a in chain.activities
+            if a.start is not None and (a.coord is not None or not with_coords)]
 
 
 def answer_vocabulary(train: Sequence[ActivityChain], with_coords: bool, digits: int = 3

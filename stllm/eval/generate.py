@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from stllm.data.activity import ActivityChain, load_activity_split, parse_chain, parse_steps
 from stllm.data.activity_checks import BOXES, CheckConfig, passes, run_checks
-from stllm.data.activity_prompts import gen_conversation, own_choices, own_start_minutes
+from stllm.data.activity_prior import PriorDay, UserPrior
+from stllm.data.activity_prompts import day_choices, gen_conversation, own_choices, own_start_minutes
 from stllm.data.prompts import ChatFormatter, Conversation
 from stllm.errors import run_command
 from stllm.eval.run_identity import load_task_checkpoint
@@ -43,13 +44,16 @@ class SamplingConfig:
     n: int = 1  # days per request
     prefer_own: float = 0.0  # logit bonus towards the user's own training places/categories
     prefer_hours: float = 0.0  # logit bonus towards the hours the user started activities in training
+    user_prior: float = 0.0  # share of lines whose place is drawn from the user's history prior
+    user_prior_hours: float = 0.0  # share of lines whose start hour is drawn from it
     reach: bool = True  # places within reach of the previous one (data with coordinates)
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
-                or self.prefer_own < 0 or self.prefer_hours < 0):
-            raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own "
-                             f"and prefer_hours >= 0; got {self}")
+                or self.prefer_own < 0 or self.prefer_hours < 0 or not 0 <= self.user_prior <= 1
+                or not 0 <= self.user_prior_hours <= 1):
+            raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own, "
+                             f"prefer_hours >= 0 and user_prior, user_prior_hours in [0, 1]; got {self}")
 
 
 def load_gen_checkpoint(path: str | os.PathLike):
@@ -73,10 +77,12 @@ def checks_for(record: dict) -> CheckConfig:
 
 @dataclass(frozen=True)
 class OwnHistory:
-    """Per user, what their trained days hold: places (or categories) and start-hour minute masks."""
+    """Per user, what their trained days hold: places (or categories) and start-hour minute masks; and the
+    trained days themselves (the user prior is fitted on them)."""
 
     choices: dict
     minutes: dict
+    days: tuple[ActivityChain, ...] = ()
 
 
 def trained_own_choices(record: dict, train: Sequence[ActivityChain]) -> OwnHistory:
@@ -84,7 +90,17 @@ def trained_own_choices(record: dict, train: Sequence[ActivityChain]) -> OwnHist
     validation days: settings chosen there must not see them)."""
     trained = set(record.get("trained_days", ()))
     days = [c for c in train if f"{c.user}/{c.date}" in trained]
-    return OwnHistory(own_choices(days, record["with_coords"], record["digits"]), own_start_minutes(days))
+    return OwnHistory(own_choices(days, record["with_coords"], record["digits"]), own_start_minutes(days), tuple(days))
+
+
+def fit_user_prior(grammar, record: dict, days: Sequence[ActivityChain]) -> UserPrior:
+    """The history prior over ``grammar``'s choices from ``days`` (activities outside the vocabulary left out)."""
+    prior_days = []
+    for c in days:
+        pairs = day_choices(c, record["with_coords"], record["digits"])
+        ranked = [(r, m) for r, (_, m) in zip(grammar.ranks(k for k, _ in pairs), pairs) if r is not None]
+        prior_days.append(PriorDay(c.user, tuple(r for r, _ in ranked), tuple(m for _, m in ranked)))
+    return UserPrior(len(grammar.choices)).fit(prior_days)
 
 
 def answer_prefix(formatter: ChatFormatter) -> str:
@@ -94,7 +110,8 @@ def answer_prefix(formatter: ChatFormatter) -> str:
 
 def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
                          own: OwnHistory | None):
-    """Prompts, the grammar, and per request the masks of preferred choices and minutes (None: none)."""
+    """Prompts, the grammar, per request the masks of preferred choices and minutes (None: none) and its user,
+    and the user prior (None unless ``cfg.user_prior``)."""
     formatter = ChatFormatter(tokenizer)
     places = [tuple(p) for p in record["places"]] if record["with_coords"] else None
     checks = checks_for(record)
@@ -106,11 +123,12 @@ def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityCha
                for r in requests]
     prefer = [grammar.preferred(own.choices.get(r.user, ())) if own and cfg.prefer_own else None for r in requests]
     times = [own.minutes.get(r.user) if own and cfg.prefer_hours else None for r in requests]
-    return prompts, grammar, (prefer, times)
+    prior = fit_user_prior(grammar, record, own.days) if own and (cfg.user_prior or cfg.user_prior_hours) else None
+    return prompts, grammar, (prefer, times, [r.user for r in requests]), prior
 
 
 def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, bar,
-            prefer: tuple[list, list] | None = None) -> list[str]:
+            prefer: tuple[list, list, list] | None = None, prior: UserPrior | None = None) -> list[str]:
     """One answer per prompt, in batches of ``cfg.batch_size`` (left padding, grammar-constrained)."""
     max_new = cfg.max_new_tokens or 16 * grammar.max_lines
     device = next(model.parameters()).device
@@ -123,7 +141,10 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
         rows = slice(start, start + cfg.batch_size)
         proc = ActivityLogitsProcessor(grammar, tokenizer, enc["input_ids"].shape[1], max_new,
                                        prefer[0][rows] if prefer else None, cfg.prefer_own,
-                                       prefer[1][rows] if prefer else None, cfg.prefer_hours)
+                                       prefer[1][rows] if prefer else None, cfg.prefer_hours,
+                                       prior, prefer[2][rows] if prefer else None, cfg.user_prior if prior else 0.0,
+                                       cfg.user_prior_hours if prior else 0.0,
+                                       seed=int(torch.randint(2**31 - 1, ()).item()))
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
@@ -138,10 +159,10 @@ def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityCh
                    progress: bool = True, own: OwnHistory | None = None) -> list[list[str]]:
     """``cfg.n`` answer texts per request (batched, constrained: each parses); ``own`` (per user, their training
     choices: :func:`trained_own_choices`) is favoured by ``cfg.prefer_own``."""
-    prompts, grammar, prefer = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
+    prompts, grammar, prefer, prior = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
     torch.manual_seed(cfg.seed)
     with tqdm(total=len(prompts) * cfg.n, desc="generate", disable=not progress, unit="day") as bar:
-        draws = [_sample(model, tokenizer, grammar, prompts, cfg, bar, prefer) for _ in range(cfg.n)]
+        draws = [_sample(model, tokenizer, grammar, prompts, cfg, bar, prefer, prior) for _ in range(cfg.n)]
     return [[d[i] for d in draws] for i in range(len(prompts))]
 
 
@@ -150,7 +171,7 @@ def redraw_invalid(model, tokenizer, record: dict, requests: Sequence[ActivityCh
                    own: OwnHistory | None = None) -> tuple[list[list[str]], int]:
     """Generate again, up to ``redraws`` times, each day that fails a validator (the validators judge, the model
     writes; a day failing every draw stays as last drawn). Returns the texts and how many days were redrawn."""
-    prompts, grammar, prefer = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
+    prompts, grammar, prefer, prior = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
     texts = [list(ts) for ts in texts]
     redrawn: set[tuple[int, int]] = set()
     for _ in range(redraws):
@@ -161,7 +182,7 @@ def redraw_invalid(model, tokenizer, record: dict, requests: Sequence[ActivityCh
         redrawn.update(bad)
         with tqdm(total=len(bad), desc="redraw", disable=not progress, unit="day") as bar:
             new = _sample(model, tokenizer, grammar, [prompts[i] for i, _ in bad], cfg, bar,
-                          tuple([p[i] for i, _ in bad] for p in prefer))
+                          tuple([p[i] for i, _ in bad] for p in prefer), prior)
         for (i, k), t in zip(bad, new):
             texts[i][k] = t
     return texts, len(redrawn)
@@ -244,13 +265,18 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                                                                  "the user visited on trained days")
     p.add_argument("--prefer_hours", type=float, default=0.0, help="logit bonus towards the hours the user started "
                                                                    "activities on trained days")
+    p.add_argument("--user_prior", type=float, default=0.0, help="share (0-1) of lines whose place is drawn from "
+                   "the user's history, p_user(place | previous place, this hour); the LM writes the rest")
+    p.add_argument("--user_prior_hours", type=float, default=0.0, help="share (0-1) of lines whose start hour is "
+                   "drawn from the user's history, p_user(hour | previous place and hour)")
     p.add_argument("--no_reach", action="store_true", help="do not restrict places to those within reach")
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     return SamplingConfig(temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, seed=args.seed, n=getattr(args, "n", 1),
-                          prefer_own=args.prefer_own, prefer_hours=args.prefer_hours, reach=not args.no_reach)
+                          prefer_own=args.prefer_own, prefer_hours=args.prefer_hours, user_prior=args.user_prior,
+                          user_prior_hours=args.user_prior_hours, reach=not args.no_reach)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -276,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = sampling_config(args)
     own = trained_own_choices(record, load_activity_split(record["name"], args.data_root,
                                                           seed=record.get("synthetic_seed", 0)).train) \
-        if cfg.prefer_own or cfg.prefer_hours else None
+        if cfg.prefer_own or cfg.prefer_hours or cfg.user_prior or cfg.user_prior_hours else None
     texts = generate_texts(model, tokenizer, record, requests, cfg, own=own)
     if args.redraws:
         texts, n = redraw_invalid(model, tokenizer, record, requests, texts, cfg, checks_for(record), args.redraws,

@@ -196,11 +196,19 @@ def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpo
                              if c.user == user and f"{c.user}/{c.date}" in trained for a in c.activities}
     chosen, grid = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64), own,
                                    progress=False, max_requests=8, temperatures=(0.7, 1.3), prefer_own=(0.0, 2.0),
-                                   prefer_hours=(1.0,))
-    assert [(g["temperature"], g["prefer_own"], g["prefer_hours"]) for g in grid] == [
-        (0.7, 0.0, 1.0), (0.7, 2.0, 1.0), (1.3, 0.0, 1.0), (1.3, 2.0, 1.0)]
+                                   prefer_hours=(1.0,), user_prior=(0.5,))
+    assert [(g["temperature"], g["prefer_own"], g["prefer_hours"], g["user_prior"]) for g in grid] == [
+        (0.7, 0.0, 1.0, 0.5), (0.7, 2.0, 1.0, 0.5), (1.3, 0.0, 1.0, 0.5), (1.3, 2.0, 1.0, 0.5)]
     ok = [g for g in grid if g["valid"] >= 0.95] or grid
-    best = min(ok, key=lambda g: g["mean_jsd"])
-    assert (chosen.temperature, chosen.prefer_own, chosen.prefer_hours) == (best["temperature"], best["prefer_own"],
-                                                                            1.0)
+    best = min(ok, key=lambda g: g["margin"])
+    assert (chosen.temperature, chosen.prefer_own, chosen.prefer_hours, chosen.user_prior) == (
+        best["temperature"], best["prefer_own"], 1.0, 0.5)
     assert chosen.batch_size == 16 and chosen.max_new_tokens == 64
+
+
+def test_margin_score_weighs_each_distribution_by_the_reference():
+    from stllm.eval.activity_eval import margin_score
+
+    ref = {"category": 0.04, "start": 0.01, "n_activities": 0.02, "step_km": 0.002, "gyration_km": float("nan")}
+    row = {"category": 0.02, "start": 0.01, "n_activities": 0.04, "step_km": 0.004, "gyration_km": 0.5}
+    assert margin_score(row, ref) == pytest.approx((0.5 + 1 + 2 + 2) / 4)  # gyration: no reference, left out

@@ -174,3 +174,64 @@ def test_time_bonus_lifts_tokens_towards_preferred_hours_while_the_time_is_open(
     assert up == {" "}  # ' ' keeps every time open; ' 09', ' 10', ' 11' (this vocabulary's) close out 14:xx
     assert lifted(" A 1") == {"4"}  # 14:xx, not 10-13 or 15-19
     assert not lifted(" A 14:00 |")  # the time is written: categories are not pulled by it
+
+
+def _prior_for(g, days):
+    from stllm.data.activity_prior import PriorDay, UserPrior
+
+    return UserPrior(len(g.choices)).fit(
+        [PriorDay(u, tuple(r for r in g.ranks(keys)), tuple(m)) for u, keys, m in days])
+
+
+def _allowed_choices(g, tok, proc, text: str, rows: int) -> list[set]:
+    """Per row, the choices every allowed token at ``text`` leads towards (empty: the place is left open)."""
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]] * rows)
+    out = proc(ids, torch.zeros(rows, len(tok)))
+    state = proc.state_of(tuple(ids[0].tolist()))
+    tokens, lo, hi, _, _ = proc.allowed(state, True)
+    finite = torch.isfinite(out).numpy()
+    return [set.intersection(*({*range(a, b + 1)} for t, a, b in zip(tokens, lo, hi) if finite[r, t]))
+            for r in range(rows)]
+
+
+def test_user_prior_draws_the_line_place_from_the_users_history_at_its_share():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, None, answer_prefix=" ", max_lines=4)
+    office, cafe = g.ranks(["Office", "Café"])
+    prior = _prior_for(g, [("u", ["Office"], [600])] * 3 + [("u", ["Café"], [600])])
+    p = prior.choice("u", -1, 10)
+    rows = 400
+    for weight in (1.0, 0.5):
+        proc = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"] * rows, prior_weight=weight, seed=1)
+        allowed = _allowed_choices(g, tok, proc, " A 10:00 | ", rows)
+        forced = [next(iter(a)) for a in allowed if len(a) == 1]
+        assert len(forced) / rows == pytest.approx(weight, abs=0.07)  # the share of lines drawn from the prior
+        assert np.mean([c == office for c in forced]) == pytest.approx(p[office] / p.sum(), abs=0.07)
+        assert any(c == cafe for c in forced)  # drawn, not the prior's mode
+        assert all(not a for a in allowed if len(a) != 1)  # the rest: every category open
+    again = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"] * rows, prior_weight=0.5, seed=1)
+    assert _allowed_choices(g, tok, again, " A 10:00 | ", rows) == allowed  # seeded: repeatable
+    with pytest.raises(ValueError, match="prior"):
+        ActivityLogitsProcessor(g, tok, 0, 200, prior_weight=0.5)
+
+
+def test_user_prior_never_forces_a_place_out_of_reach_and_hours_follow_the_previous_line():
+    from stllm.models.activity_decoding import ReachRule
+
+    tok = _tokenizer()
+    g = activity_grammar(CATS, PLACES, answer_prefix=" ", max_lines=4, reach=ReachRule(130.0))
+    far = ("Office", "40.720,-73.980")  # ~2.8 km from the bar: out of reach one minute later
+    prior = _prior_for(g, [("u", [("Bar", "40.700,-74.000"), far], [600, 900])] * 5)
+    proc = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"] * 50, prior_weight=1.0,
+                                   hour_weight=1.0, seed=0)
+    allowed = _allowed_choices(g, tok, proc, " A 10:00 | Bar | 40.700,-74.000\nA 10:01 | ", 50)
+    assert all(allowed) and not any(g.ranks([far])[0] in a for a in allowed)  # forced, never to the far office
+    ids = torch.tensor([tok(" A 10:00 | Bar | 40.700,-74.000\nA", add_special_tokens=False)["input_ids"]] * 50)
+    out = proc(ids, torch.zeros(50, len(tok)))
+    _, _, _, tlo, thi = proc.allowed(proc.state_of(tuple(ids[0].tolist())), True)
+    assert (tlo >= 0).all()  # after 'A' every token writes the time
+    tokens = proc.allowed(proc.state_of(tuple(ids[0].tolist())), True)[0]
+    for row in range(50):  # every allowed token can still reach a time in 15:xx, the move seen after 10:xx
+        ok = torch.isfinite(out[row, torch.from_numpy(tokens)]).numpy()
+        assert ok.any() and ((tlo[ok] <= 15 * 60 + 59) & (thi[ok] >= 15 * 60)).all()
+        assert not ok.all()  # and some were closed (' 10', ' 09', ...)

@@ -1,0 +1,38 @@
+"""The user history prior: nested Dirichlet back-off worked by hand, unseen users fall back, bad ranks refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stllm.data.activity_prior import START, PriorDay, UserPrior
+
+
+def test_choice_backoff_matches_the_hand_computation():
+    prior = UserPrior(3, alpha=1.0).fit([PriorDay("u", (0, 1), (8 * 60, 10 * 60))])
+    # uniform [1/3]; population {0: 1, 1: 1}: ([1, 1, 0] + 1/3) / 3 = [4/9, 4/9, 1/9]; the user has the same counts:
+    # ([1, 1, 0] + [4/9, 4/9, 1/9]) / 3 = [13/27, 13/27, 1/27]; user at 8 h {0: 1}: [40/54, 13/54, 1/54];
+    # user after START {0: 1}: [94/108, 13/108, 1/108]; user after START at 8 h {0: 1}: [202/216, 13/216, 1/216]
+    np.testing.assert_allclose(prior.choice("u", START, 8), np.array([202, 13, 1]) / 216)
+    np.testing.assert_allclose(prior.choice("stranger", 5, 3), [4 / 9, 4 / 9, 1 / 9])  # population only
+    cum = prior.choice_cum("u", START, 8)
+    assert cum[0] == 0 and cum[-1] == pytest.approx(1) and cum[2] - cum[1] == pytest.approx(13 / 216)
+
+
+def test_hour_prior_conditions_on_the_previous_hour_and_spreads_over_minutes():
+    prior = UserPrior(2).fit([PriorDay("u", (0, 1), (8 * 60, 10 * 60)), PriorDay("v", (1,), (9 * 60,))])
+    p = prior.hour("u", 0, 8)  # after 08:xx the only transition seen went to 10:xx
+    assert p.argmax() == 10 and p.sum() == pytest.approx(1)
+    assert p[10] > 0.5 and p[9] < 0.05  # v's 09:xx was a first line, not a move after 08:xx
+    first = prior.hour("v", START, START)
+    assert first.argmax() == 9
+    cum = prior.minute_cum("u", 0, 8)
+    assert len(cum) == 24 * 60 + 1 and cum[-1] == pytest.approx(1)
+    assert cum[10 * 60 + 30] - cum[10 * 60] == pytest.approx(p[10] / 2)  # half of 10:xx
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="ranks"):
+        UserPrior(2).fit([PriorDay("u", (2,), (0,))])
+    with pytest.raises(ValueError, match="alpha"):
+        UserPrior(2, alpha=0)
