@@ -6,8 +6,9 @@ active days are test days; the table scores the held-out users' test days (check
 training; ``--models`` runs the pipeline of :mod:`stllm.train.intent_pipeline` per seed (population model =
 ``--tiny_preset small`` Llama trained by ``stllm train-intent``, distilled student, per-user head tuning with and
 without the unlearning term, history sizing and per-user logit adjustment with ``k``/``tau`` chosen on validation
-days inside the users' earlier days, and their ablations) and reports mean ± std over seeds, the per-seed count of
-users whose macro F1 rises and the chosen ``(k, tau)``, then the footprint of teacher and student. ``--reuse``
+days inside the users' earlier days, the tuned rows' validation gap held below every baseline's validation gap minus
+``--gap_margin``, and their ablations) and reports each seed's table, mean ± std over seeds, the per-seed count of
+users whose macro F1 rises and the chosen ``(k, tau, alpha)``, then the footprint of teacher and student. ``--reuse``
 loads the population model and student a previous run of the same seed left in ``--out`` (training is
 deterministic on CPU: the same seed trains the same models).
 
@@ -27,12 +28,18 @@ from stllm.eval.intent_baselines import baseline_table
 from stllm.eval.intent_metrics import format_intent_table, per_user_scores, score_table
 
 
+def seed_rows(r) -> dict[str, dict[str, float]]:
+    """One seed's scores of each model."""
+    y, users = r.data.log.intent[r.rows], r.data.log.user[r.rows]
+    return {name: score_table(y, pred, users, len(INTENTS)) for name, pred in r.preds.items()}
+
+
 def model_rows(results) -> dict[str, dict[str, float]]:
     """Mean over seeds of each model's scores, with the spread of the per-user macro F1 mean."""
     rows: dict[str, dict[str, float]] = {}
+    seeds = [seed_rows(r) for r in results]
     for name in results[0].preds:
-        per_seed = [score_table(r.data.log.intent[r.rows], r.preds[name], r.data.log.user[r.rows], len(INTENTS))
-                    for r in results]
+        per_seed = [s[name] for s in seeds]
         row = {k: float(np.mean([s[k] for s in per_seed])) for k in per_seed[0]}
         row["user_macro_f1_std"] = float(np.std([s["user_macro_f1"] for s in per_seed]))
         rows[name] = row
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/intent_quality"))
     ap.add_argument("--select_on", default="pooled", choices=("pooled", "user"),
                     help="validation objective of k/tau/alpha: pooled or mean per-user macro F1")
+    ap.add_argument("--gap_margin", type=float, default=0.02,
+                    help="tuned rows: validation gap below every baseline's minus this (negative: no bound)")
     ap.add_argument("--reuse", action="store_true", help="load population/ and student/ of --out/seedK when there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
             cfg = PipelineConfig(data=args.data, seed=seed, split_seed=args.split_seed, teacher_steps=args.steps,
                                  teacher_preset=args.preset, reuse=args.reuse,
-                                 select_on=args.select_on)
+                                 select_on=args.select_on, gap_margin=args.gap_margin if args.gap_margin >= 0 else None)
             r = run_pipeline(cfg, args.out / f"seed{seed}")
             results.append(r)
             pairs = ((TUNED, POPULATION), (TUNED, POPULATION_ADJUSTED), (TUNED, BEFORE), (PLAIN, POPULATION))
@@ -89,8 +98,12 @@ def main(argv: list[str] | None = None) -> None:
             np.savez(args.out / f"seed{seed}" / "predictions.npz", rows=r.rows, **r.preds)
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()) + "; users whose "
                   "macro F1 rises: " + ", ".join(f"{n} {a}/{b}" for n, (a, b) in up.items()), flush=True)
-            print(f"seed {seed}: chosen on validation: " + ", ".join(f"{n} k={c.k:g} tau={c.tau:g} alpha={c.alpha:g}"
-                                                                     for n, c in r.choices.items()), flush=True)
+            print(f"seed {seed}: chosen on validation: " + ", ".join(
+                f"{n} k={c.k:g} tau={c.tau:g} alpha={c.alpha:g} (val macro F1 {r.val_scores[n]['macro_f1']:.4f}, gap "
+                f"{r.val_scores[n]['gap']:.4f})" for n, c in r.choices.items()), flush=True)
+            print("seed {}: validation gaps of the baselines: {}".format(seed, ", ".join(
+                f"{n} {v['gap']:.4f}" for n, v in r.val_scores.items() if n not in r.choices)), flush=True)
+            print(format_intent_table({**seed_rows(r), **rows}, f"seed {seed}") + "\n", flush=True)
         r = results[0]
         _, first = np.unique(r.data.log.user[r.rows], return_index=True)
         print(f"held-out users' training targets: median {np.median(r.n_train[first]):.0f} per user")

@@ -311,8 +311,10 @@ def run_intent_demo(output_dir: str | Path = "runs/demo-tokyo-intent", data: str
     title = f"{source}: {len(np.unique(r.data.log.user[r.rows]))} held-out users, {len(r.rows)} later-day targets"
     result = report_models(r.data, r.rows, r.preds, out / "eval", title, BEFORE, (TUNED, PLAIN))
     print(result.table)
-    print("chosen on validation days: " + ", ".join(f"{n} k={c.k:g} tau={c.tau:g} alpha={c.alpha:g}"
-                                                    for n, c in r.choices.items()))
+    print("chosen on validation days: " + ", ".join(f"{n} k={c.k:g} tau={c.tau:g} alpha={c.alpha:g} (gap "
+                                                    f"{r.val_scores[n]['gap']:.4f})" for n, c in r.choices.items()))
+    print("validation gaps of the baselines: " + ", ".join(f"{n} {v['gap']:.4f}" for n, v in r.val_scores.items()
+                                                          if n not in r.choices))
     for who, size in r.sizes.items():
         print(f"{who}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in size.items()))
     print(f"\nwrote: {', '.join(str(f) for f in result.files)}\ndemo took {time.time() - t0:.0f} s")

@@ -12,7 +12,10 @@
    ``k``, ``tau`` and ``alpha`` are chosen on a *validation* split (:func:`stllm.data.intent.validation_data`: the
    last quarter of each held-out user's earlier days, tuned on the days before it; checked to hold no test
    target), by pooled macro F1 (``select_on="user"``: the mean of per-user macro F1s, noisier with the few
-   validation targets NYC users have).
+   validation targets NYC users have). The tuned rows only choose among grid points whose pooled validation
+   weighted - macro gap is at least ``gap_margin`` below the smallest validation gap of every baseline (the
+   population model, adjusted or not, the student before tuning, the count baselines), all scored on the same
+   validation targets: the issue's gap target, met on validation, never by looking at test days.
 Every model predicts the held-out users' later days (checked by :func:`stllm.data.intent.check_heldout`); scoring
 of the table is the caller's (``stllm.eval.intent``).
 """
@@ -27,7 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from stllm.data.intent import IntentCollator, PreparedIntent, check_heldout, prepare_from_record, validation_data
+from stllm.data.intent import (
+    INTENTS,
+    IntentCollator,
+    PreparedIntent,
+    check_heldout,
+    prepare_from_record,
+    validation_data,
+)
+from stllm.eval.intent_baselines import INTENT_BASELINES, baseline_table
+from stllm.eval.intent_metrics import intent_scores
 from stllm.models.intent import INTENT_DATA_FILE, load_intent_checkpoint, read_intent_record, run_intent
 from stllm.train.arguments import parse_args
 from stllm.train.distill_intent import (
@@ -76,6 +88,7 @@ class PipelineConfig:
     taus: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # logit adjustment; 0 = none
     alphas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # pseudo-counts per intent of the user's prior
     select_on: str = "pooled"  # validation macro F1: pooled or mean per user (tune_intent.select_posthoc)
+    gap_margin: float | None = 0.02  # tuned rows: validation gap < every baseline's minus this; None = unbounded
     measure: bool = True  # footprint and ONNX
     reuse: bool = False  # load population/ and student/ from out_dir when there (same config and seed)
 
@@ -86,6 +99,7 @@ class PipelineResult:
     rows: np.ndarray  # the held-out users' later-day targets, in the order of every prediction array
     preds: dict[str, np.ndarray]
     choices: dict[str, Posthoc]  # the (k, tau) validation chose for each post-hoc row
+    val_scores: dict[str, dict[str, float]]  # pooled validation scores: the baselines' and each post-hoc row's choice
     n_train: np.ndarray  # each test row's user's training targets
     sizes: dict[str, dict]  # "teacher" / "student": parameters, disk_bytes, latency_ms, peak_rss_mb, ...
     seconds: dict[str, float]
@@ -161,14 +175,18 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     if not np.array_equal(scored["test"][1].rows, test.rows):
         raise RuntimeError("tuned predictions are not aligned with the held-out targets")
     seconds["tune users"] = time.perf_counter() - t
-    preds, choices = _posthoc_rows(cfg, scored)
-    return PipelineResult(data=data, rows=test.rows, preds=preds, choices=choices, n_train=scored["test"][1].n_train,
-                          sizes=sizes, seconds=seconds)
+    preds, choices, val_scores = _posthoc_rows(cfg, scored)
+    return PipelineResult(data=data, rows=test.rows, preds=preds, choices=choices, val_scores=val_scores,
+                          n_train=scored["test"][1].n_train, sizes=sizes, seconds=seconds)
+
+
+BOUNDED = (TUNED, NO_SIZING, NO_ADJUSTMENT, NO_UNLEARNING)  # rows whose validation gap must beat the baselines'
 
 
 def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, UserLogits, np.ndarray]]
-                  ) -> tuple[dict[str, np.ndarray], dict[str, Posthoc]]:
-    """Every table row's test predictions; the post-hoc rows' ``(k, tau)`` chosen on the validation logits only."""
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Posthoc], dict[str, dict[str, float]]]:
+    """Every table row's test predictions; the post-hoc rows' ``(k, tau, alpha)`` chosen on the validation logits
+    only, the tuned ones under the baselines' smallest validation gap minus ``cfg.gap_margin``."""
     vd, vl, vcounts = scored["val"]
     _, tl, tcounts = scored["test"]
     y, users = vd.log.intent[vl.rows], vd.log.user[vl.rows]
@@ -181,10 +199,16 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
         PLAIN: (TUNED, "before", (0,), (0,)),
     }
     preds = {POPULATION: tl.logits[POPULATION].argmax(-1), BEFORE: tl.logits["before"].argmax(-1)}
+    val_scores = {**baseline_table(vd), **{name: intent_scores(y, vl.logits[key].argmax(-1), len(INTENTS))
+                                          for name, key in ((POPULATION, POPULATION), (BEFORE, "before"))}}
     choices = {}
     for row, (tuned, start, ks, taus) in grid.items():
-        choices[row] = select_posthoc(y, users, vl.logits[start], vl.logits[tuned], vl.n_train, vcounts, ks, taus,
-                                      cfg.alphas, cfg.select_on)
+        max_gap = None
+        if row in BOUNDED and cfg.gap_margin is not None:
+            baselines = (*INTENT_BASELINES, POPULATION, BEFORE, POPULATION_ADJUSTED)  # the last chosen first
+            max_gap = min(val_scores[b]["gap"] for b in baselines) - cfg.gap_margin
+        choices[row], val_scores[row] = select_posthoc(y, users, vl.logits[start], vl.logits[tuned], vl.n_train,
+                                                       vcounts, ks, taus, cfg.alphas, cfg.select_on, max_gap)
         preds[row] = posthoc_logits(tl.logits[start], tl.logits[tuned], tl.n_train, tcounts, choices[row]).argmax(-1)
     order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_UNLEARNING, PLAIN)
-    return {name: preds[name] for name in order}, choices
+    return {name: preds[name] for name in order}, choices, val_scores

@@ -35,6 +35,8 @@ class TuneConfig:
     lr: float = 1e-2
     unlearning: float = 1.0  # weight of the unlearning term; 0 = ablation
     anchor: float = 1e-2  # L2 pull towards the population head
+    loss_tau: float = 0.0  # logit-adjusted cross-entropy: + loss_tau * log(user's prior) inside the loss; 0 = plain
+    loss_alpha: float = 1.0  # pseudo-counts per intent of that prior
     seed: int = 0
 
 
@@ -49,16 +51,23 @@ def unlearning_term(logits: torch.Tensor, pop_probs: torch.Tensor, targets: torc
 
 def tune_head(head: IntentHead, query: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
               cfg: TuneConfig) -> IntentHead:
-    """A tuned copy of ``head`` on one user's samples (full batch)."""
+    """A tuned copy of ``head`` on one user's samples (full batch). With ``cfg.loss_tau`` the cross-entropy is
+    logit-adjusted (Menon et al. 2021's loss): it scores ``logits + loss_tau * log prior`` (the user's own intent
+    shares, add-``loss_alpha`` smoothed), so the head's raw logits -- what it predicts with -- need not spend their
+    margin on the user's frequent intents."""
     torch.manual_seed(cfg.seed)
     tuned = copy.deepcopy(head).train()
     start = [p.detach().clone() for p in tuned.parameters()]
     with torch.no_grad():
         pop_probs = F.softmax(head(query, features), dim=-1)
+    shift = 0.0
+    if cfg.loss_tau:
+        counts = torch.bincount(targets, minlength=pop_probs.shape[-1]).to(pop_probs.dtype)
+        shift = cfg.loss_tau * torch.from_numpy(np.log(user_prior(counts.numpy(), cfg.loss_alpha))).to(pop_probs)
     opt = torch.optim.Adam(tuned.parameters(), lr=cfg.lr)
     for _ in range(cfg.steps):
         logits = tuned(query, features)
-        loss = F.cross_entropy(logits, targets)
+        loss = F.cross_entropy(logits + shift, targets)
         if cfg.unlearning:
             loss = loss + cfg.unlearning * unlearning_term(logits, pop_probs, targets)
         if cfg.anchor:
@@ -159,23 +168,30 @@ def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, counts:
 
 def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray, n: np.ndarray,
                    counts: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...],
-                   alphas: tuple[float, ...] = (1.0,), objective: str = "user") -> Posthoc:
+                   alphas: tuple[float, ...] = (1.0,), objective: str = "user", max_gap: float | None = None
+                   ) -> tuple[Posthoc, dict[str, float]]:
     """The ``(k, tau, alpha)`` of the grid with the best macro F1 on *validation* targets ``y`` (the caller passes
-    validation rows only; ``counts``: each row's user's training intent counts): the mean of per-user macro F1s
-    (``objective="user"``) or the macro F1 of all targets pooled (``"pooled"``: steadier when users have only a
-    few validation targets each). Ties go to the first in grid order."""
+    validation rows only; ``counts``: each row's user's training intent counts), and its pooled validation scores:
+    the mean of per-user macro F1s (``objective="user"``) or the macro F1 of all targets pooled (``"pooled"``:
+    steadier when users have only a few validation targets each). With ``max_gap`` only grid points whose pooled
+    validation gap (weighted - macro F1) is below it compete -- macro F1 can be bought with a wider gap, and the
+    gap alone can be bought by predicting rare intents everywhere, so the gap is a constraint, not a term; when no
+    point meets it, the smallest gap wins. Ties go to the first in grid order."""
     if objective not in SELECTION_OBJECTIVES:
         raise ValueError(f"objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}")
-    best, best_score = Posthoc(), -np.inf
+    c = tuned.shape[-1]
+    best, best_key, best_scores = Posthoc(), None, {}
     for k in ks:
         sized = sized_logits(before, tuned, n, k)
         for alpha in alphas:
             log_prior = np.log(user_prior(counts, alpha))
             for tau in taus:
                 pred = (sized - tau * log_prior).argmax(-1)
-                c = tuned.shape[-1]
+                scores = intent_scores(y, pred, c)
                 score = (float(per_user_scores(y, pred, users, c)[1]["macro_f1"].mean()) if objective == "user"
-                         else intent_scores(y, pred, c)["macro_f1"])
-                if score > best_score:
-                    best, best_score = Posthoc(float(k), float(tau), float(alpha)), score
-    return best
+                         else scores["macro_f1"])
+                ok = max_gap is None or scores["gap"] < max_gap
+                key = (ok, score if ok else -scores["gap"])
+                if best_key is None or key > best_key:
+                    best, best_key, best_scores = Posthoc(float(k), float(tau), float(alpha)), key, scores
+    return best, best_scores

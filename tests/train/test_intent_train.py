@@ -26,6 +26,7 @@ from stllm.train.tune_intent import (
     TuneConfig,
     adjust_logits,
     history_weight,
+    posthoc_logits,
     select_posthoc,
     sized_logits,
     tune_head,
@@ -159,9 +160,9 @@ def test_select_posthoc_follows_validation():
     right, wrong = np.eye(2)[y] * 3, np.eye(2)[1 - y] * 3
     always0 = np.tile([3.0, 0.0], (8, 1))
     counts = np.zeros((8, 2))
-    assert select_posthoc(y, users, always0, right, n, counts, (1000, 0), (0, 1)) == Posthoc(k=0.0, tau=0.0)
-    assert select_posthoc(y, users, right, wrong, n, counts, (0, 10, 1000), (0,)) == Posthoc(k=1000.0, tau=0.0)
-    assert select_posthoc(y, users, always0, right, n, counts, (1000, 0), (0,), objective="pooled").k == 0
+    assert select_posthoc(y, users, always0, right, n, counts, (1000, 0), (0, 1))[0] == Posthoc(k=0.0, tau=0.0)
+    assert select_posthoc(y, users, right, wrong, n, counts, (0, 10, 1000), (0,))[0] == Posthoc(k=1000.0, tau=0.0)
+    assert select_posthoc(y, users, always0, right, n, counts, (1000, 0), (0,), objective="pooled")[0].k == 0
     with pytest.raises(ValueError, match="objective must be one of"):
         select_posthoc(y, users, always0, right, n, counts, (0,), (0,), objective="accuracy")
     # a student that always says 0 to users whose training counts are 9 / 1 (prior 10/12, 2/12 with alpha = 1):
@@ -169,10 +170,58 @@ def test_select_posthoc_follows_validation():
     skewed = np.tile([9.0, 1.0], (8, 1))
     near = np.tile([1.0, 0.0], (8, 1))
     near[1::2] = [0.5, 0.0]  # the class-1 rows are the ones the student is less sure of
-    got = select_posthoc(y, users, near, near, n, skewed, (0,), (0, 0.2, 0.4))
+    got, scores = select_posthoc(y, users, near, near, n, skewed, (0,), (0, 0.2, 0.4))
     assert got == Posthoc(k=0.0, tau=0.4)  # 0.4 * log 5 = 0.64 flips only the unsure rows: all right
+    assert scores["macro_f1"] == scores["accuracy"] == 1.0
     # with alpha = 9 the prior is 18/28, 10/28: log-ratio 0.59, tau 0.4 moves 0.24 and flips nothing; alpha 1 wins
-    assert select_posthoc(y, users, near, near, n, skewed, (0,), (0.4,), (9.0, 1.0)) == Posthoc(0.0, 0.4, 1.0)
+    assert select_posthoc(y, users, near, near, n, skewed, (0,), (0.4,), (9.0, 1.0))[0] == Posthoc(0.0, 0.4, 1.0)
+
+
+def test_select_posthoc_gap_bound_against_sklearn():
+    """With ``max_gap`` the choice is the best pooled macro F1 among the grid points whose weighted - macro gap
+    (sklearn's F1s) is below it; when none is, the smallest gap wins."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(4, size=120, p=[0.6, 0.25, 0.1, 0.05])
+    users, n = rng.integers(0, 3, size=120), rng.integers(5, 50, size=120)
+    before, tuned = rng.normal(size=(120, 4)) + 2 * np.eye(4)[y], rng.normal(size=(120, 4)) + 2.5 * np.eye(4)[y]
+    before[:, 0] += 1.5  # the student leans to the frequent intent
+    counts = np.bincount(users * 4 + y, minlength=12).reshape(3, 4)[users].astype(float)
+    ks, taus = (0, 10, 100), (0, 0.5, 1, 2)
+    table = {}
+    for k in ks:
+        for tau in taus:
+            p = Posthoc(float(k), float(tau), 1.0)
+            pred = posthoc_logits(before, tuned, n, counts, p).argmax(-1)
+            macro = f1_score(y, pred, average="macro")
+            table[p] = (macro, f1_score(y, pred, average="weighted") - macro)
+    free, _ = select_posthoc(y, users, before, tuned, n, counts, ks, taus, objective="pooled")
+    assert free == max(table, key=lambda p: table[p][0])
+    bound = table[free][1]  # the unbounded choice misses its own gap
+    got, scores = select_posthoc(y, users, before, tuned, n, counts, ks, taus, objective="pooled", max_gap=bound)
+    feasible = [p for p in table if table[p][1] < bound]
+    assert feasible and got == max(feasible, key=lambda p: table[p][0]) and got != free
+    assert scores["gap"] == pytest.approx(table[got][1]) and scores["gap"] < bound
+    none, _ = select_posthoc(y, users, before, tuned, n, counts, ks, taus, objective="pooled", max_gap=-1.0)
+    assert none == min(table, key=lambda p: table[p][1])
+
+
+def test_logit_adjusted_tuning_loss_learns_the_balanced_posterior():
+    """One input for every sample, 36 targets of intent 0 and 4 of intent 1: plain cross-entropy learns the
+    shares (0.9, 0.1); the logit-adjusted loss with ``loss_tau = 1`` and the prior (0.9, 0.1) (alpha ~ 0) learns
+    raw logits whose softmax is the prior-free (0.5, 0.5)."""
+    torch.manual_seed(0)
+    head = IntentHead(8, 2, 7, 8)
+    q, f = torch.randn(1, 8).expand(40, 8), torch.randn(1, 2, 7).expand(40, 2, 7)
+    y = torch.tensor([0] * 36 + [1] * 4)
+    p1 = {}
+    for tau in (0.0, 1.0):
+        cfg = TuneConfig(steps=300, lr=5e-2, unlearning=0.0, anchor=0.0, loss_tau=tau, loss_alpha=1e-6)
+        tuned = tune_head(head, q, f, y, cfg)
+        with torch.no_grad():
+            p1[tau] = torch.softmax(tuned(q[:1], f[:1]), -1)[0, 1].item()
+    assert p1[0.0] == pytest.approx(0.1, abs=0.01) and p1[1.0] == pytest.approx(0.5, abs=0.01)
 
 
 def test_user_prior_hand_worked():
