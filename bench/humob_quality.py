@@ -4,13 +4,15 @@ days 60-74 of the other city, and print the table beside the baselines and the p
     python bench/humob_quality.py [--data DIR] [--steps 250] [--pairs B:C C:B] [--seeds 0,1,2]
                                   [--train_flags "--lm_loss_weight 0.1"] [--out /tmp/humob_quality]
                                   [--select_radii 8,12,16,20,30] [--select_temperatures 0.4,0.55,0.7,1.0]
+                                  [--transition_weights 0,0.2,0.3,0.5]
                                   [--variant humob24|giscup25] [--reuse]
 
 Decode settings are chosen without test data: ``--select_*`` leaves ``--heldout_users`` of the training city out of
 training and scores them on windows inside days 0-59 (:data:`SELECTION_WINDOWS`). Quota's temperature maximises
 their mean GEO-BLEU; anchored's radius (and temperature, ``--anchored_temperatures``) maximises its smallest
 relative margin over the best history baseline, over both metrics (GEO-BLEU above the best, DTW below the best) and
-every window: the target is to beat every baseline on both metrics.
+every window: the target is to beat every baseline on both metrics. ``--transition_weights`` adds the weight of the
+within-day transitions (:mod:`stllm.eval.mobility_transitions`) to both choices.
 
 Each pair and seed trains from scratch (about 40 s of 250 steps on 2 idle cores) and evaluates with
 ``stllm eval mobility`` (a few seconds for 100 users); with several seeds a last table gives stllm's mean and
@@ -30,8 +32,9 @@ import numpy as np
 from stllm.cli import main as stllm
 from stllm.data.loaders import data_root
 from stllm.data.mobility import MOBILITY_DATA_FILE
-from stllm.eval.mobility import ANCHOR_RADIUS, QUOTA_TEMPERATURE, evaluate_mobility
+from stllm.eval.mobility import ANCHOR_RADIUS, QUOTA_TEMPERATURE, TRANSITIONS, evaluate_mobility
 from stllm.eval.mobility_baselines import BASELINES
+from stllm.eval.mobility_transitions import TransitionConfig
 
 FILE = "groundtruth_days0-74_cityBC.csv"
 # (history days, target days) of the held-out users that choose decode settings: inside days 0-59, two windows
@@ -53,6 +56,11 @@ def mean_geobleu(windows: list[dict[str, dict[str, float]]]) -> float:
     return float(np.mean([m["stllm"]["geobleu"] for m in windows]))
 
 
+def setting_name(kw: dict) -> str:
+    return ", ".join(f"transition weight {v.weight:g}" if isinstance(v, TransitionConfig) else f"{k} {v:g}"
+                     for k, v in kw.items())
+
+
 def select(ckpt: Path, out: Path, data: Path, city: str, decode: str, settings: list[dict], objective,
            variant: str = "humob24") -> dict:
     """The settings (evaluate_mobility arguments) under which ``decode`` scores best by ``objective`` (of the
@@ -68,12 +76,10 @@ def select(ckpt: Path, out: Path, data: Path, city: str, decode: str, settings: 
     def mean(i: int, method: str) -> str:
         return " / ".join(f"{np.mean([w[method][k] for w in found[i]]):.4f}" for k in ("geobleu", "dtw"))
 
-    def name(kw: dict) -> str:
-        return " ".join(f"{k} {v:g}" for k, v in kw.items())
-
-    rows = ", ".join(f"{name(kw)}: {mean(i, 'stllm')} ({objective(found[i]):+.3f})" for i, kw in enumerate(settings))
+    rows = "; ".join(f"{setting_name(kw)}: {mean(i, 'stllm')} ({objective(found[i]):+.3f})"
+                     for i, kw in enumerate(settings))
     print(f"\n== {decode} on {len(heldout)} held-out users of {city} (mean of {len(SELECTION_WINDOWS)} windows in days "
-          f"0-59, GEO-BLEU / DTW; objective): {rows} -> {name(settings[best])}; baselines there: "
+          f"0-59, GEO-BLEU / DTW; objective): {rows} -> {setting_name(settings[best])}; baselines there: "
           + ", ".join(f"{b} {mean(best, b)}" for b in BASELINES))
     return settings[best]
 
@@ -94,6 +100,8 @@ def main() -> None:
                     "radius (cells) on --heldout_users of the training city (see above), then evaluate with it")
     ap.add_argument("--anchored_temperatures", default="", help="comma list: temperatures chosen jointly with "
                     "--select_radii for anchored decoding (default: quota's)")
+    ap.add_argument("--transition_weights", default="", help="comma list, e.g. 0,0.2,0.3,0.5: transition weights "
+                    "chosen jointly with --select_temperatures / --select_radii (default: the library's)")
     ap.add_argument("--heldout_users", type=int, default=20, help="users left out for --select_*")
     ap.add_argument("--reuse", action="store_true", help="evaluate the checkpoints already in --out (same pairs and "
                     "seeds) instead of training them again, e.g. with another --variant or --decodes")
@@ -108,6 +116,8 @@ def main() -> None:
     temps = [float(t) for t in args.select_temperatures.split(",") if t.strip()]
     radii = [float(t) for t in args.select_radii.split(",") if t.strip()]
     anchored_temps = [float(t) for t in args.anchored_temperatures.split(",") if t.strip()]
+    chains = [TransitionConfig(float(w), TRANSITIONS.smoothing, TRANSITIONS.scale)
+              for w in args.transition_weights.split(",") if w.strip()] or [TRANSITIONS]
     held = ["--heldout_users", str(args.heldout_users)] if temps or radii else []
     for pair in args.pairs:
         train_city, eval_city = pair.split(":")
@@ -124,23 +134,25 @@ def main() -> None:
             if code:
                 raise SystemExit(code)
             trained = "reused" if reuse else f"{time.perf_counter() - start:.0f} s"
-            quota = {"temperature": QUOTA_TEMPERATURE}
-            anchored = {"temperature": QUOTA_TEMPERATURE, "radius": ANCHOR_RADIUS}
+            quota = {"temperature": QUOTA_TEMPERATURE, "transitions": TRANSITIONS}
+            anchored = {"temperature": QUOTA_TEMPERATURE, "radius": ANCHOR_RADIUS, "transitions": TRANSITIONS}
             sel = args.out / f"select-{train_city}-seed{seed}"
             if temps:
-                quota = select(ckpt, sel, data, train_city, "quota", [{"temperature": t} for t in temps],
-                               mean_geobleu, args.variant)
+                quota = select(ckpt, sel, data, train_city, "quota",
+                               [{"temperature": t, "transitions": c} for t in temps for c in chains], mean_geobleu,
+                               args.variant)
             if radii:
                 anchored = select(ckpt, sel, data, train_city, "anchored",
-                                  [{"temperature": t, "radius": r} for t in anchored_temps or [quota["temperature"]]
-                                   for r in radii], worst_margin, args.variant)
+                                  [{"temperature": t, "radius": r, "transitions": c}
+                                   for t in anchored_temps or [quota["temperature"]] for r in radii for c in chains],
+                                  worst_margin, args.variant)
             for decode in args.decodes.split(","):
+                chosen = anchored if decode == "anchored" else quota
                 result = evaluate_mobility(ckpt, args.out / f"{train_city}-to-{eval_city}-seed{seed}-{decode}",
                                            data=str(data), base=1, city=eval_city, decode=decode,
-                                           variant=args.variant, **(anchored if decode == "anchored" else quota))
+                                           variant=args.variant, **chosen)
                 print(f"\n== seed {seed}: trained on {train_city} ({trained}), zero-shot on {eval_city}, "
-                      f"decode {decode} ({anchored if decode == 'anchored' else quota}) "
-                      f"==\n{result.table}")
+                      f"decode {decode} ({setting_name(chosen)}) ==\n{result.table}")
                 m = result.metrics["stllm"]
                 scores.setdefault(f"{pair} decode {decode}", []).append((m["geobleu"], m["dtw"]))
     if scores:

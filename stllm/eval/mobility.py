@@ -35,6 +35,13 @@ from stllm.data.trajectories import Trajectories, split_by_day, write_humob_csv
 from stllm.errors import run_command
 from stllm.eval.mobility_baselines import BASELINES, published_predictions
 from stllm.eval.mobility_metrics import score_users
+from stllm.eval.mobility_transitions import (
+    TransitionConfig,
+    day_layout,
+    place_transitions,
+    posterior_days,
+    viterbi_days,
+)
 from stllm.eval.run_identity import load_task_checkpoint
 from stllm.eval.zero_shot import EvalResult, _write_json, print_result
 from stllm.safe_io import write_text_atomic
@@ -76,7 +83,7 @@ def check_not_trained_on(target: Trajectories, record: dict) -> None:
                          f"{target.uid[i]} day {target.d[i]}. Evaluate later days or other users/cities")
 
 
-DECODES = ("anchored", "quota", "geo", "argmax", "distance")
+DECODES = ("anchored", "quota", "geo", "argmax", "distance", "viterbi")
 # geo decoding's weight of the expected distance (cells) beside GEO-BLEU's proximity; on HuMob'24 B -> C / C -> B
 # (tiny model, seed 0) 0.03 cut DTW by 13% / 6% for +0.3% / -0.1% GEO-BLEU against 0 (see the issue 16 note)
 GEO_DISTANCE_WEIGHT = 0.03
@@ -90,6 +97,9 @@ QUOTA_TEMPERATURE = 0.7
 # smallest margin over the best history baseline on both metrics; python bench/humob_quality.py --select_radii
 # 12,16,20,30 --anchored_temperatures 0.5,0.7), B-trained seeds 0 / 1 chose 20 (T 0.5 / 0.7), C-trained 30 and 30
 ANCHOR_RADIUS = 20.0
+# the within-day order of places (stllm.eval.mobility_transitions): before decoding, each slot's head distribution
+# becomes its posterior in the day's chain of slots, with the user's own history transitions at this weight
+TRANSITIONS = TransitionConfig(weight=0.3, smoothing=1.0, scale=5.0)
 
 
 def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: str = "quota",
@@ -109,8 +119,8 @@ def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: s
     every place farther than ``radius`` cells from the day's anchor (the ``geo`` choice of the day's last row)
     replaced by the anchor (:func:`anchor_far_places`): one decode for both metrics.
     """
-    if decode not in DECODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    if decode not in DECODES or decode == "viterbi":  # viterbi needs the users' transitions: predict_cells
+        raise ValueError(f"decode must be one of {', '.join(DECODES[:-1])}, got {decode!r}")
     if decode in ("quota", "anchored") and (day is None or day.shape != scores.shape[:1]):
         raise ValueError(f"decode {decode!r} needs the day of every row (day: one id per row of scores)")
     scores = scores.float()
@@ -158,12 +168,7 @@ def fill_day_quotas(value: torch.Tensor, probs: torch.Tensor, day: torch.Tensor)
     q_n, k_n = probs.shape
     if not q_n:
         return torch.zeros(0, dtype=torch.long)
-    new_day = torch.ones(q_n, dtype=torch.bool)
-    new_day[1:] = day[1:] != day[:-1]
-    group = new_day.cumsum(0) - 1
-    starts = torch.nonzero(new_day)[:, 0]
-    pos = torch.arange(q_n) - starts[group]
-    g_n, length = len(starts), int(pos.max()) + 1
+    group, pos, g_n, length = day_layout(day)
     vals = torch.full((g_n, length, k_n), float("-inf"))
     vals[group, pos] = value.float()
     expected = torch.zeros(g_n, k_n).index_add_(0, group, probs.float())
@@ -193,9 +198,12 @@ def fill_day_quotas(value: torch.Tensor, probs: torch.Tensor, day: torch.Tensor)
 @torch.inference_mode()
 def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories, candidates: int,
                   batch_size: int = 16, decode: str = "anchored", temperature: float = QUOTA_TEMPERATURE,
-                  radius: float = ANCHOR_RADIUS) -> Trajectories:
+                  radius: float = ANCHOR_RADIUS, transitions: TransitionConfig = TRANSITIONS) -> Trajectories:
     """The target rows with stllm's cells: one forward pass per batch of users (no generation); ``decode`` as in
-    :func:`choose_cells`."""
+    :func:`choose_cells`, on each slot's posterior in its day's chain when ``transitions.weight > 0``
+    (:func:`~stllm.eval.mobility_transitions.posterior_days`), or ``viterbi``: each day's most likely path."""
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
     days = (int(history.d.min()), int(history.d.max())), (int(target.d.min()), int(target.d.max()))
     dataset = MobilityDataset(history, [MobilityWindow(*days)], candidates=candidates, targets=target)
     collator = MobilityCollator(tokenizer, answer="prefix")
@@ -204,14 +212,27 @@ def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories,
     day = torch.from_numpy(np.unique(np.stack([target.uid, target.d]), axis=1, return_inverse=True)[1].ravel())
     done = 0
     for start in range(0, len(dataset), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        index = range(start, min(start + batch_size, len(dataset)))
+        samples = [dataset[i] for i in index]
+        batch = collator(samples)
         cand = batch.pop("mob_cells")
         batch.pop("mob_targets")
         batch = {k: v.to(device) for k, v in batch.items()}
         scores = model(**batch, logits_to_keep=1).mob_scores.float().cpu()
-        cells.append(choose_cells(scores, cand, history.grid, decode, day[done:done + len(scores)],
-                                  temperature=temperature, radius=radius).numpy())
+        rows = day[done:done + len(scores)]
         done += len(scores)
+        if decode == "viterbi" or transitions.weight > 0:
+            users = np.array([dataset.items[i][1] for i in index])
+            log_trans = torch.from_numpy(place_transitions(history, users, np.stack([s["cells"] for s in samples]),
+                                                           transitions))
+            user = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor([len(s["slot"]) for s in samples]))
+            if decode == "viterbi":
+                pick = viterbi_days(scores.log_softmax(1), log_trans, user, rows, transitions.weight)
+                cells.append(cand.gather(1, pick[:, None])[:, 0].numpy())
+                continue
+            scores = posterior_days(scores.log_softmax(1), log_trans, user, rows, transitions.weight)
+        cells.append(choose_cells(scores, cand, history.grid, decode, rows, temperature=temperature,
+                                  radius=radius).numpy())
     cell = np.concatenate(cells)
     x, y = np.divmod(cell, history.grid)
     pred = target.with_base(history.base).with_cells(x + history.base, y + history.base)
@@ -232,11 +253,13 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
                       target_days: tuple[int, int] = (60, 74), variant: str = "humob24", batch_size: int = 16,
                       published: str | os.PathLike | None = None, max_users: int | None = None,
                       decode: str = "anchored", temperature: float = QUOTA_TEMPERATURE,
-                      users: np.ndarray | None = None, radius: float = ANCHOR_RADIUS) -> EvalResult:
+                      users: np.ndarray | None = None, radius: float = ANCHOR_RADIUS,
+                      transitions: TransitionConfig = TRANSITIONS) -> EvalResult:
     """Evaluate a ``stllm train-mobility`` checkpoint on ``data`` (default: a synthetic city the checkpoint never
     saw, seed + 1000, other uids). ``published``: a folder with the published models' prediction files (default:
     the data file's folder when it holds them). ``decode``: how a slot's cell is chosen from the head's scores
-    (:func:`choose_cells`; ``temperature``: quota's, ``radius``: anchored's). ``users``: evaluate only these uids."""
+    (:func:`choose_cells`; ``temperature``: quota's, ``radius``: anchored's; ``transitions``: the within-day chain,
+    :func:`predict_cells`). ``users``: evaluate only these uids."""
     ckpt, out = Path(checkpoint), Path(output_dir)
     model, tokenizer, record = load_mobility_checkpoint(ckpt)
     if data in (None, "synthetic"):
@@ -257,7 +280,7 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     preds = {"stllm": predict_cells(model, tokenizer, split.history, split.target, record["candidates"], batch_size,
-                                    decode, temperature, radius)}
+                                    decode, temperature, radius, transitions)}
     seconds = time.perf_counter() - start
     preds.update({name: fn(split.history, split.target) for name, fn in BASELINES.items()})
     folder = Path(published) if published else (Path(data).parent if data != "synthetic" else None)
@@ -273,7 +296,8 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
              f"{target_days[0]}-{target_days[1]}), history days {history_days[0]}-{history_days[1]}, metric "
              f"{variant}\n{format_table(metrics, variant, city)}\n\nstllm predicted {n_users} users in "
              f"{seconds:.1f} s (one forward pass per batch of {batch_size} users, decode {decode}"
-             f"{f' radius {radius:g}' if decode == 'anchored' else ''}); trained on "
+             f"{f' radius {radius:g}' if decode == 'anchored' else ''}, transition weight {transitions.weight:g}); "
+             f"trained on "
              f"{', '.join(record.get('cities') or ['(no city label)'])}, {len(record['users'])} users, days "
              f"{record['days'][0]}-{record['days'][1]}")
     files = [_write_json(out / "metrics.json", {"city": city, "variant": variant, "seconds": seconds,
@@ -338,11 +362,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "(anchored: both metrics), each day "
                    "holds the places in the proportions the head expects (quota: best GEO-BLEU), the place of best "
                    "expected GEO-BLEU proximity minus distance (geo: best DTW), the most likely place (argmax), the "
-                   "place of least expected distance (distance)")
+                   "place of least expected distance (distance), each day's most likely path under the "
+                   "transitions (viterbi)")
     p.add_argument("--temperature", type=float, default=QUOTA_TEMPERATURE, help="quota and anchored decoding: "
                    "temperature of the head's distribution (lower: fewer places a day)")
     p.add_argument("--radius", type=float, default=ANCHOR_RADIUS, help="anchored decoding: cells from the day's "
                    "anchor beyond which quota's places give way to it")
+    p.add_argument("--transition_weight", type=float, default=TRANSITIONS.weight, help="weight of the user's "
+                   "history transitions between places in each day's chain of slots (0: every slot on its own; "
+                   "viterbi: each day's most likely path under them)")
+    p.add_argument("--transition_smoothing", type=float, default=TRANSITIONS.smoothing, help="pseudo-transitions "
+                   "per place of the distance-decay prior")
+    p.add_argument("--transition_scale", type=float, default=TRANSITIONS.scale, help="decay length (cells) of the "
+                   "prior's exp(-distance / scale)")
     return p
 
 
@@ -352,7 +384,9 @@ def run(args: argparse.Namespace) -> int:
                                history_days=tuple(args.history_days), target_days=tuple(args.target_days),
                                variant=args.variant, batch_size=args.batch_size, published=args.published,
                                max_users=args.max_users, decode=args.decode, radius=args.radius,
-                               temperature=args.temperature)
+                               temperature=args.temperature,
+                               transitions=TransitionConfig(args.transition_weight, args.transition_smoothing,
+                                                            args.transition_scale))
     return print_result(result)
 
 

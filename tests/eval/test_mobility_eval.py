@@ -160,3 +160,25 @@ def test_heldout_users_stay_out_of_training_and_can_be_evaluated_on_training_day
     assert main(["train-mobility", "--output_dir", str(tmp_path / "x"), "--heldout_users", "-1"]) == 2
     assert main(["train-mobility", "--output_dir", str(tmp_path / "y"), "--synthetic_users", "3", "--heldout_users",
                  "3", "--report_to", "none"]) == 2
+
+
+def _switches(pred) -> int:
+    same_day = (pred.uid[1:] == pred.uid[:-1]) & (pred.d[1:] == pred.d[:-1])
+    return int((pred.cell_index()[1:] != pred.cell_index()[:-1])[same_day].sum())
+
+
+def test_viterbi_decoding_follows_the_users_transitions(checkpoint, tmp_path, capsys):
+    """Weight 0: each slot on its own (= argmax); a heavy weight on the history's transitions (mostly stays) gives
+    days with fewer moves; a bad transition setting is a user error naming the field."""
+    runs = {}
+    for name, flags in (("argmax", ["--decode", "argmax", "--transition_weight", "0"]),
+                        ("free", ["--decode", "viterbi", "--transition_weight", "0"]),
+                        ("heavy", ["--decode", "viterbi", "--transition_weight", "50"])):
+        assert main(["eval", "mobility", str(checkpoint), "--output_dir", str(tmp_path / name), *flags]) == 0
+        runs[name] = load_humob_csv(tmp_path / name / "predictions.csv", base=1)
+    assert np.array_equal(runs["free"].cell_index(), runs["argmax"].cell_index())
+    assert _switches(runs["heavy"]) < _switches(runs["argmax"])
+    capsys.readouterr()
+    assert main(["eval", "mobility", str(checkpoint), "--output_dir", str(tmp_path / "bad"),
+                 "--transition_smoothing", "0"]) == 2
+    assert "smoothing" in capsys.readouterr().err
