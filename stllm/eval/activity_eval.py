@@ -46,7 +46,7 @@ from stllm.safe_io import write_text_atomic
 SELECT_TEMPERATURES = (0.8, 1.0)
 SELECT_PREFER_OWN = (0.0, 4.0)  # 2.0 and prefer_hours 2.0 were chosen once in eight runs: dropped for user_prior
 SELECT_PREFER_HOURS = (0.0,)
-SELECT_USER_PRIOR = (0.0, 0.5)
+SELECT_USER_PRIOR = (0.0, 0.5, 0.75)
 SELECT_REQUESTS = 200  # validation days a grid point is scored on (fewer when the test days are capped lower)
 MIN_SELECT_VALID = 0.95  # settings below this validity on validation days are chosen only when all are
 

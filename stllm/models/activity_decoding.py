@@ -98,6 +98,8 @@ class ActivityGrammar:
     choices: tuple = ()
     coords: np.ndarray | None = None  # (n choices, 2) lat/lon of each place choice
     reach: ReachRule | None = None
+    choice_texts: tuple[str, ...] = ()  # what a line writes for each choice (without the newline)
+    prefix_text: str = ""
     _reach_cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     _rank_cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -206,7 +208,8 @@ def activity_grammar(categories: Iterable[str], places: Iterable[tuple[str, str]
     fields.append(ChoiceTrie([f"{s}{last}" for s, _ in keyed], list(range(len(keyed))), eos_after=last))
     prefix = _literal(answer_prefix) if answer_prefix else None
     return ActivityGrammar(prefix, tuple(fields), time_field=1, max_lines=max_lines,
-                           choices=tuple(k for _, k in keyed), coords=coords, reach=reach if places else None)
+                           choices=tuple(k for _, k in keyed), coords=coords, reach=reach if places else None,
+                           choice_texts=tuple(s for s, _ in keyed), prefix_text=answer_prefix)
 
 
 def _clean(category: str) -> str:
@@ -317,6 +320,8 @@ class ActivityLogitsProcessor(LogitsProcessor):
         self.prior, self.users = prior, users
         self.prior_weight, self.hour_weight = float(prior_weight), float(hour_weight)
         self.rng = np.random.default_rng(seed)
+        self.tokenizer = tokenizer
+        self._canonical: dict[str, list[int]] = {}
         self.forced: dict[tuple[int, int, str], tuple[int, int] | None] = {}  # (row, line, what) -> allowed range
 
     def _advance_bytes(self, state, data: bytes, may_start_line: bool):
@@ -449,6 +454,22 @@ class ActivityLogitsProcessor(LogitsProcessor):
             return None if self.forced[key] is None else ("time", self.forced[key])
         return None
 
+    def _canonical_next(self, ids: Sequence[int], state, choice: int) -> int | None:
+        """The next token of the tokenizer's own spelling of this line written with ``choice``, when the line so
+        far follows that spelling (None otherwise). A forced place left to the LM among all tokens that lead to
+        it was spelt in pieces the LM never saw in training (' ' + 'Park' for ' Park': 90% of Tokyo days at
+        share 1), and days drifted after them (fewer lines)."""
+        cut = max((i for i, t in enumerate(ids) if b"\n" in self.tokens.get(t, b"")), default=-1)
+        if cut >= 0 and not self.tokens[ids[cut]].endswith(b"\n"):
+            return None
+        minute = self._line_minute(state)
+        target = (f"{self.grammar.prefix_text if state[0] == 0 else ''}A {minute // 60:02d}:{minute % 60:02d} | "
+                  f"{self.grammar.choice_texts[choice]}")
+        if target not in self._canonical:
+            self._canonical[target] = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+        canon, line = self._canonical[target], list(ids[cut + 1:])
+        return canon[len(line)] if len(canon) > len(line) and canon[:len(line)] == line else None
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         done = input_ids.shape[1] - self.prompt_len
         may_start_line = self.max_new_tokens - done > self.grammar.max_line_bytes + 1
@@ -462,6 +483,9 @@ class ActivityLogitsProcessor(LogitsProcessor):
             if forced is not None:
                 (a, b), (flo, fhi) = (lo, hi) if forced[0] == "choice" else (tlo, thi), forced[1]
                 keep = (a <= fhi) & (b >= flo)
+                nxt = self._canonical_next(ids, state, flo) if forced[0] == "choice" else None
+                if nxt is not None and nxt in set(tok[keep].tolist()):
+                    keep = tok == nxt
                 if keep.any():
                     allow[row] = False
                     allow[row, torch.from_numpy(tok[keep])] = True

@@ -235,3 +235,18 @@ def test_user_prior_never_forces_a_place_out_of_reach_and_hours_follow_the_previ
         ok = torch.isfinite(out[row, torch.from_numpy(tokens)]).numpy()
         assert ok.any() and ((tlo[ok] <= 15 * 60 + 59) & (thi[ok] >= 15 * 60)).all()
         assert not ok.all()  # and some were closed (' 10', ' 09', ...)
+
+
+def test_a_forced_place_is_spelt_in_the_tokenizers_own_tokens():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, None, answer_prefix=" ", max_lines=4)
+    prior = _prior_for(g, [("u", ["Café"], [600])] * 20)
+    proc = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"] * 8, prior_weight=1.0, seed=0)
+    line = " A 10:00 |"
+    ids = tok(line, add_special_tokens=False)["input_ids"]
+    canon = tok(line + " Café", add_special_tokens=False)["input_ids"]
+    assert canon[:len(ids)] == ids and len(canon) > len(ids)
+    out = proc(torch.tensor([ids] * 8), torch.zeros(8, len(tok)))
+    allowed = {tuple(torch.nonzero(torch.isfinite(r)).flatten().tolist()) for r in out}
+    # ' ' (then 'Café'), ' C', ... also lead to Café, but only the tokenizer's own next token is allowed
+    assert allowed == {(canon[len(ids)],)}
