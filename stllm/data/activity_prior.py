@@ -8,7 +8,7 @@ context seen often speaks for itself and a rare one leans on the next:
 * choice (place, or category without coordinates): ``user + previous choice + this line's hour`` -> ``user +
   previous choice`` -> ``user + this line's hour`` -> ``user`` -> population;
 * start hour: ``user + previous choice + previous hour`` -> ``user + previous hour`` -> ``population + previous
-  hour``, spread evenly over the minutes of the hour (the grammar's times are minutes). Every level knows the
+  hour``; within the hour, the population's minutes (or evenly, :meth:`UserPrior.minute_cum`). Every level knows the
   previous hour: a level without it (the user's hours overall) put its mass before the previous line, which
   decoding must cut, so what was left piled up late in the evening (measured on Tokyo validation days).
 
@@ -62,6 +62,7 @@ class UserPrior:
                     self._add(key, rank)
                 for key in self._hour_keys(d.user, prev, prev_hour):
                     self._add(key, hour)
+                self._add(("m", hour), minute % 60)
                 prev, prev_hour = rank, hour
         self._cache.clear()
         return self
@@ -100,6 +101,14 @@ class UserPrior:
         """p(start hour | user, previous choice, previous line's hour), over 24 hours."""
         return self._cached(("t", user, prev, prev_hour), lambda: self._backoff(
             self._hour_keys(user, prev, prev_hour), HOURS))
+
+    def start_minutes(self, user: Hashable, prev: int, prev_hour: int) -> np.ndarray:
+        """p(start minute of the day): :meth:`hour` times the population's minutes within that hour (uniform
+        where the hour was never seen)."""
+        def build() -> np.ndarray:
+            within = np.stack([self._backoff([("m", h)], 60) for h in range(HOURS)])
+            return (self.hour(user, prev, prev_hour)[:, None] * within).reshape(-1)
+        return self._cached(("sm", user, prev, prev_hour), build)
 
     def choice_cum(self, user: Hashable, prev: int, hour: int) -> np.ndarray:
         """Prefix sums of :meth:`choice` (length ``n_choices + 1``): a rank range's mass is a difference."""

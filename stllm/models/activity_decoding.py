@@ -276,10 +276,10 @@ class ActivityLogitsProcessor(LogitsProcessor):
     ``prior`` (a :class:`~stllm.data.activity_prior.UserPrior` over ``grammar.choices``), ``users`` (the user of
     each row) and ``prior_weight`` w in [0, 1]: a mixture with the user's history per line. When a line's place
     opens, with probability w it is drawn from the prior (given the previous place and this line's hour, among
-    the places within reach) and the tokens are restricted to those that write it; when its start time opens
-    (once every allowed token leads to a time), with probability w its hour is drawn from the prior (given the
-    previous place and hour, not before the previous line). The LM still spells the forced choice in its own
-    tokens. Not a product of experts (``+ w log q`` per token): the LM already reads the persona, so the product
+    the places within reach) and the tokens are restricted to the tokenizer's own spelling of it; when its start
+    time opens (once every allowed token leads to a time), with probability ``hour_weight`` its minute is drawn
+    from the prior (hour given the previous place and hour, not before the previous line) and spelt the same
+    way. Not a product of experts (``+ w log q`` per token): the LM already reads the persona, so the product
     sharpens the users' top places, and the prior's mass lands on short prefix tokens the LM never writes, which
     then derails the day (measured on Tokyo validation days: activities/day JSD 0.054 -> 0.10 at w 0.5, category
     0.085 -> 0.157). ``seed`` makes the draws repeatable."""
@@ -322,6 +322,9 @@ class ActivityLogitsProcessor(LogitsProcessor):
         self.rng = np.random.default_rng(seed)
         self.tokenizer = tokenizer
         self._canonical: dict[str, list[int]] = {}
+        times = grammar.fields[grammar.time_field]
+        self._time_grid = np.zeros(24 * 60)
+        self._time_grid[[v for v in times.leaf_value if v is not None]] = 1.0
         self.forced: dict[tuple[int, int, str], tuple[int, int] | None] = {}  # (row, line, what) -> allowed range
 
     def _advance_bytes(self, state, data: bytes, may_start_line: bool):
@@ -447,24 +450,24 @@ class ActivityLogitsProcessor(LogitsProcessor):
         if self._time_open(state) and len(tlo) and (tlo >= 0).all():
             key = (row, state[0], "time")
             if key not in self.forced:
-                p = self.prior.hour(user, prev, START if floor < 0 else floor // 60).copy()
-                p[:max(floor, 0) // 60] = 0
-                h = self._draw(p, self.hour_weight)
-                self.forced[key] = None if h is None else (max(h * 60, floor), h * 60 + 59)
+                p = self.prior.start_minutes(user, prev, START if floor < 0 else floor // 60) * self._time_grid
+                p[:max(floor, 0)] = 0
+                m = self._draw(p, self.hour_weight)
+                self.forced[key] = None if m is None else (m, m)
             return None if self.forced[key] is None else ("time", self.forced[key])
         return None
 
-    def _canonical_next(self, ids: Sequence[int], state, choice: int) -> int | None:
-        """The next token of the tokenizer's own spelling of this line written with ``choice``, when the line so
-        far follows that spelling (None otherwise). A forced place left to the LM among all tokens that lead to
-        it was spelt in pieces the LM never saw in training (' ' + 'Park' for ' Park': 90% of Tokyo days at
-        share 1), and days drifted after them (fewer lines)."""
+    def _canonical_next(self, ids: Sequence[int], state, what: str, value: int) -> int | None:
+        """The next token of the tokenizer's own spelling of this line up to its forced time (``what`` "time":
+        ``A HH:MM |``) or place (``"choice"``), when the line so far follows that spelling (None otherwise). A
+        forced place left to the LM among all tokens that lead to it was spelt in pieces the LM never saw in
+        training (' ' + 'Park' for ' Park': 90% of Tokyo days at share 1), and days drifted after them."""
         cut = max((i for i, t in enumerate(ids) if b"\n" in self.tokens.get(t, b"")), default=-1)
         if cut >= 0 and not self.tokens[ids[cut]].endswith(b"\n"):
             return None
-        minute = self._line_minute(state)
-        target = (f"{self.grammar.prefix_text if state[0] == 0 else ''}A {minute // 60:02d}:{minute % 60:02d} | "
-                  f"{self.grammar.choice_texts[choice]}")
+        minute = value if what == "time" else self._line_minute(state)
+        target = (f"{self.grammar.prefix_text if state[0] == 0 else ''}A {minute // 60:02d}:{minute % 60:02d} |"
+                  + ("" if what == "time" else f" {self.grammar.choice_texts[value]}"))
         if target not in self._canonical:
             self._canonical[target] = self.tokenizer(target, add_special_tokens=False)["input_ids"]
         canon, line = self._canonical[target], list(ids[cut + 1:])
@@ -483,7 +486,7 @@ class ActivityLogitsProcessor(LogitsProcessor):
             if forced is not None:
                 (a, b), (flo, fhi) = (lo, hi) if forced[0] == "choice" else (tlo, thi), forced[1]
                 keep = (a <= fhi) & (b >= flo)
-                nxt = self._canonical_next(ids, state, flo) if forced[0] == "choice" else None
+                nxt = self._canonical_next(ids, state, forced[0], flo)
                 if nxt is not None and nxt in set(tok[keep].tolist()):
                     keep = tok == nxt
                 if keep.any():

@@ -29,6 +29,10 @@ def test_hour_prior_conditions_on_the_previous_hour_and_spreads_over_minutes():
     cum = prior.minute_cum("u", 0, 8)
     assert len(cum) == 24 * 60 + 1 and cum[-1] == pytest.approx(1)
     assert cum[10 * 60 + 30] - cum[10 * 60] == pytest.approx(p[10] / 2)  # half of 10:xx
+    m = prior.start_minutes("u", 0, 8)
+    assert m.sum() == pytest.approx(1) and m.argmax() == 10 * 60  # 10:00, the only minute seen in 10:xx
+    # within 10:xx: population minutes {0: 1} over a uniform floor: (1 + 1/60) / 2 of the hour's mass at :00
+    assert m[600] == pytest.approx(p[10] * (1 + 1 / 60) / 2) and m[601] == pytest.approx(p[10] / 120)
 
 
 def test_bad_inputs_are_refused():

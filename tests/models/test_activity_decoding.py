@@ -235,6 +235,11 @@ def test_user_prior_never_forces_a_place_out_of_reach_and_hours_follow_the_previ
         ok = torch.isfinite(out[row, torch.from_numpy(tokens)]).numpy()
         assert ok.any() and ((tlo[ok] <= 15 * 60 + 59) & (thi[ok] >= 15 * 60)).all()
         assert not ok.all()  # and some were closed (' 10', ' 09', ...)
+    line = tok("A", add_special_tokens=False)["input_ids"]
+    canon = tok("A 15:00 |", add_special_tokens=False)["input_ids"]  # 15:00: the only minute seen in 15:xx
+    assert canon[:len(line)] == line
+    exact = [torch.nonzero(torch.isfinite(r)).flatten().tolist() == [canon[len(line)]] for r in out]
+    assert np.mean(exact) > 0.7  # most rows: the minute drawn is 15:00, spelt as the tokenizer spells it
 
 
 def test_a_forced_place_is_spelt_in_the_tokenizers_own_tokens():
