@@ -116,7 +116,7 @@ def main() -> None:
     temps = [float(t) for t in args.select_temperatures.split(",") if t.strip()]
     radii = [float(t) for t in args.select_radii.split(",") if t.strip()]
     anchored_temps = [float(t) for t in args.anchored_temperatures.split(",") if t.strip()]
-    chains = [TransitionConfig(float(w), TRANSITIONS.smoothing, TRANSITIONS.scale)
+    chains = [TransitionConfig(float(w), TRANSITIONS.smoothing, TRANSITIONS.scale, TRANSITIONS.stay_prior)
               for w in args.transition_weights.split(",") if w.strip()] or [TRANSITIONS]
     held = ["--heldout_users", str(args.heldout_users)] if temps or radii else []
     for pair in args.pairs:

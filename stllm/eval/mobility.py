@@ -31,7 +31,7 @@ from stllm.data.mobility import (
     resolve_trajectories,
     synthetic_mobility_city,
 )
-from stllm.data.trajectories import Trajectories, split_by_day, write_humob_csv
+from stllm.data.trajectories import SLOTS_PER_DAY, Trajectories, split_by_day, write_humob_csv
 from stllm.errors import run_command
 from stllm.eval.mobility_baselines import BASELINES, published_predictions
 from stllm.eval.mobility_metrics import score_users
@@ -99,7 +99,7 @@ QUOTA_TEMPERATURE = 0.7
 ANCHOR_RADIUS = 20.0
 # the within-day order of places (stllm.eval.mobility_transitions): before decoding, each slot's head distribution
 # becomes its posterior in the day's chain of slots, with the user's own history transitions at this weight
-TRANSITIONS = TransitionConfig(weight=0.3, smoothing=1.0, scale=5.0)
+TRANSITIONS = TransitionConfig(weight=0.3, smoothing=1.0, scale=5.0, stay_prior=5.0)
 
 
 def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: str = "quota",
@@ -223,14 +223,14 @@ def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories,
         done += len(scores)
         if decode == "viterbi" or transitions.weight > 0:
             users = np.array([dataset.items[i][1] for i in index])
-            log_trans = torch.from_numpy(place_transitions(history, users, np.stack([s["cells"] for s in samples]),
-                                                           transitions))
+            chains = place_transitions(history, users, np.stack([s["cells"] for s in samples]), transitions)
             user = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor([len(s["slot"]) for s in samples]))
+            slot = torch.from_numpy(np.concatenate([s["slot"] for s in samples]) % SLOTS_PER_DAY)
+            chain = (scores.log_softmax(1), chains, user, slot, rows, transitions.weight)
             if decode == "viterbi":
-                pick = viterbi_days(scores.log_softmax(1), log_trans, user, rows, transitions.weight)
-                cells.append(cand.gather(1, pick[:, None])[:, 0].numpy())
+                cells.append(cand.gather(1, viterbi_days(*chain)[:, None])[:, 0].numpy())
                 continue
-            scores = posterior_days(scores.log_softmax(1), log_trans, user, rows, transitions.weight)
+            scores = posterior_days(*chain)
         cells.append(choose_cells(scores, cand, history.grid, decode, rows, temperature=temperature,
                                   radius=radius).numpy())
     cell = np.concatenate(cells)
@@ -375,6 +375,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "per place of the distance-decay prior")
     p.add_argument("--transition_scale", type=float, default=TRANSITIONS.scale, help="decay length (cells) of the "
                    "prior's exp(-distance / scale)")
+    p.add_argument("--stay_prior", type=float, default=TRANSITIONS.stay_prior, help="pseudo-pairs per slot of the "
+                   "user's overall stay rate in the stay rate by slot")
     return p
 
 
@@ -386,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
                                max_users=args.max_users, decode=args.decode, radius=args.radius,
                                temperature=args.temperature,
                                transitions=TransitionConfig(args.transition_weight, args.transition_smoothing,
-                                                            args.transition_scale))
+                                                            args.transition_scale, args.stay_prior))
     return print_result(result)
 
 

@@ -4,9 +4,11 @@ Why: GEO-BLEU compares a day's predicted 2- and 3-grams of consecutive slots wit
 the user's places in a plausible order (long stays, the moves the user makes), not only the right bag of places.
 The cell-choice head scores each slot on its own; here each predicted day is an HMM whose states are the user's
 candidate places, whose emissions are the head's per-slot log-probabilities, and whose transitions come from the
-user's own history: counts of place ``i`` -> ``j`` between consecutive observed rows of a history day, smoothed
-towards a distance-decay prior (staying, or moving a short way, is likelier than a long jump). A vectorised
-Viterbi (batched over all days; one step per row of the longest day) finds each day's best path.
+user's own history days: between two consecutive rows the user stays with a probability that depends on the slot
+(nights are long stays, mornings and evenings are moves), and a move goes from place ``i`` to ``j`` as the history's
+moves did, smoothed towards a distance-decay prior (a short move is likelier than a long jump). A vectorised
+Viterbi finds each day's best path and forward-backward each slot's posterior (batched over all days; one step per
+row of the longest day).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stllm.data.trajectories import Trajectories
+from stllm.data.trajectories import SLOTS_PER_DAY, Trajectories
 
 
 @dataclass(frozen=True)
@@ -24,17 +26,37 @@ class TransitionConfig:
     """How the history's transitions are smoothed and weighed against the head at decoding.
 
     ``weight``: the transition log-probabilities' weight beside the emission log-probabilities (0: every slot
-    decoded on its own). ``smoothing``: pseudo-transitions of the prior per place (more: the prior counts more
-    against a user's few moves). ``scale``: the prior's decay length in cells, ``exp(-distance / scale)``.
+    decoded on its own). ``smoothing``: pseudo-moves of the prior per place (more: the prior counts more against a
+    user's few moves). ``scale``: the prior's decay length in cells, ``exp(-distance / scale)``. ``stay_prior``:
+    pseudo-pairs per slot of the user's overall stay rate in the stay rate by slot.
     """
 
-    weight: float = 1.0
+    weight: float = 0.3
     smoothing: float = 1.0
-    scale: float = 2.0
+    scale: float = 5.0
+    stay_prior: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.weight < 0 or self.smoothing <= 0 or self.scale <= 0:
-            raise ValueError(f"TransitionConfig needs weight >= 0, smoothing > 0 and scale > 0, got {self}")
+        if self.weight < 0 or self.smoothing <= 0 or self.scale <= 0 or self.stay_prior <= 0:
+            raise ValueError(f"TransitionConfig needs weight >= 0 and smoothing, scale, stay_prior > 0, got {self}")
+
+
+@dataclass(frozen=True)
+class UserTransitions:
+    """Per-user chain parameters over the candidate places: ``log_move`` (U, K, K) log P(``j`` | leaving ``i``)
+    (diagonal ``-inf``) and ``log_stay`` (U, 48) log P(the row at slot ``t`` is at the previous row's place)."""
+
+    log_move: torch.Tensor
+    log_stay: torch.Tensor
+
+    def step(self, user: torch.Tensor, slot: torch.Tensor, weight: float) -> torch.Tensor:
+        """``(N, K, K)`` weighted log-transitions into a row at ``slot`` (N,) of ``user`` (N,): the diagonal is the
+        stay, the rest ``P(leave) * P(move)``. An impossible move stays ``-inf`` whatever the weight."""
+        log_stay = self.log_stay[user, slot][:, None, None]
+        leave = torch.log1p(-log_stay.exp().clamp(max=1 - 1e-6)) + self.log_move[user]
+        k_n = self.log_move.shape[-1]
+        trans = torch.where(torch.eye(k_n, dtype=torch.bool, device=leave.device), log_stay, leave)
+        return torch.where(torch.isneginf(trans), trans, weight * trans)
 
 
 def day_layout(day: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -65,61 +87,76 @@ def candidate_index(history: Trajectories, users: np.ndarray, cells: np.ndarray)
 
 
 def place_transitions(history: Trajectories, users: np.ndarray, cells: np.ndarray,
-                      config: TransitionConfig = TransitionConfig()) -> np.ndarray:
-    """``(U, K, K)`` log P(next place ``j`` | place ``i``) of each user of ``users`` (sorted uids) over their
-    candidate ``cells`` (U, K) (-1 pads): the counts of ``i`` -> ``j`` between consecutive rows of the same history
-    day, plus ``config.smoothing`` pseudo-transitions spread as ``exp(-distance / config.scale)`` over the valid
-    places, normalised per row. Rows of padded places are uniform (their emissions are ``-inf`` anyway)."""
+                      config: TransitionConfig = TransitionConfig()) -> UserTransitions:
+    """The chain parameters of each user of ``users`` (sorted uids) over their candidate ``cells`` (U, K) (-1 pads)
+    from consecutive rows of the same history day. Moves ``i`` -> ``j`` (``i != j``, both candidates) are counted,
+    plus ``config.smoothing`` pseudo-moves spread as ``exp(-distance / config.scale)`` over the other valid places,
+    normalised per place (a padded place's row: uniform, never reached). The stay rate of a slot ``t`` is the share
+    of row pairs ending at ``t`` whose two cells are equal, with ``config.stay_prior`` pseudo-pairs at the user's
+    overall rate (itself with one stay and one move added)."""
     n_users, k = cells.shape
     cand = candidate_index(history, users, cells)
-    u = np.searchsorted(users, history.uid)
-    same_day = (history.uid[1:] == history.uid[:-1]) & (history.d[1:] == history.d[:-1])
-    pair = same_day & (cand[1:] >= 0) & (cand[:-1] >= 0)
-    flat = (u[:-1][pair] * k + cand[:-1][pair]) * k + cand[1:][pair]
+    u = np.minimum(np.searchsorted(users, history.uid), n_users - 1)
+    known = users[u] == history.uid  # rows of other users count nowhere
+    pair = (history.uid[1:] == history.uid[:-1]) & (history.d[1:] == history.d[:-1]) & known[1:]
+    move = pair & (cand[1:] >= 0) & (cand[:-1] >= 0) & (cand[1:] != cand[:-1])
+    flat = (u[:-1][move] * k + cand[:-1][move]) * k + cand[1:][move]
     counts = np.bincount(flat, minlength=n_users * k * k).reshape(n_users, k, k).astype(np.float64)
     valid = cells >= 0
+    other = valid[:, None, :] & ~np.eye(k, dtype=bool)[None]
     xy = np.stack(np.divmod(np.maximum(cells, 0), history.grid), -1).astype(np.float64)
-    dist = np.linalg.norm(xy[:, :, None] - xy[:, None, :], axis=-1)
-    prior = np.exp(-dist / config.scale) * valid[:, None, :]
+    prior = np.exp(-np.linalg.norm(xy[:, :, None] - xy[:, None, :], axis=-1) / config.scale) * other
     prior /= np.maximum(prior.sum(-1, keepdims=True), 1e-300)
-    trans = counts + config.smoothing * prior
-    trans = np.where(valid[:, :, None], trans, 1.0)  # a padded place's row: uniform, never reached
-    with np.errstate(divide="ignore"):  # moves into a padded place: log 0 = -inf
-        return np.log(trans / trans.sum(-1, keepdims=True)).astype(np.float32)
+    moves = np.where(valid[:, :, None], counts + config.smoothing * prior, ~np.eye(k, dtype=bool)[None])
+    moves /= np.maximum(moves.sum(-1, keepdims=True), 1e-300)
+    cell = history.cell_index()
+    slot = u[1:][pair] * SLOTS_PER_DAY + history.t[1:][pair]
+    stays = (cell[1:] == cell[:-1])[pair].astype(np.float64)
+    n = np.bincount(slot, minlength=n_users * SLOTS_PER_DAY).reshape(n_users, SLOTS_PER_DAY)
+    stayed = np.bincount(slot, weights=stays, minlength=n_users * SLOTS_PER_DAY).reshape(n_users, SLOTS_PER_DAY)
+    overall = (stayed.sum(1, keepdims=True) + 1.0) / (n.sum(1, keepdims=True) + 2.0)
+    stay = (stayed + config.stay_prior * overall) / (n + config.stay_prior)
+    with np.errstate(divide="ignore"):  # moves into a padded place or to the same place: log 0 = -inf
+        log_move = np.log(moves)
+    return UserTransitions(torch.from_numpy(log_move).float(), torch.from_numpy(np.log(stay)).float())
 
 
-def _day_chains(emission: torch.Tensor, log_trans: torch.Tensor, user: torch.Tensor, day: torch.Tensor,
-                weight: float):
+def _day_chains(emission: torch.Tensor, day: torch.Tensor):
     """Rows as padded day chains: ``group``, ``pos`` (:func:`day_layout`), emissions ``(G, L, K)`` (``-inf`` past a
-    day's end), day lengths ``(G,)`` and each day's weighted transitions ``(G, K, K)`` (its user's, from its first
-    row; an impossible move stays ``-inf`` whatever the weight, also at weight 0)."""
+    day's end) and day lengths ``(G,)``."""
     group, pos, g_n, length = day_layout(day)
     emit = emission.new_full((g_n, length, emission.shape[1]), float("-inf"))
     emit[group, pos] = emission
-    trans = log_trans[user[pos == 0]].to(emission.dtype)
-    trans = torch.where(torch.isneginf(trans), trans, weight * trans)
-    return group, pos, emit, torch.bincount(group, minlength=g_n), trans
+    return group, pos, emit, torch.bincount(group, minlength=g_n)
 
 
-def viterbi_days(emission: torch.Tensor, log_trans: torch.Tensor, user: torch.Tensor, day: torch.Tensor,
-                 weight: float = 1.0) -> torch.Tensor:
+def _padded(values: torch.Tensor, group: torch.Tensor, pos: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    out = values.new_zeros(shape)
+    out[group, pos] = values
+    return out
+
+
+def viterbi_days(emission: torch.Tensor, chains: UserTransitions, user: torch.Tensor, slot: torch.Tensor,
+                 day: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     """Each row's candidate index ``(Q,)`` on its day's most likely path.
 
-    ``emission`` (Q, K) per-row log-scores (``-inf``: not a candidate); ``log_trans`` (U, K, K) per-user
-    transition log-probabilities, ``user`` (Q,) each row's index into it; ``day`` (Q,) one id per row, a day's rows
-    contiguous and in slot order. A path's score is the sum of its emissions plus ``weight`` times the sum of its
-    transitions (the first row has no prior over places: the head's scores already say where a day starts).
+    ``emission`` (Q, K) per-row log-scores (``-inf``: not a candidate); ``chains`` the users' transitions,
+    ``user`` (Q,) each row's index into them, ``slot`` (Q,) its slot 0..47; ``day`` (Q,) one id per row, a day's
+    rows contiguous and in slot order. A path's score is the sum of its emissions plus ``weight`` times the sum of
+    its transitions (the first row has no prior over places: the head's scores already say where a day starts).
     Vectorised over days; one step per row of the longest day.
     """
     q_n, k_n = emission.shape
     if not q_n:
         return torch.zeros(0, dtype=torch.long, device=emission.device)
-    group, pos, emit, lengths, trans = _day_chains(emission, log_trans, user, day, weight)
+    group, pos, emit, lengths = _day_chains(emission, day)
     g_n, length = emit.shape[:2]
+    day_user, slots = user[pos == 0], _padded(slot, group, pos, (g_n, length))
     stay = torch.arange(k_n, device=emission.device).expand(g_n, k_n)
     delta = emit[:, 0]
     back = torch.zeros(g_n, length, k_n, dtype=torch.long, device=emission.device)
     for step in range(1, length):
+        trans = chains.step(day_user, slots[:, step], weight).to(emission.dtype)
         best, arg = (delta[:, :, None] + trans).max(1)  # (G, K): best predecessor of each place
         active = (step < lengths)[:, None]
         delta = torch.where(active, best + emit[:, step], delta)
@@ -132,21 +169,26 @@ def viterbi_days(emission: torch.Tensor, log_trans: torch.Tensor, user: torch.Te
     return path[group, pos]
 
 
-def posterior_days(emission: torch.Tensor, log_trans: torch.Tensor, user: torch.Tensor, day: torch.Tensor,
-                   weight: float = 1.0) -> torch.Tensor:
+def posterior_days(emission: torch.Tensor, chains: UserTransitions, user: torch.Tensor, slot: torch.Tensor,
+                   day: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     """Each row's log-posterior over places ``(Q, K)`` under the same day chains as :func:`viterbi_days`
     (forward-backward in log space): the head's scores smoothed by the places before and after in the day."""
     if not len(emission):
         return emission.clone()
-    group, pos, emit, lengths, trans = _day_chains(emission, log_trans, user, day, weight)
-    length = emit.shape[1]
+    group, pos, emit, lengths = _day_chains(emission, day)
+    g_n, length = emit.shape[:2]
+    day_user, slots = user[pos == 0], _padded(slot, group, pos, (g_n, length))
+
+    def trans(step: int) -> torch.Tensor:  # built per step twice, not stored: (G, L, K, K) would be large
+        return chains.step(day_user, slots[:, step], weight).to(emission.dtype)
+
     fwd = torch.empty_like(emit)
     bwd = torch.zeros_like(emit)
     fwd[:, 0] = emit[:, 0]
     for step in range(1, length):
-        fwd[:, step] = torch.logsumexp(fwd[:, step - 1, :, None] + trans, 1) + emit[:, step]
+        fwd[:, step] = torch.logsumexp(fwd[:, step - 1, :, None] + trans(step), 1) + emit[:, step]
     for step in range(length - 2, -1, -1):
-        nxt = torch.logsumexp(trans + (emit[:, step + 1] + bwd[:, step + 1])[:, None, :], 2)
+        nxt = torch.logsumexp(trans(step + 1) + (emit[:, step + 1] + bwd[:, step + 1])[:, None, :], 2)
         bwd[:, step] = torch.where((step + 1 < lengths)[:, None], nxt, 0.0)
     post = (fwd + bwd)[group, pos]
     return post - torch.logsumexp(post, 1, keepdim=True)
