@@ -212,3 +212,23 @@ def test_margin_score_weighs_each_distribution_by_the_reference():
     ref = {"category": 0.04, "start": 0.01, "n_activities": 0.02, "step_km": 0.002, "gyration_km": float("nan")}
     row = {"category": 0.02, "start": 0.01, "n_activities": 0.04, "step_km": 0.004, "gyration_km": 0.5}
     assert margin_score(row, ref) == pytest.approx((0.5 + 1 + 2 + 2) / 4)  # gyration: no reference, left out
+
+
+def test_user_prior_share_one_writes_the_users_own_places(checkpoint, split):
+    from stllm.data.activity_prompts import place_key
+    from stllm.eval.generate import trained_own_choices
+
+    model, tok, record = load_gen_checkpoint(checkpoint)
+    own = trained_own_choices(record, split.train)
+    requests = [replace(c, steps=()) for c in split.test[:12]]
+
+    def own_share(w: float) -> float:
+        cfg = SamplingConfig(batch_size=12, max_new_tokens=96, user_prior=w)
+        days = as_chains(requests, generate_texts(model, tok, record, requests, cfg, progress=False, own=own))
+        hits = [place_key(a) in own.choices[d.user] for d in days for a in d.activities]
+        return sum(hits) / len(hits)
+
+    forced, free = own_share(1.0), own_share(0.0)
+    assert forced > 0.8 and forced > free  # the prior's mass is on the user's own (previous place, hour) moves
+    with pytest.raises(ValueError, match="user_prior"):
+        SamplingConfig(user_prior=1.5)
