@@ -4,9 +4,15 @@ A forecast of the ``output_len`` steps from ``t0`` reads one context window of `
 
 ``[ week_W ... week_1 | day_D ... day_1 | recent ]``
 
-* ``week_j`` (``output_len`` steps): the target slots ``j`` weeks earlier (oldest first);
-* ``day_j`` (``output_len`` steps): the target slots ``j`` days earlier;
+* ``week_j`` (``output_len`` steps, or ``input_len + output_len`` with ``recent_views``): the target slots
+  (after the recent ones) ``j`` weeks earlier, oldest first;
+* ``day_j``: the same slots ``j`` days earlier;
 * ``recent``: the ``input_len`` steps right before ``t0``.
+
+With ``recent_views`` a view also holds the recent slots, so that the context says how the last hours
+compare with the same hours in earlier weeks (a level 20% below usual this afternoon: weather, an
+event). Off by default: on the Manhattan presets it made the scale-free ridge worse (README, Results).
+Without it a view holds the ``output_len`` target slots only.
 
 A view never overlaps the forecast window: for target step ``t0 + h`` the ``j``-th source is
 ``t0 + h - (k_min(h) + j - 1) * period`` with ``k_min(h)`` the smallest whole number of periods that
@@ -44,11 +50,12 @@ def period_steps(freq: np.timedelta64, period: str, source: str = "city") -> int
     return int(span // freq)
 
 
-def seasonal_offsets(output_len: int, period: int, k: int) -> np.ndarray:
-    """Offsets ``(H, k)`` from ``t0``: for target ``t0 + h`` the ``k`` most recent same slots before ``t0``
-    (nearest first); always negative."""
-    h = np.arange(output_len)
-    k_min = h // period + 1  # smallest k with h - k * period < 0
+def seasonal_offsets(output_len: int, period: int, k: int, first: int = 0) -> np.ndarray:
+    """Offsets ``(output_len - first, k)`` from ``t0``: for slot ``t0 + h`` (``first <= h < output_len``;
+    ``first < 0`` adds recent slots) the ``k`` most recent same slots at least one period back and before
+    ``t0`` (nearest first); always negative."""
+    h = np.arange(first, output_len)
+    k_min = np.maximum(h // period + 1, 1)  # smallest k >= 1 with h - k * period < 0
     ks = k_min[:, None] + np.arange(k)[None]
     return h[:, None] - ks * period
 
@@ -62,6 +69,7 @@ class ContextSpec:
     output_len: int = 12
     days: int = 7
     weeks: int = 8
+    recent_views: bool = False  # each view also holds the recent slots (module docstring)
 
     def __post_init__(self):
         for name in ("input_len", "output_len"):
@@ -74,12 +82,17 @@ class ContextSpec:
     @classmethod
     def of_encoder(cls, config) -> ContextSpec:
         """The context an encoder built for ``config`` reads (an ``STEncoderConfig``: ``input_window``,
-        ``horizon``, ``days``, ``weeks``)."""
-        return cls(config.input_window, config.horizon, config.days, config.weeks)
+        ``horizon``, ``days``, ``weeks``, ``recent_views``)."""
+        return cls(config.input_window, config.horizon, config.days, config.weeks, config.recent_views)
+
+    @property
+    def view_len(self) -> int:
+        """Steps of one day/week view: the target slots, after the recent ones with ``recent_views``."""
+        return self.output_len + (self.input_len if self.recent_views else 0)
 
     @property
     def length(self) -> int:
-        return (self.weeks + self.days) * self.output_len + self.input_len
+        return (self.weeks + self.days) * self.view_len + self.input_len
 
     def offsets(self, freq: np.timedelta64, source: str = "city") -> tuple[np.ndarray, np.ndarray]:
         """``(offsets (L,), period (L,))``: steps relative to ``t0`` in window order, and the period in
@@ -89,20 +102,22 @@ class ContextSpec:
             if k == 0:
                 continue
             p = period_steps(freq, name, source)
-            off = seasonal_offsets(self.output_len, p, k)  # (H, k), nearest first
-            parts.append(off[:, ::-1].T.ravel())  # oldest view first, each view in target order
-            periods.append(np.full(k * self.output_len, p))
+            off = seasonal_offsets(self.output_len, p, k, self.output_len - self.view_len)  # (view_len, k)
+            parts.append(off[:, ::-1].T.ravel())  # oldest view first, each view in time order
+            periods.append(np.full(k * self.view_len, p))
         parts.append(np.arange(-self.input_len, 0))
         periods.append(np.zeros(self.input_len, np.int64))
         return np.concatenate(parts).astype(np.int64), np.concatenate(periods).astype(np.int64)
 
     def min_history(self, freq: np.timedelta64, source: str = "city") -> int:
-        """Steps that must exist before the first target: ``input_len`` and one of each used period."""
+        """Steps that must exist before the first target: ``input_len`` and one of each used period (and
+        its recent slots, with ``recent_views``)."""
         need = [self.input_len]
+        lead = self.input_len if self.recent_views else 0
         if self.days:
-            need.append(period_steps(freq, "day", source))
+            need.append(period_steps(freq, "day", source) + lead)
         if self.weeks:
-            need.append(period_steps(freq, "week", source))
+            need.append(period_steps(freq, "week", source) + lead)
         return max(need)
 
 
@@ -140,7 +155,7 @@ def fill_padded(window: np.ndarray, padded: np.ndarray, spec: ContextSpec) -> np
     out = np.array(window, dtype=np.result_type(window.dtype, np.float32), copy=True)
     if not padded.any():
         return out
-    h, start = spec.output_len, 0
+    h, start = spec.view_len, 0
     extra = (1,) * (out.ndim - 2)
     for k in (spec.weeks, spec.days):
         if k == 0:

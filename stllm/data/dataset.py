@@ -5,9 +5,10 @@ history is a numpy *view* of the scaled city window (shared by every region of t
 lets the collator encode each window once). The prompt text is built on access.
 
 Multi-period context (``days``/``weeks`` > 0, see :mod:`stllm.data.context`): the history of a sample
-is one context window ``(L, N, C)``: the target slots on each of the previous ``weeks`` weeks and
-``days`` days, then the recent ``input_len`` steps. It is gathered once per window (shared by every
-region of it) and read by an encoder built for the same ``days``/``weeks``.
+is one context window ``(L, N, C)``: the target slots (after the recent ones with ``recent_views``) on
+each of the previous ``weeks`` weeks and ``days`` days, then the recent ``input_len`` steps. It is
+gathered once per window (shared by every region of it) and read by an encoder built for the same
+``days``/``weeks``/``recent_views``.
 
 Optional extra history views (``extra_views=("week", "day")``, the older mechanism): the same slots
 as the target one week / one day earlier, each as its own ``<ST_HIS>`` placeholder before the recent
@@ -54,6 +55,7 @@ class STInstructionDataset(torch.utils.data.Dataset):
         top_pois: int = 5,
         days: int = 0,
         weeks: int = 0,
+        recent_views: bool = False,
         prompt_style: str = "urbangpt",
     ):
         if prompt_style not in PROMPT_STYLES:
@@ -69,7 +71,7 @@ class STInstructionDataset(torch.utils.data.Dataset):
         if (days or weeks) and extra_views:
             raise ValueError("extra_views and a multi-period context (days/weeks) both add day/week history; "
                              "use one: the context holds the same slots")
-        self.context_spec = ContextSpec(input_len, output_len, days, weeks)
+        self.context_spec = ContextSpec(input_len, output_len, days, weeks, recent_views)
         self.city, self.scaler = city, scaler
         self.input_len, self.output_len = input_len, output_len
         self.extra_views, self.with_geo, self.top_pois = tuple(extra_views), with_geo, top_pois

@@ -9,10 +9,12 @@ Shapes: input ``(W, T, N, C)`` city windows -> ``tokens (W, N, K, D)`` for the L
 ``forecast (W, N, horizon, C_out)`` from the encoder's own head (stage-1 pretraining and the
 encoder-only baseline).
 
-Multi-period context (``days``/``weeks`` > 0): ``T = (weeks + days) * horizon + input_window`` steps laid
-out as in :mod:`stllm.data.context` (target slots on each previous week, then day, then the recent
-steps). The TCN reads the recent steps; the day and week views and their mean (the seasonal anchor)
-go through a linear map into the same summary, one input per sample.
+Multi-period context (``days``/``weeks`` > 0): ``T = (weeks + days) * view + input_window`` steps laid
+out as in :mod:`stllm.data.context` (the target slots on each previous week, then day, then the recent
+steps; ``view = horizon``, or ``input_window + horizon`` with ``recent_views``, whose views start with
+the recent slots: how the last steps compare with the same slots in earlier weeks). The TCN reads the
+recent steps; the day and week views and their mean go through a linear map into the same summary,
+one input per sample.
 
 Scale-free (``normalize``, RevIN-style): each (window, region, channel) is normalised with the mean
 and standard deviation of its own input steps (never a target), the encoder works in that space, and
@@ -59,6 +61,7 @@ class STEncoderConfig:
     prop_alpha: float = 0.05
     days: int = 0
     weeks: int = 0
+    recent_views: bool = False  # the views hold the recent slots too (stllm.data.context)
     normalize: bool = True
     residual: bool = True
     norm_eps: float = 0.1
@@ -86,8 +89,13 @@ class STEncoderConfig:
 
     @property
     def context_length(self) -> int:
-        """Input steps per window: the recent ``input_window`` plus one ``horizon`` per day/week view."""
-        return (self.days + self.weeks) * self.horizon + self.input_window
+        """Input steps per window: the recent ``input_window`` plus one :attr:`view_len` per day/week view."""
+        return (self.days + self.weeks) * self.view_len + self.input_window
+
+    @property
+    def view_len(self) -> int:
+        """Steps of one day/week view: the ``horizon`` target slots, after the recent ones with ``recent_views``."""
+        return self.horizon + (self.input_window if self.recent_views else 0)
 
     @property
     def n_views(self) -> int:
@@ -175,8 +183,9 @@ def seasonal_anchor(x_norm: torch.Tensor, config: STEncoderConfig) -> torch.Tens
         return x_norm.new_zeros(w, config.horizon, n, c)
     if config.weeks == 0:
         return x_norm.mean(dim=1, keepdim=True).expand(w, config.horizon, n, c)
-    weeks = x_norm[:, : config.weeks * config.horizon].reshape(w, config.weeks, config.horizon, n, c)
-    return weeks.mean(dim=1)
+    span = config.view_len
+    weeks = x_norm[:, : config.weeks * span].reshape(w, config.weeks, span, n, c)
+    return weeks[:, :, span - config.horizon :].mean(dim=1)  # the target slots of each week
 
 
 class STEncoder(nn.Module):
@@ -204,8 +213,8 @@ class STEncoder(nn.Module):
                 self.graph_mix.append(MixProp(cfg.conv_channels, cfg.gcn_depth, cfg.prop_alpha))
             dilation *= cfg.dilation_exponential
         self.skip_end = nn.Conv2d(cfg.residual_channels, cfg.skip_channels, (1, length))
-        # day/week views + anchor, (n_views + 1) * horizon * C values per series -> the skip summary
-        self.period_proj = (nn.Conv2d((cfg.n_views + 1) * cfg.horizon * cfg.in_channels, cfg.skip_channels, 1)
+        # day/week views + their week mean, (n_views + 1) * view_len * C values per series -> the skip summary
+        self.period_proj = (nn.Conv2d((cfg.n_views + 1) * cfg.view_len * cfg.in_channels, cfg.skip_channels, 1)
                             if cfg.n_views else None)  # fmt: skip
         # the statistics themselves (level and log spread, scaled units): events depend on the absolute level
         self.stats_proj = nn.Conv2d(2 * cfg.in_channels, cfg.skip_channels, 1) if cfg.normalize else None
@@ -254,8 +263,8 @@ class STEncoder(nn.Module):
                 xn, loc, scale = normalise_context(x, cfg.norm_eps)
                 anchor = seasonal_anchor(xn, cfg)  # (W, H, N, C)
             x = xn.to(self.start_conv.weight.dtype)
-        periodic = x[:, : cfg.n_views * cfg.horizon]
-        recent = x[:, cfg.n_views * cfg.horizon :]
+        periodic = x[:, : cfg.n_views * cfg.view_len]
+        recent = x[:, cfg.n_views * cfg.view_len :]
         h = recent.permute(0, 3, 2, 1)  # (W, C, N, T): conv over time, regions as the height axis
         h = F.pad(h, (cfg.receptive_field - cfg.input_window, 0))  # left-pad to the receptive field
         skip = self.skip0(F.dropout(h, cfg.dropout, self.training))
@@ -270,10 +279,10 @@ class STEncoder(nn.Module):
             h = self.residual_convs[i](h) + residual[..., -h.shape[-1] :]
         skip = self.skip_end(h) + skip  # (W, skip, N, 1): the multi-level summary
         if self.period_proj is not None:
-            views = periodic.reshape(w, cfg.n_views, cfg.horizon, n, c)
-            period_mean = (views[:, : max(cfg.weeks, 1)].mean(dim=1) if anchor is None or not cfg.residual
-                           else anchor).to(views.dtype)  # fmt: skip
-            feats = torch.cat([views, period_mean[:, None]], dim=1)  # (W, V + 1, H, N, C)
+            views = periodic.reshape(w, cfg.n_views, cfg.view_len, n, c)
+            target_only = anchor is not None and cfg.residual and not cfg.recent_views  # anchor: the views. shape
+            period_mean = (anchor if target_only else views[:, : max(cfg.weeks, 1)].mean(dim=1)).to(views.dtype)
+            feats = torch.cat([views, period_mean[:, None]], dim=1)  # (W, V + 1, view_len, N, C)
             feats = feats.permute(0, 1, 2, 4, 3).reshape(w, -1, n, 1)
             skip = skip + self.period_proj(F.dropout(feats, cfg.dropout, self.training))
         if self.stats_proj is not None:

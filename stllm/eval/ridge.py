@@ -75,6 +75,7 @@ def scale_free_ridge(
     scaler: STScaler | None = None,
     days: int = 7,
     weeks: int = 8,
+    recent_views: bool = False,
     eps: float = 0.1,
     alpha: float = 0.01,
     max_samples: int = 60_000,
@@ -131,7 +132,7 @@ def scale_free_ridge(
                 f"scale_free_ridge: fit_time [{t_start}, {t_stop}) overlaps the evaluated target steps (window {w}: "
                 f"[{int(t0_eval[w])}, {int(t0_eval[w]) + output_len})); fit on a time range before the targets"
             )
-    spec = ContextSpec(int(input_len), int(output_len), int(days), int(weeks))
+    spec = ContextSpec(int(input_len), int(output_len), int(days), int(weeks), bool(recent_views))
     if scaler is None:
         scaler = STScaler.fit(fit_city, regions=[fit_city.region_ids[i] for i in fit_idx], time=slice(t_start, t_stop))
     if len(scaler.mean) != city.n_channels:

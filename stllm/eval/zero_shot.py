@@ -92,7 +92,8 @@ def eval_dataset(city, scaler, d_args: DataArguments, enc, regions, time: slice,
     views = tuple(v for v in d_args.extra_views.split(",") if v)
     return STInstructionDataset(city, scaler, regions=regions, time=time, input_len=enc.input_window,
                                 output_len=enc.horizon, stride=stride, extra_views=views, with_geo=d_args.with_geo,
-                                days=enc.days, weeks=enc.weeks, prompt_style=d_args.prompt_style)  # fmt: skip
+                                days=enc.days, weeks=enc.weeks, recent_views=enc.recent_views,
+                                prompt_style=d_args.prompt_style)  # fmt: skip
 
 
 def _check_options(mode: str, batch_size, stride, eval_days, baselines) -> None:

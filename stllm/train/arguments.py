@@ -137,6 +137,10 @@ class DataArguments:
     context_weeks: int = field(
         default=8, metadata={"help": "Encoder context: the target slots on each of this many previous weeks; their "
                              "mean is the seasonal anchor the forecast corrects (0 and 0: recent steps only)."})
+    context_recent_views: bool = field(
+        default=False, metadata={"help": "Encoder context: each day/week view also holds the recent steps' slots, "
+                                 "so the encoder sees how the last hours compare with the same hours before "
+                                 "(taken from --st_encoder_path's config when one is given)."})
     extra_views: str = field(
         default="", metadata={"help": "Extra history placeholders (older mechanism, needs context 0/0): comma list "
                               "of day,week."})

@@ -119,9 +119,12 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
         ).validate(city)
     if encoder_dir and (Path(encoder_dir) / ENCODER_CONFIG).is_file():  # the encoder decides what it reads
         enc = load_encoder(encoder_dir).config
-        if (enc.days, enc.weeks) != (data_args.context_days, data_args.context_weeks):
-            logger.info("context days/weeks %s from %s", (enc.days, enc.weeks), encoder_dir)
+        if (enc.days, enc.weeks, enc.recent_views) != (data_args.context_days, data_args.context_weeks,
+                                                       data_args.context_recent_views):
+            logger.info("context days/weeks/recent views %s from %s", (enc.days, enc.weeks, enc.recent_views),
+                        encoder_dir)
         data_args.context_days, data_args.context_weeks = enc.days, enc.weeks
+        data_args.context_recent_views = enc.recent_views
     scaler_file = Path(encoder_dir) / "scaler.json" if encoder_dir else None
     if scaler_file is not None and scaler_file.is_file():
         scaler = STScaler.load(scaler_file)  # the encoder was trained on this scaling
@@ -135,6 +138,7 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
             city, scaler, regions=regions.train, time=time, input_len=data_args.input_len,
             output_len=data_args.output_len, stride=stride, extra_views=views, with_geo=data_args.with_geo,
             days=data_args.context_days, weeks=data_args.context_weeks, prompt_style=data_args.prompt_style,
+            recent_views=data_args.context_recent_views,
         )
 
     val = None
@@ -184,7 +188,8 @@ def encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | 
         return enc
     return {"in_channels": c, "out_channels": c, "num_tokens": c, "input_window": data_args.input_len,
             "horizon": data_args.output_len, "days": data_args.context_days, "weeks": data_args.context_weeks,
-            "normalize": model_args.st_normalize, "residual": model_args.st_residual}
+            "recent_views": data_args.context_recent_views, "normalize": model_args.st_normalize,
+            "residual": model_args.st_residual}
 
 
 def event_pos_weight(data: PreparedData, cap: float = 20.0) -> list[float] | None:

@@ -10,25 +10,30 @@ from stllm.eval.baselines import historical_average
 STEPS = {"30min": 48, "1h": 24, "1D": 1}
 
 
+@pytest.mark.parametrize("recent_views", [False, True])
 @pytest.mark.parametrize("freq", sorted(STEPS))
-def test_views_hold_the_target_slots_and_never_reach_the_forecast(freq):
+def test_views_hold_the_target_slots_and_never_reach_the_forecast(freq, recent_views):
     step = np.timedelta64(30, "m") if freq == "30min" else np.timedelta64(1, "h" if freq == "1h" else "D")
-    spec = ContextSpec(input_len=12, output_len=12, days=7, weeks=3)
+    spec = ContextSpec(input_len=12, output_len=12, days=7, weeks=3, recent_views=recent_views)
     day, week = STEPS[freq], 7 * STEPS[freq]
+    span = 24 if recent_views else 12  # with recent views each view starts at the recent slots
     t0 = np.array([10 * week, 10 * week + 5])
     idx, padded = context_steps(spec, step, t0)
-    assert idx.shape == (2, spec.length) and not padded.any()
+    assert idx.shape == (2, 10 * span + 12) == (2, spec.length) and not padded.any()
     assert (idx < t0[:, None]).all()  # not one target step, at any frequency
-    h = np.arange(12)
-    weeks = idx[:, : 3 * 12].reshape(2, 3, 12)
-    days = idx[:, 3 * 12 : 10 * 12].reshape(2, 7, 12)
+    h = np.arange(12 - span, 12)  # the slots each view holds, relative to t0
+    weeks = idx[:, : 3 * span].reshape(2, 3, span)
+    days = idx[:, 3 * span : 10 * span].reshape(2, 7, span)
     assert ((weeks - (t0[:, None, None] + h)) % week == 0).all()  # same slot of the week
     assert ((days - (t0[:, None, None] + h)) % day == 0).all()  # same slot of the day
     assert (np.diff(weeks, axis=1) > 0).all() and (np.diff(days, axis=1) > 0).all()  # oldest view first
-    np.testing.assert_array_equal(idx[:, -12:], t0[:, None] - 12 + h)  # then the recent steps
+    np.testing.assert_array_equal(idx[:, -12:], t0[:, None] - 12 + np.arange(12))  # then the recent steps
+    t = span - 12  # where the target slots start inside a view
     if freq == "1D":  # a 12-day horizon: "1 day earlier" of day 11 is 12 days back, week views of days 7.. 2 weeks
-        assert days[0, -1, 11] == t0[0] - 1 and days[0, -1, 0] == t0[0] - 1
-        assert weeks[0, -1, 7] == t0[0] + 7 - 14
+        assert days[0, -1, t + 11] == t0[0] - 1 and days[0, -1, t] == t0[0] - 1
+        assert weeks[0, -1, t + 7] == t0[0] + 7 - 14
+    if recent_views:  # the recent slot 12 steps before t0, one week and one day earlier (nearest views last)
+        assert weeks[0, -1, 0] == t0[0] - 12 - week and days[0, -1, 0] == t0[0] - 12 - day
 
 
 def test_a_step_that_does_not_divide_a_day_is_refused_by_name():
@@ -37,16 +42,19 @@ def test_a_step_that_does_not_divide_a_day_is_refused_by_name():
     city = synthetic_city(n_regions=3, days=10, freq="1h")
     with pytest.raises(ValueError, match="needs at least 168"):
         context_steps(ContextSpec(weeks=1), city.freq, [100])
+    with pytest.raises(ValueError, match="needs at least 180"):  # a week before the first recent step
+        context_steps(ContextSpec(weeks=1, recent_views=True), city.freq, [170])
 
 
-def test_padded_weeks_are_filled_so_the_anchor_is_the_historical_average():
+@pytest.mark.parametrize("span", [12, 24])  # target slots only, or 12 recent slots then 12 target slots
+def test_padded_weeks_are_filled_so_the_anchor_is_the_historical_average(span):
     city = synthetic_city(n_regions=4, days=26, freq="1h")  # at t0 = 3.5 weeks, 3 of 8 week views exist
-    spec = ContextSpec(12, 12, days=2, weeks=8)
+    spec = ContextSpec(12, 12, days=2, weeks=8, recent_views=span == 24)
     t0 = np.array([3 * 168 + 80, 3 * 168 + 100])
     idx, padded = context_steps(spec, city.freq, t0)
-    assert padded[:, : 8 * 12].sum(axis=1).tolist() == [5 * 12, 5 * 12]
+    assert padded[:, : 8 * span].sum(axis=1).tolist() == [5 * span, 5 * span]
     window = gather_context(city.values, spec, city.freq, t0)  # (B, L, N, C)
-    anchor = window[:, : 8 * 12].reshape(2, 8, 12, 4, 2).mean(axis=1)  # (B, H, N, C)
+    anchor = window[:, : 8 * span].reshape(2, 8, span, 4, 2)[:, :, span - 12 :].mean(axis=1)  # (B, H, N, C)
     ha = historical_average(city, t0 - 12, np.arange(4), 12, 12, weeks=8)  # (B, N, H, C)
     np.testing.assert_allclose(anchor.transpose(0, 2, 1, 3), ha, rtol=1e-5)
     # real entries are the values at their steps, untouched

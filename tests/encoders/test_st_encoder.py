@@ -9,7 +9,8 @@ def _n_params(module) -> int:
 
 
 TINY = dict(in_channels=2, out_channels=2, input_window=12, horizon=4, layers=2, residual_channels=8, conv_channels=8,
-            skip_channels=16, end_channels=16, kernel_set=(2, 3), num_tokens=2, token_dim=8, days=1, weeks=1)
+            skip_channels=16, end_channels=16, kernel_set=(2, 3), num_tokens=2, token_dim=8, days=1, weeks=1,
+            recent_views=False)  # the layout the count below was worked for
 
 
 def test_parameter_count_matches_the_architecture_worked_by_hand():
@@ -35,6 +36,9 @@ def test_parameter_count_matches_the_architecture_worked_by_hand():
     assert _n_params(STEncoder(STEncoderConfig(**TINY, graph_mixing=True, gcn_depth=2))) == by_hand + 2 * 200
     # without normalisation there are no statistics features and no linear path
     assert _n_params(STEncoder(STEncoderConfig(**TINY, normalize=False))) == by_hand - stats_proj - linear_proj
+    # views that also hold the 12 recent slots: 16-step views, a (2*16 + 12)-step context
+    wider = (2 + 1) * 16 * 2 * 16 + (2 * 16 + 12) * 2 * (4 * 2) - (2 + 1) * 4 * 2 * 16 - 20 * 2 * (4 * 2)
+    assert _n_params(STEncoder(STEncoderConfig(**{**TINY, "recent_views": True}))) == by_hand + wider
 
 
 def test_shapes_follow_config():
@@ -134,3 +138,14 @@ def test_wrong_context_length_is_named():
     enc = STEncoder(STEncoderConfig(days=7, weeks=8))
     with pytest.raises(ValueError, match=r"context of 192 steps \(days=7, weeks=8"):
         enc(torch.randn(1, 12, 2, 2))
+
+
+def test_recent_views_widen_every_view_and_survive_a_save():
+    """An encoder saved without the field (all before it) read target-only views; one saved with it keeps
+    its 24-step views when loaded."""
+    saved = STEncoderConfig(days=7, weeks=8).to_dict()
+    del saved["recent_views"]
+    assert STEncoderConfig.from_dict(saved).context_length == 15 * 12 + 12
+    wide = STEncoderConfig(days=7, weeks=8, recent_views=True)
+    assert STEncoderConfig.from_dict(wide.to_dict()).context_length == 15 * 24 + 12 == wide.context_length
+

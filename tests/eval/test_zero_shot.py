@@ -413,3 +413,18 @@ def test_a_missing_tokenizer_file_is_named(checkpoint, tmp_path):
     (broken / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"tokenizer.json or tokenizer.model"):
         evaluate(broken, tmp_path / "o", **_fast())
+
+
+def test_recent_views_checkpoint_is_evaluated_with_its_own_context(tmp_path):
+    """A checkpoint trained with ``--context_recent_views true`` reads 24-step views (12 recent + 12 target
+    slots); evaluation must rebuild that context from the checkpoint (the default 12-step views would not fit
+    the encoder, which refuses a context of another length)."""
+    ckpt = train_tiny_run(tmp_path / "ckpt", "--synthetic_regions", "6", "--synthetic_days", "24",
+                          "--context_days", "1", "--context_weeks", "1", "--context_recent_views", "true",
+                          "--max_steps", "1")  # fmt: skip
+    model = STLlamaForCausalLM.from_pretrained(ckpt)
+    cfg = model.st_encoder.config
+    assert cfg.recent_views and cfg.context_length == 2 * 24 + 12
+    res = evaluate(ckpt, tmp_path / "ev", eval_days=2, **_fast(baselines=["historical_average", "ridge"]))
+    assert {"stllm", "historical_average", "ridge"} <= set(res.metrics)
+    assert all(np.isfinite(v) for v in res.metrics["stllm"].values())
