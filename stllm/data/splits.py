@@ -334,6 +334,21 @@ class CitySplit:
             raise SplitError(f"CitySplit: field 'test': cities also in 'train': {common}")
 
 
+
+def hold_out_regions(ids: Sequence[str], fraction: float, seed: int, what: str = "val_region_fraction"
+                     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(fit, held)``: ``round(fraction * len(ids))`` of the training region ``ids`` held out of fitting, drawn
+    with ``seed``, to choose a zero-shot model on regions it never fitted. Both stages draw the same regions
+    from the same ids and seed; ``fraction`` 0 holds out none."""
+    ids = tuple(ids)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"{what} must be in [0, 1), got {fraction}")
+    n = int(round(fraction * len(ids)))
+    if fraction and not 1 <= n < len(ids):
+        raise ValueError(f"{what}={fraction} of {len(ids)} regions leaves {n} for validation, {len(ids) - n} for "
+                         "fitting: both need one")
+    held = set(np.random.default_rng(seed).choice(len(ids), n, replace=False).tolist())
+    return (tuple(r for i, r in enumerate(ids) if i not in held), tuple(r for i, r in enumerate(ids) if i in held))
 def split_record(
     city: CityData,
     regions: Sequence[str] | None = None,

@@ -151,6 +151,11 @@ class DataArguments:
     val_fraction: float = field(
         default=0.1, metadata={"help": "Last fraction of the training time range (training regions) held out as "
                                "validation: early stopping and the best weights kept (0: none)."})
+    val_region_fraction: float = field(
+        default=0.0, metadata={"help": "Validate on this fraction of the training regions, never fitted (the same "
+                               "ones stage 1 held out with the same seed), over the validation time: the weights "
+                               "kept are chosen on regions the model did not fit, as zero-shot use needs (0: the "
+                               "fitted regions)."})
     max_val_samples: int = field(default=256, metadata={"help": "Validation samples (evenly spaced) per evaluation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap training samples (quick runs)."})
     tokenizer_vocab: int = field(default=600, metadata={"help": "Vocabulary of the offline tokenizer."})
@@ -176,6 +181,7 @@ DATA_RULES = [
     rule("context_days", NON_NEGATIVE), rule("context_weeks", NON_NEGATIVE),
     rule("test_regions", FRACTION_OPEN),  # zero-shot evaluation needs held-out regions, training needs the rest
     rule("train_time", FRACTION_UPPER), rule("val_fraction", FRACTION_HALF_OPEN),
+    rule("val_region_fraction", FRACTION_HALF_OPEN),
 ]
 TRAINING_RULES = [
     rule("num_train_epochs", POSITIVE), rule("per_device_train_batch_size", POSITIVE),

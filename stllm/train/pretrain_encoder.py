@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from stllm.data.city import CityData
 from stllm.data.context import ContextSpec, gather_context
 from stllm.data.scaler import STScaler
-from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, split_record
+from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, hold_out_regions, split_record
 from stllm.encoders.io import save_encoder
 from stllm.encoders.linear import RidgeAccumulator
 from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
@@ -216,6 +216,7 @@ def pretrain_st_encoder(
     time_slice: slice | None = None,
     val_fraction: float = 0.2,
     val_slice: slice | None = None,
+    val_region_fraction: float = 0.0,
     encoder_config: STEncoderConfig | dict | None = None,
     epochs: int = 20,
     max_steps: int | None = None,
@@ -259,7 +260,9 @@ def pretrain_st_encoder(
     train_ids = city.region_ids if split_regions is None else tuple(str(r) for r in split_regions)
     if len(set(train_ids)) != len(train_ids):
         raise ValueError("split_regions contains duplicated region ids")
-    region_idx = city.region_index(train_ids, field_name="split_regions")
+    fit_ids, val_ids = hold_out_regions(train_ids, val_region_fraction, seed)
+    region_idx = city.region_index(fit_ids, field_name="split_regions")
+    val_idx = city.region_index(val_ids or fit_ids, field_name="split_regions")
     t0, t1 = _steps(time_slice, city.n_steps, "time_slice")
     window = cfg.input_window + cfg.horizon
     if val_slice is not None:
@@ -281,12 +284,10 @@ def pretrain_st_encoder(
 
     # Only the training regions x training steps are ever touched from here on.
     if scaler is None:
-        scaler = STScaler.fit(city, regions=train_ids, time=slice(t0, t1), log1p=log1p)
+        scaler = STScaler.fit(city, regions=fit_ids, time=slice(t0, t1), log1p=log1p)
     elif len(scaler.mean) != city.n_channels:
         raise ValueError(f"scaler has {len(scaler.mean)} channels, the city has {city.n_channels}")
     # steps [0, t1): windows start inside [t0, ...); a multi-period context may read the past before t0
-    raw = city.values[:t1][:, region_idx]  # (T', N', C) original units
-    observed = None if city.mask is None else city.mask[:t1][:, region_idx]
     context = encoder_context(cfg, city)
     first = t0 if context is None else max(
         t0, ContextSpec.of_encoder(cfg).min_history(city.freq, city.source) - cfg.input_window)
@@ -295,16 +296,26 @@ def pretrain_st_encoder(
             f"training part [{first}, {v0}) after the context's warm-up has {v0 - first} steps, fewer than one "
             f"window ({window}); use a longer time_slice or fewer context weeks"
         )
-    scaled = scaler.transform(raw).astype(np.float32)
-    if observed is not None:
-        scaled = np.where(observed, scaled, np.float32(0))  # missing inputs read as the training mean
-    adj = None
-    if cfg.graph_mixing:
-        if city.adjacency is None:
-            raise ValueError(f"{city.source}: graph_mixing needs city adjacency, the city has none")
-        adj_np = city.adjacency[np.ix_(region_idx, region_idx)]
-        adj = torch.from_numpy(adj_np).to(dev)
-    record = split_record(city, train_ids, slice(t0, t1))
+
+    def scaled_values(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, torch.Tensor | None]:
+        """``(scaled, raw, observed, adjacency)`` of regions ``idx`` over steps [0, t1)."""
+        raw_i = city.values[:t1][:, idx]  # (T', N', C) original units
+        obs_i = None if city.mask is None else city.mask[:t1][:, idx]
+        scaled_i = scaler.transform(raw_i).astype(np.float32)
+        if obs_i is not None:
+            scaled_i = np.where(obs_i, scaled_i, np.float32(0))  # missing inputs read as the training mean
+        adj_i = None
+        if cfg.graph_mixing:
+            if city.adjacency is None:
+                raise ValueError(f"{city.source}: graph_mixing needs city adjacency, the city has none")
+            adj_i = torch.from_numpy(city.adjacency[np.ix_(idx, idx)]).to(dev)
+        return scaled_i, raw_i, obs_i, adj_i
+
+    scaled, raw, observed, adj = scaled_values(region_idx)
+    # validation: the fitting regions' last part of the time range, or with val_region_fraction other training
+    # regions over that part (a zero-shot model is chosen on regions it never fitted)
+    v_scaled, v_raw, v_observed, v_adj = scaled_values(val_idx) if val_ids else (scaled, raw, observed, adj)
+    record = split_record(city, train_ids, slice(t0, t1))  # validation regions count as seen: never evaluated
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -319,9 +330,12 @@ def pretrain_st_encoder(
         )  # fmt: skip
         val_starts = np.arange(max(first, v0 - cfg.input_window), v1 - window + 1, max(1, int(val_stride)))
 
+        def validate() -> dict:
+            return evaluate_windows(encoder, v_scaled, v_raw, v_observed, val_starts, scaler, v_adj, device=dev,
+                                    context=context)
+
         def validation_mae() -> float:
-            res = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev, context=context)
-            return float(np.mean(res["mae"]))
+            return float(np.mean(validate()["mae"]))
 
         def warm_sampler(stop: int) -> WindowSampler:  # its own generator: the training stream is untouched
             return WindowSampler(scaled, cfg.input_window, cfg.horizon, batch_size, time_start=first, time_stop=stop,
@@ -377,8 +391,7 @@ def pretrain_st_encoder(
                 step += 1
                 sums += [losses.loss.item(), losses.forecast_loss.item(), losses.recon_loss.item()]
                 bar.update(1)
-            val = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev, context=context)
-            val_mae = float(np.mean(val["mae"]))
+            val_mae = validation_mae()
             entry = {"epoch": epoch, "step": step, "loss": sums[0] / n_ep, "forecast_loss": sums[1] / n_ep,
                      "recon_loss": sums[2] / n_ep, "val_mae": val_mae}
             history.append(entry)
@@ -396,7 +409,7 @@ def pretrain_st_encoder(
             objective.load_state_dict(best_state)
         objective.eval()
 
-        val = evaluate_windows(encoder, scaled, raw, observed, val_starts, scaler, adj, device=dev, context=context)
+        val = validate()
         train = evaluate_windows(encoder, scaled, raw, observed, train_starts, scaler, adj, device=dev,
                                  context=context)
 
@@ -404,8 +417,8 @@ def pretrain_st_encoder(
     metrics = {
         "units": "original (inverse-scaled) counts; masked MAE over observed targets",
         "channels": channels,
-        "val": _metrics_block(val, channels, len(val_starts), len(train_ids)),
-        "train": _metrics_block(train, channels, len(train_starts), len(train_ids)),
+        "val": _metrics_block(val, channels, len(val_starts), len(val_ids or fit_ids)),
+        "train": _metrics_block(train, channels, len(train_starts), len(fit_ids)),
         "best_epoch": best_epoch,
         "warm_start_rows": warm_rows,
         "epochs_run": len(history),
@@ -418,6 +431,7 @@ def pretrain_st_encoder(
             "regions_per_batch": regions_per_batch, "mask_ratio": mask_ratio, "recon_weight": recon_weight,
             "epochs": epochs, "max_steps": max_steps, "steps_per_epoch": spe, "patience": patience,
             "val_stride": val_stride, "train_steps": [first, v0], "val_steps": [v0, v1],
+            "val_regions": list(val_ids),
         },
     }  # fmt: skip
     metrics["val"]["beats_last_value"] = metrics["val"]["mae_mean"] < metrics["val"]["last_value_mae_mean"]
@@ -472,6 +486,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="first fraction of the time steps that is the training time range")
     d.add_argument("--val_frac", type=fraction_open, default=0.2,
                    help="last fraction of the training time range used for early stopping")
+    d.add_argument("--val_region_fraction", type=float, default=0.0,
+                   help="validate (early stopping, best epoch) on this fraction of the training regions, never fitted, "
+                        "instead of on the fitted ones: choose a zero-shot encoder on regions it did not fit")
     d.add_argument("--log1p", action="store_true", help="scale log1p(counts) instead of counts")
     m = parser.add_argument_group("encoder")
     m.add_argument("--encoder_config", default=None,
@@ -552,7 +569,8 @@ def run(args: argparse.Namespace) -> PretrainResult:
     if args.graph_mixing:
         cfg["graph_mixing"] = True
     result = pretrain_st_encoder(
-        city, train_ids, slice(0, t_end), val_fraction=args.val_frac, encoder_config=cfg, epochs=args.epochs,
+        city, train_ids, slice(0, t_end), val_fraction=args.val_frac, val_region_fraction=args.val_region_fraction,
+        encoder_config=cfg, epochs=args.epochs,
         max_steps=args.max_steps, steps_per_epoch=args.steps_per_epoch, lr=args.lr, weight_decay=args.weight_decay,
         batch_size=args.batch_size, regions_per_batch=args.regions_per_batch, mask_ratio=args.mask_ratio,
         recon_weight=args.recon_weight, patience=args.patience, seed=args.seed, output_dir=args.output_dir,

@@ -34,6 +34,7 @@ from stllm.data import (
 )
 from stllm.data.loaders import load_preset
 from stllm.data.prompts import tokenizer_corpus
+from stllm.data.splits import hold_out_regions
 from stllm.encoders.io import CONFIG_NAME as ENCODER_CONFIG
 from stllm.encoders.io import load_encoder
 from stllm.errors import run_command, split_debug
@@ -56,7 +57,7 @@ class PreparedData:
     train: STInstructionDataset
 
     data_args: DataArguments | None = None
-    val: torch.utils.data.Dataset | None = None  # training regions, the last part of the training time
+    val: torch.utils.data.Dataset | None = None  # training (or held-out training) regions, the last training time
 
     def artifacts(self) -> dict[str, str]:
         """Files every checkpoint carries: the fitted scaler, what was trained on, how the data was built."""
@@ -126,16 +127,18 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
         data_args.context_days, data_args.context_weeks = enc.days, enc.weeks
         data_args.context_recent_views = enc.recent_views
     scaler_file = Path(encoder_dir) / "scaler.json" if encoder_dir else None
+    scaler = None
     if scaler_file is not None and scaler_file.is_file():
         scaler = STScaler.load(scaler_file)  # the encoder was trained on this scaling
-    else:
-        scaler = STScaler.fit(city, regions=regions.train, time=train_time)
+    fit_regions, val_regions = _validation_regions(regions.train, data_args, encoder_dir)
+    if scaler is None:
+        scaler = STScaler.fit(city, regions=fit_regions, time=train_time)
     views = tuple(v for v in data_args.extra_views.split(",") if v)
     fit_time, val_time = _validation_split(city, train_time, data_args)
 
-    def dataset(time: slice, stride: int) -> STInstructionDataset:
+    def dataset(time: slice, stride: int, ids=fit_regions) -> STInstructionDataset:
         return STInstructionDataset(
-            city, scaler, regions=regions.train, time=time, input_len=data_args.input_len,
+            city, scaler, regions=ids, time=time, input_len=data_args.input_len,
             output_len=data_args.output_len, stride=stride, extra_views=views, with_geo=data_args.with_geo,
             days=data_args.context_days, weeks=data_args.context_weeks, prompt_style=data_args.prompt_style,
             recent_views=data_args.context_recent_views,
@@ -143,10 +146,28 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
 
     val = None
     if val_time is not None:
-        full = dataset(val_time, 1)
+        full = dataset(val_time, 1, val_regions or fit_regions)
         keep = np.unique(np.linspace(0, len(full) - 1, num=min(len(full), data_args.max_val_samples)).astype(int))
         val = torch.utils.data.Subset(full, keep.tolist())
     return PreparedData(city, regions, train_time, scaler, dataset(fit_time, data_args.stride), data_args, val)
+
+
+def _validation_regions(train: tuple[str, ...], data_args: DataArguments, encoder_dir: str | None
+                        ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(fit, validation)`` regions: with ``--val_region_fraction`` the stage-1 encoder's held-out regions when it
+    recorded some (so neither stage fits them), else the same draw from the training regions with
+    ``--split_seed``; without it every training region is fitted and validated on."""
+    if not data_args.val_region_fraction:
+        return tuple(train), ()
+    metrics = Path(encoder_dir) / "metrics.json" if encoder_dir else None
+    if metrics is not None and metrics.is_file():
+        held = json.loads(metrics.read_text()).get("settings", {}).get("val_regions") or []
+        if held:
+            unknown = sorted(set(held) - set(train))
+            if unknown:
+                raise ValueError(f"{metrics}: settings.val_regions {unknown[:3]} are not training regions of this run")
+            return tuple(r for r in train if r not in set(held)), tuple(r for r in train if r in set(held))
+    return hold_out_regions(train, data_args.val_region_fraction, data_args.split_seed, "--val_region_fraction")
 
 
 def _validation_split(city: CityData, train_time: slice, data_args: DataArguments) -> tuple[slice, slice | None]:

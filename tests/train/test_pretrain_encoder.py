@@ -97,6 +97,24 @@ def test_only_training_regions_and_times_are_read(city, split):
     assert _quick(replace(city, values=values), split).scaler != a.scaler
 
 
+def test_validation_regions_are_never_fitted_but_choose_the_weights(city, split):
+    """With val_region_fraction the validation regions are not fitted (the scaler ignores them) but they are
+    what the validation MAE is measured on; the split still lists them as seen, so a zero-shot evaluation
+    refuses them."""
+    a = _quick(city, split, val_region_fraction=0.25)
+    held = a.metrics["settings"]["val_regions"]
+    assert len(held) == round(0.25 * len(split.train)) and set(held) < set(split.train)
+    assert a.metrics["val"]["regions"] == len(held) and a.metrics["train"]["regions"] == len(split.train) - len(held)
+    assert set(a.split.regions) == set(split.train)
+    values = city.values.copy()
+    values[:, city.region_index(held)] = values[:, city.region_index(held)] * 3 + 5
+    b = _quick(replace(city, values=values), split, val_region_fraction=0.25)
+    assert b.scaler == a.scaler
+    assert b.metrics["val"]["mae_mean"] > 2 * a.metrics["val"]["mae_mean"]  # measured on the (tripled) held regions
+    with pytest.raises(ValueError, match="val_region_fraction"):
+        _quick(city, split, val_region_fraction=0.99)
+
+
 def test_missing_values_and_bad_input(city, split, tmp_path):
     mask = np.ones(city.values.shape, dtype=bool)
     mask[150:200, :, 0] = False

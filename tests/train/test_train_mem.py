@@ -192,6 +192,29 @@ def test_validation_on_later_training_times_keeps_the_best_weights_and_stops_ear
     assert still.state.global_step == 8 and len(logged(still, "eval_forecast_loss")) == 3
 
 
+
+def test_validation_regions_are_held_out_of_fitting_and_shared_with_stage_1(tmp_path):
+    """--val_region_fraction: validation reads only regions that no fitting window reads (the ones stage 1
+    held out when its encoder recorded some), and the checkpoint's split still lists them as training
+    regions, so a zero-shot evaluation refuses them."""
+    _, d, _ = parse_args(["--output_dir", str(tmp_path), *SMALL, "--val_fraction", "0.3", "--val_region_fraction",
+                          "0.34"])  # fmt: skip
+    data = prepare_data(d)
+    fit, val = set(data.train.region_idx.tolist()), set(data.val.dataset.region_idx.tolist())
+    train_idx = set(data.city.region_index(data.regions.train).tolist())
+    assert len(val) == round(0.34 * len(train_idx)) == 2 and not fit & val and fit | val == train_idx
+    assert set(json.loads(data.artifacts()["split.json"])["regions"]) == set(data.regions.train)
+    # an encoder directory that recorded its held-out regions decides which ones stage 2 holds out
+    enc_dir = tmp_path / "enc"
+    enc_dir.mkdir()
+    chosen = sorted(data.regions.train)[:3]
+    (enc_dir / "metrics.json").write_text(json.dumps({"settings": {"val_regions": chosen}}))
+    again = prepare_data(d, encoder_dir=str(enc_dir))
+    assert set(again.val.dataset.region_idx.tolist()) == set(again.city.region_index(chosen).tolist())
+    (enc_dir / "metrics.json").write_text(json.dumps({"settings": {"val_regions": ["no-such-region"]}}))
+    with pytest.raises(ValueError, match="val_regions"):
+        prepare_data(d, encoder_dir=str(enc_dir))
+
 def _checkpoint(tmp_path, name="a", *extra):
     run(tmp_path / name, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2", *extra)
     return tmp_path / name / "checkpoint-2"
@@ -308,6 +331,7 @@ def test_train_poi_claims_its_output_dir(tmp_path, capsys):
     ("--test_regions", "1", "--test_regions must be in (0, 1)"),
     ("--train_time", "0", "--train_time must be in (0, 1]"),
     ("--val_fraction", "1", "--val_fraction must be in [0, 1)"),
+    ("--val_region_fraction", "1", "--val_region_fraction must be in [0, 1)"),
     ("--input_len", "0", "--input_len must be > 0"),
     ("--output_len", "-12", "--output_len must be > 0"),
     ("--stride", "0", "--stride must be > 0"),
