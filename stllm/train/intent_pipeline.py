@@ -14,8 +14,9 @@
    target), by pooled macro F1 (``select_on="user"``: the mean of per-user macro F1s, noisier with the few
    validation targets NYC users have). The tuned rows only choose among grid points whose pooled validation
    weighted - macro gap is at least ``gap_margin`` below the smallest validation gap of every baseline (the
-   population model, adjusted or not, the student before tuning, the count baselines), all scored on the same
-   validation targets: the issue's gap target, met on validation, never by looking at test days.
+   population model, adjusted or not, the student before tuning, the count baselines) and whose macro F1 is at
+   least the best baseline's, all scored on the same validation targets: the issue's targets, met on validation,
+   never by looking at test days (when no point meets them, macro F1 alone decides).
 Every model predicts the held-out users' later days (checked by :func:`stllm.data.intent.check_heldout`); scoring
 of the table is the caller's (``stllm.eval.intent``).
 """
@@ -186,7 +187,8 @@ BOUNDED = (TUNED, NO_SIZING, NO_ADJUSTMENT, NO_UNLEARNING)  # rows whose validat
 def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, UserLogits, np.ndarray]]
                   ) -> tuple[dict[str, np.ndarray], dict[str, Posthoc], dict[str, dict[str, float]]]:
     """Every table row's test predictions; the post-hoc rows' ``(k, tau, alpha)`` chosen on the validation logits
-    only, the tuned ones under the baselines' smallest validation gap minus ``cfg.gap_margin``."""
+    only, the tuned ones under the baselines' smallest validation gap minus ``cfg.gap_margin`` and at or above
+    their best validation macro F1."""
     vd, vl, vcounts = scored["val"]
     _, tl, tcounts = scored["test"]
     y, users = vd.log.intent[vl.rows], vd.log.user[vl.rows]
@@ -203,12 +205,14 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
                                           for name, key in ((POPULATION, POPULATION), (BEFORE, "before"))}}
     choices = {}
     for row, (tuned, start, ks, taus) in grid.items():
-        max_gap = None
+        max_gap = min_macro = None
         if row in BOUNDED and cfg.gap_margin is not None:
-            baselines = (*INTENT_BASELINES, POPULATION, BEFORE, POPULATION_ADJUSTED)  # the last chosen first
-            max_gap = min(val_scores[b]["gap"] for b in baselines) - cfg.gap_margin
+            base = [val_scores[b] for b in (*INTENT_BASELINES, POPULATION, BEFORE, POPULATION_ADJUSTED)]  # chosen
+            max_gap = min(b["gap"] for b in base) - cfg.gap_margin
+            min_macro = max(b["macro_f1"] for b in base)
         choices[row], val_scores[row] = select_posthoc(y, users, vl.logits[start], vl.logits[tuned], vl.n_train,
-                                                       vcounts, ks, taus, cfg.alphas, cfg.select_on, max_gap)
+                                                       vcounts, ks, taus, cfg.alphas, cfg.select_on, max_gap,
+                                                       min_macro)
         preds[row] = posthoc_logits(tl.logits[start], tl.logits[tuned], tl.n_train, tcounts, choices[row]).argmax(-1)
     order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_UNLEARNING, PLAIN)
     return {name: preds[name] for name in order}, choices, val_scores

@@ -168,15 +168,16 @@ def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, counts:
 
 def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray, n: np.ndarray,
                    counts: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...],
-                   alphas: tuple[float, ...] = (1.0,), objective: str = "user", max_gap: float | None = None
-                   ) -> tuple[Posthoc, dict[str, float]]:
+                   alphas: tuple[float, ...] = (1.0,), objective: str = "user", max_gap: float | None = None,
+                   min_macro: float | None = None) -> tuple[Posthoc, dict[str, float]]:
     """The ``(k, tau, alpha)`` of the grid with the best macro F1 on *validation* targets ``y`` (the caller passes
     validation rows only; ``counts``: each row's user's training intent counts), and its pooled validation scores:
     the mean of per-user macro F1s (``objective="user"``) or the macro F1 of all targets pooled (``"pooled"``:
     steadier when users have only a few validation targets each). With ``max_gap`` only grid points whose pooled
-    validation gap (weighted - macro F1) is below it compete -- macro F1 can be bought with a wider gap, and the
-    gap alone can be bought by predicting rare intents everywhere, so the gap is a constraint, not a term; when no
-    point meets it, the smallest gap wins. Ties go to the first in grid order."""
+    validation gap (weighted - macro F1) is below it and (``min_macro``) whose pooled macro F1 is at least
+    ``min_macro`` compete -- macro F1 can be bought with a wider gap, and the gap alone by predicting rare intents
+    everywhere, so both are constraints, not terms; when no point meets them, the objective alone decides (the
+    bound is dropped, never bought with a useless model). Ties go to the first in grid order."""
     if objective not in SELECTION_OBJECTIVES:
         raise ValueError(f"objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}")
     c = tuned.shape[-1]
@@ -190,8 +191,9 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
                 scores = intent_scores(y, pred, c)
                 score = (float(per_user_scores(y, pred, users, c)[1]["macro_f1"].mean()) if objective == "user"
                          else scores["macro_f1"])
-                ok = max_gap is None or scores["gap"] < max_gap
-                key = (ok, score if ok else -scores["gap"])
+                ok = (max_gap is None or scores["gap"] < max_gap) and (min_macro is None or
+                                                                       scores["macro_f1"] >= min_macro)
+                key = (ok, score)
                 if best_key is None or key > best_key:
                     best, best_key, best_scores = Posthoc(float(k), float(tau), float(alpha)), key, scores
     return best, best_scores

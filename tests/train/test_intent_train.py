@@ -178,8 +178,9 @@ def test_select_posthoc_follows_validation():
 
 
 def test_select_posthoc_gap_bound_against_sklearn():
-    """With ``max_gap`` the choice is the best pooled macro F1 among the grid points whose weighted - macro gap
-    (sklearn's F1s) is below it; when none is, the smallest gap wins."""
+    """With ``max_gap`` (and ``min_macro``) the choice is the best pooled macro F1 among the grid points whose
+    weighted - macro gap (sklearn's F1s) is below it (and macro F1 at least ``min_macro``); when none is, the
+    bound is dropped."""
     from sklearn.metrics import f1_score
 
     rng = np.random.default_rng(0)
@@ -203,8 +204,11 @@ def test_select_posthoc_gap_bound_against_sklearn():
     feasible = [p for p in table if table[p][1] < bound]
     assert feasible and got == max(feasible, key=lambda p: table[p][0]) and got != free
     assert scores["gap"] == pytest.approx(table[got][1]) and scores["gap"] < bound
-    none, _ = select_posthoc(y, users, before, tuned, n, counts, ks, taus, objective="pooled", max_gap=-1.0)
-    assert none == min(table, key=lambda p: table[p][1])
+    kw = dict(objective="pooled", max_gap=bound)
+    assert select_posthoc(y, users, before, tuned, n, counts, ks, taus, min_macro=table[got][0], **kw)[0] == got
+    # a macro-F1 floor above every point under the gap bound, or a bound none meets: the bound is dropped
+    assert select_posthoc(y, users, before, tuned, n, counts, ks, taus, min_macro=table[got][0] + 1e-6, **kw)[0] == free
+    assert select_posthoc(y, users, before, tuned, n, counts, ks, taus, objective="pooled", max_gap=-1.0)[0] == free
 
 
 def test_logit_adjusted_tuning_loss_learns_the_balanced_posterior():
