@@ -172,23 +172,42 @@ def viterbi_days(emission: torch.Tensor, chains: UserTransitions, user: torch.Te
 def posterior_days(emission: torch.Tensor, chains: UserTransitions, user: torch.Tensor, slot: torch.Tensor,
                    day: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     """Each row's log-posterior over places ``(Q, K)`` under the same day chains as :func:`viterbi_days`
-    (forward-backward in log space): the head's scores smoothed by the places before and after in the day."""
+    (forward-backward): the head's scores smoothed by the places before and after in the day.
+
+    Why not in log space like the Viterbi: a weighted transition is ``stay^w`` on the diagonal and
+    ``(1 - stay)^w move^w`` elsewhere, so a step is ``stay^w a + (1 - stay)^w (a @ move^w)``: one batched
+    matrix-vector product per step on probabilities rescaled by their maximum, instead of a log-sum-exp over
+    ``(G, K, K)`` (several times faster on CPU).
+    """
     if not len(emission):
         return emission.clone()
     group, pos, emit, lengths = _day_chains(emission, day)
     g_n, length = emit.shape[:2]
     day_user, slots = user[pos == 0], _padded(slot, group, pos, (g_n, length))
 
-    def trans(step: int) -> torch.Tensor:  # built per step twice, not stored: (G, L, K, K) would be large
-        return chains.step(day_user, slots[:, step], weight).to(emission.dtype)
+    def weighted(log_p: torch.Tensor) -> torch.Tensor:  # p^w, an impossible step stays impossible at weight 0
+        return torch.where(torch.isneginf(log_p), log_p, weight * log_p).exp().to(emission.dtype)
+
+    move = weighted(chains.log_move[day_user])  # (G, K, K)
+    log_stay = chains.log_stay[day_user.view(-1, 1), slots]  # (G, L)
+    stay = weighted(log_stay)
+    leave = weighted(torch.log1p(-log_stay.exp().clamp(max=1 - 1e-6)))
+
+    def rescaled(log_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = log_a.max(1, keepdim=True).values
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row past a day's end: all -inf
+        return (log_a - top).exp(), top
 
     fwd = torch.empty_like(emit)
     bwd = torch.zeros_like(emit)
     fwd[:, 0] = emit[:, 0]
     for step in range(1, length):
-        fwd[:, step] = torch.logsumexp(fwd[:, step - 1, :, None] + trans(step), 1) + emit[:, step]
+        a, top = rescaled(fwd[:, step - 1])
+        mixed = stay[:, step, None] * a + leave[:, step, None] * torch.bmm(a[:, None, :], move)[:, 0]
+        fwd[:, step] = mixed.log() + top + emit[:, step]
     for step in range(length - 2, -1, -1):
-        nxt = torch.logsumexp(trans(step + 1) + (emit[:, step + 1] + bwd[:, step + 1])[:, None, :], 2)
-        bwd[:, step] = torch.where((step + 1 < lengths)[:, None], nxt, 0.0)
+        b, top = rescaled(emit[:, step + 1] + bwd[:, step + 1])
+        mixed = stay[:, step + 1, None] * b + leave[:, step + 1, None] * torch.bmm(move, b[:, :, None])[:, :, 0]
+        bwd[:, step] = torch.where((step + 1 < lengths)[:, None], mixed.log() + top, 0.0)
     post = (fwd + bwd)[group, pos]
     return post - torch.logsumexp(post, 1, keepdim=True)

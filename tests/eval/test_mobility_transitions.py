@@ -73,7 +73,7 @@ def test_viterbi_and_posterior_equal_brute_force_on_random_days():
     user = torch.tensor([0] * 4 + [1] + [1] * 3)
     day = torch.tensor([0] * 4 + [1] + [2] * 3)
     slot = torch.tensor([0, 1, 5, 6, 7, 20, 21, 30])
-    for weight in (0.5, 2.0):
+    for weight in (0.0, 0.5, 2.0):
         path = viterbi_days(emission, chains, user, slot, day, weight)
         post = posterior_days(emission, chains, user, slot, day, weight)
         start = 0
