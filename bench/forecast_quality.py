@@ -126,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", default="runs/bench-forecast-quality")
     p.add_argument("--progress", action="store_true", help="progress bars")
     p.add_argument("--device", default="auto", help="auto (the GPU if any), cpu or cuda: training and evaluation")
+    p.add_argument("--val_region_fraction", type=float, default=0.0,
+                   help="both stages choose their weights on this fraction of the training regions, never fitted")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="mixed-precision training and the evaluation backbone (auto: bf16 on a GPU, fp32 on the CPU)")
     args = p.parse_args(argv)
+    selection = ("--val_region_fraction", str(args.val_region_fraction)) if args.val_region_fraction else ()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     presets = [s.strip() for s in args.presets.split(",") if s.strip()]
     root, t_start = Path(args.output_dir), time.time()
@@ -137,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             for s in seeds:
                 if args.ablation:
                     _run(preset, s, root / preset / f"ablation-{args.ablation.replace(' ', '-')}", args.progress,
-                         args.steps, ABLATIONS[args.ablation], args.device, args.dtype)  # fmt: skip
+                         args.steps, (*ABLATIONS[args.ablation], *selection), args.device, args.dtype)  # fmt: skip
                 else:
-                    _run(preset, s, root / preset / f"seed{s}", args.progress, args.steps, device=args.device,
-                         dtype=args.dtype)
+                    _run(preset, s, root / preset / f"seed{s}", args.progress, args.steps, selection, args.device,
+                         args.dtype)
         return 0
     steps = ["--steps", str(args.steps)] if args.steps else []
     steps += ["--device", args.device, "--dtype", args.dtype]  # each run, also the ones in other processes
+    steps += ["--val_region_fraction", str(args.val_region_fraction)]
     first = [["--presets", pr, "--seeds", str(s), *steps] for pr in presets if pr != "bikenyc" for s in seeds]
     ablate = [s.strip() for s in args.ablations.split(",") if s.strip() and s.strip() != "bikenyc"]
     first += [["--presets", pr, "--seeds", str(seeds[0]), "--ablation", a, *steps] for pr in ablate for a in ABLATIONS]

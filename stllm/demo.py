@@ -131,7 +131,8 @@ def run_demo(
     _say(2, "stage 1: pretraining the ST encoder on training regions and times")
     enc_cfg = encoder_config(city, data_args, None, model_args)
     pre = pretrain_st_encoder(city, regions.train, train_time, seed=seed, output_dir=out / "encoder", overwrite=True,
-                              progress=progress, encoder_config=enc_cfg, **stage1)  # fmt: skip
+                              progress=progress, encoder_config=enc_cfg,
+                              val_region_fraction=data_args.val_region_fraction, **stage1)  # fmt: skip
     val = pre.metrics["val"]
     last = val["last_value_mae_mean"]
     print(f"      encoder validation MAE {val['mae_mean']:.3f} (last value {last:.3f})", flush=True)
@@ -369,6 +370,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "(auto: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--backbone", default=None, help="a pretrained model folder for stage 2 instead of the tiny Llama, "
                    "e.g. the one `stllm backbone smollm2-135m --output_dir DIR` writes")
+    p.add_argument("--val_region_fraction", type=float, default=0.0,
+                   help="flow/event demos: both stages keep the weights that validate best on this fraction of the "
+                        "training regions, never fitted (0: on the fitted regions' last weeks)")
     return p
 
 
@@ -440,7 +444,9 @@ def run(args: argparse.Namespace) -> int:
     kwargs = dict(data=args.data, data_root=args.data_root, steps=args.steps, extra_views=args.extra_views,
                   progress=not args.no_progress, quick=args.quick, with_geo=args.with_geo,
                   no_llm_row=not args.no_llm_row, backbone=args.backbone, device=args.device, dtype=args.dtype,
-                  extra_flags=("--prompt_style", args.prompt_style) if args.prompt_style != "urbangpt" else ())
+                  extra_flags=(*(("--prompt_style", args.prompt_style) if args.prompt_style != "urbangpt" else ()),
+                               *(("--val_region_fraction", str(args.val_region_fraction))
+                                 if args.val_region_fraction else ())))  # fmt: skip
     if args.seeds is not None:
         run_demo_seeds(parse_seeds(args.seeds), args.output_dir, **kwargs)
     else:

@@ -8,7 +8,8 @@ from stllm.cli import main
 
 
 def test_quick_demo_runs_all_stages_and_prints_the_table(tmp_path, capsys):
-    assert main(["demo", "--quick", "--output_dir", str(tmp_path), "--no_progress"]) == 0
+    argv = ["demo", "--quick", "--output_dir", str(tmp_path), "--no_progress", "--val_region_fraction", "0.3"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
         assert step in out
@@ -20,6 +21,10 @@ def test_quick_demo_runs_all_stages_and_prints_the_table(tmp_path, capsys):
     split = json.loads((tmp_path / "encoder" / "split.json").read_text())
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["regions"]
     assert not set(split["regions"]) & set(evaluated)
+    # both stages chose their weights on training regions that neither fitted, and those are never evaluated
+    held = json.loads((tmp_path / "encoder" / "metrics.json").read_text())["settings"]["val_regions"]
+    assert len(held) == round(0.3 * len(split["regions"])) and set(held) < set(split["regions"])
+    assert json.loads((tmp_path / "model" / "data_args.json").read_text())["val_region_fraction"] == 0.3
     assert (tmp_path / "eval" / "forecasts.png").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
 
 
