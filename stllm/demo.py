@@ -49,6 +49,15 @@ def train_flags(steps: int, seed: int, progress: bool, batch: int = 16, logging_
             "--overwrite_output_dir", "true", "--disable_tqdm", str(not progress).lower()]
 
 
+def backbone_flags(backbone: str | Path | None) -> list[str]:
+    """Training flags of a demo on a pretrained model folder (none: the tiny Llama)."""
+    return ["--model_name_or_path", str(backbone)] if backbone else []
+
+
+def backbone_words(backbone: str | Path | None) -> str:
+    return f"{backbone}, LoRA" if backbone else "tiny Llama"
+
+
 def resolve_preset(
     output_dir: str | Path,
     data: str = "synthetic",
@@ -121,7 +130,7 @@ def run_demo(
     argv, stage1, eval_kwargs = resolve_preset(out, data, data_root, steps, extra_views, seed, progress, quick,
                                                with_geo, placed_flags + tuple(extra_flags))
     model_args, data_args, train_args = parse_args(["--output_dir", str(out / "model"), *argv,
-                                                    *(["--model_name_or_path", str(backbone)] if backbone else [])])
+                                                    *backbone_flags(backbone)])
     city = load_city(data_args)
     regions = RegionSplit.random(city, test=data_args.test_regions, seed=data_args.split_seed)
     train_time = train_time_slice(city, data_args)
@@ -173,9 +182,11 @@ POI_PRESETS = {
 
 
 def run_poi_demo(output_dir: str | Path = "runs/demo-poi", data: str = "next-poi", data_root: str | None = None,
-                 steps: int | None = None, seed: int = 0, progress: bool = True, quick: bool = False):
+                 steps: int | None = None, seed: int = 0, progress: bool = True, quick: bool = False,
+                 backbone: str | Path | None = None):
     """Next-POI: check-ins -> offline tokenizer -> tiny Llama with the candidate head -> ranking table
-    against the baselines (later check-ins; seen and unseen users)."""
+    against the baselines (later check-ins; seen and unseen users). ``backbone``: a pretrained model folder
+    (``stllm backbone``) instead of the tiny Llama, LoRA on it."""
     from stllm.data.loaders import data_root as default_root
     from stllm.eval.next_poi import evaluate_next_poi
     from stllm.train.train_poi import POIDataArguments, train_next_poi
@@ -192,8 +203,9 @@ def run_poi_demo(output_dir: str | Path = "runs/demo-poi", data: str = "next-poi
         default_steps = 8
     model_args, data_args, train_args = parse_args([
         "--output_dir", str(out / "model"), *flags, *train_flags(steps or default_steps, seed, progress),
+        *backbone_flags(backbone),
     ], data_class=POIDataArguments)  # fmt: skip
-    print(f"[1/2] next-POI instruction tuning on {source} (tiny Llama, candidate head)", flush=True)
+    print(f"[1/2] next-POI instruction tuning on {source} ({backbone_words(backbone)}, candidate head)", flush=True)
     train_next_poi(model_args, data_args, train_args)
     print("[2/2] ranking every POI for later check-ins, against baselines", flush=True)
     result = evaluate_next_poi(out / "model", out / "eval", test=test, progress=progress,
@@ -215,9 +227,11 @@ MOBILITY_PRESETS = {
 
 
 def run_mobility_demo(output_dir: str | Path = "runs/demo-humob", data: str = "humob", data_root: str | None = None,
-                      steps: int | None = None, seed: int = 0, progress: bool = True, quick: bool = False):
+                      steps: int | None = None, seed: int = 0, progress: bool = True, quick: bool = False,
+                      backbone: str | Path | None = None):
     """Long-term mobility (HuMob): train on one city's days 0-59, predict the other city's days 60-74 zero-shot;
-    GEO-BLEU / DTW beside the history baselines and the published models (Llama-3-8B-Mob, LP-BERT)."""
+    GEO-BLEU / DTW beside the history baselines and the published models (Llama-3-8B-Mob, LP-BERT).
+    ``backbone``: a pretrained model folder instead of the tiny Llama, LoRA on it."""
     from stllm.data.loaders import data_root as default_root
     from stllm.eval.mobility import evaluate_mobility
     from stllm.train.train_mobility import MobilityDataArguments, train_mobility
@@ -235,11 +249,11 @@ def run_mobility_demo(output_dir: str | Path = "runs/demo-humob", data: str = "h
         city = ["--city", pair[0]] if pair else []
         model_args, data_args, train_args = parse_args([
             "--output_dir", str(out / name / "model"), *flags, *city,
-            *train_flags(steps or default_steps, seed, progress, batch=8),
+            *train_flags(steps or default_steps, seed, progress, batch=8), *backbone_flags(backbone),
         ], data_class=MobilityDataArguments)  # fmt: skip
         where = f"city {pair[0]}, days 0-59" if pair else "synthetic trajectories"
-        print(f"[{2 * i - 1}/{2 * len(pairs)}] mobility instruction tuning on {where} (tiny Llama, cell-choice head)",
-              flush=True)
+        print(f"[{2 * i - 1}/{2 * len(pairs)}] mobility instruction tuning on {where} ({backbone_words(backbone)}, "
+              "cell-choice head)", flush=True)
         train_mobility(model_args, data_args, train_args)
         target = f"city {pair[1]}, days 60-74" if pair else "an unseen synthetic city"
         print(f"[{2 * i}/{2 * len(pairs)}] zero-shot prediction of {target}, against baselines", flush=True)
@@ -368,8 +382,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                    help="flow/event demos: mixed-precision training and the evaluation backbone's dtype "
                         "(auto: bf16 on a GPU, fp32 on the CPU)")
-    p.add_argument("--backbone", default=None, help="a pretrained model folder for stage 2 instead of the tiny Llama, "
-                   "e.g. the one `stllm backbone smollm2-135m --output_dir DIR` writes")
+    p.add_argument("--backbone", default=None, help="flow/event, next-POI and mobility demos: a pretrained model "
+                   "folder instead of the tiny Llama (LoRA on it), e.g. the one `stllm backbone smollm2-135m "
+                   "--output_dir DIR` writes")
     p.add_argument("--val_region_fraction", type=float, default=0.0,
                    help="flow/event demos: both stages keep the weights that validate best on this fraction of the "
                         "training regions, never fitted (0: on the fitted regions' last weeks)")
@@ -400,10 +415,13 @@ def check_args(args: argparse.Namespace) -> None:
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise NotADirectoryError(f"--data_root {args.data_root}: no such directory; pass the folder that holds "
                                  "nyc_manhattan_flows/, nyc_crime/, foursquare_nyc/")
-    if args.data in POI_PRESETS or args.data in MOBILITY_PRESETS or args.data in GEN_PRESETS:
+    if args.backbone is not None and args.data in (*GEN_PRESETS, *INTENT_PRESETS):
+        raise ValueError(f"--backbone applies to the flow/event, next-POI and mobility demos, not --data {args.data} "
+                         "(its own command takes --model_name_or_path)")
+    if args.data not in PRESETS:  # next-POI, mobility, generation, intent
         ignored = [flag for flag, on in (("--seeds", args.seeds is not None), ("--with_geo", args.with_geo),
                                          ("--extra_views", bool(args.extra_views)),
-                                         ("--backbone", args.backbone is not None),
+                                         ("--val_region_fraction", bool(args.val_region_fraction)),
                                          ("--prompt_style", args.prompt_style != "urbangpt"),
                                          ("--device", args.device != "auto"),
                                          ("--dtype", args.dtype != "auto")) if on]  # fmt: skip
@@ -435,11 +453,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data in MOBILITY_PRESETS:
         out = args.output_dir if args.output_dir != "runs/demo" else f"runs/demo-{args.data}"
-        run_mobility_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress, args.quick)
+        run_mobility_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress, args.quick,
+                          args.backbone)
         return 0
     if args.data in POI_PRESETS:
         out = args.output_dir if args.output_dir != "runs/demo" else "runs/demo-poi"
-        run_poi_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress, args.quick)
+        run_poi_demo(out, args.data, args.data_root, args.steps, args.seed, not args.no_progress, args.quick,
+                     args.backbone)
         return 0
     kwargs = dict(data=args.data, data_root=args.data_root, steps=args.steps, extra_views=args.extra_views,
                   progress=not args.no_progress, quick=args.quick, with_geo=args.with_geo,

@@ -8,12 +8,14 @@ from stllm.train.arguments import parse_args
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--data", "next-poi", "--backbone", "{tmp}"], "--backbone applies to the flow/event demos only"),
-    (["--backbone", "{tmp}/absent"], "--backbone {tmp}/absent: no such model folder or .gguf file"),
+    (["--data", "nyc-gen", "--backbone", "{tmp}"], "--backbone applies to the flow/event, next-POI and mobility demos"),
+    (["--data", "tokyo-intent", "--backbone", "{tmp}"], "--backbone applies to the flow/event, next-POI and mobility"),
+    (["--data", "next-poi", "--val_region_fraction", "0.2"], "--val_region_fraction applies to the flow/event demos"),
+    (["--quick", "--backbone", "{tmp}/absent"], "--backbone {tmp}/absent: no such model folder or .gguf file"),
 ])  # fmt: skip
 def test_demo_backbone_refused_before_any_work(flags, message, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--no_progress", "--output_dir", str(out),
+    assert main(["demo", "--no_progress", "--output_dir", str(out),
                  *(f.format(tmp=tmp_path) for f in flags)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.startswith(f"stllm demo: error: {message.format(tmp=tmp_path)}") and not out.exists()
@@ -25,3 +27,30 @@ def test_extra_flags_override_the_preset_defaults(tmp_path):
     _, _, train_args = parse_args(["--output_dir", str(tmp_path / "m"), *argv])
     assert train_args.per_device_train_batch_size == 4  # the preset says 16
     assert train_args.eval_on_start is False  # the default is True
+
+
+def test_next_poi_demo_trains_lora_on_the_given_backbone(tmp_path, capsys):
+    """--backbone reaches the next-POI demo: the model is the saved backbone with LoRA (its frozen weights as
+    saved), not the demo's own tiny Llama."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stllm import STLlamaForCausalLM
+    from stllm.data import train_tokenizer
+
+    tok = train_tokenizer([f"check-ins: Monday 08:{m:02d}, Coffee Shop, Office, Bar, Gym, Park." for m in range(60)],
+                          vocab_size=300)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok)))
+    llama.save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", "next-poi", "--quick", "--no_progress", "--output_dir", str(out),
+                 "--backbone", str(tmp_path / "llama")]) == 0  # fmt: skip
+    assert f"{tmp_path / 'llama'}, LoRA" in capsys.readouterr().out
+    assert (out / "model" / "adapter_model.safetensors").is_file()
+    model = STLlamaForCausalLM.from_pretrained(out / "model")
+    assert model.config.text_config.hidden_size == 48  # the demo's tiny Llama is 64 wide
+    w = "model.layers.0.mlp.down_proj.weight"  # not a LoRA target
+    assert torch.equal(model.backbone.state_dict()[w], llama.state_dict()[w])
