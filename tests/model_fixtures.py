@@ -18,6 +18,23 @@ LLAMA_LIKE = dict(
 )
 
 
+def save_checkin_llama(folder, hidden_size: int = 64):
+    """A randomly initialised tiny Llama and an offline BPE on check-in text saved as a Hugging Face folder:
+    what ``--model_name_or_path`` / ``--backbone`` read. Returns the model."""
+    from transformers import LlamaForCausalLM
+
+    from stllm.data import train_tokenizer
+
+    tok = train_tokenizer([f"Here are a user's check-ins: Monday 08:{m:02d}, Coffee Shop, Office, Bar, Gym, Park."
+                           for m in range(60)], vocab_size=300)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{**LLAMA_LIKE, "hidden_size": hidden_size,
+                                            "intermediate_size": 2 * hidden_size, "vocab_size": len(tok)}))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model
+
+
 def tiny_text_config(kind: str = "llama"):
     if kind == "llama":
         return LlamaConfig(**LLAMA_LIKE)

@@ -33,18 +33,11 @@ def test_next_poi_demo_trains_lora_on_the_given_backbone(tmp_path, capsys):
     """--backbone reaches the next-POI demo: the model is the saved backbone with LoRA (its frozen weights as
     saved), not the demo's own tiny Llama."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from model_fixtures import save_checkin_llama
 
     from stllm import STLlamaForCausalLM
-    from stllm.data import train_tokenizer
 
-    tok = train_tokenizer([f"check-ins: Monday 08:{m:02d}, Coffee Shop, Office, Bar, Gym, Park." for m in range(60)],
-                          vocab_size=300)
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok)))
-    llama.save_pretrained(tmp_path / "llama")
-    tok.save_pretrained(tmp_path / "llama")
+    llama = save_checkin_llama(tmp_path / "llama", hidden_size=48)
     out = tmp_path / "demo"
     assert main(["demo", "--data", "next-poi", "--quick", "--no_progress", "--output_dir", str(out),
                  "--backbone", str(tmp_path / "llama")]) == 0  # fmt: skip

@@ -211,18 +211,12 @@ def test_lora_on_a_pretrained_backbone_trains_the_poi_head_and_reloads(tmp_path,
     """--model_name_or_path (LoRA by default): the candidate head trains through modules_to_save, the backbone
     stays as saved, and the LoRA checkpoint reloads for evaluation."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from model_fixtures import save_checkin_llama
+    from transformers import AutoModelForCausalLM
 
     from stllm import STLlamaForCausalLM
-    from stllm.data import train_tokenizer
 
-    tok = train_tokenizer([f"Here are a user's check-ins: Monday 08:{m:02d}, Coffee Shop, Office, Bar, Gym, Park."
-                           for m in range(60)], vocab_size=300)
-    torch.manual_seed(0)
-    backbone = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                            num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok)))
-    backbone.save_pretrained(tmp_path / "llama")
-    tok.save_pretrained(tmp_path / "llama")
+    save_checkin_llama(tmp_path / "llama")
     out = tmp_path / "lora"
     argv = ["train-poi", "--model_name_or_path", str(tmp_path / "llama"), "--output_dir", str(out), "--max_steps", "4",
             "--per_device_train_batch_size", "8", "--save_strategy", "no", "--disable_tqdm", "true",
