@@ -334,6 +334,11 @@ class CitySplit:
             raise SplitError(f"CitySplit: field 'test': cities also in 'train': {common}")
 
 
+def set_aside(ids: Sequence[str], held: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(kept, held)``: ``ids`` split by membership in ``held``, each in the order of ``ids``."""
+    held = set(held)
+    return tuple(r for r in ids if r not in held), tuple(r for r in ids if r in held)
+
 
 def hold_out_regions(ids: Sequence[str], fraction: float, seed: int, what: str = "val_region_fraction"
                      ) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -347,8 +352,10 @@ def hold_out_regions(ids: Sequence[str], fraction: float, seed: int, what: str =
     if fraction and not 1 <= n < len(ids):
         raise ValueError(f"{what}={fraction} of {len(ids)} regions leaves {n} for validation, {len(ids) - n} for "
                          "fitting: both need one")
-    held = set(np.random.default_rng(seed).choice(len(ids), n, replace=False).tolist())
-    return (tuple(r for i, r in enumerate(ids) if i not in held), tuple(r for i, r in enumerate(ids) if i in held))
+    drawn = np.random.default_rng(seed).choice(len(ids), n, replace=False)
+    return set_aside(ids, (ids[i] for i in drawn.tolist()))
+
+
 def split_record(
     city: CityData,
     regions: Sequence[str] | None = None,

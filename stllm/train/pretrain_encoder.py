@@ -262,7 +262,6 @@ def pretrain_st_encoder(
         raise ValueError("split_regions contains duplicated region ids")
     fit_ids, val_ids = hold_out_regions(train_ids, val_region_fraction, seed)
     region_idx = city.region_index(fit_ids, field_name="split_regions")
-    val_idx = city.region_index(val_ids or fit_ids, field_name="split_regions")
     t0, t1 = _steps(time_slice, city.n_steps, "time_slice")
     window = cfg.input_window + cfg.horizon
     if val_slice is not None:
@@ -314,7 +313,9 @@ def pretrain_st_encoder(
     scaled, raw, observed, adj = scaled_values(region_idx)
     # validation: the fitting regions' last part of the time range, or with val_region_fraction other training
     # regions over that part (a zero-shot model is chosen on regions it never fitted)
-    v_scaled, v_raw, v_observed, v_adj = scaled_values(val_idx) if val_ids else (scaled, raw, observed, adj)
+    v_scaled, v_raw, v_observed, v_adj = (scaled_values(city.region_index(val_ids, field_name="split_regions"))
+                                          if val_ids
+                                          else (scaled, raw, observed, adj))  # fmt: skip
     record = split_record(city, train_ids, slice(t0, t1))  # validation regions count as seen: never evaluated
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):

@@ -34,7 +34,7 @@ from stllm.data import (
 )
 from stllm.data.loaders import load_preset
 from stllm.data.prompts import tokenizer_corpus
-from stllm.data.splits import hold_out_regions
+from stllm.data.splits import hold_out_regions, set_aside
 from stllm.encoders.io import CONFIG_NAME as ENCODER_CONFIG
 from stllm.encoders.io import load_encoder
 from stllm.errors import run_command, split_debug
@@ -166,7 +166,7 @@ def _validation_regions(train: tuple[str, ...], data_args: DataArguments, encode
             unknown = sorted(set(held) - set(train))
             if unknown:
                 raise ValueError(f"{metrics}: settings.val_regions {unknown[:3]} are not training regions of this run")
-            return tuple(r for r in train if r not in set(held)), tuple(r for r in train if r in set(held))
+            return set_aside(train, held)
     return hold_out_regions(train, data_args.val_region_fraction, data_args.split_seed, "--val_region_fraction")
 
 
