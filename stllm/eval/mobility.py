@@ -101,7 +101,7 @@ ANCHOR_RADIUS = 20.0
 # becomes its posterior in the day's chain of slots, with the user's own history transitions at this weight. Chosen
 # on the held-out training-city users as above (quota, T 1.0, seed 0): GEO-BLEU at weight 0 / 0.3 / 0.5 / 0.7 was
 # B 0.293 / 0.316 / 0.318 / 0.315 and C 0.319 / 0.338 / 0.341 / 0.339 (bench/humob_quality.py --transition_weights)
-TRANSITIONS = TransitionConfig(weight=0.5, smoothing=1.0, scale=5.0, stay_prior=5.0)
+TRANSITIONS = TransitionConfig()  # weight 0.5, smoothing 1.0, scale 5.0 cells, stay_prior 5.0
 
 
 def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: str = "quota",

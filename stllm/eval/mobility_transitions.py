@@ -31,7 +31,7 @@ class TransitionConfig:
     pseudo-pairs per slot of the user's overall stay rate in the stay rate by slot.
     """
 
-    weight: float = 0.3
+    weight: float = 0.5  # chosen on held-out training-city users (stllm.eval.mobility.TRANSITIONS)
     smoothing: float = 1.0
     scale: float = 5.0
     stay_prior: float = 5.0
