@@ -1,9 +1,10 @@
 """Per-user history prior for activity generation: the user's own next place (or category) and next start hour.
 
-Constrained decoding (:mod:`stllm.models.activity_decoding`) adds ``w * log p_user(...)`` to the tokens that write a
-line's place and start time: a product of experts of the LM (which keeps days coherent and novel) and the user's
-history (what the per-user Markov baseline replays). Both distributions are nested Dirichlet back-offs, so a
-context seen often speaks for itself and a rare one leans on the next:
+Constrained decoding (:mod:`stllm.models.activity_decoding`) mixes it with the LM per line: with probability ``w``
+a line's place (and, optionally, its start time) is drawn from the user's history (what the per-user Markov
+baseline replays) and the LM spells that choice; otherwise the LM chooses (which keeps days coherent and novel).
+A product of experts (``+ w log p_user`` per token) was measured worse. Both distributions are nested Dirichlet
+back-offs, so a context seen often speaks for itself and a rare one leans on the next:
 
 * choice (place, or category without coordinates): ``user + previous choice + this line's hour`` -> ``user +
   previous choice`` -> ``user + this line's hour`` -> ``user`` -> population;
