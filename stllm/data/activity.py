@@ -115,6 +115,11 @@ class ActivityChain:
     def trips(self) -> tuple[Trip, ...]:
         return tuple(s for s in self.steps if isinstance(s, Trip))
 
+    @property
+    def weekend(self) -> bool | None:
+        """Saturday or Sunday (None without a date): days of the two kinds differ in length and rhythm."""
+        return None if self.date is None else self.date.weekday() >= 5
+
 
 # ---------------------------------------------------------------------------------------------- rendering
 def format_time(seconds: int | None) -> str:

@@ -27,10 +27,6 @@ def _state(a: Activity, slot_minutes: int) -> tuple[str, int]:
     return a.category, -1 if a.start is None else a.start // (60 * slot_minutes)
 
 
-def _weekend(chain: ActivityChain) -> bool | None:
-    return None if chain.date is None else chain.date.weekday() >= 5
-
-
 def requests_of(days: Sequence[ActivityChain]) -> list[ActivityChain]:
     """The prompts of held-out days: user, persona and date, no steps."""
     return [replace(c, steps=()) for c in days]
@@ -85,12 +81,12 @@ class CopyBaseline:
 
     def fit(self, train: Sequence[ActivityChain]) -> CopyBaseline:
         for c in train:
-            self.days.setdefault((c.user, _weekend(c)), []).append(c)
+            self.days.setdefault((c.user, c.weekend), []).append(c)
             self.days.setdefault((c.user, None), []).append(c)
         return self
 
     def sample(self, request: ActivityChain, rng: np.random.Generator) -> ActivityChain:
-        pool = self.days.get((request.user, _weekend(request))) or self.days.get((request.user, None))
+        pool = self.days.get((request.user, request.weekend)) or self.days.get((request.user, None))
         if not pool:
             raise ValueError(f"copy baseline: field 'user': {request.user!r} has no training day")
         return replace(request, steps=pool[int(rng.integers(len(pool)))].steps)

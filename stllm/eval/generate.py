@@ -46,14 +46,22 @@ class SamplingConfig:
     prefer_hours: float = 0.0  # logit bonus towards the hours the user started activities in training
     user_prior: float = 0.0  # share of lines whose place is drawn from the user's history prior
     user_prior_hours: float = 0.0  # share of lines whose start hour is drawn from it
+    user_prior_lines: float = 0.0  # share of days whose number of activities is drawn from it
+    time_temperature: float | None = None  # temperature while a start time is written (None: ``temperature``)
     reach: bool = True  # places within reach of the previous one (data with coordinates)
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
                 or self.prefer_own < 0 or self.prefer_hours < 0 or not 0 <= self.user_prior <= 1
-                or not 0 <= self.user_prior_hours <= 1):
+                or not 0 <= self.user_prior_hours <= 1 or not 0 <= self.user_prior_lines <= 1
+                or (self.time_temperature is not None and self.time_temperature <= 0)):
             raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own, "
-                             f"prefer_hours >= 0 and user_prior, user_prior_hours in [0, 1]; got {self}")
+                             f"prefer_hours >= 0, user_prior, user_prior_hours, user_prior_lines in [0, 1] and "
+                             f"time_temperature > 0; got {self}")
+
+    @property
+    def uses_prior(self) -> bool:
+        return bool(self.user_prior or self.user_prior_hours or self.user_prior_lines)
 
 
 def load_gen_checkpoint(path: str | os.PathLike):
@@ -99,7 +107,8 @@ def fit_user_prior(grammar, record: dict, days: Sequence[ActivityChain]) -> User
     for c in days:
         pairs = day_choices(c, record["with_coords"], record["digits"])
         ranked = [(r, m) for r, (_, m) in zip(grammar.ranks(k for k, _ in pairs), pairs) if r is not None]
-        prior_days.append(PriorDay(c.user, tuple(r for r, _ in ranked), tuple(m for _, m in ranked)))
+        prior_days.append(PriorDay(c.user, tuple(r for r, _ in ranked), tuple(m for _, m in ranked), c.weekend,
+                                   len(c.activities)))
     return UserPrior(len(grammar.choices)).fit(prior_days)
 
 
@@ -123,8 +132,8 @@ def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityCha
                for r in requests]
     prefer = [grammar.preferred(own.choices.get(r.user, ())) if own and cfg.prefer_own else None for r in requests]
     times = [own.minutes.get(r.user) if own and cfg.prefer_hours else None for r in requests]
-    prior = fit_user_prior(grammar, record, own.days) if own and (cfg.user_prior or cfg.user_prior_hours) else None
-    return prompts, grammar, (prefer, times, [r.user for r in requests]), prior
+    prior = fit_user_prior(grammar, record, own.days) if own and cfg.uses_prior else None
+    return prompts, grammar, (prefer, times, [r.user for r in requests], [r.weekend for r in requests]), prior
 
 
 def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, bar,
@@ -144,7 +153,10 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
                                        prefer[1][rows] if prefer else None, cfg.prefer_hours,
                                        prior, prefer[2][rows] if prefer else None, cfg.user_prior if prior else 0.0,
                                        cfg.user_prior_hours if prior else 0.0,
-                                       seed=int(torch.randint(2**31 - 1, ()).item()))
+                                       seed=int(torch.randint(2**31 - 1, ()).item()),
+                                       weekends=prefer[3][rows] if prefer else None,
+                                       length_weight=cfg.user_prior_lines if prior else 0.0,
+                                       time_scale=cfg.temperature / (cfg.time_temperature or cfg.temperature))
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
@@ -269,6 +281,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    "the user's history, p_user(place | previous place, this hour); the LM writes the rest")
     p.add_argument("--user_prior_hours", type=float, default=0.0, help="share (0-1) of lines whose start hour is "
                    "drawn from the user's history, p_user(hour | previous place and hour)")
+    p.add_argument("--user_prior_lines", type=float, default=0.0, help="share (0-1) of days whose number of "
+                   "activities is drawn from the user's history (weekday/weekend); the day then has exactly that many")
+    p.add_argument("--time_temperature", type=float, default=None, help="sampling temperature while a start time "
+                                                                         "is written (default: --temperature)")
     p.add_argument("--no_reach", action="store_true", help="do not restrict places to those within reach")
 
 
@@ -276,7 +292,8 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     return SamplingConfig(temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, seed=args.seed, n=getattr(args, "n", 1),
                           prefer_own=args.prefer_own, prefer_hours=args.prefer_hours, user_prior=args.user_prior,
-                          user_prior_hours=args.user_prior_hours, reach=not args.no_reach)
+                          user_prior_hours=args.user_prior_hours, user_prior_lines=args.user_prior_lines,
+                          time_temperature=args.time_temperature, reach=not args.no_reach)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -302,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = sampling_config(args)
     own = trained_own_choices(record, load_activity_split(record["name"], args.data_root,
                                                           seed=record.get("synthetic_seed", 0)).train) \
-        if cfg.prefer_own or cfg.prefer_hours or cfg.user_prior or cfg.user_prior_hours else None
+        if cfg.prefer_own or cfg.prefer_hours or cfg.uses_prior else None
     texts = generate_texts(model, tokenizer, record, requests, cfg, own=own)
     if args.redraws:
         texts, n = redraw_invalid(model, tokenizer, record, requests, texts, cfg, checks_for(record), args.redraws,

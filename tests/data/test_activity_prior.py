@@ -40,3 +40,15 @@ def test_bad_inputs_are_refused():
         UserPrior(2).fit([PriorDay("u", (2,), (0,))])
     with pytest.raises(ValueError, match="alpha"):
         UserPrior(2, alpha=0)
+
+
+def test_day_length_backs_off_from_user_and_day_kind_to_the_population():
+    days = [PriorDay("u", (0, 1), (480, 600), weekend=False), PriorDay("u", (0,), (480,), weekend=True),
+            PriorDay("v", (0, 1, 1), (480, 600, 700), weekend=False, n_activities=5)]
+    prior = UserPrior(2).fit(days)
+    # base over 1..4 (0 impossible): [0, 1/4, 1/4, 1/4, 1/4]; population {2: 1, 1: 1, 5 -> 4: 1}:
+    # ([0, 1, 1, 0, 1] + base) / 4 = [0, 5, 5, 1, 5] / 16; user u {2: 1, 1: 1}: ([0, 16, 16, 0, 0] + [0, 5, 5, 1, 5])
+    # / 48 = [0, 21, 21, 1, 5] / 48; u on weekdays {2: 1}: ([0, 0, 48, 0, 0] + [0, 21, 21, 1, 5]) / 96
+    np.testing.assert_allclose(prior.lengths("u", False, 4), np.array([0, 21, 69, 1, 5]) / 96)
+    np.testing.assert_allclose(prior.lengths("stranger", None, 4), np.array([0, 5, 5, 1, 5]) / 16)
+    assert prior.lengths("v", False, 4)[4] > 0.5  # n_activities (5, longer than max_lines) counts as 4, not len(ranks)

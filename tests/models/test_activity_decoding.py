@@ -255,3 +255,35 @@ def test_a_forced_place_is_spelt_in_the_tokenizers_own_tokens():
     allowed = {tuple(torch.nonzero(torch.isfinite(r)).flatten().tolist()) for r in out}
     # ' ' (then 'Café'), ' C', ... also lead to Café, but only the tokenizer's own next token is allowed
     assert allowed == {(canon[len(ids)],)}
+
+
+def test_a_drawn_day_length_is_kept_exactly_and_time_scale_sharpens_only_times():
+    from stllm.data.activity_prior import PriorDay, UserPrior
+
+    tok = _tokenizer()
+    model = _untrained(tok)
+    g = activity_grammar(CATS, None, answer_prefix=" ", max_lines=4)
+    days = [PriorDay("u", (0,), (600,), weekend=False, n_activities=n) for n in (1, 3, 3)]
+    prior = UserPrior(len(g.choices)).fit(days + [PriorDay("w", (0,), (600,), weekend=True, n_activities=2)] * 3)
+    rows = 24
+    prompts = tok(["<s>persona: x ASSISTANT:"] * rows, add_special_tokens=False, return_tensors="pt")
+    proc = ActivityLogitsProcessor(g, tok, prompts["input_ids"].shape[1], 90, prior=prior, users=["u", "w"] * 12,
+                                   weekends=[False, True] * 12, length_weight=1.0, seed=3)
+    torch.manual_seed(0)
+    out = model.generate(**prompts, do_sample=True, top_k=0, max_new_tokens=90, logits_processor=[proc],
+                         pad_token_id=tok.pad_token_id)
+    texts = tok.batch_decode(out[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)
+    lengths = [len(parse_steps(t.strip())) for t in texts]
+    assert lengths == proc.lines  # each day has exactly its drawn number of activities
+    assert set(lengths[0::2]) == {1, 3} and set(lengths[1::2]) == {2}  # u: 1 or 3 (weekday); w: 2
+    assert ActivityLogitsProcessor(g, tok, 0, 90, prior=prior, users=["u"] * 4, length_weight=1.0, seed=3).lines \
+        == ActivityLogitsProcessor(g, tok, 0, 90, prior=prior, users=["u"] * 4, length_weight=1.0, seed=3).lines
+    half = ActivityLogitsProcessor(g, tok, 0, 90, prior=prior, users=["u"] * 200, length_weight=0.5, seed=0)
+    assert 0.4 < np.mean([n is None for n in half.lines]) < 0.6  # the share left to the LM
+    scaled = ActivityLogitsProcessor(g, tok, 0, 200, time_scale=2.0)
+    for text, factor in ((" A 1", 2.0), (" A 10:00 |", 1.0)):  # time open: scaled; place open: not
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        out = scaled(ids, torch.ones(1, len(tok)))
+        assert set(out[torch.isfinite(out)].tolist()) == {factor}
+    with pytest.raises(ValueError, match="length_weight"):
+        ActivityLogitsProcessor(g, tok, 0, 90, length_weight=0.5)
