@@ -5,7 +5,7 @@ days 60-74 of the other city, and print the table beside the baselines and the p
                                   [--train_flags "--lm_loss_weight 0.1"] [--out /tmp/humob_quality]
                                   [--select_radii 8,12,16,20,30] [--select_temperatures 0.4,0.55,0.7,1.0]
                                   [--transition_weights 0,0.2,0.3,0.5]
-                                  [--variant humob24|giscup25] [--reuse]
+                                  [--variant humob24|giscup25] [--reuse] [--text_answers 16]
 
 Decode settings are chosen without test data: ``--select_*`` leaves ``--heldout_users`` of the training city out of
 training and scores them on windows inside days 0-59 (:data:`SELECTION_WINDOWS`). Quota's temperature maximises
@@ -16,7 +16,9 @@ within-day transitions (:mod:`stllm.eval.mobility_transitions`) to both choices.
 
 Each pair and seed trains from scratch (about 40 s of 250 steps on 2 idle cores) and evaluates with
 ``stllm eval mobility`` (a few seconds for 100 users); with several seeds a last table gives stllm's mean and
-spread per pair.
+spread per pair. ``--text_answers N`` also trains the LM to write the days as text over the user's top N places and
+adds the generate-based mode as a row ``stllm (generate)`` (the LM writes the answers, as Llama-3-8B-Mob does) with
+its time per 100 users.
 """
 
 from __future__ import annotations
@@ -107,12 +109,15 @@ def main() -> None:
                     "seeds) instead of training them again, e.g. with another --variant or --decodes")
     ap.add_argument("--variant", choices=("humob24", "giscup25"), default="humob24",
                     help="metric of the selection and the tables (giscup25: the 2025 one, DTW without a free start)")
+    ap.add_argument("--text_answers", type=int, default=0, help="train-mobility --text_answers: also train the LM "
+                    "to write the answers and score the generate-based mode as a row 'stllm (generate)'")
     ap.add_argument("--decodes", default="anchored,quota,geo",
                     help="comma list of stllm eval mobility --decode rules, each scored on the same checkpoint")
     args = ap.parse_args()
     data = args.data / FILE
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     scores: dict[str, list[tuple[float, float]]] = {}
+    times: dict[str, list[float]] = {}  # generate-mode seconds per evaluation (100 users each on HuMob'24)
     temps = [float(t) for t in args.select_temperatures.split(",") if t.strip()]
     radii = [float(t) for t in args.select_radii.split(",") if t.strip()]
     anchored_temps = [float(t) for t in args.anchored_temperatures.split(",") if t.strip()]
@@ -129,7 +134,7 @@ def main() -> None:
                      str(ckpt), "--max_steps", str(args.steps), "--per_device_train_batch_size", "8",
                      "--learning_rate", "3e-3", "--save_strategy", "no", "--disable_tqdm", "true", "--report_to",
                      "none", "--logging_steps", "50", "--seed", str(seed), "--overwrite_output_dir", "true",
-                     *held, *shlex.split(args.train_flags)]  # fmt: skip
+                     *held, "--text_answers", str(args.text_answers), *shlex.split(args.train_flags)]  # fmt: skip
             code = 0 if reuse else stllm(flags)
             if code:
                 raise SystemExit(code)
@@ -146,21 +151,29 @@ def main() -> None:
                                   [{"temperature": t, "radius": r, "transitions": c}
                                    for t in anchored_temps or [quota["temperature"]] for r in radii for c in chains],
                                   worst_margin, args.variant)
-            for decode in args.decodes.split(","):
+            for i, decode in enumerate(args.decodes.split(",")):
                 chosen = anchored if decode == "anchored" else quota
+                gen = bool(args.text_answers) and i == 0  # the generate-based mode once per checkpoint
                 result = evaluate_mobility(ckpt, args.out / f"{train_city}-to-{eval_city}-seed{seed}-{decode}",
                                            data=str(data), base=1, city=eval_city, decode=decode,
-                                           variant=args.variant, **chosen)
+                                           variant=args.variant, generate=gen, **chosen)
                 print(f"\n== seed {seed}: trained on {train_city} ({trained}), zero-shot on {eval_city}, "
                       f"decode {decode} ({setting_name(chosen)}) ==\n{result.table}")
                 m = result.metrics["stllm"]
                 scores.setdefault(f"{pair} decode {decode}", []).append((m["geobleu"], m["dtw"]))
+                if gen:
+                    m = result.metrics["stllm (generate)"]
+                    rate = json.loads((result.output_dir / "metrics.json").read_text())["generate_seconds"]
+                    scores.setdefault(f"{pair} stllm (generate)", []).append((m["geobleu"], m["dtw"]))
+                    times.setdefault(pair, []).append(rate)
     if scores:
         print(f"\nstllm over seeds {args.seeds} ({args.train_flags or 'default flags'}): mean +- std")
         for pair, rows in scores.items():
             a = np.array(rows)
             print(f"{pair}  GEO-BLEU {a[:, 0].mean():.4f} +- {a[:, 0].std():.4f}  DTW {a[:, 1].mean():.2f} +- "
                   f"{a[:, 1].std():.2f}")
+        for pair, secs in times.items():
+            print(f"{pair} stllm (generate): {np.mean(secs):.1f} s per evaluation of the city's users")
 
 
 if __name__ == "__main__":

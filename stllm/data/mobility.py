@@ -27,6 +27,16 @@ import numpy as np
 import torch
 
 from stllm.data.collator import PromptCollator
+from stllm.data.mobility_answers import (
+    LABELS,
+    MAX_RUNS,
+    answer_conversation,
+    day_headers,
+    day_runs,
+    nearest_named,
+    place_legend,
+    render_answer,
+)
 from stllm.data.prompts import VICUNA_SYSTEM, Conversation
 from stllm.data.trajectories import (
     HUMOB_WEEKEND,
@@ -165,14 +175,19 @@ def place_features(places: UserPlaces, d: np.ndarray, t: np.ndarray,
     return (feats * places.valid[None, :, None]).astype(np.float32)
 
 
-def describe_places(places: UserPlaces) -> str:
-    """The history in words: the top place of every 3-hour block on weekdays and on weekends."""
+def describe_places(places: UserPlaces, names: str | None = None) -> str:
+    """The history in words: the top place of every 3-hour block on weekdays and on weekends. ``names``: one letter
+    per place (the generate mode's, which names only its first ``len(names)`` places: the top one among those)."""
     parts = []
     for kind, name in ((0, "weekdays"), (1, "weekends")):
         blocks = places.kind_slot[kind].reshape(SLOTS_PER_DAY // BLOCK, BLOCK, -1).sum(1)
-        words = [f"{b * 3}-{b * 3 + 3}h " + (f"place {int(c.argmax()) + 1}" if c.sum() else "unknown")
-                 for b, c in enumerate(blocks)]
+        if names is not None:
+            blocks = blocks[:, :len(names)]
+        words = [f"{b * 3}-{b * 3 + 3}h " + ((names[int(c.argmax())] if names else f"place {int(c.argmax()) + 1}")
+                                             if c.sum() else "unknown") for b, c in enumerate(blocks)]
         parts.append(f"On {name}: " + ", ".join(words) + ".")
+    if names is not None:
+        return " ".join(parts)
     n = int(places.valid.sum())
     return f"The user's {n} most visited places are place 1 (most visited) to place {n}. " + " ".join(parts)
 
@@ -194,13 +209,22 @@ class MobilityDataset(torch.utils.data.Dataset):
     ``targets`` (evaluation) gives the target rows directly (their cells may be unknown placeholders: the answer
     indices are then meaningless and only the slots matter). Users without target rows in a window are skipped;
     a user with target rows but no history is an error naming the user.
+
+    ``text_answers`` > 0 adds, after the head samples (``slots``; False: none), one generate-mode sample per (user,
+    window): the user's top ``text_answers`` places named by letters and the days written as text
+    (:mod:`stllm.data.mobility_answers`), no ``<MOB_PRE>``; its LM loss trains the model to write them.
     """
 
     def __init__(self, traj: Trajectories, windows: Sequence[MobilityWindow], candidates: int = N_CANDIDATES,
-                 weekend: tuple[int, ...] = HUMOB_WEEKEND, targets: Trajectories | None = None):
-        if candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {candidates}")
+                 weekend: tuple[int, ...] = HUMOB_WEEKEND, targets: Trajectories | None = None,
+                 text_answers: int = 0, slots: bool = True, max_runs: int = MAX_RUNS):
+        most = min(candidates, len(LABELS))
+        if candidates < 1 or not 0 <= text_answers <= most or not (slots or text_answers):
+            raise ValueError(f"need candidates >= 1 (got {candidates}), text_answers in 0..{most} (got "
+                             f"{text_answers}) and slot or text samples")
         self.traj, self.windows, self.k, self.weekend = traj, list(windows), candidates, weekend
+        self.kinds = (["slots"] if slots else []) + (["text"] if text_answers else [])
+        self.text_answers, self.max_runs = text_answers, max_runs
         uids, starts, ends = traj.user_bounds()
         self._rows = {int(u): (int(s), int(e)) for u, s, e in zip(uids, starts, ends)}
         self.targets = targets
@@ -219,11 +243,11 @@ class MobilityDataset(torch.utils.data.Dataset):
                 self.items.append((w, u))
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) * len(self.kinds)
 
     def rows(self, i: int) -> tuple[Trajectories, Trajectories]:
         """``(history, target)`` rows of sample ``i``."""
-        w, u = self.items[i]
+        w, u = self.items[i % len(self.items)]
         win = self.windows[w]
         s, e = self._rows[u]
         user = self.traj.subset(np.arange(s, e))
@@ -235,12 +259,15 @@ class MobilityDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         hist, target = self.rows(i)
         places = user_places(hist, self.k, self.weekend)
-        feats = place_features(places, target.d, target.t, self.weekend)
         cell = target.with_base(hist.base).cell_index() if target.base != hist.base else target.cell_index()
+        w, u = self.items[i % len(self.items)]
+        if self.kinds[i // len(self.items)] == "text":
+            return self.text_sample(places, target, cell, f"{u}@{self.windows[w].target}:text", hist.base)
+        feats = place_features(places, target.d, target.t, self.weekend)
         match = cell[:, None] == places.cells[None, :]
         answer = np.where(match.any(1), match.argmax(1), -1)
         return {
-            "id": f"{self.items[i][1]}@{self.windows[self.items[i][0]].target}",
+            "id": f"{u}@{self.windows[w].target}",
             "conversation": mobility_prompt(places, target.d, self.weekend),
             "features": feats,
             "valid": np.broadcast_to(places.valid, feats.shape[:2]),
@@ -248,6 +275,21 @@ class MobilityDataset(torch.utils.data.Dataset):
             "answer": answer.astype(np.int64),
             "cells": places.cells,
         }
+
+    def text_sample(self, places: UserPlaces, target: Trajectories, cell: np.ndarray, sid: str, base: int) -> dict:
+        """The generate-mode sample: named places, history summary in their letters, the days as text (the
+        nearest named place of each true row, :func:`~stllm.data.mobility_answers.day_runs`); no head rows."""
+        named = places.cells[:self.text_answers][places.valid[:self.text_answers]]
+        days = np.unique(target.d)
+        headers = day_headers(days, self.weekend)
+        label = nearest_named(cell, named, places.grid)
+        runs = [day_runs(label[target.d == x], target.t[target.d == x], self.max_runs) for x in days.tolist()]
+        conv = answer_conversation(place_legend(named, places.grid, base), describe_places(places, LABELS[:len(named)]),
+                                   headers, render_answer(headers, runs))
+        f = len(MOB_FEATURES)
+        return {"id": sid, "conversation": conv, "features": np.zeros((0, self.k, f), np.float32),
+                "valid": np.zeros((0, self.k), bool), "slot": np.zeros(0, np.int64), "answer": np.zeros(0, np.int64),
+                "cells": places.cells, "headers": headers, "days": days, "n_places": len(named)}
 
 
 class MobilityCollator(PromptCollator):
@@ -286,9 +328,11 @@ class MobilityCollator(PromptCollator):
             "mob_slot": cat["slot"],
             "mob_targets": cat["answer"],
         }
+        if not n.any():  # only generate-mode samples: an LM batch, no head rows
+            out = {k: v for k, v in out.items() if not k.startswith("mob_")}
         if self.answer == "full":
             out["labels"] = torch.from_numpy(labels)
-        else:
+        elif n.any():
             out["mob_cells"] = torch.from_numpy(np.concatenate([np.broadcast_to(s["cells"], s["features"].shape[:2])
                                                                 for s in samples]))
         if self.return_meta:

@@ -31,8 +31,11 @@ from stllm.data.mobility import (
     resolve_trajectories,
     synthetic_mobility_city,
 )
+from stllm.data.mobility_answers import MAX_RUNS, parse_answer, runs_to_rows
+from stllm.data.prompts import ChatFormatter
 from stllm.data.trajectories import SLOTS_PER_DAY, Trajectories, split_by_day, write_humob_csv
 from stllm.errors import run_command
+from stllm.eval.generate import answer_prefix
 from stllm.eval.mobility_baselines import BASELINES, published_predictions
 from stllm.eval.mobility_metrics import score_users
 from stllm.eval.mobility_transitions import (
@@ -44,6 +47,7 @@ from stllm.eval.mobility_transitions import (
 )
 from stllm.eval.run_identity import load_task_checkpoint
 from stllm.eval.zero_shot import EvalResult, _write_json, print_result
+from stllm.models.mobility_decoding import AnswerGrammar, MobilityAnswerProcessor
 from stllm.safe_io import write_text_atomic
 
 REQUIRED = ("config.json", "tokenizer_config.json", MOBILITY_DATA_FILE)
@@ -83,7 +87,7 @@ def check_not_trained_on(target: Trajectories, record: dict) -> None:
                          f"{target.uid[i]} day {target.d[i]}. Evaluate later days or other users/cities")
 
 
-DECODES = ("anchored", "quota", "geo", "argmax", "distance", "viterbi")
+DECODES = ("anchored", "quota", "geo", "argmax", "distance", "viterbi", "generate")
 # geo decoding's weight of the expected distance (cells) beside GEO-BLEU's proximity; on HuMob'24 B -> C / C -> B
 # (tiny model, seed 0) 0.03 cut DTW by 13% / 6% for +0.3% / -0.1% GEO-BLEU against 0 (see the issue 16 note)
 GEO_DISTANCE_WEIGHT = 0.03
@@ -121,8 +125,8 @@ def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: s
     every place farther than ``radius`` cells from the day's anchor (the ``geo`` choice of the day's last row)
     replaced by the anchor (:func:`anchor_far_places`): one decode for both metrics.
     """
-    if decode not in DECODES or decode == "viterbi":  # viterbi needs the users' transitions: predict_cells
-        raise ValueError(f"decode must be one of {', '.join(DECODES[:-1])}, got {decode!r}")
+    if decode not in DECODES[:-2]:  # viterbi needs the users' transitions, generate the LM: predict_cells
+        raise ValueError(f"decode must be one of {', '.join(DECODES[:-2])}, got {decode!r}")
     if decode in ("quota", "anchored") and (day is None or day.shape != scores.shape[:1]):
         raise ValueError(f"decode {decode!r} needs the day of every row (day: one id per row of scores)")
     scores = scores.float()
@@ -198,14 +202,51 @@ def fill_day_quotas(value: torch.Tensor, probs: torch.Tensor, day: torch.Tensor)
 
 
 @torch.inference_mode()
+def generate_cells(model, tokenizer, history: Trajectories, target: Trajectories, candidates: int, text_answers: int,
+                   max_runs: int = MAX_RUNS, batch_size: int = 16) -> Trajectories:
+    """The target rows with cells the LM writes as text (the generate-based mode, as Llama-3-8B-Mob answers):
+    batched greedy ``generate`` over users (left padding) under :class:`~stllm.models.mobility_decoding.
+    AnswerGrammar`, so every answer parses and names one of the user's ``text_answers`` places for every asked
+    slot; each line is read back with :func:`~stllm.data.mobility_answers.parse_answer`."""
+    if text_answers < 1:
+        raise ValueError("the checkpoint was not trained to write answers (train-mobility --text_answers N)")
+    days = (int(history.d.min()), int(history.d.max())), (int(target.d.min()), int(target.d.max()))
+    dataset = MobilityDataset(history, [MobilityWindow(*days)], candidates=candidates, targets=target,
+                              text_answers=text_answers, slots=False, max_runs=max_runs)
+    formatter, grammar = ChatFormatter(tokenizer), AnswerGrammar(max_runs)
+    prefix = answer_prefix(formatter)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    cells = []
+    for start in range(0, len(dataset), batch_size):
+        index = range(start, min(start + batch_size, len(dataset)))
+        samples = [dataset[i] for i in index]
+        starts = [grammar.start(s["headers"], s["n_places"], prefix) for s in samples]
+        enc = tokenizer([formatter(s["conversation"])[0] for s in samples], add_special_tokens=False, padding=True,
+                        padding_side="left", return_tensors="pt").to(device)
+        n = enc["input_ids"].shape[1]
+        proc = MobilityAnswerProcessor(grammar, tokenizer, n, starts)
+        seqs = model.generate(**enc, do_sample=False, max_new_tokens=max(grammar.max_bytes(s) for s in starts),
+                              logits_processor=[proc], pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(seqs[:, n:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        for i, s, text in zip(index, samples, texts):
+            rows = dataset.rows(i)[1]
+            runs = parse_answer(text, s["headers"], s["n_places"], f"generated answer of user {dataset.items[i][1]}")
+            cells.append(s["cells"][runs_to_rows(runs, s["days"], rows.d, rows.t)])
+    x, y = np.divmod(np.concatenate(cells), history.grid)
+    pred = target.with_base(history.base).with_cells(x + history.base, y + history.base)
+    return pred.with_base(target.base)
+
+
+@torch.inference_mode()
 def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories, candidates: int,
                   batch_size: int = 16, decode: str = "anchored", temperature: float = QUOTA_TEMPERATURE,
                   radius: float = ANCHOR_RADIUS, transitions: TransitionConfig = TRANSITIONS) -> Trajectories:
     """The target rows with stllm's cells: one forward pass per batch of users (no generation); ``decode`` as in
     :func:`choose_cells`, on each slot's posterior in its day's chain when ``transitions.weight > 0``
     (:func:`~stllm.eval.mobility_transitions.posterior_days`), or ``viterbi``: each day's most likely path."""
-    if decode not in DECODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    if decode not in DECODES[:-1]:  # generate: generate_cells
+        raise ValueError(f"decode must be one of {', '.join(DECODES[:-1])}, got {decode!r}")
     days = (int(history.d.min()), int(history.d.max())), (int(target.d.min()), int(target.d.max()))
     dataset = MobilityDataset(history, [MobilityWindow(*days)], candidates=candidates, targets=target)
     collator = MobilityCollator(tokenizer, answer="prefix")
@@ -256,12 +297,13 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
                       published: str | os.PathLike | None = None, max_users: int | None = None,
                       decode: str = "anchored", temperature: float = QUOTA_TEMPERATURE,
                       users: np.ndarray | None = None, radius: float = ANCHOR_RADIUS,
-                      transitions: TransitionConfig = TRANSITIONS) -> EvalResult:
+                      transitions: TransitionConfig = TRANSITIONS, generate: bool = False) -> EvalResult:
     """Evaluate a ``stllm train-mobility`` checkpoint on ``data`` (default: a synthetic city the checkpoint never
     saw, seed + 1000, other uids). ``published``: a folder with the published models' prediction files (default:
     the data file's folder when it holds them). ``decode``: how a slot's cell is chosen from the head's scores
     (:func:`choose_cells`; ``temperature``: quota's, ``radius``: anchored's; ``transitions``: the within-day chain,
-    :func:`predict_cells`). ``users``: evaluate only these uids."""
+    :func:`predict_cells`; ``generate``: the LM writes the answers, :func:`generate_cells`). ``users``: evaluate only
+    these uids. ``generate=True`` adds the generate-based mode as a row ``stllm (generate)`` beside ``decode``'s."""
     ckpt, out = Path(checkpoint), Path(output_dir)
     model, tokenizer, record = load_mobility_checkpoint(ckpt)
     if data in (None, "synthetic"):
@@ -281,9 +323,20 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     check_not_trained_on(split.target, record)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    preds = {"stllm": predict_cells(model, tokenizer, split.history, split.target, record["candidates"], batch_size,
-                                    decode, temperature, radius, transitions)}
+    text = (record.get("text_answers", 0), record.get("max_runs", MAX_RUNS))
+    if decode == "generate":
+        preds = {"stllm": generate_cells(model, tokenizer, split.history, split.target, record["candidates"], *text,
+                                         batch_size)}
+    else:
+        preds = {"stllm": predict_cells(model, tokenizer, split.history, split.target, record["candidates"],
+                                        batch_size, decode, temperature, radius, transitions)}
     seconds = time.perf_counter() - start
+    gen_seconds = None
+    if generate and decode != "generate":
+        start = time.perf_counter()
+        preds["stllm (generate)"] = generate_cells(model, tokenizer, split.history, split.target,
+                                                   record["candidates"], *text, batch_size)
+        gen_seconds = time.perf_counter() - start
     preds.update({name: fn(split.history, split.target) for name, fn in BASELINES.items()})
     folder = Path(published) if published else (Path(data).parent if data != "synthetic" else None)
     if tuple(target_days) != PUBLISHED_DAYS:  # the published models predicted days 60-74 only
@@ -297,19 +350,28 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     table = (f"city {city or '(all)'} ({traj.source}): {n_users} users, {len(split.target)} target slots (days "
              f"{target_days[0]}-{target_days[1]}), history days {history_days[0]}-{history_days[1]}, metric "
              f"{variant}\n{format_table(metrics, variant, city)}\n\nstllm predicted {n_users} users in "
-             f"{seconds:.1f} s (one forward pass per batch of {batch_size} users, decode {decode}"
-             f"{f' radius {radius:g}' if decode == 'anchored' else ''}, transition weight {transitions.weight:g}); "
-             f"trained on "
+             f"{seconds:.1f} s ({how(decode, batch_size, radius, transitions)})"
+             + (f"; stllm (generate) in {gen_seconds:.1f} s ({how('generate', batch_size)})" if gen_seconds else "")
+             + "; trained on "
              f"{', '.join(record.get('cities') or ['(no city label)'])}, {len(record['users'])} users, days "
              f"{record['days'][0]}-{record['days'][1]}")
     files = [_write_json(out / "metrics.json", {"city": city, "variant": variant, "seconds": seconds,
-                                                "methods": metrics})]
+                                                "generate_seconds": gen_seconds, "methods": metrics})]
     files.append(write_humob_csv(preds["stllm"], out / "predictions.csv"))
     files.append(_write_per_user(out / "per_user.csv", scores))
     plot = plot_user_days(out / "user_days.png", split.target, preds)
     if plot is not None:
         files.append(plot)
     return EvalResult(metrics=metrics, table=table, output_dir=out, files=files)
+
+
+def how(decode: str, batch_size: int, radius: float = ANCHOR_RADIUS, transitions: TransitionConfig = TRANSITIONS
+        ) -> str:
+    """How a prediction was made, for the table's footer."""
+    if decode == "generate":
+        return f"greedy generate of the answer text per batch of {batch_size} users, grammar-constrained"
+    return (f"one forward pass per batch of {batch_size} users, decode {decode}"
+            f"{f' radius {radius:g}' if decode == 'anchored' else ''}, transition weight {transitions.weight:g}")
 
 
 def _write_per_user(path: Path, scores: dict) -> Path:
@@ -365,7 +427,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "holds the places in the proportions the head expects (quota: best GEO-BLEU), the place of best "
                    "expected GEO-BLEU proximity minus distance (geo: best DTW), the most likely place (argmax), the "
                    "place of least expected distance (distance), each day's most likely path under the "
-                   "transitions (viterbi)")
+                   "transitions (viterbi), or the LM writes the days as text (generate: a checkpoint trained with "
+                   "--text_answers)")
+    p.add_argument("--with_generate", action="store_true", help="also score the generate-based mode, as a row "
+                   "'stllm (generate)' beside --decode's")
     p.add_argument("--temperature", type=float, default=QUOTA_TEMPERATURE, help="quota and anchored decoding: "
                    "temperature of the head's distribution (lower: fewer places a day)")
     p.add_argument("--radius", type=float, default=ANCHOR_RADIUS, help="anchored decoding: cells from the day's "
@@ -388,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
                                history_days=tuple(args.history_days), target_days=tuple(args.target_days),
                                variant=args.variant, batch_size=args.batch_size, published=args.published,
                                max_users=args.max_users, decode=args.decode, radius=args.radius,
+                               generate=args.with_generate,
                                temperature=args.temperature,
                                transitions=TransitionConfig(args.transition_weight, args.transition_smoothing,
                                                             args.transition_scale, args.stay_prior))

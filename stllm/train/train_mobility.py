@@ -26,6 +26,7 @@ from stllm.data.mobility import (
     resolve_trajectories,
     training_windows,
 )
+from stllm.data.mobility_answers import MAX_RUNS
 from stllm.data.prompts import tokenizer_corpus
 from stllm.models import STLlamaForCausalLM
 from stllm.tokens import MOB_PRE_TOKEN, add_mobility_token
@@ -66,6 +67,10 @@ class MobilityDataArguments:
     synthetic_users: int = field(default=40, metadata={"help": "Users of the synthetic trajectories."})
     tokenizer_vocab: int = field(default=1000, metadata={"help": "BPE vocabulary of the offline tokenizer (tiny)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many samples."})
+    text_answers: int = field(default=0, metadata={"help": "Also train the LM to write each window's days as text "
+                                                   "over the user's top N places named A, B, ... (the generate-based "
+                                                   "mode, stllm eval mobility --decode generate); 0: head only."})
+    max_runs: int = field(default=MAX_RUNS, metadata={"help": "Places per day a text answer may hold."})
     heldout_users: int = field(default=0, metadata={"help": "Leave the last N users (by uid) out of training, so "
                                                     "settings such as decoding can be chosen on users the model never "
                                                     "saw (recorded as heldout_users)."})
@@ -73,8 +78,9 @@ class MobilityDataArguments:
     def __post_init__(self):
         counts = ("last_day", "target_days", "n_windows", "window_stride", "min_history", "candidates",
                   "synthetic_users", "tokenizer_vocab")
-        check_fields(self, [*(rule(k, POSITIVE) for k in counts), rule("max_train_samples", POSITIVE, optional=True),
-                            rule("heldout_users", NON_NEGATIVE)])
+        check_fields(self, [*(rule(k, POSITIVE) for k in (*counts, "max_runs")),
+                            rule("max_train_samples", POSITIVE, optional=True),
+                            rule("heldout_users", NON_NEGATIVE), rule("text_answers", NON_NEGATIVE)])
         if self.base not in (None, 0, 1):
             raise ValueError(f"--base must be 0 or 1, got {self.base}")
 
@@ -114,7 +120,8 @@ def _train_mobility(model_args, data_args: MobilityDataArguments, training_args:
         raise ValueError(f"{data_args.data}: field 'd': no rows in days 0..{data_args.last_day}")
     windows = training_windows(data_args.last_day, data_args.target_days, data_args.n_windows,
                                data_args.window_stride, data_args.min_history)
-    dataset = MobilityDataset(traj, windows, candidates=data_args.candidates)
+    dataset = MobilityDataset(traj, windows, candidates=data_args.candidates, text_answers=data_args.text_answers,
+                              max_runs=data_args.max_runs)
     if len(dataset) == 0:
         raise ValueError(f"{traj.source}: no user has rows in the target days of any training window {windows}")
     if training_args.process_index == 0:
