@@ -9,9 +9,10 @@ only fine names, mapped through the Tokyo file's own ``place_category -> top_cat
 
 A sample asks for the intent of event ``j`` from the user's events before it. Splits (:class:`IntentSplit`):
 population users (the population model trains on them) vs held-out users (individual tuning and the headline
-table), and inside every user the later days (the last ``test_frac`` of the user's active days) are held out.
-:func:`check_heldout` is what every evaluation calls: it refuses targets of population users, targets before a
-user's cutoff, and a split whose two user sets overlap.
+table), and inside every user the later days (the last ``test_frac`` of the user's active days; in held-out users
+optionally a larger stated share, :func:`with_heldout_share`) are held out. :func:`check_heldout` is what every
+evaluation calls: it refuses targets of population users, targets before a user's cutoff, a split whose two user
+sets overlap, and held-out days that are not the share the split states.
 
 :class:`TransitionTables` are PITuning's event-to-intent transition features, counted on training rows only:
 population P(intent | last event), P(intent | last intent), P(intent | time block), and the user's own
@@ -269,6 +270,7 @@ class IntentSplit:
     heldout_users: tuple[str, ...]
     cutoff: dict[str, int]
     source: str = "<memory>"
+    heldout_share: float | None = None  # stated share of each held-out user's active days held out (checked)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -276,26 +278,35 @@ class IntentSplit:
     @classmethod
     def from_dict(cls, d: dict) -> IntentSplit:
         try:
+            share = d.get("heldout_share")
             return cls(tuple(d["population_users"]), tuple(d["heldout_users"]),
-                       {str(k): int(v) for k, v in d["cutoff"].items()}, d.get("source", "<memory>"))
+                       {str(k): int(v) for k, v in d["cutoff"].items()}, d.get("source", "<memory>"),
+                       None if share is None else float(share))
         except (KeyError, TypeError, ValueError) as exc:
             raise IntentDataError(f"split record: field {exc}: missing or malformed") from None
 
 
+def n_test_days(n_days: int, frac: float) -> int:
+    """How many of a user's ``n_days`` active days are test days (the last ones): ``round(frac * n_days)``, >= 1."""
+    return max(1, int(round(frac * n_days)))
+
+
+def _active_days(log: EventLog) -> dict[str, np.ndarray]:
+    day = log.day
+    return {str(log.user_ids[u]): np.unique(day[log.user == u]) for u in np.unique(log.user)}
+
+
 def make_split(log: EventLog, heldout_frac: float = 0.3, test_frac: float = 0.2, seed: int = 0,
-               min_days: int = 5) -> IntentSplit:
+               min_days: int = 5, heldout_test_frac: float | None = None) -> IntentSplit:
     """Users with at least ``min_days`` active days; ``heldout_frac`` of them (random, seeded) held out; in every
-    user the last ``test_frac`` of active days (at least one) are test days."""
+    user the last ``test_frac`` of active days (at least one) are test days -- in held-out users the last
+    ``heldout_test_frac`` instead when given (:func:`with_heldout_share`)."""
     if not 0 < heldout_frac < 1 or not 0 < test_frac < 1:
         raise IntentDataError(f"{log.source}: heldout_frac and test_frac must be in (0, 1)")
-    day = log.day
     cutoff: dict[str, int] = {}
-    for u in np.unique(log.user):
-        days = np.unique(day[log.user == u])
-        if len(days) < min_days:
-            continue
-        n_test = max(1, int(round(test_frac * len(days))))
-        cutoff[str(log.user_ids[u])] = int(days[len(days) - n_test])
+    for u, days in _active_days(log).items():
+        if len(days) >= min_days:
+            cutoff[u] = int(days[len(days) - n_test_days(len(days), test_frac)])
     users = np.array(sorted(cutoff))
     if len(users) < 2:
         raise IntentDataError(f"{log.source}: field 'user': fewer than 2 users with {min_days}+ active days")
@@ -303,7 +314,40 @@ def make_split(log: EventLog, heldout_frac: float = 0.3, test_frac: float = 0.2,
     n_held = min(len(users) - 1, max(1, int(round(heldout_frac * len(users)))))
     held = tuple(sorted(users[perm[:n_held]].tolist()))
     pop = tuple(sorted(users[perm[n_held:]].tolist()))
-    return IntentSplit(pop, held, cutoff, log.source)
+    split = IntentSplit(pop, held, cutoff, log.source)
+    return split if heldout_test_frac is None else with_heldout_share(log, split, heldout_test_frac)
+
+
+def with_heldout_share(log: EventLog, split: IntentSplit, frac: float) -> IntentSplit:
+    """``split`` with each held-out user's test days the last ``frac`` of their active days (at least one), the share
+    recorded so :func:`check_heldout` can verify it. Population users keep their cutoffs, so a population model
+    trained under ``split`` stays valid (it never saw a held-out user). Why: NYC users have few active days, and
+    with a 20% share most held out only one or two days (five targets), too few to tell tuning from no tuning."""
+    if not 0 < frac < 1:
+        raise IntentDataError(f"{split.source}: field 'heldout_share': must be in (0, 1), got {frac}")
+    check_split(split)
+    days = _active_days(log)
+    lacking = [u for u in split.heldout_users if u not in days]
+    if lacking:
+        raise IntentDataError(f"{log.source}: field 'user': held-out users {lacking[:3]} have no events")
+    cutoff = {**split.cutoff, **{u: int(days[u][len(days[u]) - n_test_days(len(days[u]), frac)])
+                                 for u in split.heldout_users}}
+    return replace(split, cutoff=cutoff, heldout_share=float(frac))
+
+
+def check_heldout_share(log: EventLog, split: IntentSplit) -> None:
+    """Every held-out user's test days are the share the split states (when it states one): the same held-out
+    days for every method scored on it."""
+    if split.heldout_share is None:
+        return
+    days = _active_days(log)
+    for u in split.heldout_users:
+        d = days.get(u, np.zeros(0, dtype=np.int64))
+        want = n_test_days(len(d), split.heldout_share)
+        if int((d >= split.cutoff[u]).sum()) != want:
+            raise IntentDataError(f"split {split.source}: field 'cutoff': user {u} holds out "
+                                  f"{int((d >= split.cutoff[u]).sum())} of {len(d)} active days, the stated "
+                                  f"heldout_share {split.heldout_share} gives {want}")
 
 
 def check_split(split: IntentSplit) -> None:
@@ -337,6 +381,7 @@ def check_heldout(log: EventLog, rows: np.ndarray, split: IntentSplit, allow_pop
     """Refuse evaluation targets the model may have trained on: targets before their user's cutoff, targets of
     population users (unless ``allow_population``: then only their later days), or a leaked split."""
     check_split(split)
+    check_heldout_share(log, split)
     part = sample_parts(log, rows, split)
     ok = (3, 1) if allow_population else (3,)
     bad = ~np.isin(part, ok)
@@ -548,10 +593,11 @@ class PreparedIntent:
 
 
 def prepare_intent(log: EventLog, split: IntentSplit | None = None, heldout_frac: float = 0.3,
-                   test_frac: float = 0.2, seed: int = 0) -> PreparedIntent:
+                   test_frac: float = 0.2, seed: int = 0, heldout_test_frac: float | None = None) -> PreparedIntent:
     """Split (unless given), target rows, their parts, transition tables fitted on training targets."""
-    split = split or make_split(log, heldout_frac, test_frac, seed)
+    split = split or make_split(log, heldout_frac, test_frac, seed, heldout_test_frac=heldout_test_frac)
     check_split(split)
+    check_heldout_share(log, split)
     rows = target_rows(log)
     return PreparedIntent(log, split, rows, sample_parts(log, rows, split), TransitionTables.fit(log, rows, split))
 
@@ -568,11 +614,13 @@ def validation_data(data: PreparedIntent, val_frac: float = 0.25) -> PreparedInt
     return val
 
 
-def prepare_from_record(record: dict) -> PreparedIntent:
-    """The data and split a checkpoint trained on (its ``intent_data.json``), rebuilt exactly."""
+def prepare_from_record(record: dict, heldout_share: float | None = None) -> PreparedIntent:
+    """The data and split a checkpoint trained on (its ``intent_data.json``), rebuilt exactly; with
+    ``heldout_share`` the held-out users' test days become that share (:func:`with_heldout_share`)."""
     for key in ("data", "split"):
         if key not in record:
             raise IntentDataError(f"intent record: field '{key}' missing (not written by stllm train-intent?)")
     log = resolve_events(record["data"], int(record.get("synthetic_seed", 0)), int(record.get("synthetic_users", 40)),
                          record.get("data_root"))
-    return prepare_intent(log, split=IntentSplit.from_dict(record["split"]))
+    split = IntentSplit.from_dict(record["split"])
+    return prepare_intent(log, split=split if heldout_share is None else with_heldout_share(log, split, heldout_share))

@@ -9,6 +9,8 @@ class that is predicted but never true (or the reverse) is 0. All users are scor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 SCORES = ("accuracy", "weighted_f1", "macro_f1", "gap")
@@ -75,3 +77,28 @@ def format_intent_table(rows: dict[str, dict[str, float]], title: str) -> str:
         lines.append(f"| {name} | {r['accuracy']:.4f} | {r['weighted_f1']:.4f} | {r['macro_f1']:.4f} | "
                      f"{r['gap']:.4f} | {user_macro} | {r['user_gap']:.4f} |")
     return "\n".join(lines)
+
+
+def user_changes(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, users: np.ndarray, n_classes: int
+                 ) -> dict[str, int]:
+    """How many users' macro F1 rises, stays equal (within 1e-12) or falls from ``before`` to ``after``
+    predictions: a user with few targets often ties, which "improves for most users" must not hide."""
+    _, a = per_user_scores(y_true, before, users, n_classes)
+    _, b = per_user_scores(y_true, after, users, n_classes)
+    d = b["macro_f1"] - a["macro_f1"]
+    return {"improved": int((d > 1e-12).sum()), "tied": int((np.abs(d) <= 1e-12).sum()),
+            "worse": int((d < -1e-12).sum())}
+
+
+def gap_target(rows: dict[str, dict[str, float]], model: str, population: str, baselines: Sequence[str],
+               acc_tolerance: float = 0.05) -> tuple[bool, str]:
+    """The issue's gap target, read strictly: ``model``'s gap is below every baseline's, *and* its macro F1 is at
+    least ``population``'s, *and* its accuracy is within ``acc_tolerance`` of it (a gap shrunk by lowering weighted
+    F1 alone does not count). Returns whether it holds and a one-line reason."""
+    m, p = rows[model], rows[population]
+    smallest = min(baselines, key=lambda b: rows[b]["gap"])
+    checks = {f"gap {m['gap']:.4f} < {smallest} {rows[smallest]['gap']:.4f}": m["gap"] < rows[smallest]["gap"],
+              f"macro F1 {m['macro_f1']:.4f} >= population {p['macro_f1']:.4f}": m["macro_f1"] >= p["macro_f1"],
+              f"accuracy {m['accuracy']:.4f} >= population {p['accuracy']:.4f} - {acc_tolerance:g}":
+                  m["accuracy"] >= p["accuracy"] - acc_tolerance}
+    return all(checks.values()), "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items())

@@ -8,15 +8,21 @@
    (:mod:`stllm.train.tune_intent`);
 4. post-hoc, per variant: the tuned logits shrink towards the student's by ``n / (n + k)`` (``n``: the user's
    training targets, so thin histories move little) and are logit-adjusted by ``tau`` times the log of the user's
-   own intent prior, add-``alpha`` smoothed (Menon et al. 2021, per user: a user's rare intents get recall).
-   ``k``, ``tau`` and ``alpha`` are chosen on a *validation* split (:func:`stllm.data.intent.validation_data`: the
-   last quarter of each held-out user's earlier days, tuned on the days before it; checked to hold no test
-   target), by pooled macro F1 (``select_on="user"``: the mean of per-user macro F1s, noisier with the few
-   validation targets NYC users have). The tuned rows only choose among grid points whose pooled validation
-   weighted - macro gap is at least ``gap_margin`` below the smallest validation gap of every baseline (the
-   population model, adjusted or not, the student before tuning, the count baselines) and whose macro F1 is at
-   least the best baseline's, all scored on the same validation targets: the issue's targets, met on validation,
-   never by looking at test days (when no point meets them, macro F1 alone decides).
+   own intent prior, add-``alpha`` smoothed (Menon et al. 2021, per user: a user's rare intents get recall), then
+   shifted by one offset per intent fitted for macro F1 (:func:`stllm.train.tune_intent.fit_class_bias`).
+   ``k``, ``tau``, ``alpha`` and the offsets are chosen on a *validation* split
+   (:func:`stllm.data.intent.validation_data`: the last quarter of each held-out user's earlier days, tuned on the
+   days before it; checked to hold no test target), by pooled macro F1 (``select_on="user"``: the mean of per-user
+   macro F1s, noisier with the few validation targets NYC users have). The tuned rows only choose among grid points
+   whose pooled validation weighted - macro gap is at least ``gap_margin`` below the smallest validation gap of every
+   baseline (the population model, adjusted or not, the student before tuning, the count baselines) and whose macro
+   F1 is at least the best baseline's, all scored on the same validation targets: the issue's targets, met on
+   validation, never by looking at test days (when no point meets them, macro F1 alone decides). Above both, a floor:
+   validation accuracy at least the population model's minus ``acc_margin`` -- a gap can be shrunk by lowering
+   weighted F1 alone, which the floor forbids (the adjusted population row's offsets are fitted under the same
+   floor).
+With ``heldout_share`` the held-out users' test days are the last share of their active days
+(:func:`stllm.data.intent.with_heldout_share`; population users and so the population model are unchanged).
 Every model predicts the held-out users' later days (checked by :func:`stllm.data.intent.check_heldout`); scoring
 of the table is the caller's (``stllm.eval.intent``).
 """
@@ -67,6 +73,7 @@ BEFORE = "student before tuning"
 TUNED = "student tuned (+unlearning, sized, adjusted)"
 NO_SIZING, NO_ADJUSTMENT = "tuned, no history sizing", "tuned, no logit adjustment"
 NO_UNLEARNING, PLAIN = "tuned, no unlearning", "tuned, plain (no sizing, no adjustment)"
+NO_BIAS = "tuned, no class offsets"
 
 
 @dataclass
@@ -89,7 +96,10 @@ class PipelineConfig:
     taus: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # logit adjustment; 0 = none
     alphas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # pseudo-counts per intent of the user's prior
     select_on: str = "pooled"  # validation macro F1: pooled or mean per user (tune_intent.select_posthoc)
-    gap_margin: float | None = 0.02  # tuned rows: validation gap < every baseline's minus this; None = unbounded
+    gap_margin: float | None = 0.0  # tuned rows: validation gap < every baseline's minus this; None = unbounded
+    acc_margin: float | None = 0.03  # validation accuracy >= the population model's minus this; None = no floor
+    class_bias: bool = True  # fit one offset per intent on validation (fit_class_bias)
+    heldout_share: float | None = None  # held-out users' test days: the last share of their active days
     measure: bool = True  # footprint and ONNX
     reuse: bool = False  # load population/ and student/ from out_dir when there (same config and seed)
 
@@ -134,7 +144,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
         release_trainer(trainer)
     seconds["train population"] = time.perf_counter() - t0
     teacher, tokenizer, record = load_intent_checkpoint(teacher_dir)
-    data = prepare_from_record(record)
+    data = prepare_from_record(record, cfg.heldout_share)
     history = int(record.get("history", 8))
     test = data.dataset("user_test", history=history)
     check_heldout(data.log, test.rows, data.split)
@@ -181,14 +191,15 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
                           n_train=scored["test"][1].n_train, sizes=sizes, seconds=seconds)
 
 
-BOUNDED = (TUNED, NO_SIZING, NO_ADJUSTMENT, NO_UNLEARNING)  # rows whose validation gap must beat the baselines'
+BOUNDED = (TUNED, NO_SIZING, NO_ADJUSTMENT, NO_BIAS, NO_UNLEARNING)  # validation gap must beat the baselines'
+BIASED = (POPULATION_ADJUSTED, TUNED, NO_SIZING, NO_UNLEARNING)  # rows with fitted per-intent offsets
 
 
 def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, UserLogits, np.ndarray]]
                   ) -> tuple[dict[str, np.ndarray], dict[str, Posthoc], dict[str, dict[str, float]]]:
     """Every table row's test predictions; the post-hoc rows' ``(k, tau, alpha)`` chosen on the validation logits
     only, the tuned ones under the baselines' smallest validation gap minus ``cfg.gap_margin`` and at or above
-    their best validation macro F1."""
+    their best validation macro F1, every row with offsets or a bound at or above the accuracy floor."""
     vd, vl, vcounts = scored["val"]
     _, tl, tcounts = scored["test"]
     y, users = vd.log.intent[vl.rows], vd.log.user[vl.rows]
@@ -197,6 +208,7 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
         TUNED: (TUNED, "before", cfg.ks, cfg.taus),
         NO_SIZING: (TUNED, "before", (0,), cfg.taus),
         NO_ADJUSTMENT: (TUNED, "before", cfg.ks, (0,)),
+        NO_BIAS: (TUNED, "before", cfg.ks, cfg.taus),
         NO_UNLEARNING: (NO_UNLEARNING, "before", cfg.ks, cfg.taus),
         PLAIN: (TUNED, "before", (0,), (0,)),
     }
@@ -204,15 +216,17 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
     val_scores = {**baseline_table(vd), **{name: intent_scores(y, vl.logits[key].argmax(-1), len(INTENTS))
                                           for name, key in ((POPULATION, POPULATION), (BEFORE, "before"))}}
     choices = {}
+    floor = None if cfg.acc_margin is None else val_scores[POPULATION]["accuracy"] - cfg.acc_margin
     for row, (tuned, start, ks, taus) in grid.items():
         max_gap = min_macro = None
+        bias = cfg.class_bias and row in BIASED
         if row in BOUNDED and cfg.gap_margin is not None:
             base = [val_scores[b] for b in (*INTENT_BASELINES, POPULATION, BEFORE, POPULATION_ADJUSTED)]  # chosen
             max_gap = min(b["gap"] for b in base) - cfg.gap_margin
             min_macro = max(b["macro_f1"] for b in base)
-        choices[row], val_scores[row] = select_posthoc(y, users, vl.logits[start], vl.logits[tuned], vl.n_train,
-                                                       vcounts, ks, taus, cfg.alphas, cfg.select_on, max_gap,
-                                                       min_macro)
+        choices[row], val_scores[row] = select_posthoc(
+            y, users, vl.logits[start], vl.logits[tuned], vl.n_train, vcounts, ks, taus, cfg.alphas, cfg.select_on,
+            max_gap, min_macro, floor if (bias or row in BOUNDED) else None, bias)
         preds[row] = posthoc_logits(tl.logits[start], tl.logits[tuned], tl.n_train, tcounts, choices[row]).argmax(-1)
-    order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_UNLEARNING, PLAIN)
+    order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_BIAS, NO_UNLEARNING, PLAIN)
     return {name: preds[name] for name in order}, choices, val_scores

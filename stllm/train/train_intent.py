@@ -45,6 +45,8 @@ class IntentDataArguments:
     split_seed: int = field(default=0, metadata={"help": "Seed of the population / held-out user draw."})
     heldout_frac: float = field(default=0.3, metadata={"help": "Fraction of users held out from the population."})
     test_frac: float = field(default=0.2, metadata={"help": "Fraction of each user's active days held out (last)."})
+    heldout_test_frac: float | None = field(default=None, metadata={"help": "Held-out users only: fraction of their "
+                                            "active days held out (default --test_frac; population users unchanged)."})
     history: int = field(default=8, metadata={"help": "Recent events in each prompt."})
     head_dim: int = field(default=32, metadata={"help": "Width of the intent head."})
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic events."})
@@ -55,15 +57,15 @@ class IntentDataArguments:
     def __post_init__(self):
         check_fields(self, [*(rule(k, POSITIVE) for k in ("history", "head_dim", "synthetic_users", "tokenizer_vocab")),
                             rule("max_train_samples", POSITIVE, optional=True)])
-        for name in ("heldout_frac", "test_frac"):
-            if not 0 < getattr(self, name) < 1:
+        for name in ("heldout_frac", "test_frac", "heldout_test_frac"):
+            if getattr(self, name) is not None and not 0 < getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be in (0, 1), got {getattr(self, name)}")
 
 
 def prepare_from_args(data_args: IntentDataArguments) -> PreparedIntent:
     log = resolve_events(data_args.data, data_args.synthetic_seed, data_args.synthetic_users, data_args.data_root)
     return prepare_intent(log, heldout_frac=data_args.heldout_frac, test_frac=data_args.test_frac,
-                          seed=data_args.split_seed)
+                          seed=data_args.split_seed, heldout_test_frac=data_args.heldout_test_frac)
 
 
 def build_intent_model(model_args: ModelArguments, texts: list[str], vocab: int, attn: str, head_dim: int = 32):

@@ -12,7 +12,9 @@ Post-hoc (:class:`Posthoc`, chosen on validation days by :func:`select_posthoc`)
 targets keeps only ``n / (n + k)`` of the move from the student's logits to their tuned head's (thin histories
 overfit a head; NYC users have a median of 17 targets), and the logits are adjusted by ``tau`` times the log of the
 user's own intent prior (Menon et al. 2021's logit adjustment, per user: a user's rare intents are what macro F1
-and the weighted - macro gap are about).
+and the weighted - macro gap are about), then shifted by one offset per intent (:func:`fit_class_bias`: the
+macro-F1-optimal decision is a threshold per class, Narasimhan et al. 2015, which a frequency prior alone does not
+place), fitted on validation targets under an accuracy floor so macro F1 is not bought with accuracy.
 """
 
 from __future__ import annotations
@@ -146,11 +148,43 @@ SELECTION_OBJECTIVES = ("user", "pooled")
 @dataclass(frozen=True)
 class Posthoc:
     """How tuned logits become predictions: shrinkage ``k`` of :func:`history_weight`, adjustment ``tau`` by the
-    user's prior smoothed with ``alpha`` pseudo-counts per intent (:func:`user_prior`)."""
+    user's prior smoothed with ``alpha`` pseudo-counts per intent (:func:`user_prior`), then ``bias`` added per
+    intent (empty: none)."""
 
     k: float = 0.0
     tau: float = 0.0
     alpha: float = 1.0
+    bias: tuple[float, ...] = ()
+
+
+BIAS_VALUES = tuple(float(v) for v in np.round(np.arange(-1.5, 1.51, 0.1), 2))
+
+
+def fit_class_bias(logits: np.ndarray, y: np.ndarray, min_accuracy: float | None = None,
+                   values: tuple[float, ...] = BIAS_VALUES, sweeps: int = 3) -> tuple[np.ndarray, dict[str, float]]:
+    """``(bias (C,), scores)``: one offset per intent added to ``logits`` (validation targets ``y``), by coordinate
+    ascent over ``values`` on pooled macro F1, among offsets whose accuracy stays at or above ``min_accuracy`` (a
+    start below it climbs accuracy first). Starts at zero; a change is kept only when it strictly improves."""
+    c = logits.shape[-1]
+    bias = np.zeros(c)
+
+    def key(scores: dict[str, float]) -> tuple[bool, float]:
+        return min_accuracy is None or scores["accuracy"] >= min_accuracy, (
+            scores["macro_f1"] if min_accuracy is None or scores["accuracy"] >= min_accuracy else scores["accuracy"])
+
+    best = intent_scores(y, logits.argmax(-1), c)
+    for _ in range(sweeps):
+        changed = False
+        for j in range(c):
+            for v in values:
+                trial = bias.copy()
+                trial[j] = v
+                scores = intent_scores(y, (logits + trial).argmax(-1), c)
+                if key(scores) > key(best):
+                    best, bias, changed = scores, trial, True
+        if not changed:
+            break
+    return bias, best
 
 
 def user_prior(counts: np.ndarray, alpha: float) -> np.ndarray:
@@ -163,13 +197,15 @@ def user_prior(counts: np.ndarray, alpha: float) -> np.ndarray:
 
 def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, counts: np.ndarray, p: Posthoc
                    ) -> np.ndarray:
-    return adjust_logits(sized_logits(before, tuned, n, p.k), user_prior(counts, p.alpha), p.tau)
+    out = adjust_logits(sized_logits(before, tuned, n, p.k), user_prior(counts, p.alpha), p.tau)
+    return out + np.asarray(p.bias) if p.bias else out
 
 
 def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray, n: np.ndarray,
                    counts: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...],
                    alphas: tuple[float, ...] = (1.0,), objective: str = "user", max_gap: float | None = None,
-                   min_macro: float | None = None) -> tuple[Posthoc, dict[str, float]]:
+                   min_macro: float | None = None, min_accuracy: float | None = None, class_bias: bool = False
+                   ) -> tuple[Posthoc, dict[str, float]]:
     """The ``(k, tau, alpha)`` of the grid with the best macro F1 on *validation* targets ``y`` (the caller passes
     validation rows only; ``counts``: each row's user's training intent counts), and its pooled validation scores:
     the mean of per-user macro F1s (``objective="user"``) or the macro F1 of all targets pooled (``"pooled"``:
@@ -177,7 +213,9 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
     validation gap (weighted - macro F1) is below it and (``min_macro``) whose pooled macro F1 is at least
     ``min_macro`` compete -- macro F1 can be bought with a wider gap, and the gap alone by predicting rare intents
     everywhere, so both are constraints, not terms; when no point meets them, the objective alone decides (the
-    bound is dropped, never bought with a useless model). Ties go to the first in grid order."""
+    bound is dropped, never bought with a useless model). ``min_accuracy`` is a floor above both: a point below it
+    competes only when no point reaches it (then the most accurate wins). With ``class_bias`` every grid point
+    also gets its :func:`fit_class_bias` offsets (under ``min_accuracy``). Ties go to the first in grid order."""
     if objective not in SELECTION_OBJECTIVES:
         raise ValueError(f"objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}")
     c = tuned.shape[-1]
@@ -187,13 +225,17 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
         for alpha in alphas:
             log_prior = np.log(user_prior(counts, alpha))
             for tau in taus:
-                pred = (sized - tau * log_prior).argmax(-1)
+                z = sized - tau * log_prior
+                bias = fit_class_bias(z, y, min_accuracy)[0] if class_bias else np.zeros(c)
+                pred = (z + bias).argmax(-1)
                 scores = intent_scores(y, pred, c)
                 score = (float(per_user_scores(y, pred, users, c)[1]["macro_f1"].mean()) if objective == "user"
                          else scores["macro_f1"])
                 ok = (max_gap is None or scores["gap"] < max_gap) and (min_macro is None or
                                                                        scores["macro_f1"] >= min_macro)
-                key = (ok, score)
+                floor = min_accuracy is None or scores["accuracy"] >= min_accuracy
+                key = (floor, ok, score if floor else scores["accuracy"])
                 if best_key is None or key > best_key:
-                    best, best_key, best_scores = Posthoc(float(k), float(tau), float(alpha)), key, scores
+                    best = Posthoc(float(k), float(tau), float(alpha), tuple(bias.tolist()) if class_bias else ())
+                    best_key, best_scores = key, scores
     return best, best_scores

@@ -17,6 +17,7 @@ from stllm.data.intent import (
     TransitionTables,
     build_event_log,
     check_heldout,
+    check_heldout_share,
     check_validation,
     describe_events,
     load_llmob_csv,
@@ -27,6 +28,7 @@ from stllm.data.intent import (
     target_rows,
     validation_data,
     validation_split,
+    with_heldout_share,
 )
 from stllm.data.loaders import data_root
 from stllm.data.tokenizer import train_tokenizer
@@ -115,6 +117,31 @@ def test_split_holds_out_users_and_later_days():
         check_heldout(log, rows[part == 3], leaked)
     round_trip = IntentSplit.from_dict(__import__("json").loads(split.to_json()))
     assert round_trip == split
+
+
+def test_heldout_share_moves_only_heldout_cutoffs_and_is_checked():
+    log = synthetic_events(seed=1, n_users=10, days=20)
+    split = make_split(log, heldout_frac=0.3, test_frac=0.25, seed=0)
+    wide = make_split(log, heldout_frac=0.3, test_frac=0.25, seed=0, heldout_test_frac=0.5)
+    assert wide == with_heldout_share(log, split, 0.5) and wide.heldout_share == 0.5
+    assert wide.heldout_users == split.heldout_users
+    for u in range(10):
+        name, days = log.user_ids[u], np.unique(log.day[log.user == u])
+        # held-out users: the last 10 of 20 active days; population users keep the last 5
+        assert wide.cutoff[name] == days[10 if name in split.heldout_users else 15]
+    data = prepare_intent(log, split=wide)
+    check_heldout(log, data.rows_of("user_test"), wide)
+    assert IntentSplit.from_dict(__import__("json").loads(wide.to_json())) == wide
+    u = wide.heldout_users[0]
+    days = np.unique(log.day[log.user_ids[log.user] == u])
+    tampered = IntentSplit(wide.population_users, wide.heldout_users, {**wide.cutoff, u: int(days[12])},
+                           heldout_share=0.5)
+    with pytest.raises(IntentDataError, match=f"field 'cutoff': user {u} holds out 8 of 20.*gives 10"):
+        check_heldout_share(log, tampered)
+    with pytest.raises(IntentDataError, match="field 'cutoff'"):
+        prepare_intent(log, split=tampered)
+    with pytest.raises(IntentDataError, match="field 'heldout_share'"):
+        with_heldout_share(log, split, 1.0)
 
 
 def test_transition_features_leave_own_target_out():

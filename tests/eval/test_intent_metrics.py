@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from stllm.eval.intent_metrics import intent_scores, per_user_scores, score_table
+from stllm.eval.intent_metrics import gap_target, intent_scores, per_user_scores, score_table, user_changes
 
 
 def _sk(y, p):
@@ -44,3 +44,26 @@ def test_hand_worked_case():
 def test_bad_labels_named():
     with pytest.raises(ValueError, match="y_pred holds labels outside"):
         intent_scores(np.array([0, 1]), np.array([0, 5]), 3)
+
+
+def test_user_changes_counts_ties():
+    # user a: 0/2 right -> 2/2 (improves); b: unchanged (ties); c: 1/1 right -> 0/1 (worse)
+    y = np.array([0, 1, 0, 1, 2])
+    users = np.array(["a", "a", "b", "b", "c"])
+    before = np.array([1, 0, 0, 0, 2])
+    after = np.array([0, 1, 0, 0, 0])
+    assert user_changes(y, before, after, users, 3) == {"improved": 1, "tied": 1, "worse": 1}
+
+
+def test_gap_target_needs_macro_and_accuracy_too():
+    row = lambda acc, macro, gap: {"accuracy": acc, "macro_f1": macro, "gap": gap}  # noqa: E731
+    rows = {"pop": row(0.41, 0.15, 0.18), "markov": row(0.38, 0.06, 0.145), "tuned": row(0.37, 0.20, 0.14)}
+    met, why = gap_target(rows, "tuned", "pop", ["pop", "markov"])
+    assert met and "< markov 0.1450: yes" in why
+    rows["tuned"] = row(0.35, 0.20, 0.10)  # smaller gap, but accuracy 0.06 below the population model's
+    met, why = gap_target(rows, "tuned", "pop", ["pop", "markov"])
+    assert not met and "accuracy 0.3500 >= population 0.4100 - 0.05: NO" in why
+    rows["tuned"] = row(0.40, 0.14, 0.10)  # macro F1 below the population model's
+    assert not gap_target(rows, "tuned", "pop", ["pop", "markov"])[0]
+    rows["tuned"] = row(0.40, 0.20, 0.145)  # equal gap is not smaller
+    assert not gap_target(rows, "tuned", "pop", ["pop", "markov"])[0]

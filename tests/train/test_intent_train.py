@@ -25,6 +25,7 @@ from stllm.train.tune_intent import (
     Posthoc,
     TuneConfig,
     adjust_logits,
+    fit_class_bias,
     history_weight,
     posthoc_logits,
     select_posthoc,
@@ -211,6 +212,45 @@ def test_select_posthoc_gap_bound_against_sklearn():
     assert select_posthoc(y, users, before, tuned, n, counts, ks, taus, objective="pooled", max_gap=-1.0)[0] == free
 
 
+def _floor_toy():
+    """Ten targets (eight 0s, two 1s): the two 1s and four 0s score [1, 0.5], four 0s [1, -1]. Predicting 1 on
+    the six near rows: accuracy 0.6, F1(0) = 8/12, F1(1) = 4/8, macro 0.5833 (all 0s: accuracy 0.8, macro 0.4444;
+    all 1s: accuracy 0.2, macro 1/6)."""
+    y = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    logits = np.array([[1.0, 0.5]] * 6 + [[1.0, -1.0]] * 4)
+    return y, logits
+
+
+def test_fit_class_bias_hand_worked_with_accuracy_floor():
+    y = np.array([0, 0, 0, 1])
+    logits = np.array([[1.0, 0.0]] * 3 + [[1.0, 0.8]])
+    bias, scores = fit_class_bias(logits, y)
+    assert (logits + bias).argmax(-1).tolist() == [0, 0, 0, 1] and scores["macro_f1"] == 1.0
+    y, logits = _floor_toy()
+    bias, scores = fit_class_bias(logits, y)
+    assert scores["accuracy"] == pytest.approx(0.6) and scores["macro_f1"] == pytest.approx(0.5 * (8 / 12 + 0.5))
+    assert ((logits + bias).argmax(-1) == [1] * 6 + [0] * 4).all()
+    bias, scores = fit_class_bias(logits, y, min_accuracy=0.7)  # the gain costs accuracy 0.2: refused
+    assert bias.tolist() == [0, 0] and scores["accuracy"] == pytest.approx(0.8)
+
+
+def test_select_posthoc_accuracy_floor_comes_first():
+    """Per-user prior (8, 0) + 1 -> (0.9, 0.1): tau lifts intent 1 by tau * log 9 = 2.197 tau over intent 0, so tau
+    0.25 flips the six near rows (accuracy 0.6, macro 0.5833) and tau 1 flips all (accuracy 0.2)."""
+    y, logits = _floor_toy()
+    n, users, counts = np.full(10, 10), np.zeros(10), np.tile([8.0, 0.0], (10, 1))
+    args = (y, users, logits, logits, n, counts, (0,), (0, 0.25, 1.0), (1.0,), "pooled")
+    assert select_posthoc(*args)[0].tau == 0.25
+    choice, scores = select_posthoc(*args, min_accuracy=0.7)
+    assert choice.tau == 0 and scores["accuracy"] == pytest.approx(0.8)
+    choice, _ = select_posthoc(*args, max_gap=10.0, min_accuracy=0.9)  # nobody reaches it: the most accurate wins
+    assert choice.tau == 0
+    choice, scores = select_posthoc(*args, class_bias=True, min_accuracy=0.7)
+    assert len(choice.bias) == 2 and scores["accuracy"] >= 0.7
+    assert np.array_equal(posthoc_logits(logits, logits, n, counts, choice).argmax(-1),
+                          (logits - choice.tau * np.log(user_prior(counts, 1.0)) + choice.bias).argmax(-1))
+
+
 def test_logit_adjusted_tuning_loss_learns_the_balanced_posterior():
     """One input for every sample, 36 targets of intent 0 and 4 of intent 1: plain cross-entropy learns the
     shares (0.9, 0.1); the logit-adjusted loss with ``loss_tau = 1`` and the prior (0.9, 0.1) (alpha ~ 0) learns
@@ -248,7 +288,7 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
                          ks=(0, 50), taus=(0, 1), reuse=True)
     r = run_pipeline(cfg, tmp_path)
     assert r.rows.tolist() == r.data.rows_of("user_test").tolist()
-    assert {POPULATION, BEFORE, TUNED, PLAIN} <= set(r.preds) and len(r.preds) == 8
+    assert {POPULATION, BEFORE, TUNED, PLAIN} <= set(r.preds) and len(r.preds) == 9
     assert all(p.shape == r.rows.shape for p in r.preds.values())
     assert (r.choices[PLAIN].k, r.choices[PLAIN].tau) == (0, 0)
     assert all(c.k in (0, 50) and c.tau in (0, 1) for c in r.choices.values())
@@ -257,5 +297,10 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
     assert r.sizes["student"]["disk_bytes"] >= 4 * r.sizes["student"]["parameters"]  # float32 safetensors
     again = run_pipeline(cfg, tmp_path)
     assert all(np.array_equal(again.preds[k], r.preds[k]) for k in r.preds)
+    wide = run_pipeline(PipelineConfig(**{**cfg.__dict__, "heldout_share": 0.5}), tmp_path)  # same models reused
+    assert wide.data.split.heldout_share == 0.5 and len(wide.rows) > len(r.rows)
+    assert wide.data.split.population_users == r.data.split.population_users
+    assert {u: wide.data.split.cutoff[u] for u in r.data.split.population_users} == {
+        u: r.data.split.cutoff[u] for u in r.data.split.population_users}
     with pytest.raises(ValueError, match="not reusable"):
         run_pipeline(PipelineConfig(**{**cfg.__dict__, "split_seed": 1}), tmp_path)
