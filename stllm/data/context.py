@@ -14,6 +14,12 @@ compare with the same hours in earlier weeks (a level 20% below usual this after
 event). Off by default: on the Manhattan presets it made the scale-free ridge worse (README, Results).
 Without it a view holds the ``output_len`` target slots only.
 
+With ``level_len`` (the level block, in front of everything else) the context also holds the last
+``level_len`` steps and the same steps on each of the ``weeks`` previous weeks (``[level_week_W ...
+level_week_1 | level_now | ...]``): how busy the last day was against its usual, which the encoder's
+anchor scales by (a city 20% quieter than its weekly profile since yesterday stays quieter for the next
+hours; the historical average alone cannot see it).
+
 A view never overlaps the forecast window: for target step ``t0 + h`` the ``j``-th source is
 ``t0 + h - (k_min(h) + j - 1) * period`` with ``k_min(h)`` the smallest whole number of periods that
 lands before ``t0`` (on daily data with a 12-day horizon, the "1 day earlier" view of day 5 is 6 days
@@ -70,20 +76,25 @@ class ContextSpec:
     days: int = 7
     weeks: int = 8
     recent_views: bool = False  # each view also holds the recent slots (module docstring)
+    level_len: int = 0  # steps of the level block and of each of its weekly copies (0: none)
 
     def __post_init__(self):
         for name in ("input_len", "output_len"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ContextSpec.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("days", "weeks"):
+        for name in ("days", "weeks", "level_len"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"ContextSpec.{name} must be >= 0, got {getattr(self, name)}")
+        if self.level_len and not self.weeks:
+            raise ValueError("ContextSpec.level_len compares the last steps with the same steps in earlier weeks; "
+                             "it needs weeks >= 1")
 
     @classmethod
     def of_encoder(cls, config) -> ContextSpec:
         """The context an encoder built for ``config`` reads (an ``STEncoderConfig``: ``input_window``,
-        ``horizon``, ``days``, ``weeks``, ``recent_views``)."""
-        return cls(config.input_window, config.horizon, config.days, config.weeks, config.recent_views)
+        ``horizon``, ``days``, ``weeks``, ``recent_views``, ``level_len``)."""
+        return cls(config.input_window, config.horizon, config.days, config.weeks, config.recent_views,
+                   getattr(config, "level_len", 0))
 
     @property
     def view_len(self) -> int:
@@ -91,13 +102,25 @@ class ContextSpec:
         return self.output_len + (self.input_len if self.recent_views else 0)
 
     @property
+    def level_steps(self) -> int:
+        """Steps of the level block: the last ``level_len`` steps and their ``weeks`` weekly copies."""
+        return (self.weeks + 1) * self.level_len if self.level_len else 0
+
+    @property
     def length(self) -> int:
-        return (self.weeks + self.days) * self.view_len + self.input_len
+        return self.level_steps + (self.weeks + self.days) * self.view_len + self.input_len
 
     def offsets(self, freq: np.timedelta64, source: str = "city") -> tuple[np.ndarray, np.ndarray]:
         """``(offsets (L,), period (L,))``: steps relative to ``t0`` in window order, and the period in
         steps of each entry (0 for the recent steps), which padding moves by."""
         parts, periods = [], []
+        if self.level_len:
+            p = period_steps(freq, "week", source)
+            now = np.arange(-self.level_len, 0)
+            parts.append((now[None] - p * np.arange(self.weeks, 0, -1)[:, None]).ravel())  # oldest week first
+            periods.append(np.full(self.weeks * self.level_len, p))
+            parts.append(now)
+            periods.append(np.zeros(self.level_len, np.int64))
         for name, k in (("week", self.weeks), ("day", self.days)):
             if k == 0:
                 continue
@@ -117,7 +140,7 @@ class ContextSpec:
         if self.days:
             need.append(period_steps(freq, "day", source) + lead)
         if self.weeks:
-            need.append(period_steps(freq, "week", source) + lead)
+            need.append(period_steps(freq, "week", source) + max(lead, self.level_len))
         return max(need)
 
 
@@ -151,13 +174,16 @@ def fill_padded(window: np.ndarray, padded: np.ndarray, spec: ContextSpec) -> np
     """Replace padded view entries of ``window (B, L, ...)`` by the mean of the same slot over the real
     views of their kind (weeks or days), so the mean over all views (the anchor) is the mean of the
     real ones: exactly the historical average over the weeks that exist. ``padded (B, L)`` is from
-    :func:`context_steps`. Recent steps are never padded. Returns a new float array."""
+    :func:`context_steps`. Recent steps and the last level steps are never padded. Returns a new float array."""
     out = np.array(window, dtype=np.result_type(window.dtype, np.float32), copy=True)
     if not padded.any():
         return out
-    h, start = spec.view_len, 0
     extra = (1,) * (out.ndim - 2)
-    for k in (spec.weeks, spec.days):
+    # (copies, steps per copy, first position): the level block's weekly copies, the week and day views
+    days_at = spec.level_steps + spec.weeks * spec.view_len
+    kinds = ((spec.weeks if spec.level_len else 0, spec.level_len, 0),
+             (spec.weeks, spec.view_len, spec.level_steps), (spec.days, spec.view_len, days_at))
+    for k, h, start in kinds:
         if k == 0:
             continue
         sl = slice(start, start + k * h)
@@ -166,7 +192,6 @@ def fill_padded(window: np.ndarray, padded: np.ndarray, spec: ContextSpec) -> np
         n = real.sum(axis=1, keepdims=True)
         mean = np.where(real, part, 0).sum(axis=1, keepdims=True) / np.maximum(n, 1)
         out[:, sl] = np.where(real, part, mean).reshape(out.shape[0], k * h, *out.shape[2:])
-        start += k * h
     return out
 
 

@@ -57,6 +57,7 @@ class STInstructionDataset(torch.utils.data.Dataset):
         weeks: int = 0,
         recent_views: bool = False,
         prompt_style: str = "urbangpt",
+        level_len: int = 0,
     ):
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style {prompt_style!r}: one of {', '.join(PROMPT_STYLES)}")
@@ -71,7 +72,7 @@ class STInstructionDataset(torch.utils.data.Dataset):
         if (days or weeks) and extra_views:
             raise ValueError("extra_views and a multi-period context (days/weeks) both add day/week history; "
                              "use one: the context holds the same slots")
-        self.context_spec = ContextSpec(input_len, output_len, days, weeks, recent_views)
+        self.context_spec = ContextSpec(input_len, output_len, days, weeks, recent_views, level_len)
         self.city, self.scaler = city, scaler
         self.input_len, self.output_len = input_len, output_len
         self.extra_views, self.with_geo, self.top_pois = tuple(extra_views), with_geo, top_pois

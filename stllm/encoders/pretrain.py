@@ -74,11 +74,12 @@ class PretrainLoss(NamedTuple):
 
 class ReconstructionDecoder(nn.Module):
     """Linear map from the encoder's tokens ``(W, N, K, D)`` to the input window ``(W, N, T, C)``
-    (``T = config.context_length``: the whole multi-period context when the encoder reads one)."""
+    (``T = config.main_length``: the whole multi-period context when the encoder reads one, without the
+    level block, whose steps the context's recent steps and views mostly repeat)."""
 
     def __init__(self, config: STEncoderConfig):
         super().__init__()
-        self.window, self.channels = config.context_length, config.in_channels
+        self.window, self.channels = config.main_length, config.in_channels
         self.proj = nn.Linear(config.num_tokens * config.token_dim, self.window * config.in_channels)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -125,10 +126,11 @@ class STPretrainObjective(nn.Module):
         forecast_loss = masked_mae(forecast, target, f_mask)
         if use_recon:
             recon = self.decoder(tokens)  # (W, N, T, C)
-            r_mask = hidden.permute(0, 2, 1)[..., None]  # (W, N, T, 1)
+            lead = self.encoder.config.level_steps  # the level block is not reconstructed
+            r_mask = hidden[:, lead:].permute(0, 2, 1)[..., None]  # (W, N, T, 1)
             if x_observed is not None:
-                r_mask = r_mask & x_observed.permute(0, 2, 1, 3)
-            recon_loss = masked_mae(recon, x.permute(0, 2, 1, 3), r_mask)
+                r_mask = r_mask & x_observed[:, lead:].permute(0, 2, 1, 3)
+            recon_loss = masked_mae(recon, x[:, lead:].permute(0, 2, 1, 3), r_mask)
         else:
             recon_loss = forecast_loss.new_zeros(())
         return PretrainLoss(forecast_loss + self.recon_weight * recon_loss, forecast_loss, recon_loss, forecast)

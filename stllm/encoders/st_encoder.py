@@ -22,9 +22,16 @@ the forecast is ``anchor + correction`` there, mapped back with the same statist
 the mean of the week views (the historical average; the context mean without week views); the
 correction (the convolutional summary's head plus a linear map of the whole normalised input, so the
 encoder holds at least a ridge on its context) starts at zero, so an untrained encoder forecasts the
-historical average. The statistics and the forecast in normalised units (``loc``, ``scale``,
-``base``) are returned for the LLM's heads, which add their own correction to it (so stage 2 starts
-from the stage-1 forecast); the statistics are also an input (events depend on the absolute level).
+historical average. With a level block (``level_len``, see :mod:`stllm.data.context`) the anchor is the
+historical average times ``exp(sum_i a_i log r_i)``: ``r_i`` how busy the last ``input_window`` steps,
+the last ``level_len`` steps and the oldest ``horizon`` of them (yesterday's target slots when
+``level_len`` is a day) were against the same steps in earlier weeks, in counts (``level_zero`` and
+``level_unit`` undo the global scaler), ``a`` learned per channel from zero (so an untrained encoder
+still forecasts the historical average). Multiplicative, because a quiet day scales the peak hours
+more than the night; no linear map of the normalised context can express that (the log ratios are
+also an input). The statistics and the forecast in normalised units (``loc``, ``scale``, ``base``) are
+returned for the LLM's heads, which add their own correction to it (so stage 2 starts from the stage-1
+forecast); the statistics are also an input (events depend on the absolute level).
 Normalisation runs in float32 under autocast.
 """
 
@@ -62,6 +69,10 @@ class STEncoderConfig:
     days: int = 0
     weeks: int = 0
     recent_views: bool = False  # the views hold the recent slots too (stllm.data.context)
+    level_len: int = 0  # steps of the level block (stllm.data.context); 0: the anchor is the historical average
+    level_zero: tuple[float, ...] = ()  # per input channel: the scaled value of a zero count
+    level_unit: tuple[float, ...] = ()  # per input channel: the scaled size of one count
+    level_smoothing: float = 0.25  # counts added per step to both sides of a level ratio (quiet regions)
     normalize: bool = True
     residual: bool = True
     norm_eps: float = 0.1
@@ -77,9 +88,17 @@ class STEncoderConfig:
         for name in ("in_channels", "out_channels", "input_window", "horizon", "layers", "num_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"STEncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("days", "weeks"):
+        for name in ("days", "weeks", "level_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"STEncoderConfig.{name} must be >= 0, got {getattr(self, name)}")
+        self.level_zero = tuple(float(v) for v in self.level_zero)
+        self.level_unit = tuple(float(v) for v in self.level_unit)
+        if self.level_len:
+            if not (self.weeks and self.normalize and self.residual):
+                raise ValueError("STEncoderConfig.level_len scales the seasonal anchor: it needs weeks >= 1, "
+                                 "normalize and residual")
+            if any(u <= 0 for u in self.level_unit) or self.level_smoothing <= 0:
+                raise ValueError("STEncoderConfig.level_unit and level_smoothing must be > 0")
         if self.normalize and self.out_channels > self.in_channels:
             raise ValueError(f"STEncoderConfig: normalize forecasts output channel k as a correction to input channel "
                              f"k, so out_channels ({self.out_channels}) must be <= in_channels ({self.in_channels}); "
@@ -88,9 +107,20 @@ class STEncoderConfig:
             raise ValueError(f"STEncoderConfig.norm_eps must be > 0, got {self.norm_eps}")
 
     @property
-    def context_length(self) -> int:
-        """Input steps per window: the recent ``input_window`` plus one :attr:`view_len` per day/week view."""
+    def main_length(self) -> int:
+        """Steps after the level block: the recent ``input_window`` plus one :attr:`view_len` per day/week
+        view (what the convolutions, the views' map and the linear correction read)."""
         return (self.days + self.weeks) * self.view_len + self.input_window
+
+    @property
+    def level_steps(self) -> int:
+        """Steps of the level block in front of the context (the last ``level_len`` and their weekly copies)."""
+        return (self.weeks + 1) * self.level_len if self.level_len else 0
+
+    @property
+    def context_length(self) -> int:
+        """Input steps per window: the level block, then :attr:`main_length`."""
+        return self.level_steps + self.main_length
 
     @property
     def view_len(self) -> int:
@@ -112,6 +142,7 @@ class STEncoderConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["kernel_set"] = list(self.kernel_set)
+        d["level_zero"], d["level_unit"] = list(self.level_zero), list(self.level_unit)
         return d
 
     @classmethod
@@ -188,12 +219,58 @@ def seasonal_anchor(x_norm: torch.Tensor, config: STEncoderConfig) -> torch.Tens
     return weeks[:, :, span - config.horizon :].mean(dim=1)  # the target slots of each week
 
 
+LEVEL_RATIOS = 3  # the last input_window steps, the whole level block, its oldest horizon steps
+
+
+def level_from_scaler(scaler) -> dict:
+    """``level_zero`` / ``level_unit`` for an encoder fed ``scaler.transform(counts)`` (an ``STScaler``): the
+    scaled value of a zero count and the scaled size of one count, per channel (of ``log1p`` counts when
+    the scaler takes logs)."""
+    return {"level_zero": [-m / s for m, s in zip(scaler.mean, scaler.std)],
+            "level_unit": [1.0 / s for s in scaler.std]}
+
+
+def level_log_ratios(block: torch.Tensor, config: STEncoderConfig, clamp: float = 3.0) -> torch.Tensor:
+    """``block (W, level_steps, N, C)`` scaled values -> ``(W, N, LEVEL_RATIOS, C)`` float32 log ratios of the
+    counts in the last steps to their mean over the same steps in the earlier weeks (module docstring),
+    each side smoothed with ``level_smoothing`` counts per step, clamped to ``+-clamp``."""
+    cfg = config
+    w, _, n, c = block.shape
+    zero = torch.tensor(cfg.level_zero, dtype=torch.float32, device=block.device)
+    unit = torch.tensor(cfg.level_unit, dtype=torch.float32, device=block.device)
+    counts = ((block.float() - zero) / unit).clamp_min(0).reshape(w, cfg.weeks + 1, cfg.level_len, n, c)
+    now, usual = counts[:, -1], counts[:, :-1].mean(dim=1)  # (W, L, N, C)
+    spans = (slice(cfg.level_len - min(cfg.input_window, cfg.level_len), None), slice(None),
+             slice(0, min(cfg.horizon, cfg.level_len)))
+    ratios = []
+    for sl in spans:
+        k = cfg.level_smoothing * len(range(cfg.level_len)[sl])
+        ratios.append(((now[:, sl].sum(dim=1) + k) / (usual[:, sl].sum(dim=1) + k)).log())
+    return torch.stack(ratios, dim=1).permute(0, 2, 1, 3).clamp(-clamp, clamp)  # (W, N, R, C)
+
+
+def level_anchor(anchor: torch.Tensor, log_ratios: torch.Tensor, weights: torch.Tensor, loc: torch.Tensor,
+                 scale: torch.Tensor, config: STEncoderConfig) -> torch.Tensor:
+    """The anchor ``(W, N, H, C)`` (normalised units) scaled in counts by ``exp(log_ratios . weights)``
+    (``log_ratios (W, N, R, C)``, ``weights (R, C)``), back in normalised units; ``loc``/``scale``
+    ``(W, N, 1, C)`` are the window's normalisation statistics."""
+    zero = torch.tensor(config.level_zero, dtype=torch.float32, device=anchor.device)
+    unit = torch.tensor(config.level_unit, dtype=torch.float32, device=anchor.device)
+    gain = torch.exp((log_ratios * weights.float()).sum(dim=2, keepdim=True))  # (W, N, 1, C)
+    counts = ((anchor * scale + loc - zero) / unit).clamp_min(0)  # the historical average in counts
+    return anchor + counts * (gain - 1) * unit / scale
+
+
 class STEncoder(nn.Module):
     """Gated dilated-inception TCN with multi-level skip connections (see module docstring)."""
 
     def __init__(self, config: STEncoderConfig | dict | None = None):
         super().__init__()
         cfg = self.config = STEncoderConfig.from_dict(config)
+        if cfg.level_len and (len(cfg.level_zero) != cfg.in_channels or len(cfg.level_unit) != cfg.in_channels):
+            raise ValueError(f"STEncoderConfig.level_len needs level_zero and level_unit with one value per input "
+                             f"channel ({cfg.in_channels}), got {len(cfg.level_zero)} and {len(cfg.level_unit)}: "
+                             "take them from the scaler the inputs are scaled with (level_from_scaler)")
         rf = cfg.receptive_field
         self.start_conv = nn.Conv2d(cfg.in_channels, cfg.residual_channels, 1)
         self.skip0 = nn.Conv2d(cfg.in_channels, cfg.skip_channels, (1, rf))
@@ -219,8 +296,11 @@ class STEncoder(nn.Module):
         # the statistics themselves (level and log spread, scaled units): events depend on the absolute level
         self.stats_proj = nn.Conv2d(2 * cfg.in_channels, cfg.skip_channels, 1) if cfg.normalize else None
         # a linear map of the whole normalised input straight to the correction: at least a ridge on it
-        self.linear_proj = (nn.Conv2d(cfg.context_length * cfg.in_channels, cfg.horizon * cfg.out_channels, 1)
+        self.linear_proj = (nn.Conv2d(cfg.main_length * cfg.in_channels, cfg.horizon * cfg.out_channels, 1)
                             if cfg.normalize else None)  # fmt: skip
+        # the level anchor's exponents (zero: the plain historical average) and the ratios as an input
+        self.level_weights = nn.Parameter(torch.zeros(LEVEL_RATIOS, cfg.in_channels)) if cfg.level_len else None
+        self.level_proj = nn.Conv2d(LEVEL_RATIOS * cfg.in_channels, cfg.skip_channels, 1) if cfg.level_len else None
         self.token_conv = nn.Conv2d(cfg.skip_channels, cfg.num_tokens * cfg.token_dim, 1)
         self.end_conv_1 = nn.Conv2d(cfg.skip_channels, cfg.end_channels, 1)
         self.end_conv_2 = nn.Conv2d(cfg.end_channels, cfg.horizon * cfg.out_channels, 1)
@@ -233,6 +313,8 @@ class STEncoder(nn.Module):
                 for conv in (self.end_conv_2, self.linear_proj):
                     conv.weight.zero_()
                     conv.bias.zero_()
+                if self.level_weights is not None:
+                    self.level_weights.zero_()
 
     @property
     def token_dim(self) -> int:
@@ -257,6 +339,12 @@ class STEncoder(nn.Module):
                 got = None if adj is None else tuple(adj.shape)
                 raise ValueError(f"STEncoder with graph_mixing needs st_adj of shape ({n}, {n}), got {got}")
             adj = adj.to(dtype=x.dtype, device=x.device)
+        log_ratios = None
+        if cfg.level_len:
+            with torch.autocast(x.device.type, enabled=False):
+                log_ratios = level_log_ratios(x[:, : cfg.level_steps], cfg)  # (W, N, R, C)
+            x = x[:, cfg.level_steps :]
+            t = cfg.main_length
         loc = scale = anchor = None
         if cfg.normalize:
             with torch.autocast(x.device.type, enabled=False):
@@ -288,6 +376,8 @@ class STEncoder(nn.Module):
         if self.stats_proj is not None:
             stats = torch.cat([loc, scale.log()], dim=-1)[:, 0]  # (W, N, 2C)
             skip = skip + self.stats_proj(stats.permute(0, 2, 1).unsqueeze(-1).to(skip.dtype))
+        if log_ratios is not None:
+            skip = skip + self.level_proj(log_ratios.reshape(w, n, -1).permute(0, 2, 1).unsqueeze(-1).to(skip.dtype))
         skip = F.relu(skip)
         tokens = self.token_conv(skip).squeeze(-1).permute(0, 2, 1).reshape(w, n, cfg.num_tokens, -1)
         out = self.end_conv_2(F.relu(self.end_conv_1(skip)))  # (W, horizon*C_out, N, 1)
@@ -298,6 +388,9 @@ class STEncoder(nn.Module):
         if cfg.normalize:
             loc, scale = loc.permute(0, 2, 1, 3), scale.permute(0, 2, 1, 3)  # (W, N, 1, C)
             anchor = anchor.permute(0, 2, 1, 3)  # (W, N, H, C)
+            if log_ratios is not None:
+                with torch.autocast(x.device.type, enabled=False):
+                    anchor = level_anchor(anchor, log_ratios, self.level_weights, loc, scale, cfg)
             k = cfg.out_channels
             base = anchor[..., :k] + forecast.float()
             forecast = denormalise(base, loc, scale, k)

@@ -93,7 +93,7 @@ def eval_dataset(city, scaler, d_args: DataArguments, enc, regions, time: slice,
     return STInstructionDataset(city, scaler, regions=regions, time=time, input_len=enc.input_window,
                                 output_len=enc.horizon, stride=stride, extra_views=views, with_geo=d_args.with_geo,
                                 days=enc.days, weeks=enc.weeks, recent_views=enc.recent_views,
-                                prompt_style=d_args.prompt_style)  # fmt: skip
+                                prompt_style=d_args.prompt_style, level_len=enc.level_len)  # fmt: skip
 
 
 def _check_options(mode: str, batch_size, stride, eval_days, baselines) -> None:

@@ -141,6 +141,10 @@ class DataArguments:
         default=False, metadata={"help": "Encoder context: each day/week view also holds the recent steps' slots, "
                                  "so the encoder sees how the last hours compare with the same hours before "
                                  "(taken from --st_encoder_path's config when one is given)."})
+    context_level: bool = field(
+        default=False, metadata={"help": "Encoder context: also the last day and the same hours in each context "
+                                 "week; the anchor is scaled by how busy the last hours were against their usual "
+                                 "(taken from --st_encoder_path's config when one is given)."})
     extra_views: str = field(
         default="", metadata={"help": "Extra history placeholders (older mechanism, needs context 0/0): comma list "
                               "of day,week."})

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,16 @@ from stllm.data.scaler import STScaler
 from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, hold_out_regions, split_record
 from stllm.encoders.io import save_encoder
 from stllm.encoders.linear import RidgeAccumulator
-from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
-from stllm.encoders.st_encoder import STEncoder, STEncoderConfig, normalise_context, seasonal_anchor
+from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows, masked_mae
+from stllm.encoders.st_encoder import (
+    STEncoder,
+    STEncoderConfig,
+    level_anchor,
+    level_from_scaler,
+    level_log_ratios,
+    normalise_context,
+    seasonal_anchor,
+)
 from stllm.train.checks import (
     claims_output_dir,
     fraction_half_open,
@@ -166,6 +174,49 @@ def evaluate_windows(
     return {"mae": err / count, "last_value_mae": err_last / count, "count": count}
 
 
+def _anchor_parts(encoder: STEncoder, b) -> tuple[torch.Tensor, ...]:
+    """``(xn, anchor, loc, scale, log_ratios)`` of a window batch as the encoder computes them (anchor,
+    loc, scale as ``(B, N, H|1, C)``; ``log_ratios`` None without a level block)."""
+    cfg = encoder.config
+    log_ratios = level_log_ratios(b.x[:, : cfg.level_steps], cfg) if cfg.level_len else None
+    xn, loc, scale = normalise_context(b.x[:, cfg.level_steps :], cfg.norm_eps)  # (B, L, N, C)
+    anchor = seasonal_anchor(xn, cfg).permute(0, 2, 1, 3)
+    return xn, anchor, loc.permute(0, 2, 1, 3), scale.permute(0, 2, 1, 3), log_ratios
+
+
+def warm_start_level(encoder: STEncoder, sampler: WindowSampler, max_windows: int = 2048, steps: int = 200,
+                     lr: float = 0.05, chunk: int = 64) -> int:
+    """Fit the level anchor's exponents (``level_weights``) alone on training windows, the rest of the
+    encoder at its start (correction zero): the level-scaled historical average as the starting point
+    (a few parameters, so SGD at the encoder's rate would take thousands of steps to get there). Full-batch
+    Adam on the forecast MAE in scaled units. Returns the number of windows used (0 without a level block)."""
+    cfg = encoder.config
+    if encoder.level_weights is None or max_windows <= 0:
+        return 0
+    starts = np.unique(np.linspace(sampler.first, sampler.last, num=min(sampler.n_windows, max_windows)).astype(int))
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(starts), chunk):
+            b = sampler.batch(starts[i : i + chunk])
+            _, anchor, loc, scale, log_ratios = _anchor_parts(encoder, b)
+            obs = None if b.y_observed is None else b.y_observed.permute(0, 2, 1, 3)
+            parts.append((anchor, loc, scale, log_ratios, b.y.permute(0, 2, 1, 3), obs))
+    anchor, loc, scale, log_ratios, y = (torch.cat([p[j] for p in parts]) for j in range(5))
+    obs = None if parts[0][5] is None else torch.cat([p[5] for p in parts])
+    k = cfg.out_channels
+    obs = None if obs is None else obs[..., :k]
+    weights = torch.zeros_like(encoder.level_weights, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.Adam([weights], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        pred = level_anchor(anchor, log_ratios, weights, loc, scale, cfg) * scale + loc  # scaled units
+        masked_mae(pred[..., :k], y[..., :k], obs).backward()
+        opt.step()
+    with torch.no_grad():
+        encoder.level_weights.copy_(weights.detach())
+    return len(starts)
+
+
 @torch.no_grad()
 def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: int = 2048, alpha: float = 0.01,
                       chunk: int = 64) -> int:
@@ -178,11 +229,14 @@ def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: i
         return 0
     starts = np.unique(np.linspace(sampler.first, sampler.last, num=min(sampler.n_windows, max_windows)).astype(int))
     k = cfg.out_channels
-    acc = RidgeAccumulator(cfg.context_length * cfg.in_channels + 1, cfg.horizon * k)
+    acc = RidgeAccumulator(cfg.main_length * cfg.in_channels + 1, cfg.horizon * k)
     for i in range(0, len(starts), chunk):
         b = sampler.batch(starts[i : i + chunk])
-        xn, loc, scale = normalise_context(b.x, cfg.norm_eps)  # (B, L, N, C)
-        target = (b.y[..., :k] - loc[..., :k]) / scale[..., :k] - seasonal_anchor(xn, cfg)[..., :k]  # (B, H, N, k)
+        xn, anchor, loc, scale, log_ratios = _anchor_parts(encoder, b)  # the level block left out of xn
+        if log_ratios is not None:  # the anchor the correction is added to: level-scaled
+            anchor = level_anchor(anchor, log_ratios, encoder.level_weights, loc, scale, cfg)
+        y = b.y.permute(0, 2, 1, 3)[..., :k]
+        target = ((y - loc[..., :k]) / scale[..., :k] - anchor[..., :k]).permute(0, 2, 1, 3)  # (B, H, N, k)
         rows = xn.shape[0] * xn.shape[2]
         feats = torch.cat([xn.permute(0, 2, 1, 3).reshape(rows, -1), torch.ones(rows, 1)], dim=1)
         keep = torch.ones(rows, dtype=torch.bool)
@@ -286,6 +340,8 @@ def pretrain_st_encoder(
         scaler = STScaler.fit(city, regions=fit_ids, time=slice(t0, t1), log1p=log1p)
     elif len(scaler.mean) != city.n_channels:
         raise ValueError(f"scaler has {len(scaler.mean)} channels, the city has {city.n_channels}")
+    if cfg.level_len and not cfg.level_zero:  # the level anchor compares counts: undo this scaler
+        cfg = replace(cfg, **level_from_scaler(scaler))
     # steps [0, t1): windows start inside [t0, ...); a multi-period context may read the past before t0
     context = encoder_context(cfg, city)
     first = t0 if context is None else max(
@@ -343,11 +399,21 @@ def pretrain_st_encoder(
                                  regions_per_batch=regions_per_batch, mask=observed, seed=seed, context=context)
 
         # the closed-form start (fitted on the training part) is kept only if it beats the anchor on validation
-        start_mae, warm_rows = validation_mae(), 0
+        start_mae, warm_rows, level_windows = validation_mae(), 0, 0
+        if encoder.level_weights is not None and warm_start_windows > 0:  # likewise the level exponents
+            level_windows = warm_start_level(encoder, warm_sampler(v0), warm_start_windows)
+            if validation_mae() >= start_mae:
+                encoder.reset_parameters()
+                level_windows = 0
+            else:
+                level_windows = warm_start_level(encoder, warm_sampler(v1), warm_start_windows)
+                start_mae = validation_mae()
         if encoder.linear_proj is not None and warm_start_windows > 0:
             warm_rows = warm_start_linear(encoder, warm_sampler(v0), warm_start_windows)
             if validation_mae() >= start_mae:
-                encoder.reset_parameters()  # the linear start does not help here: back to the anchor
+                with torch.no_grad():  # the linear start does not help here: back to the (level) anchor
+                    encoder.linear_proj.weight.zero_()
+                    encoder.linear_proj.bias.zero_()
                 warm_rows = 0
             else:  # it helps: refit on the whole training time range, as the ridge baseline is fitted
                 warm_rows = warm_start_linear(encoder, warm_sampler(v1), warm_start_windows)
@@ -422,6 +488,8 @@ def pretrain_st_encoder(
         "train": _metrics_block(train, channels, len(train_starts), len(fit_ids)),
         "best_epoch": best_epoch,
         "warm_start_rows": warm_rows,
+        "level_start_windows": level_windows,
+        "level_weights": None if encoder.level_weights is None else encoder.level_weights.tolist(),
         "epochs_run": len(history),
         "steps": step,
         "stopped_early": stopped_early,

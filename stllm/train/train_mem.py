@@ -32,11 +32,13 @@ from stllm.data import (
     split_record,
     train_tokenizer,
 )
+from stllm.data.context import period_steps
 from stllm.data.loaders import load_preset
 from stllm.data.prompts import tokenizer_corpus
 from stllm.data.splits import hold_out_regions, set_aside
 from stllm.encoders.io import CONFIG_NAME as ENCODER_CONFIG
 from stllm.encoders.io import load_encoder
+from stllm.encoders.st_encoder import level_from_scaler
 from stllm.errors import run_command, split_debug
 from stllm.models import STLlamaConfig, STLlamaForCausalLM
 from stllm.models.lora import add_lora
@@ -126,6 +128,7 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
                         encoder_dir)
         data_args.context_days, data_args.context_weeks = enc.days, enc.weeks
         data_args.context_recent_views = enc.recent_views
+        data_args.context_level = bool(enc.level_len)
     scaler_file = Path(encoder_dir) / "scaler.json" if encoder_dir else None
     scaler = None
     if scaler_file is not None and scaler_file.is_file():
@@ -141,7 +144,7 @@ def prepare_data(data_args: DataArguments, encoder_dir: str | None = None) -> Pr
             city, scaler, regions=ids, time=time, input_len=data_args.input_len,
             output_len=data_args.output_len, stride=stride, extra_views=views, with_geo=data_args.with_geo,
             days=data_args.context_days, weeks=data_args.context_weeks, prompt_style=data_args.prompt_style,
-            recent_views=data_args.context_recent_views,
+            recent_views=data_args.context_recent_views, level_len=level_len(city, data_args),
         )
 
     val = None
@@ -186,10 +189,16 @@ def _validation_split(city: CityData, train_time: slice, data_args: DataArgument
     return slice(train_time.start, v0), slice(v0 - data_args.input_len, train_time.stop)
 
 
+def level_len(city: CityData, data_args: DataArguments) -> int:
+    """Steps of the encoder context's level block: one day with ``--context_level``, else none."""
+    return period_steps(city.freq, "day", city.source) if data_args.context_level else 0
+
+
 def encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None,
-                   model_args: ModelArguments) -> dict:
+                   model_args: ModelArguments, scaler: STScaler | None = None) -> dict:
     """The ST encoder's config for this run: the stage-1 encoder's when ``encoder_dir`` is given (checked
-    against the data), else one built from the data and model arguments (also what stage 1 trains)."""
+    against the data), else one built from the data and model arguments (also what stage 1 trains; with
+    ``scaler``, the level block's count conversion, which stage 1 adds from its own scaler)."""
     c = city.n_channels
     if encoder_dir:
         cfg_file = Path(encoder_dir) / ENCODER_CONFIG
@@ -210,7 +219,8 @@ def encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | 
     return {"in_channels": c, "out_channels": c, "num_tokens": c, "input_window": data_args.input_len,
             "horizon": data_args.output_len, "days": data_args.context_days, "weeks": data_args.context_weeks,
             "recent_views": data_args.context_recent_views, "normalize": model_args.st_normalize,
-            "residual": model_args.st_residual}
+            "residual": model_args.st_residual, "level_len": level_len(city, data_args),
+            **(level_from_scaler(scaler) if scaler is not None and data_args.context_level else {})}
 
 
 def event_pos_weight(data: PreparedData, cap: float = 20.0) -> list[float] | None:
@@ -224,7 +234,7 @@ def event_pos_weight(data: PreparedData, cap: float = 20.0) -> list[float] | Non
 
 def build_model(model_args: ModelArguments, data_args: DataArguments, data: PreparedData, attn: str):
     """A pretrained backbone wrapped with ST modules, or a tiny Llama with an offline tokenizer."""
-    enc_cfg = encoder_config(data.city, data_args, model_args.st_encoder_path, model_args)
+    enc_cfg = encoder_config(data.city, data_args, model_args.st_encoder_path, model_args, data.scaler)
     common = dict(
         cls_pos_weight=event_pos_weight(data),
         st_encoder_config=enc_cfg, projector_type=model_args.projector_type, lm_loss_weight=model_args.lm_loss_weight,

@@ -97,3 +97,31 @@ def test_extra_views_are_moved_back_whole_periods_until_they_end_before_the_targ
     assert ("one week earlier" in text) == (shift == 1)
     if freq == "1D":
         assert ds.view_shifts == (2, 12) and "12 days earlier" in text and "2 weeks earlier" in text
+
+
+def test_level_block_holds_the_last_day_and_the_same_steps_in_each_context_week():
+    """``[level week 3, 2, 1 | level now | weeks | days | recent]``: the level copies sit whole weeks back,
+    the rest of the layout is the level-free one, and a copy before the data is filled from the real ones."""
+    step, day, week = np.timedelta64(1, "h"), 24, 168
+    spec = ContextSpec(12, 12, days=2, weeks=3, level_len=day)
+    plain = ContextSpec(12, 12, days=2, weeks=3)
+    assert spec.length == 4 * day + plain.length and spec.level_steps == 96
+    t0 = np.array([10 * week, 10 * week + 5])
+    idx, padded = context_steps(spec, step, t0)
+    assert not padded.any()
+    last_day = t0[:, None] - day + np.arange(day)
+    np.testing.assert_array_equal(idx[:, 3 * day : 4 * day], last_day)
+    for j, k in enumerate((3, 2, 1)):  # oldest week first
+        np.testing.assert_array_equal(idx[:, j * day : (j + 1) * day], last_day - k * week)
+    np.testing.assert_array_equal(idx[:, 4 * day :], context_steps(plain, step, t0)[0])
+    assert spec.min_history(step) == week + day  # one whole weekly copy of the last day
+    with pytest.raises(ValueError, match=f"needs at least {week + day}"):
+        context_steps(spec, step, [week + day - 1])
+    with pytest.raises(ValueError, match="needs weeks >= 1"):
+        ContextSpec(12, 12, days=1, weeks=0, level_len=day)
+    city = synthetic_city(n_regions=2, days=20, freq="1h")
+    t = np.array([week + 30])  # only the copy one week back exists
+    window = gather_context(city.values, spec, city.freq, t)
+    one_back = city.values[t[0] - day - week : t[0] - week]
+    for j in range(3):
+        np.testing.assert_allclose(window[0, j * day : (j + 1) * day], one_back)

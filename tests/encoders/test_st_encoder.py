@@ -149,3 +149,65 @@ def test_recent_views_widen_every_view_and_survive_a_save():
     wide = STEncoderConfig(days=7, weeks=8, recent_views=True)
     assert STEncoderConfig.from_dict(wide.to_dict()).context_length == 15 * 24 + 12 == wide.context_length
 
+
+
+def _level_config(**kw) -> STEncoderConfig:
+    # a scaler with mean 10 and std 2: a count c reads (c - 10) / 2, so zero is -5 and one count 0.5
+    return STEncoderConfig(**{**dict(days=1, weeks=2, input_window=2, horizon=3, level_len=4, level_zero=(-5.0,),
+                                     level_unit=(0.5,), in_channels=1, out_channels=1, num_tokens=1), **kw})
+
+
+def test_level_ratios_compare_counts_with_the_same_steps_in_earlier_weeks():
+    """Worked by hand: last 4 steps 4, 4, 8, 8 counts; both earlier weeks 2, 2, 4, 4; 0.25 counts per step
+    smooth each side. Recent (last 2 steps): (16 + .5) / (8 + .5); all 4: (24 + 1) / (12 + 1); oldest 3 (the
+    horizon): (16 + .75) / (8 + .75)."""
+    from stllm.encoders.st_encoder import level_log_ratios
+
+    counts = torch.tensor([2, 2, 4, 4, 2, 2, 4, 4, 4, 4, 8, 8], dtype=torch.float32)
+    block = ((counts - 10) / 2).reshape(1, 12, 1, 1)
+    got = level_log_ratios(block, _level_config())
+    assert got.shape == (1, 1, 3, 1)
+    want = torch.tensor([16.5 / 8.5, 25 / 13, 16.75 / 8.75]).log()
+    torch.testing.assert_close(got[0, 0, :, 0], want)
+
+
+def test_level_anchor_scales_the_historical_average_in_counts():
+    """Untrained (exponents 0): the plain historical average. With exponent 1 on the recent ratio: the
+    historical average in counts times (last 12 counts + 3) / (their mean over the 4 earlier weeks + 3),
+    computed here from the city's counts directly."""
+    import numpy as np
+
+    from stllm.data import STScaler, synthetic_city
+    from stllm.data.context import ContextSpec, gather_context
+    from stllm.encoders.st_encoder import level_from_scaler
+    from stllm.eval.baselines import historical_average
+
+    city = synthetic_city(n_regions=3, days=40, freq="1h")
+    scaler = STScaler.fit(city)
+    cfg = STEncoderConfig(days=2, weeks=4, level_len=24, **level_from_scaler(scaler))
+    enc = STEncoder(cfg).eval()
+    t0 = np.array([5 * 168 + 7, 5 * 168 + 30])
+    x = scaler.transform(gather_context(city.values, ContextSpec.of_encoder(cfg), city.freq, t0)).astype(np.float32)
+    ha = historical_average(city, t0 - 12, np.arange(3), 12, 12, weeks=4)  # (B, N, H, C)
+    with torch.no_grad():
+        plain = scaler.inverse(enc(torch.from_numpy(x)).forecast.double().numpy())
+        np.testing.assert_allclose(plain, ha, rtol=1e-4, atol=1e-3)
+        enc.level_weights.zero_()
+        enc.level_weights[0] = 1.0
+        scaled = scaler.inverse(enc(torch.from_numpy(x)).forecast.double().numpy())
+    v = city.values.astype(np.float64)
+    now = np.stack([v[t - 12 : t].sum(0) for t in t0])  # (B, N, C)
+    usual = np.stack([np.mean([v[t - 12 - k * 168 : t - k * 168].sum(0) for k in range(1, 5)], axis=0) for t in t0])
+    np.testing.assert_allclose(scaled, ha * ((now + 3) / (usual + 3))[:, :, None], rtol=1e-4, atol=1e-3)
+
+
+def test_level_block_needs_weeks_and_the_count_conversion():
+    with pytest.raises(ValueError, match="needs weeks >= 1, normalize and residual"):
+        _level_config(weeks=0)
+    with pytest.raises(ValueError, match="level_zero and level_unit with one value per input channel"):
+        STEncoder(_level_config(level_zero=(), level_unit=()))
+    saved = _level_config().to_dict()
+    assert STEncoderConfig.from_dict(saved).context_length == 3 * 4 + 3 * 3 + 2  # level block, 3 views, recent
+    for key in ("level_len", "level_zero", "level_unit", "level_smoothing"):  # saved before the level block
+        del saved[key]
+    assert STEncoderConfig.from_dict(saved).context_length == 3 * 3 + 2
