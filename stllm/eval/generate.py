@@ -47,17 +47,15 @@ class SamplingConfig:
     user_prior: float = 0.0  # share of lines whose place is drawn from the user's history prior
     user_prior_hours: float = 0.0  # share of lines whose start hour is drawn from it
     user_prior_lines: float = 0.0  # share of days whose number of activities is drawn from it
-    time_temperature: float | None = None  # temperature while a start time is written (None: ``temperature``)
     reach: bool = True  # places within reach of the previous one (data with coordinates)
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
                 or self.prefer_own < 0 or self.prefer_hours < 0 or not 0 <= self.user_prior <= 1
-                or not 0 <= self.user_prior_hours <= 1 or not 0 <= self.user_prior_lines <= 1
-                or (self.time_temperature is not None and self.time_temperature <= 0)):
+                or not 0 <= self.user_prior_hours <= 1 or not 0 <= self.user_prior_lines <= 1):
             raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own, "
-                             f"prefer_hours >= 0, user_prior, user_prior_hours, user_prior_lines in [0, 1] and "
-                             f"time_temperature > 0; got {self}")
+                             "prefer_hours >= 0 and user_prior, user_prior_hours, user_prior_lines in [0, 1]; "
+                             f"got {self}")
 
     @property
     def uses_prior(self) -> bool:
@@ -155,8 +153,7 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
                                        cfg.user_prior_hours if prior else 0.0,
                                        seed=int(torch.randint(2**31 - 1, ()).item()),
                                        weekends=prefer[3][rows] if prefer else None,
-                                       length_weight=cfg.user_prior_lines if prior else 0.0,
-                                       time_scale=cfg.temperature / (cfg.time_temperature or cfg.temperature))
+                                       length_weight=cfg.user_prior_lines if prior else 0.0)
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
@@ -283,8 +280,6 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    "drawn from the user's history, p_user(hour | previous place and hour)")
     p.add_argument("--user_prior_lines", type=float, default=0.0, help="share (0-1) of days whose number of "
                    "activities is drawn from the user's history (weekday/weekend); the day then has exactly that many")
-    p.add_argument("--time_temperature", type=float, default=None, help="sampling temperature while a start time "
-                                                                         "is written (default: --temperature)")
     p.add_argument("--no_reach", action="store_true", help="do not restrict places to those within reach")
 
 
@@ -293,7 +288,7 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
                           max_new_tokens=args.max_new_tokens, seed=args.seed, n=getattr(args, "n", 1),
                           prefer_own=args.prefer_own, prefer_hours=args.prefer_hours, user_prior=args.user_prior,
                           user_prior_hours=args.user_prior_hours, user_prior_lines=args.user_prior_lines,
-                          time_temperature=args.time_temperature, reach=not args.no_reach)
+                          reach=not args.no_reach)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -281,8 +281,6 @@ class ActivityLogitsProcessor(LogitsProcessor):
     from the prior (hour given the previous place and hour, not before the previous line) and spelt the same
     way. ``length_weight``: the share of rows whose number of lines is drawn from the prior (per user and
     weekday/weekend, ``weekends`` per row); such a row may not end before it, nor begin a line after it.
-    ``time_scale`` multiplies the logits while a line's start time is open: the time fields' own temperature
-    (``temperature / time_scale``), as the LM's times and places need not be equally sharp.
     Not a product of experts (``+ w log q`` per token): the LM already reads the persona, so the product
     sharpens the users' top places, and the prior's mass lands on short prefix tokens the LM never writes, which
     then derails the day (measured on Tokyo validation days: activities/day JSD 0.054 -> 0.10 at w 0.5, category
@@ -293,7 +291,7 @@ class ActivityLogitsProcessor(LogitsProcessor):
                  prefer_times: Sequence[np.ndarray | None] | None = None, time_bonus: float = 0.0,
                  prior: UserPrior | None = None, users: Sequence | None = None, prior_weight: float = 0.0,
                  hour_weight: float = 0.0, seed: int = 0, weekends: Sequence[bool | None] | None = None,
-                 length_weight: float = 0.0, time_scale: float = 1.0):
+                 length_weight: float = 0.0):
         self.grammar, self.prompt_len, self.max_new_tokens = grammar, prompt_len, max_new_tokens
         self.eos_ids = {int(tokenizer.eos_token_id)}
         self.pad_id = tokenizer.pad_token_id
@@ -331,10 +329,8 @@ class ActivityLogitsProcessor(LogitsProcessor):
         self._time_grid = np.zeros(24 * 60)
         self._time_grid[[v for v in times.leaf_value if v is not None]] = 1.0
         self.forced: dict[tuple[int, int, str], tuple[int, int] | None] = {}  # (row, line, what) -> allowed range
-        if not 0 <= length_weight <= 1 or (length_weight and (prior is None or users is None)) or time_scale <= 0:
-            raise ValueError(f"length_weight {length_weight} must lie in [0, 1] and need a prior and each row's user; "
-                             f"time_scale {time_scale} must be > 0")
-        self.time_scale = float(time_scale)
+        if not 0 <= length_weight <= 1 or (length_weight and (prior is None or users is None)):
+            raise ValueError(f"length_weight {length_weight} must lie in [0, 1] and needs a prior and each row's user")
         self.lines = [self._draw(prior.lengths(u, None if weekends is None else weekends[i], grammar.max_lines),
                                  length_weight) for i, u in enumerate(users)] if length_weight else None
 
@@ -489,7 +485,6 @@ class ActivityLogitsProcessor(LogitsProcessor):
         may_start_line = self.max_new_tokens - done > self.grammar.max_line_bytes + 1
         allow = torch.zeros_like(scores, dtype=torch.bool)
         boost = torch.zeros_like(scores)
-        scale = torch.ones(scores.shape[0], 1, dtype=scores.dtype, device=scores.device)
         for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
             state = self.state_of(tuple(ids))
             target = None if self.lines is None or state == FINISHED else self.lines[row]
@@ -498,8 +493,6 @@ class ActivityLogitsProcessor(LogitsProcessor):
                 more = ~np.isin(tok, list(self.eos_ids))
                 if more.any():
                     tok, lo, hi, tlo, thi = tok[more], lo[more], hi[more], tlo[more], thi[more]
-            if self.time_scale != 1.0 and self._time_open(state):
-                scale[row] = self.time_scale
             allow[row, torch.from_numpy(tok)] = True
             forced = self._forced_range(row, state, lo, tlo) if self.prior is not None and state != FINISHED else None
             if forced is not None:
@@ -516,7 +509,7 @@ class ActivityLogitsProcessor(LogitsProcessor):
                 if counts is not None and counts[row] is not None:
                     hit = (a >= 0) & (counts[row][b + 1] > counts[row][np.maximum(a, 0)])
                     boost[row, torch.from_numpy(tok[hit])] += bonus
-        return ((scores + boost) * scale).masked_fill(~allow, float("-inf"))
+        return (scores + boost).masked_fill(~allow, float("-inf"))
 
 
 def _counts(masks: Sequence[np.ndarray | None] | None) -> list[np.ndarray | None] | None:

@@ -257,7 +257,7 @@ def test_a_forced_place_is_spelt_in_the_tokenizers_own_tokens():
     assert allowed == {(canon[len(ids)],)}
 
 
-def test_a_drawn_day_length_is_kept_exactly_and_time_scale_sharpens_only_times():
+def test_a_drawn_day_length_is_kept_exactly():
     from stllm.data.activity_prior import PriorDay, UserPrior
 
     tok = _tokenizer()
@@ -280,10 +280,5 @@ def test_a_drawn_day_length_is_kept_exactly_and_time_scale_sharpens_only_times()
         == ActivityLogitsProcessor(g, tok, 0, 90, prior=prior, users=["u"] * 4, length_weight=1.0, seed=3).lines
     half = ActivityLogitsProcessor(g, tok, 0, 90, prior=prior, users=["u"] * 200, length_weight=0.5, seed=0)
     assert 0.4 < np.mean([n is None for n in half.lines]) < 0.6  # the share left to the LM
-    scaled = ActivityLogitsProcessor(g, tok, 0, 200, time_scale=2.0)
-    for text, factor in ((" A 1", 2.0), (" A 10:00 |", 1.0)):  # time open: scaled; place open: not
-        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
-        out = scaled(ids, torch.ones(1, len(tok)))
-        assert set(out[torch.isfinite(out)].tolist()) == {factor}
     with pytest.raises(ValueError, match="length_weight"):
         ActivityLogitsProcessor(g, tok, 0, 90, length_weight=0.5)
