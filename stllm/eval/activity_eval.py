@@ -2,9 +2,9 @@
 
 For each held-out day of the checkpoint's data (user, persona, date; never a trained day, checked against the
 checkpoint's record) stllm writes one day per seed under the activity grammar; the copy and Markov baselines
-sample the same requests with the same seeds. With ``--select`` the sampling temperature, the bonus towards
-the user's own places and the share of lines drawn from the user's history prior are first chosen on the
-checkpoint's validation days (training users' days it did not train on; never a test day, checked), by the JSDs
+sample the same requests with the same seeds. With ``--select`` the sampling settings (:data:`SELECT_GRID`:
+temperature, the bonus towards the user's own places, the shares of places, start hours and day lengths drawn
+from the user's history prior) are first chosen on the checkpoint's validation days (training users' days it did not train on; never a test day, checked), by the JSDs
 to those days relative to the per-user Markov's (:func:`margin_score`). Prints the table (JSDs, validity, copies;
 mean +- std over seeds), writes ``metrics.json``, the generated days (``generated_seed{S}.jsonl``) and a map of
 a few generated days over real ones (data with coordinates).
@@ -43,10 +43,15 @@ from stllm.eval.generate import (
 )
 from stllm.safe_io import write_text_atomic
 
-SELECT_TEMPERATURES = (0.8, 1.0)
-SELECT_PREFER_OWN = (0.0, 4.0)  # 2.0 and prefer_hours 2.0 were chosen once in eight runs: dropped for user_prior
-SELECT_PREFER_HOURS = (0.0,)
-SELECT_USER_PRIOR = (0.0, 0.5, 0.75)
+SELECT_GRID = {  # SamplingConfig fields and the values tried (every combination)
+    "temperature": (0.8, 1.0),
+    "prefer_own": (0.0, 4.0),  # 2.0 and prefer_hours 2.0 were chosen once in eight runs: dropped for user_prior
+    "prefer_hours": (0.0,),
+    "user_prior": (0.0, 0.5, 0.75),
+    "user_prior_hours": (0.0,),
+    "user_prior_lines": (0.0,),
+}
+SELECT_DRAWS = 1  # days drawn per validation request and grid point
 SELECT_REQUESTS = 200  # validation days a grid point is scored on (fewer when the test days are capped lower)
 MIN_SELECT_VALID = 0.95  # settings below this validity on validation days are chosen only when all are
 
@@ -74,30 +79,32 @@ def margin_score(row: dict, reference: dict) -> float:
 
 def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: SamplingConfig, own: OwnHistory,
                     progress: bool = True, max_requests: int | None = SELECT_REQUESTS,
-                    temperatures: tuple[float, ...] = SELECT_TEMPERATURES,
-                    prefer_own: tuple[float, ...] = SELECT_PREFER_OWN,
-                    prefer_hours: tuple[float, ...] = SELECT_PREFER_HOURS,
-                    user_prior: tuple[float, ...] = SELECT_USER_PRIOR) -> tuple[SamplingConfig, list[dict]]:
-    """The temperature, own-place and own-hour bonuses and user-prior share (grid) whose days are closest to the
-    validation days (at most ``max_requests``, evenly spaced) by :func:`margin_score` against the per-user Markov
-    fitted on the trained days, among those with validity >= ``MIN_SELECT_VALID`` if any."""
+                    grid: dict[str, tuple] | None = None, draws: int = SELECT_DRAWS
+                    ) -> tuple[SamplingConfig, list[dict]]:
+    """The sampling settings (every combination of ``grid``: SamplingConfig field -> values) whose days
+    (``draws`` per request) are closest to the validation days (at most ``max_requests``, evenly spaced) by
+    :func:`margin_score` against the per-user Markov fitted on the trained days, among those with validity >=
+    ``MIN_SELECT_VALID`` if any."""
+    grid = SELECT_GRID if grid is None else grid
+    unknown = set(grid) - set(SamplingConfig.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"selection grid: field {sorted(unknown)[0]!r} is not a sampling setting")
     val = evenly_spaced(validation_days(record, split), max_requests)
     requests = requests_of(val)
     check_not_trained_on(requests, record)
     cfg = checks_for(record)
     markov = quality_row(generate_days(MarkovBaseline(per_user=True).fit(own.days), requests), val, [], cfg)
-    grid = []
-    for t, b, h, w in itertools.product(temperatures, prefer_own, prefer_hours, user_prior):
-        s = replace(base, temperature=t, prefer_own=b, prefer_hours=h, user_prior=w, seed=0)
+    rows = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        s = replace(base, **point, seed=0, n=draws)
         days = as_chains(requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
         row = quality_row(days, val, own.days, cfg)
-        grid.append({"temperature": t, "prefer_own": b, "prefer_hours": h, "user_prior": w, **row,
-                     "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS])),
+        rows.append({**point, **row, "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS])),
                      "margin": margin_score(row, markov)})
-    ok = [g for g in grid if g["valid"] >= MIN_SELECT_VALID] or grid
+    ok = [g for g in rows if g["valid"] >= MIN_SELECT_VALID] or rows
     best = min(ok, key=lambda g: g["margin"])
-    return replace(base, temperature=best["temperature"], prefer_own=best["prefer_own"],
-                   prefer_hours=best["prefer_hours"], user_prior=best["user_prior"]), grid
+    return replace(base, **{k: best[k] for k in grid}), rows
 
 
 def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, seeds: list[int],
@@ -139,6 +146,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
               "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
                            "prefer_own": sampling.prefer_own, "prefer_hours": sampling.prefer_hours,
                            "user_prior": sampling.user_prior, "user_prior_hours": sampling.user_prior_hours,
+                           "user_prior_lines": sampling.user_prior_lines,
                            "reach": sampling.reach},
               "selection_grid": grid}
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=1, default=float))
@@ -153,13 +161,14 @@ def print_generation_table(result: dict) -> None:
     if result.get("selection_grid"):
         print("\nsampling chosen on validation days (training users' untrained days):")
         for g in result["selection_grid"]:
-            print(f"  temperature {g['temperature']:.1f} prefer_own {g['prefer_own']:.1f} prefer_hours "
-                  f"{g['prefer_hours']:.1f} user_prior {g.get('user_prior', 0.0):.2f}: JSD / per-user Markov "
-                  f"{g['margin']:.3f}, mean JSD {g['mean_jsd']:.4f}, valid {g['valid']:.3f}, copies {g['copies']:.3f}")
+            setting = " ".join(f"{k} {v:g}" for k, v in g.items() if k in SamplingConfig.__dataclass_fields__)
+            print(f"  {setting}: JSD / per-user Markov {g['margin']:.3f}, mean JSD {g['mean_jsd']:.4f}, "
+                  f"valid {g['valid']:.3f}, copies {g['copies']:.3f}")
     s = result["sampling"]
     print(f"\n{result['data']}: {result['n_requests']} held-out days, seeds {result['seeds']}; sampling temperature "
           f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, prefer_hours {s['prefer_hours']}, "
-          f"user_prior {s['user_prior']}, "
+          f"user_prior {s['user_prior']}, user_prior_hours {s['user_prior_hours']}, "
+          f"user_prior_lines {s.get('user_prior_lines', 0.0)}, "
           f"reach {s['reach']}; "
           "JSD lower is better")
     print(format_table(result["rows"]))
@@ -174,8 +183,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds (stllm and baselines)")
     p.add_argument("--output_dir", default=None, help="default: CHECKPOINT/eval-gen")
     p.add_argument("--select", action="store_true", help="choose temperature, --prefer_own, --prefer_hours and "
-                                                         "--user_prior on the checkpoint's validation days first "
-                                                         "(overrides them)")
+                                                         "--user_prior(_hours, _lines) on the checkpoint's validation "
+                                                         "days first (overrides them)")
     return p
 
 
@@ -186,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
                                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                                 prefer_own=args.prefer_own, prefer_hours=args.prefer_hours,
                                                 user_prior=args.user_prior,
-                                                user_prior_hours=args.user_prior_hours, reach=not args.no_reach),
+                                                user_prior_hours=args.user_prior_hours,
+                                                user_prior_lines=args.user_prior_lines, reach=not args.no_reach),
                                  args.data_root, args.max_requests, redraws=args.redraws, select=args.select)
     print_generation_table(result)
     return 0

@@ -195,8 +195,8 @@ def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpo
         assert own.choices[user] == {(a.category, f"{a.lat:.3f},{a.lon:.3f}") for c in split.train
                              if c.user == user and f"{c.user}/{c.date}" in trained for a in c.activities}
     chosen, grid = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64), own,
-                                   progress=False, max_requests=8, temperatures=(0.7, 1.3), prefer_own=(0.0, 2.0),
-                                   prefer_hours=(1.0,), user_prior=(0.5,))
+                                   progress=False, max_requests=8, grid={"temperature": (0.7, 1.3),
+                                   "prefer_own": (0.0, 2.0), "prefer_hours": (1.0,), "user_prior": (0.5,)})
     assert [(g["temperature"], g["prefer_own"], g["prefer_hours"], g["user_prior"]) for g in grid] == [
         (0.7, 0.0, 1.0, 0.5), (0.7, 2.0, 1.0, 0.5), (1.3, 0.0, 1.0, 0.5), (1.3, 2.0, 1.0, 0.5)]
     ok = [g for g in grid if g["valid"] >= 0.95] or grid
@@ -204,6 +204,8 @@ def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpo
     assert (chosen.temperature, chosen.prefer_own, chosen.prefer_hours, chosen.user_prior) == (
         best["temperature"], best["prefer_own"], 1.0, 0.5)
     assert chosen.batch_size == 16 and chosen.max_new_tokens == 64
+    with pytest.raises(ValueError, match="field 'warmth' is not a sampling setting"):
+        select_sampling(model, tok, record, split, SamplingConfig(), own, grid={"warmth": (1.0,)})
 
 
 def test_margin_score_weighs_each_distribution_by_the_reference():
