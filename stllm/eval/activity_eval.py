@@ -4,10 +4,11 @@ For each held-out day of the checkpoint's data (user, persona, date; never a tra
 checkpoint's record) stllm writes one day per seed under the activity grammar; the copy and Markov baselines
 sample the same requests with the same seeds. With ``--select`` the sampling settings (:data:`SELECT_GRID`:
 temperature, the bonus towards the user's own places, the shares of places, start hours and day lengths drawn
-from the user's history prior) are first chosen on the checkpoint's validation days (training users' days it did not train on; never a test day, checked), by the JSDs
-to those days relative to the per-user Markov's (:func:`margin_score`). Prints the table (JSDs, validity, copies;
-mean +- std over seeds), writes ``metrics.json``, the generated days (``generated_seed{S}.jsonl``) and a map of
-a few generated days over real ones (data with coordinates).
+from the user's history prior) are first chosen on the checkpoint's validation days (training users' days it
+did not train on; never a test day, checked), by the JSDs to those days relative to the per-user Markov's
+(:func:`margin_score`). Prints the table (JSDs, validity, copies; mean +- std over seeds), writes
+``metrics.json``, the generated days (``generated_seed{S}.jsonl``) and a map of a few generated days over real
+ones (data with coordinates).
 """
 
 from __future__ import annotations
