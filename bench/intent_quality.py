@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from stllm.data.intent import INTENTS, prepare_intent, resolve_events
+from stllm.eval.intent import intent_summary
 from stllm.eval.intent_baselines import INTENT_BASELINES, baseline_table
-from stllm.eval.intent_metrics import format_intent_table, gap_target, score_table, user_changes
+from stllm.eval.intent_metrics import format_intent_table, score_table, user_changes
 
 
 def seed_rows(r) -> dict[str, dict[str, float]]:
@@ -110,16 +111,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()) + "; users whose "
                   "macro F1 rises/ties/falls: " + ", ".join(
                       f"{n} {c['improved']}/{c['tied']}/{c['worse']}" for n, c in up.items()), flush=True)
-            print(f"seed {seed}: chosen on validation: " + ", ".join(
-                f"{n} k={c.k:g} tau={c.tau:g} alpha={c.alpha:g} offsets=[{' '.join(f'{v:.1f}' for v in c.bias)}] "
-                f"(val acc {r.val_scores[n]['accuracy']:.4f}, macro F1 {r.val_scores[n]['macro_f1']:.4f}, gap "
-                f"{r.val_scores[n]['gap']:.4f})" for n, c in r.choices.items()), flush=True)
-            print("seed {}: validation gaps of the baselines: {}".format(seed, ", ".join(
-                f"{n} {v['gap']:.4f}" for n, v in r.val_scores.items() if n not in r.choices)), flush=True)
             table = {**seed_rows(r), **rows}
-            met, why = gap_target(table, TUNED, POPULATION, [*INTENT_BASELINES, POPULATION, POPULATION_ADJUSTED,
-                                                             BEFORE])
-            print(f"seed {seed}: gap target (strict) {'MET' if met else 'MISSED'}: {why}", flush=True)
+            for line in intent_summary(r.data, r.rows, r.preds, r.choices, r.val_scores, TUNED, POPULATION,
+                                       [*INTENT_BASELINES, POPULATION, POPULATION_ADJUSTED, BEFORE]):
+                print(f"seed {seed}: {line}", flush=True)
             print(format_intent_table(table, f"seed {seed}") + "\n", flush=True)
         r = results[0]
         _, first = np.unique(r.data.log.user[r.rows], return_index=True)

@@ -312,11 +312,21 @@ INTENT_PRESETS = {
 def run_intent_demo(output_dir: str | Path = "runs/demo-tokyo-intent", data: str = "tokyo-intent",
                     steps: int | None = None, seed: int = 0, progress: bool = True, data_root: str | None = None):
     """On-device intent prediction (PITuning-style): population model on population users' earlier days, distilled
-    student (+ ONNX), each held-out user's head tuned (unlearning, history sizing, per-user logit adjustment chosen
-    on validation days inside the users' earlier days) and its ablations; table against the baselines on the
-    held-out users' later days and a per-user macro-F1 before/after plot."""
-    from stllm.eval.intent import report_models
-    from stllm.train.intent_pipeline import BEFORE, PLAIN, TUNED, PipelineConfig, run_pipeline
+    student (+ ONNX), each held-out user's head tuned (unlearning, history sizing, per-user logit adjustment and
+    per-intent offsets chosen on validation days inside the users' earlier days) and its ablations; table against
+    the baselines on the held-out users' later days, users improved / tied / worse, the strict gap target and a
+    per-user macro-F1 before/after plot."""
+    from stllm.eval.intent import intent_summary, report_models
+    from stllm.eval.intent_baselines import INTENT_BASELINES
+    from stllm.train.intent_pipeline import (
+        BEFORE,
+        PLAIN,
+        POPULATION,
+        POPULATION_ADJUSTED,
+        TUNED,
+        PipelineConfig,
+        run_pipeline,
+    )
 
     source, default_steps = INTENT_PRESETS[data]
     out, t0 = Path(output_dir), time.time()
@@ -327,10 +337,8 @@ def run_intent_demo(output_dir: str | Path = "runs/demo-tokyo-intent", data: str
     title = f"{source}: {len(np.unique(r.data.log.user[r.rows]))} held-out users, {len(r.rows)} later-day targets"
     result = report_models(r.data, r.rows, r.preds, out / "eval", title, BEFORE, (TUNED, PLAIN))
     print(result.table)
-    print("chosen on validation days: " + ", ".join(f"{n} k={c.k:g} tau={c.tau:g} alpha={c.alpha:g} (gap "
-                                                    f"{r.val_scores[n]['gap']:.4f})" for n, c in r.choices.items()))
-    print("validation gaps of the baselines: " + ", ".join(f"{n} {v['gap']:.4f}" for n, v in r.val_scores.items()
-                                                          if n not in r.choices))
+    print("\n".join(intent_summary(r.data, r.rows, r.preds, r.choices, r.val_scores, TUNED, POPULATION,
+                                   [*INTENT_BASELINES, POPULATION, POPULATION_ADJUSTED, BEFORE])))
     for who, size in r.sizes.items():
         print(f"{who}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in size.items()))
     print(f"\nwrote: {', '.join(str(f) for f in result.files)}\ndemo took {time.time() - t0:.0f} s")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from stllm.data.intent import (
 )
 from stllm.errors import run_command
 from stllm.eval.intent_baselines import baseline_table
-from stllm.eval.intent_metrics import format_intent_table, per_user_scores, score_table
+from stllm.eval.intent_metrics import format_intent_table, gap_target, per_user_scores, score_table, user_changes
 from stllm.eval.zero_shot import EvalResult, _write_json, print_result
 from stllm.models.intent import load_intent_checkpoint, read_intent_record, run_intent
 
@@ -137,3 +138,26 @@ def report_models(data: PreparedIntent, rows: np.ndarray, preds: dict[str, np.nd
                               per_after)
     files += [plot] if plot is not None else []
     return EvalResult(metrics=metrics, table=format_intent_table(metrics, title), output_dir=out, files=files)
+
+
+def intent_summary(data: PreparedIntent, rows: np.ndarray, preds: dict[str, np.ndarray], choices: dict,
+                   val_scores: dict[str, dict[str, float]], model: str, population: str, baselines: Sequence[str]
+                   ) -> list[str]:
+    """Lines under the table: how many users ``model`` improves, ties and worsens over ``population`` (macro F1),
+    the strict gap target (:func:`stllm.eval.intent_metrics.gap_target`; ``baselines`` are rows of ``preds`` or
+    count baselines), and each post-hoc row's validation choice (``choices``: name -> ``Posthoc``)."""
+    check_heldout(data.log, rows, data.split)
+    y, users = data.log.intent[rows], data.log.user[rows]
+    table = {**{n: score_table(y, p, users, len(INTENTS)) for n, p in preds.items()}, **baseline_table(data)}
+    ch = user_changes(y, preds[population], preds[model], users, len(INTENTS))
+    met, why = gap_target(table, model, population, baselines)
+    return [f"users whose macro F1 rises / ties / falls ({model} over {population}): {ch['improved']} / {ch['tied']} / "
+            f"{ch['worse']} of {sum(ch.values())}",
+            f"gap target (gap below every baseline's, macro F1 >= {population}'s, accuracy within 0.05 of it): "
+            f"{'MET' if met else 'MISSED'} ({why})",
+            "chosen on validation days: " + ", ".join(
+                f"{n} k={c.k:g} tau={c.tau:g} alpha={c.alpha:g} offsets=[{' '.join(f'{v:.1f}' for v in c.bias)}] "
+                f"(val acc {val_scores[n]['accuracy']:.4f}, macro F1 {val_scores[n]['macro_f1']:.4f}, gap "
+                f"{val_scores[n]['gap']:.4f})" for n, c in choices.items()),
+            "validation gaps of the baselines: " + ", ".join(
+                f"{n} {v['gap']:.4f}" for n, v in val_scores.items() if n not in choices)]

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from stllm.data.intent import IntentDataError, prepare_intent, synthetic_events
-from stllm.eval.intent import report_models
-from stllm.eval.intent_baselines import user_markov, user_most_frequent
+from stllm.eval.intent import intent_summary, report_models
+from stllm.eval.intent_baselines import INTENT_BASELINES, user_markov, user_most_frequent
+from stllm.eval.intent_metrics import user_changes
+from stllm.train.tune_intent import Posthoc
 
 
 def test_report_scores_same_targets_and_refuses_training_rows(tmp_path):
@@ -28,3 +30,21 @@ def test_report_scores_same_targets_and_refuses_training_rows(tmp_path):
     leaky = data.rows_of("user_train", "user_test")
     with pytest.raises(IntentDataError, match="not held out"):
         report_models(data, leaky, {"before": np.zeros(len(leaky), dtype=int)}, tmp_path, "t", "before", ())
+
+
+def test_summary_counts_every_user_and_reads_the_gap_target(tmp_path):
+    data = prepare_intent(synthetic_events(seed=4, n_users=10, days=20), seed=1)
+    rows = data.rows_of("user_test")
+    y, users = data.log.intent[rows], data.log.user[rows]
+    preds = {"pop": user_most_frequent(data.tables, data.log, rows).argmax(-1), "model": y.copy()}  # an oracle
+    val = {"model": {"accuracy": 1.0, "macro_f1": 1.0, "gap": 0.0}, "user Markov": {"gap": 0.1}}
+    lines = intent_summary(data, rows, preds, {"model": Posthoc(k=30, tau=0.5, bias=(0.1, -0.2))}, val, "model", "pop",
+                           [*INTENT_BASELINES, "pop"])
+    ch = user_changes(y, preds["pop"], preds["model"], users, 9)
+    assert f"{ch['improved']} / {ch['tied']} / {ch['worse']} of {len(np.unique(users))}" in lines[0]
+    assert ch["worse"] == 0 and "MET" in lines[1]  # the oracle has gap 0, top macro F1 and accuracy
+    assert "k=30 tau=0.5 alpha=1 offsets=[0.1 -0.2]" in lines[2] and "user Markov 0.1000" in lines[3]
+    preds["model"] = preds["pop"]  # the same model: its gap is not below its own
+    assert "MISSED" in intent_summary(data, rows, preds, {}, {}, "model", "pop", ["pop"])[1]
+    with pytest.raises(IntentDataError, match="not held out"):
+        intent_summary(data, data.rows_of("user_train"), {"pop": np.zeros(0)}, {}, {}, "pop", "pop", ["pop"])
