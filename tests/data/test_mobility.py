@@ -3,6 +3,7 @@ choice, the prompt holds one <MOB_PRE> per target row, and the collator lines ro
 
 import numpy as np
 import pytest
+import torch
 
 from stllm.data.mobility import (
     MOB_FEATURES,
@@ -96,3 +97,20 @@ def test_collator_needs_mobility_token(traj):
     tok = train_tokenizer(["a b c"], vocab_size=300)
     with pytest.raises(ValueError, match="add_mobility_token"):
         MobilityCollator(tok)
+
+
+def test_collator_with_text_answers(traj):
+    """Head and generate-mode samples in one batch: head rows only for the head samples; with slot_labels=False the
+    LM labels are the text answers alone; a batch of text samples alone carries no head inputs."""
+    ds = MobilityDataset(traj, [MobilityWindow((0, 44), (45, 59))], candidates=16, text_answers=8)
+    texts = ["\n".join(ChatFormatter(None)(ds[i]["conversation"])) for i in range(len(ds))]
+    tok = train_tokenizer(texts, vocab_size=400)
+    add_mobility_token(tok)
+    head, text = ds[0], ds[len(ds.items)]
+    batch = MobilityCollator(tok, slot_labels=False)([head, text])
+    assert batch["mob_features"].shape[0] == len(head["slot"])
+    assert (batch["labels"][0] == -100).all() and (batch["labels"][1] != -100).any()
+    both = MobilityCollator(tok)([head, text])["labels"]
+    assert (both[0] != -100).sum() > len(head["slot"]) and torch.equal(both[1], batch["labels"][1])
+    alone = MobilityCollator(tok)([text, ds[len(ds.items) + 1]])
+    assert not any(k.startswith("mob_") for k in alone) and (alone["labels"] != -100).any()
