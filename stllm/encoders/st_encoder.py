@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stllm.encoders.level import LEVEL_RATIOS, level_anchor, level_log_ratios
+
 
 @dataclass
 class STEncoderConfig:
@@ -219,46 +221,15 @@ def seasonal_anchor(x_norm: torch.Tensor, config: STEncoderConfig) -> torch.Tens
     return weeks[:, :, span - config.horizon :].mean(dim=1)  # the target slots of each week
 
 
-LEVEL_RATIOS = 3  # the last input_window steps, the whole level block, its oldest horizon steps
-
-
-def level_from_scaler(scaler) -> dict:
-    """``level_zero`` / ``level_unit`` for an encoder fed ``scaler.transform(counts)`` (an ``STScaler``): the
-    scaled value of a zero count and the scaled size of one count, per channel (of ``log1p`` counts when
-    the scaler takes logs)."""
-    return {"level_zero": [-m / s for m, s in zip(scaler.mean, scaler.std)],
-            "level_unit": [1.0 / s for s in scaler.std]}
-
-
-def level_log_ratios(block: torch.Tensor, config: STEncoderConfig, clamp: float = 3.0) -> torch.Tensor:
-    """``block (W, level_steps, N, C)`` scaled values -> ``(W, N, LEVEL_RATIOS, C)`` float32 log ratios of the
-    counts in the last steps to their mean over the same steps in the earlier weeks (module docstring),
-    each side smoothed with ``level_smoothing`` counts per step, clamped to ``+-clamp``."""
-    cfg = config
-    w, _, n, c = block.shape
-    zero = torch.tensor(cfg.level_zero, dtype=torch.float32, device=block.device)
-    unit = torch.tensor(cfg.level_unit, dtype=torch.float32, device=block.device)
-    counts = ((block.float() - zero) / unit).clamp_min(0).reshape(w, cfg.weeks + 1, cfg.level_len, n, c)
-    now, usual = counts[:, -1], counts[:, :-1].mean(dim=1)  # (W, L, N, C)
-    spans = (slice(cfg.level_len - min(cfg.input_window, cfg.level_len), None), slice(None),
-             slice(0, min(cfg.horizon, cfg.level_len)))
-    ratios = []
-    for sl in spans:
-        k = cfg.level_smoothing * len(range(cfg.level_len)[sl])
-        ratios.append(((now[:, sl].sum(dim=1) + k) / (usual[:, sl].sum(dim=1) + k)).log())
-    return torch.stack(ratios, dim=1).permute(0, 2, 1, 3).clamp(-clamp, clamp)  # (W, N, R, C)
-
-
-def level_anchor(anchor: torch.Tensor, log_ratios: torch.Tensor, weights: torch.Tensor, loc: torch.Tensor,
-                 scale: torch.Tensor, config: STEncoderConfig) -> torch.Tensor:
-    """The anchor ``(W, N, H, C)`` (normalised units) scaled in counts by ``exp(log_ratios . weights)``
-    (``log_ratios (W, N, R, C)``, ``weights (R, C)``), back in normalised units; ``loc``/``scale``
-    ``(W, N, 1, C)`` are the window's normalisation statistics."""
-    zero = torch.tensor(config.level_zero, dtype=torch.float32, device=anchor.device)
-    unit = torch.tensor(config.level_unit, dtype=torch.float32, device=anchor.device)
-    gain = torch.exp((log_ratios * weights.float()).sum(dim=2, keepdim=True))  # (W, N, 1, C)
-    counts = ((anchor * scale + loc - zero) / unit).clamp_min(0)  # the historical average in counts
-    return anchor + counts * (gain - 1) * unit / scale
+def anchor_parts(x: torch.Tensor, config: STEncoderConfig) -> tuple[torch.Tensor, ...]:
+    """``(x_norm, anchor, loc, scale, log_ratios)`` of scaled windows ``x (B, T, N, C)`` as the encoder computes
+    them, in float32: the normalised context without the level block ``(B, L, N, C)``, the plain seasonal
+    anchor, ``loc`` and ``scale`` as ``(B, N, H|1, C)``; ``log_ratios`` ``(B, N, R, C)``, None without a level
+    block. What the closed-form starts and the level baseline fit on."""
+    log_ratios = level_log_ratios(x[:, : config.level_steps], config) if config.level_len else None
+    xn, loc, scale = normalise_context(x[:, config.level_steps :], config.norm_eps)
+    anchor = seasonal_anchor(xn, config).permute(0, 2, 1, 3)
+    return xn, anchor, loc.permute(0, 2, 1, 3), scale.permute(0, 2, 1, 3), log_ratios
 
 
 class STEncoder(nn.Module):

@@ -28,6 +28,9 @@ Baselines:
 * :func:`~stllm.eval.ridge.scale_free_ridge` (``"ridge"``): closed-form ridge on the model's scale-free
   multi-period context (previous weeks' and days' target slots plus the recent steps), fitted on *other*
   regions (``fit_regions`` x ``fit_time``): the linear bar a forecasting model must clear.
+* :func:`~stllm.eval.level_average.level_average` (``"level_average"``, counts only): the historical
+  average scaled by how busy the last hours were against the same hours in earlier weeks, its few
+  exponents fitted on the same fit set as the ridge: the encoder's level-scaled anchor on its own.
 * :func:`encoder_only`: the stage-1 :class:`STEncoder` forecast head, loaded from its directory, with
   its own ``scaler.json``: zero-shot when the evaluated regions/times were not trained on.
 * :func:`supervised_encoder`: a fresh STEncoder trained (with :func:`pretrain_st_encoder`) on the
@@ -52,6 +55,7 @@ from stllm.data.context import ContextSpec, context_steps, gather_context, perio
 from stllm.data.scaler import STScaler
 from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder, STEncoderConfig
+from stllm.eval.level_average import level_average
 from stllm.eval.ridge import scale_free_ridge
 
 logger = logging.getLogger(__name__)
@@ -386,10 +390,14 @@ BASELINES: dict[str, Callable[..., np.ndarray]] = {
     "seasonal_naive_day": functools.partial(seasonal_naive, period="day"),
     "seasonal_naive_week": functools.partial(seasonal_naive, period="week"),
     "historical_average": historical_average,
+    "level_average": level_average,
     "ridge": scale_free_ridge,
     "encoder_only": encoder_only,
     "supervised_encoder": supervised_encoder,
 }
+
+
+FIT_SET = ("fit_city", "fit_regions", "fit_time", "scaler", "seed")  # of ridge_kwargs, what level_average shares
 
 
 def baseline_label(name: str) -> str:
@@ -414,16 +422,17 @@ def run_baselines(
     """Run baselines by name on one evaluation set -> ``{name: pred (W, R, H, C)}`` in ``names`` order.
 
     ``names`` defaults to every baseline whose inputs are available: the four simple ones, plus
-    ``ridge`` when ``ridge_kwargs`` is given (at least ``fit_regions`` and ``fit_time`` of
-    :func:`~stllm.eval.ridge.scale_free_ridge`; ``weeks`` defaults to this function's), ``encoder_only``
-    when ``encoder_dir`` is and ``supervised_encoder`` when ``train_time`` is. Asking for ``ridge``
-    without ``ridge_kwargs``, ``encoder_only`` without ``encoder_dir`` (or ``supervised_encoder`` without
-    ``train_time``) raises ``ValueError``, as does an unknown name.
+    ``level_average`` (counts only) and ``ridge`` when ``ridge_kwargs`` is given (their fit set: at least
+    ``fit_regions`` and ``fit_time`` of :func:`~stllm.eval.ridge.scale_free_ridge`; ``weeks`` defaults to
+    this function's), ``encoder_only`` when ``encoder_dir`` is and ``supervised_encoder`` when
+    ``train_time`` is. Asking for ``ridge`` or ``level_average`` without ``ridge_kwargs``, ``encoder_only``
+    without ``encoder_dir`` (or ``supervised_encoder`` without ``train_time``) raises ``ValueError``, as does
+    an unknown name.
     """
     if names is None:
         names = ["last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average"]
         if ridge_kwargs is not None:
-            names.append("ridge")
+            names += ["ridge"] if city.task == "event" else ["level_average", "ridge"]
         if encoder_dir is not None:
             names.append("encoder_only")
         if train_time is not None:
@@ -431,8 +440,9 @@ def run_baselines(
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
-    if "ridge" in names and ridge_kwargs is None:
-        raise ValueError("baseline 'ridge' needs ridge_kwargs (at least fit_regions and fit_time, on other regions)")
+    for fitted in {"ridge", "level_average"} & set(names) if ridge_kwargs is None else ():
+        raise ValueError(f"baseline {fitted!r} needs ridge_kwargs (at least fit_regions and fit_time, on other "
+                         "regions)")
     if "encoder_only" in names and encoder_dir is None:
         raise ValueError("baseline 'encoder_only' needs encoder_dir (a stage-1 encoder directory)")
     if "supervised_encoder" in names and train_time is None:
@@ -441,6 +451,7 @@ def run_baselines(
     extra = {
         "historical_average": {"weeks": weeks},
         "ridge": {"weeks": weeks, **(ridge_kwargs or {})},
+        "level_average": {"weeks": weeks, **{k: v for k, v in (ridge_kwargs or {}).items() if k in FIT_SET}},
         "encoder_only": {"encoder_dir": encoder_dir, "device": device},
         "supervised_encoder": {"train_time": train_time, "device": device, **(pretrain_kwargs or {})},
     }

@@ -59,8 +59,9 @@ from stllm.train.train_mem import load_city
 logger = logging.getLogger("stllm")
 MODES = ("cross-region", "cross-city", "cross-dataset")
 SUPERVISED_TRAINING = {"epochs": 5, "steps_per_epoch": 100}  # the supervised reference's training budget
-_DEFAULT_BASELINES = ("last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average", "ridge",
-                      "encoder_only")  # fmt: skip
+_DEFAULT_BASELINES = ("last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average",
+                      "level_average", "ridge", "encoder_only")  # fmt: skip
+FITTED = ("level_average", "ridge")  # fitted on the checkpoint's training regions x time (one fit set)
 
 
 @dataclass
@@ -218,9 +219,10 @@ def evaluate(
 
     ``compare`` maps row labels to other checkpoints (e.g. the "stllm without LLM" ablation) that are
     evaluated on the same windows, each refused like the main one if it trained on them. ``ridge``
-    adds the scale-free linear baseline, fitted on the checkpoint's training regions and times (of the
-    training city, also when another city is evaluated). ``overwrite`` discards the prediction files of
-    an earlier run in ``output_dir`` instead of resuming them (or refusing them when they differ).
+    adds the scale-free linear baseline and the level-scaled historical average, fitted on the checkpoint's
+    training regions and times (of the training city, also when another city is evaluated). ``overwrite``
+    discards the prediction files of an earlier run in ``output_dir`` instead of resuming them (or refusing
+    them when they differ).
     ``channel_map`` (``{new: trained}`` or ``"new=trained,..."``) says which channel of the evaluated data feeds
     which trained channel when their names differ (:func:`stllm.data.channels.map_channels`). ``device`` and
     ``dtype`` (``auto``: the GPU in bf16 when there is one, else the CPU in fp32) place the model's passes
@@ -278,13 +280,16 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     stride = stride or output_len
     ds = eval_dataset(city, scaler, d_args, enc, regions, time, stride)
     names, train_time, skipped = _plan_baselines(baselines, city, ds, enc, supervised, ridge)
-    ridge_kwargs = _ridge_kwargs(ckpt, train, city, scaler, links) if "ridge" in names else None
+    fitted = [n for n in names if n in FITTED]
+    ridge_kwargs = _ridge_kwargs(ckpt, train, city, scaler, links) if fitted else None
     clash = _ridge_clash(ridge_kwargs, city, ds, regions) if ridge_kwargs else None
     if clash and baselines is not None:
-        raise ValueError(f"baseline 'ridge' (--baselines): {clash}; leave it out")
+        raise ValueError(f"baseline {fitted[0]!r} (--baselines): {clash}; leave it out")
     if clash:
-        names, ridge_kwargs, skipped["ridge"] = [n for n in names if n != "ridge"], None, clash
-        logger.warning("ridge skipped: %s", clash)
+        names, ridge_kwargs = [n for n in names if n not in FITTED], None
+        for n in fitted:
+            skipped[n] = clash
+            logger.warning("%s skipped: %s", n, clash)
     options = {"regions": regions, "time_range": list(record.time_range), "stride": stride, "rescale": rescale,
                "prompt": {"extra_views": d_args.extra_views, "with_geo": d_args.with_geo,
                           **({"style": d_args.prompt_style} if d_args.prompt_style != "urbangpt" else {})}}  # fmt: skip
@@ -378,11 +383,14 @@ def _plan_baselines(names: list[str] | None, city, ds, enc, supervised: bool, ri
     day, week = (period_steps(city.freq, p, city.source) for p in ("day", "week"))
     needs = {"seasonal_naive_day": day, "seasonal_naive_week": week, "historical_average": day,
              "ridge": ContextSpec(input_len, output_len, 7, 8).min_history(city.freq, city.source),
+             "level_average": ContextSpec(input_len, output_len, 0, 8, level_len=day).min_history(city.freq,
+                                                                                                city.source),
              "encoder_only": ContextSpec.of_encoder(enc).min_history(city.freq, city.source)}  # fmt: skip
     explicit = names is not None
     supervised = supervised or (explicit and "supervised_encoder" in names)
     wanted = [n for n in (names if explicit else _DEFAULT_BASELINES) if n != "supervised_encoder"]
-    wanted = [n for n in wanted if ridge or n != "ridge"]
+    wanted = [n for n in wanted if (ridge or n not in FITTED) and not (n == "level_average" and city.task == "event"
+                                                                      and not explicit)]
     run, skipped = [], {}
     for n in wanted:
         if history >= needs.get(n, 0):

@@ -39,16 +39,14 @@ from stllm.data.context import ContextSpec, gather_context
 from stllm.data.scaler import STScaler
 from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, hold_out_regions, split_record
 from stllm.encoders.io import save_encoder
+from stllm.encoders.level import fit_level_weights, level_from_scaler
 from stllm.encoders.linear import RidgeAccumulator
-from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows, masked_mae
+from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
 from stllm.encoders.st_encoder import (
     STEncoder,
     STEncoderConfig,
+    anchor_parts,
     level_anchor,
-    level_from_scaler,
-    level_log_ratios,
-    normalise_context,
-    seasonal_anchor,
 )
 from stllm.train.checks import (
     claims_output_dir,
@@ -174,16 +172,6 @@ def evaluate_windows(
     return {"mae": err / count, "last_value_mae": err_last / count, "count": count}
 
 
-def _anchor_parts(encoder: STEncoder, b) -> tuple[torch.Tensor, ...]:
-    """``(xn, anchor, loc, scale, log_ratios)`` of a window batch as the encoder computes them (anchor,
-    loc, scale as ``(B, N, H|1, C)``; ``log_ratios`` None without a level block)."""
-    cfg = encoder.config
-    log_ratios = level_log_ratios(b.x[:, : cfg.level_steps], cfg) if cfg.level_len else None
-    xn, loc, scale = normalise_context(b.x[:, cfg.level_steps :], cfg.norm_eps)  # (B, L, N, C)
-    anchor = seasonal_anchor(xn, cfg).permute(0, 2, 1, 3)
-    return xn, anchor, loc.permute(0, 2, 1, 3), scale.permute(0, 2, 1, 3), log_ratios
-
-
 def warm_start_level(encoder: STEncoder, sampler: WindowSampler, max_windows: int = 2048, steps: int = 200,
                      lr: float = 0.05, chunk: int = 64) -> int:
     """Fit the level anchor's exponents (``level_weights``) alone on training windows, the rest of the
@@ -198,22 +186,14 @@ def warm_start_level(encoder: STEncoder, sampler: WindowSampler, max_windows: in
     with torch.no_grad():
         for i in range(0, len(starts), chunk):
             b = sampler.batch(starts[i : i + chunk])
-            _, anchor, loc, scale, log_ratios = _anchor_parts(encoder, b)
-            obs = None if b.y_observed is None else b.y_observed.permute(0, 2, 1, 3)
-            parts.append((anchor, loc, scale, log_ratios, b.y.permute(0, 2, 1, 3), obs))
+            _, anchor, loc, scale, log_ratios = anchor_parts(b.x, cfg)
+            obs = None if b.y_observed is None else b.y_observed.permute(0, 2, 1, 3)[..., : cfg.out_channels]
+            parts.append((anchor, loc, scale, log_ratios, b.y.permute(0, 2, 1, 3)[..., : cfg.out_channels], obs))
     anchor, loc, scale, log_ratios, y = (torch.cat([p[j] for p in parts]) for j in range(5))
     obs = None if parts[0][5] is None else torch.cat([p[5] for p in parts])
-    k = cfg.out_channels
-    obs = None if obs is None else obs[..., :k]
-    weights = torch.zeros_like(encoder.level_weights, dtype=torch.float32, requires_grad=True)
-    opt = torch.optim.Adam([weights], lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        pred = level_anchor(anchor, log_ratios, weights, loc, scale, cfg) * scale + loc  # scaled units
-        masked_mae(pred[..., :k], y[..., :k], obs).backward()
-        opt.step()
+    weights = fit_level_weights(anchor, log_ratios, loc, scale, y, obs, cfg, steps, lr)
     with torch.no_grad():
-        encoder.level_weights.copy_(weights.detach())
+        encoder.level_weights.copy_(weights)
     return len(starts)
 
 
@@ -232,7 +212,7 @@ def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: i
     acc = RidgeAccumulator(cfg.main_length * cfg.in_channels + 1, cfg.horizon * k)
     for i in range(0, len(starts), chunk):
         b = sampler.batch(starts[i : i + chunk])
-        xn, anchor, loc, scale, log_ratios = _anchor_parts(encoder, b)  # the level block left out of xn
+        xn, anchor, loc, scale, log_ratios = anchor_parts(b.x, cfg)  # the level block left out of xn
         if log_ratios is not None:  # the anchor the correction is added to: level-scaled
             anchor = level_anchor(anchor, log_ratios, encoder.level_weights, loc, scale, cfg)
         y = b.y.permute(0, 2, 1, 3)[..., :k]

@@ -38,7 +38,7 @@ from stllm.data.prompts import tokenizer_corpus
 from stllm.data.splits import hold_out_regions, set_aside
 from stllm.encoders.io import CONFIG_NAME as ENCODER_CONFIG
 from stllm.encoders.io import load_encoder
-from stllm.encoders.st_encoder import level_from_scaler
+from stllm.encoders.level import level_from_scaler
 from stllm.errors import run_command, split_debug
 from stllm.models import STLlamaConfig, STLlamaForCausalLM
 from stllm.models.lora import add_lora

@@ -161,7 +161,7 @@ def test_level_ratios_compare_counts_with_the_same_steps_in_earlier_weeks():
     """Worked by hand: last 4 steps 4, 4, 8, 8 counts; both earlier weeks 2, 2, 4, 4; 0.25 counts per step
     smooth each side. Recent (last 2 steps): (16 + .5) / (8 + .5); all 4: (24 + 1) / (12 + 1); oldest 3 (the
     horizon): (16 + .75) / (8 + .75)."""
-    from stllm.encoders.st_encoder import level_log_ratios
+    from stllm.encoders.level import level_log_ratios
 
     counts = torch.tensor([2, 2, 4, 4, 2, 2, 4, 4, 4, 4, 8, 8], dtype=torch.float32)
     block = ((counts - 10) / 2).reshape(1, 12, 1, 1)
@@ -179,7 +179,7 @@ def test_level_anchor_scales_the_historical_average_in_counts():
 
     from stllm.data import STScaler, synthetic_city
     from stllm.data.context import ContextSpec, gather_context
-    from stllm.encoders.st_encoder import level_from_scaler
+    from stllm.encoders.level import level_from_scaler
     from stllm.eval.baselines import historical_average
 
     city = synthetic_city(n_regions=3, days=40, freq="1h")

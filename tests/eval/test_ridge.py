@@ -132,7 +132,8 @@ def test_run_baselines_registry():
     kw = dict(fit_regions=["0", "1"], fit_time=slice(0, 504), alpha=0.1)
     assert BASELINES["ridge"] is scale_free_ridge
     out = run_baselines(city, starts, ev, H, H, ridge_kwargs=kw)
-    assert list(out) == ["last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average", "ridge"]
+    assert list(out) == ["last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average",
+                         "level_average", "ridge"]
     np.testing.assert_array_equal(out["ridge"], scale_free_ridge(city, starts, ev, H, H, **kw))
     assert "ridge" not in run_baselines(city, starts, ev, H, H)
     with pytest.raises(ValueError, match="ridge_kwargs"):

@@ -26,7 +26,7 @@ def test_cross_region_table_files_and_honesty(checkpoint, tmp_path, capsys):
     assert header.split() == ["method", "MAE/inflow", "RMSE/inflow", "MAE/outflow", "RMSE/outflow"]
     names = [r.split()[0] for r in rows]
     assert names == ["stllm", "last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average",
-                     "ridge", "encoder_only"]  # fmt: skip
+                     "level_average", "ridge", "encoder_only"]  # fmt: skip
     values = np.array([[float(v) for v in r.split()[1:]] for r in rows])
     assert np.isfinite(values).all() and (values > 0).all()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
