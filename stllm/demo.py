@@ -277,7 +277,7 @@ GEN_PRESETS = {
 def run_gen_demo(output_dir: str | Path = "runs/demo-nyc-gen", data: str = "nyc-gen", data_root: str | None = None,
                  steps: int | None = None, seed: int = 0, progress: bool = True, max_requests: int | None = None):
     """Daily activity generation: train on the users' training days (each user's last one held out for
-    validation), choose temperature, own-place bonus and user-prior share on those, generate their held-out days
+    validation), choose temperature and the user prior's place and hour shares on those, generate their held-out days
     under the activity grammar (seeds 0-2), table against copy and Markov baselines, map of generated over real
     days."""
     from stllm.eval.activity_eval import evaluate_generation, print_generation_table
