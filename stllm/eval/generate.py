@@ -5,8 +5,10 @@ headers (``--requests``, blocks of ``persona: ...`` / ``date: ...`` lines separa
 batched (left padding) and sampled with temperature / top-p under the activity grammar
 (:class:`~stllm.models.activity_decoding.ActivityLogitsProcessor`), so every answer parses and (with
 coordinates) no place lies beyond reach of the previous one in the time between them; ``prefer_own`` favours
-the places (or categories) the request's user visited on the days the checkpoint trained on. Output: JSONL, one
-line per generated day (``request`` index, ``sample``, ``user``, ``date``, ``text``), written atomically.
+the places (or categories) the request's user visited on the days the checkpoint trained on, and the user prior
+(:mod:`stllm.data.activity_prior`) draws a share of lines' places, start times or whole days' lengths from that
+user's trained days. Output: JSONL, one line per generated day (``request`` index, ``sample``, ``user``,
+``date``, ``text``), written atomically.
 """
 
 from __future__ import annotations
