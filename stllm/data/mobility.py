@@ -36,7 +36,6 @@ from stllm.data.mobility_answers import (
     nearest_named,
     place_legend,
     render_answer,
-    typical_days,
 )
 from stllm.data.prompts import VICUNA_SYSTEM, Conversation
 from stllm.data.trajectories import (
@@ -285,9 +284,8 @@ class MobilityDataset(torch.utils.data.Dataset):
         headers = day_headers(days, self.weekend)
         label = nearest_named(cell, named, places.grid)
         runs = [day_runs(label[target.d == x], target.t[target.d == x], self.max_runs) for x in days.tolist()]
-        conv = answer_conversation(place_legend(named, places.grid, base),
-                                   typical_days(places.kind_slot[..., :len(named)], self.max_runs), headers,
-                                   render_answer(headers, runs))
+        conv = answer_conversation(place_legend(named, places.grid, base), describe_places(places, LABELS[:len(named)]),
+                                   headers, render_answer(headers, runs))
         f = len(MOB_FEATURES)
         return {"id": sid, "conversation": conv, "features": np.zeros((0, self.k, f), np.float32),
                 "valid": np.zeros((0, self.k), bool), "slot": np.zeros(0, np.int64), "answer": np.zeros(0, np.int64),
@@ -298,19 +296,15 @@ class MobilityCollator(PromptCollator):
     """Samples of :class:`MobilityDataset` -> model inputs, one row per ``<mob_pre>`` in reading order:
     ``mob_features`` (Q, K, F), ``mob_valid`` (Q, K), ``mob_slot`` (Q,) day kind * 48 + slot, ``mob_targets`` (Q,)
     candidate index of the true cell (-1: not a candidate), and ``mob_cells`` (Q, K) candidate cell ids (not a
-    model input; popped by prediction). ``answer="full"`` adds LM ``labels``; ``slot_labels=False`` leaves the head
-    samples' answers out of them (with generate-mode samples in the batch: the LM loss is a mean over answer tokens,
-    and a head sample's ~700 nearly free ``<mob_pre>`` tokens would dilute the text answers' ~150 five-fold)."""
+    model input; popped by prediction). ``answer="full"`` adds LM ``labels``."""
 
-    def __init__(self, tokenizer, answer: str = "full", max_length: int | None = None, return_meta: bool = False,
-                 slot_labels: bool = True):
+    def __init__(self, tokenizer, answer: str = "full", max_length: int | None = None, return_meta: bool = False):
         if answer not in ("full", "prefix"):
             raise ValueError(f"answer must be 'full' or 'prefix', got {answer!r}")
         super().__init__(tokenizer, "right", max_length)
         if MOB_PRE_TOKEN not in self.vocab:
             raise ValueError(f"tokenizer lacks {MOB_PRE_TOKEN}; call stllm.tokens.add_mobility_token(tokenizer) first")
         self.answer, self.return_meta, self.mob_id = answer, return_meta, self.vocab[MOB_PRE_TOKEN]
-        self.slot_labels = slot_labels
 
     def texts(self, sample: dict) -> tuple[str, str]:
         prompt, answer = self.formatter(sample["conversation"])
@@ -337,7 +331,7 @@ class MobilityCollator(PromptCollator):
         if not n.any():  # only generate-mode samples: an LM batch, no head rows
             out = {k: v for k, v in out.items() if not k.startswith("mob_")}
         if self.answer == "full":
-            out["labels"] = torch.from_numpy(labels if self.slot_labels else np.where(n[:, None] > 0, -100, labels))
+            out["labels"] = torch.from_numpy(labels)
         elif n.any():
             out["mob_cells"] = torch.from_numpy(np.concatenate([np.broadcast_to(s["cells"], s["features"].shape[:2])
                                                                 for s in samples]))

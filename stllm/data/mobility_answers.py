@@ -125,22 +125,6 @@ def runs_to_rows(runs: Sequence[Sequence[tuple[int, int]]], days: np.ndarray, d:
     return out
 
 
-def typical_days(kind_slot: np.ndarray, max_runs: int = MAX_RUNS) -> str:
-    """The user's typical weekday and weekend as answer lines: each half-hour's most visited named place in the
-    history (``kind_slot``: (2, 48, n) rows per day kind, slot and named place; a half-hour without rows keeps the
-    place before it), capped as :func:`day_runs` caps a day. Why in this form: the LM mostly has to copy and adjust
-    a line it can see, which a tiny model learns in a few hundred steps (a 3-hour summary in words it did not)."""
-    lines = []
-    for kind, name in ((0, "weekday"), (1, "weekend")):
-        counts = kind_slot[kind]
-        seen = counts.sum(1) > 0
-        top = counts.argmax(1)
-        label = top[np.maximum.accumulate(np.where(seen, np.arange(len(top)), 0))] if seen.any() else top * 0
-        runs = day_runs(label, np.arange(len(label)), max_runs)
-        lines.append(f"Typical {name}: " + render_answer([""], [runs]) + ".")
-    return " ".join(lines)
-
-
 def answer_conversation(legend: str, summary: str, headers: Sequence[str], answer: str = "") -> Conversation:
     """The generate-mode question: the named places, the history summary in their letters, the days to write."""
     user = (f"Places: {legend}. {summary} Write one line per day for days {headers[0].split()[0]} to "

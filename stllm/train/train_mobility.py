@@ -134,8 +134,7 @@ def _train_mobility(model_args, data_args: MobilityDataArguments, training_args:
     record = {**asdict(data_args), "source": traj.source, "cities": cities, "users": traj.users.tolist(),
               "days": [0, data_args.last_day], "windows": [asdict(w) for w in windows], "n_samples": len(train_set),
               "features": list(MOB_FEATURES), "heldout_users": heldout.tolist()}
-    collator = MobilityCollator(tokenizer, slot_labels=not data_args.text_answers)
-    return fit_and_save(model, tokenizer, training_args, train_set, collator,
+    return fit_and_save(model, tokenizer, training_args, train_set, MobilityCollator(tokenizer),
                         {MOBILITY_DATA_FILE: json.dumps(record, indent=2)})
 
 

@@ -3,7 +3,6 @@ choice, the prompt holds one <MOB_PRE> per target row, and the collator lines ro
 
 import numpy as np
 import pytest
-import torch
 
 from stllm.data.mobility import (
     MOB_FEATURES,
@@ -100,17 +99,15 @@ def test_collator_needs_mobility_token(traj):
 
 
 def test_collator_with_text_answers(traj):
-    """Head and generate-mode samples in one batch: head rows only for the head samples; with slot_labels=False the
-    LM labels are the text answers alone; a batch of text samples alone carries no head inputs."""
+    """Head and generate-mode samples in one batch: head rows only for the head samples, LM labels for both; a batch
+    of text samples alone carries no head inputs."""
     ds = MobilityDataset(traj, [MobilityWindow((0, 44), (45, 59))], candidates=16, text_answers=8)
     texts = ["\n".join(ChatFormatter(None)(ds[i]["conversation"])) for i in range(len(ds))]
     tok = train_tokenizer(texts, vocab_size=400)
     add_mobility_token(tok)
     head, text = ds[0], ds[len(ds.items)]
-    batch = MobilityCollator(tok, slot_labels=False)([head, text])
+    batch = MobilityCollator(tok)([head, text])
     assert batch["mob_features"].shape[0] == len(head["slot"])
-    assert (batch["labels"][0] == -100).all() and (batch["labels"][1] != -100).any()
-    both = MobilityCollator(tok)([head, text])["labels"]
-    assert (both[0] != -100).sum() > len(head["slot"]) and torch.equal(both[1], batch["labels"][1])
+    assert ((batch["labels"] != -100).sum(1) > 0).all()
     alone = MobilityCollator(tok)([text, ds[len(ds.items) + 1]])
     assert not any(k.startswith("mob_") for k in alone) and (alone["labels"] != -100).any()
