@@ -221,7 +221,7 @@ MOBILITY_PRESETS = {
     # train-mobility data flags, stage-2 steps, (train city, evaluation city) pairs (None: the synthetic city,
     # evaluated on an unseen synthetic city)
     "mobility": (["--data", "synthetic", "--synthetic_users", "40"], 200, [None]),
-    "humob": (["--data", "{root}/humob24/groundtruth_days0-74_cityBC.csv", "--base", "1"], 250,
+    "humob": (["--data", "{root}/humob24/groundtruth_days0-74_cityBC.csv", "--base", "1", "--text_answers", "16"], 250,
               [("B", "C"), ("C", "B")]),
 }
 
@@ -259,7 +259,7 @@ def run_mobility_demo(output_dir: str | Path = "runs/demo-humob", data: str = "h
         print(f"[{2 * i}/{2 * len(pairs)}] zero-shot prediction of {target}, against baselines", flush=True)
         result = evaluate_mobility(out / name / "model", out / name / "eval", data=flags[1] if pair else None,
                                    base=1 if pair else None, city=pair[1] if pair else None,
-                                   max_users=4 if quick else None)  # fmt: skip
+                                   max_users=4 if quick else None, generate="--text_answers" in flags)  # fmt: skip
         print(f"\n{result.table}\n")
         results.append(result)
     print(f"wrote: models, predictions (HuMob submission format), per-user scores and plots under {out}")
