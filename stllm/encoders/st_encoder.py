@@ -96,9 +96,9 @@ class STEncoderConfig:
         self.level_zero = tuple(float(v) for v in self.level_zero)
         self.level_unit = tuple(float(v) for v in self.level_unit)
         if self.level_len:
-            if not (self.weeks and self.normalize and self.residual):
-                raise ValueError("STEncoderConfig.level_len scales the seasonal anchor: it needs weeks >= 1, "
-                                 "normalize and residual")
+            if not self.weeks:
+                raise ValueError("STEncoderConfig.level_len compares the last steps with the same steps in earlier "
+                                 "weeks: it needs weeks >= 1")
             if any(u <= 0 for u in self.level_unit) or self.level_smoothing <= 0:
                 raise ValueError("STEncoderConfig.level_unit and level_smoothing must be > 0")
         if self.normalize and self.out_channels > self.in_channels:
@@ -270,7 +270,8 @@ class STEncoder(nn.Module):
         self.linear_proj = (nn.Conv2d(cfg.main_length * cfg.in_channels, cfg.horizon * cfg.out_channels, 1)
                             if cfg.normalize else None)  # fmt: skip
         # the level anchor's exponents (zero: the plain historical average) and the ratios as an input
-        self.level_weights = nn.Parameter(torch.zeros(LEVEL_RATIOS, cfg.in_channels)) if cfg.level_len else None
+        scales = cfg.level_len and cfg.normalize and cfg.residual  # else the ratios are an input only (ablations)
+        self.level_weights = nn.Parameter(torch.zeros(LEVEL_RATIOS, cfg.in_channels)) if scales else None
         self.level_proj = nn.Conv2d(LEVEL_RATIOS * cfg.in_channels, cfg.skip_channels, 1) if cfg.level_len else None
         self.token_conv = nn.Conv2d(cfg.skip_channels, cfg.num_tokens * cfg.token_dim, 1)
         self.end_conv_1 = nn.Conv2d(cfg.skip_channels, cfg.end_channels, 1)
@@ -359,7 +360,7 @@ class STEncoder(nn.Module):
         if cfg.normalize:
             loc, scale = loc.permute(0, 2, 1, 3), scale.permute(0, 2, 1, 3)  # (W, N, 1, C)
             anchor = anchor.permute(0, 2, 1, 3)  # (W, N, H, C)
-            if log_ratios is not None:
+            if self.level_weights is not None:
                 with torch.autocast(x.device.type, enabled=False):
                     anchor = level_anchor(anchor, log_ratios, self.level_weights, loc, scale, cfg)
             k = cfg.out_channels

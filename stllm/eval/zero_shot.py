@@ -479,7 +479,8 @@ def _ridge_clash(kw: dict, city, ds, regions: list[str]) -> str | None:
 def _same_inputs(enc) -> dict:
     """Encoder config fields that decide what an encoder reads and how it forecasts: a supervised
     reference encoder gets the checkpoint's (context, normalisation, anchor)."""
-    return {k: getattr(enc, k) for k in ("days", "weeks", "normalize", "residual", "norm_eps")}
+    return {k: getattr(enc, k) for k in ("days", "weeks", "recent_views", "level_len", "normalize", "residual",
+                                         "norm_eps")}  # the level's count conversion: from its own scaler
 
 
 def _write_json(path: Path, obj) -> Path:

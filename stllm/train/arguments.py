@@ -142,9 +142,9 @@ class DataArguments:
                                  "so the encoder sees how the last hours compare with the same hours before "
                                  "(taken from --st_encoder_path's config when one is given)."})
     context_level: bool = field(
-        default=False, metadata={"help": "Encoder context: also the last day and the same hours in each context "
-                                 "week; the anchor is scaled by how busy the last hours were against their usual "
-                                 "(taken from --st_encoder_path's config when one is given)."})
+        default=True, metadata={"help": "Encoder context (flows, with week views): also the last day and the same "
+                                "hours in each context week; the anchor is scaled by how busy the last hours were "
+                                "against their usual (taken from --st_encoder_path's config when one is given)."})
     extra_views: str = field(
         default="", metadata={"help": "Extra history placeholders (older mechanism, needs context 0/0): comma list "
                               "of day,week."})

@@ -213,7 +213,7 @@ def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: i
     for i in range(0, len(starts), chunk):
         b = sampler.batch(starts[i : i + chunk])
         xn, anchor, loc, scale, log_ratios = anchor_parts(b.x, cfg)  # the level block left out of xn
-        if log_ratios is not None:  # the anchor the correction is added to: level-scaled
+        if encoder.level_weights is not None:  # the anchor the correction is added to: level-scaled
             anchor = level_anchor(anchor, log_ratios, encoder.level_weights, loc, scale, cfg)
         y = b.y.permute(0, 2, 1, 3)[..., :k]
         target = ((y - loc[..., :k]) / scale[..., :k] - anchor[..., :k]).permute(0, 2, 1, 3)  # (B, H, N, k)
@@ -320,7 +320,7 @@ def pretrain_st_encoder(
         scaler = STScaler.fit(city, regions=fit_ids, time=slice(t0, t1), log1p=log1p)
     elif len(scaler.mean) != city.n_channels:
         raise ValueError(f"scaler has {len(scaler.mean)} channels, the city has {city.n_channels}")
-    if cfg.level_len and not cfg.level_zero:  # the level anchor compares counts: undo this scaler
+    if cfg.level_len:  # the level anchor compares counts: undo the scaler the inputs get (this one)
         cfg = replace(cfg, **level_from_scaler(scaler))
     # steps [0, t1): windows start inside [t0, ...); a multi-period context may read the past before t0
     context = encoder_context(cfg, city)

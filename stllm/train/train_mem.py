@@ -190,8 +190,10 @@ def _validation_split(city: CityData, train_time: slice, data_args: DataArgument
 
 
 def level_len(city: CityData, data_args: DataArguments) -> int:
-    """Steps of the encoder context's level block: one day with ``--context_level``, else none."""
-    return period_steps(city.freq, "day", city.source) if data_args.context_level else 0
+    """Steps of the encoder context's level block: one day with ``--context_level`` on counts (flows) with week
+    views, else none (events are not scaled; the level compares with the same steps in earlier weeks)."""
+    on = data_args.context_level and city.task != "event" and data_args.context_weeks > 0
+    return period_steps(city.freq, "day", city.source) if on else 0
 
 
 def encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | None,
@@ -216,11 +218,12 @@ def encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | 
                 f"channel k from slot k, so it needs one per channel ({c}); pretrain it with num_tokens={c}"
             )
         return enc
+    level = level_len(city, data_args)
     return {"in_channels": c, "out_channels": c, "num_tokens": c, "input_window": data_args.input_len,
             "horizon": data_args.output_len, "days": data_args.context_days, "weeks": data_args.context_weeks,
             "recent_views": data_args.context_recent_views, "normalize": model_args.st_normalize,
-            "residual": model_args.st_residual, "level_len": level_len(city, data_args),
-            **(level_from_scaler(scaler) if scaler is not None and data_args.context_level else {})}
+            "residual": model_args.st_residual, "level_len": level,
+            **(level_from_scaler(scaler) if scaler is not None and level else {})}
 
 
 def event_pos_weight(data: PreparedData, cap: float = 20.0) -> list[float] | None:

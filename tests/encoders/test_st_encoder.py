@@ -202,8 +202,9 @@ def test_level_anchor_scales_the_historical_average_in_counts():
 
 
 def test_level_block_needs_weeks_and_the_count_conversion():
-    with pytest.raises(ValueError, match="needs weeks >= 1, normalize and residual"):
+    with pytest.raises(ValueError, match="needs weeks >= 1"):
         _level_config(weeks=0)
+    assert STEncoder(_level_config(residual=False)).level_weights is None  # the ablations: ratios as an input only
     with pytest.raises(ValueError, match="level_zero and level_unit with one value per input channel"):
         STEncoder(_level_config(level_zero=(), level_unit=()))
     saved = _level_config().to_dict()

@@ -75,7 +75,7 @@ def test_evaluation_rebuilds_the_training_data_from_the_checkpoint(checkpoint):
 
 def test_cross_city_rescales_on_the_new_citys_history(checkpoint, tmp_path):
     res = evaluate(checkpoint, tmp_path, mode="cross-city", data_overrides={"synthetic_seed": 5},
-                   eval_start="2024-01-08", eval_days=1, supervised=False, progress=False, plots=False)  # fmt: skip
+                   eval_start="2024-01-09", eval_days=1, supervised=False, progress=False, plots=False)  # fmt: skip
     meta = json.loads((tmp_path / "metrics.json").read_text())
     assert meta["city"] == "synthetic-5" and meta["rescaled"] is True and len(meta["regions"]) == 8
     assert np.isfinite(res.metrics["stllm"]["MAE"])
@@ -208,7 +208,7 @@ def test_changed_weights_are_not_resumed_and_overwrite_starts_fresh(checkpoint, 
 
 
 def test_other_data_or_rescale_in_the_same_directory_is_refused_by_name(checkpoint, tmp_path):
-    kw = _fast(mode="cross-city", eval_start="2024-01-08", eval_days=1, baselines=["last_value"])
+    kw = _fast(mode="cross-city", eval_start="2024-01-09", eval_days=1, baselines=["last_value"])
     evaluate(checkpoint, tmp_path, data_overrides={"synthetic_seed": 5}, rescale=True, **kw)
     with pytest.raises(ValueError, match=r"differs in: .*options\.rescale.*scaler"):
         evaluate(checkpoint, tmp_path, data_overrides={"synthetic_seed": 5}, rescale=False, **kw)
@@ -251,7 +251,7 @@ def test_cross_dataset_on_another_city_fits_the_ridge_on_the_training_data(check
     real = zero_shot.run_baselines
     monkeypatch.setattr(zero_shot, "run_baselines", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
     res = evaluate(checkpoint, tmp_path, mode="cross-dataset", data_overrides={"synthetic_seed": 7},
-                   eval_start="2024-01-08", eval_days=2, **_fast())  # fmt: skip
+                   eval_start="2024-01-09", eval_days=2, **_fast())  # fmt: skip
     meta = json.loads((tmp_path / "metrics.json").read_text())
     assert meta["city"] == "synthetic-7" and len(meta["regions"]) == 8 and meta["rescaled"] is True
     assert {"stllm", "ridge", "historical_average"} <= set(res.metrics) and np.isfinite(res.metrics["ridge"]["MAE"])
@@ -300,7 +300,7 @@ def test_supervised_reference_runs_with_enough_history_and_is_skipped_without(ch
     assert np.isfinite(res.metrics["supervised_encoder (not zero-shot)"]["MAE/inflow"])
     with caplog.at_level("WARNING", logger="stllm"):
         short = evaluate(checkpoint, tmp_path / "b", mode="cross-city", data_overrides={"synthetic_seed": 5},
-                         eval_start="2024-01-08", eval_days=1, **_fast(supervised=True))  # fmt: skip
+                         eval_start="2024-01-09", eval_days=1, **_fast(supervised=True))  # fmt: skip
     assert not any("supervised" in k for k in short.metrics)
     assert "supervised_encoder skipped" in caplog.text and "skipped supervised_encoder (not zero-shot)" in short.table
     assert "supervised_encoder" in json.loads((tmp_path / "b" / "metrics.json").read_text())["skipped"]
@@ -424,7 +424,7 @@ def test_recent_views_checkpoint_is_evaluated_with_its_own_context(tmp_path):
                           "--max_steps", "1")  # fmt: skip
     model = STLlamaForCausalLM.from_pretrained(ckpt)
     cfg = model.st_encoder.config
-    assert cfg.recent_views and cfg.context_length == 2 * 24 + 12
+    assert cfg.recent_views and cfg.context_length == 2 * 24 + 12 + 2 * 24  # and the level block: a day, a week back
     res = evaluate(ckpt, tmp_path / "ev", eval_days=2, **_fast(baselines=["historical_average", "ridge"]))
     assert {"stllm", "historical_average", "ridge"} <= set(res.metrics)
     assert all(np.isfinite(v) for v in res.metrics["stllm"].values())
