@@ -73,8 +73,9 @@ def _ratios(preset: str, agg: dict) -> list[str]:
         m, s = agg["stllm"][c]
         ha = agg["historical_average"][c][0]
         line = f"{c}: stllm / historical_average = {m / ha:.3f}"
-        if "ridge" in agg:
-            line += f", stllm / ridge = {m / agg['ridge'][c][0]:.3f}"
+        for strong in ("level_average", "ridge"):  # the strong simple baselines, on the same fit set
+            if strong in agg:
+                line += f", stllm / {strong} = {m / agg[strong][c][0]:.3f}"
         if "stllm without LLM" in agg:
             line += f", stllm / without LLM = {m / agg['stllm without LLM'][c][0]:.3f}"
         line += f", seed std / mean = {s / m:.3f}"
