@@ -37,13 +37,12 @@ from stllm.data.trajectories import SLOTS_PER_DAY, Trajectories, split_by_day, w
 from stllm.errors import run_command
 from stllm.eval.generate import answer_prefix
 from stllm.eval.mobility_baselines import BASELINES, published_predictions
-from stllm.eval.mobility_metrics import geobleu_batch, score_users
+from stllm.eval.mobility_metrics import score_users
 from stllm.eval.mobility_transitions import (
     TransitionConfig,
     day_layout,
     place_transitions,
     posterior_days,
-    sample_days,
     viterbi_days,
 )
 from stllm.eval.run_identity import load_task_checkpoint
@@ -88,7 +87,7 @@ def check_not_trained_on(target: Trajectories, record: dict) -> None:
                          f"{target.uid[i]} day {target.d[i]}. Evaluate later days or other users/cities")
 
 
-DECODES = ("anchored", "quota", "geo", "argmax", "distance", "viterbi", "mbr", "generate")
+DECODES = ("anchored", "quota", "geo", "argmax", "distance", "viterbi", "generate")
 # geo decoding's weight of the expected distance (cells) beside GEO-BLEU's proximity; on HuMob'24 B -> C / C -> B
 # (tiny model, seed 0) 0.03 cut DTW by 13% / 6% for +0.3% / -0.1% GEO-BLEU against 0 (see the issue 16 note)
 GEO_DISTANCE_WEIGHT = 0.03
@@ -107,11 +106,6 @@ ANCHOR_RADIUS = 20.0
 # on the held-out training-city users as above (quota, T 1.0, seed 0): GEO-BLEU at weight 0 / 0.3 / 0.5 / 0.7 was
 # B 0.293 / 0.316 / 0.318 / 0.315 and C 0.319 / 0.338 / 0.341 / 0.339 (bench/humob_quality.py --transition_weights)
 TRANSITIONS = TransitionConfig()  # weight 0.5, smoothing 1.0, scale 5.0 cells, stay_prior 5.0
-# mbr decoding: days drawn from each day's chain posterior, half as candidates (beside quota's and anchored's day),
-# half as the references their expected GEO-BLEU is estimated on. Chosen without test data: on 20 held-out users of
-# the training city (two windows in days 0-59, seeds 0 and 1, B- and C-trained), 32 draws raised the mean GEO-BLEU
-# over quota for all four models (+0.0038, +0.0030 B; +0.0033, +0.0003 C), 4 draws lowered it
-MBR_SAMPLES = 32
 
 
 def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: str = "quota",
@@ -131,8 +125,8 @@ def choose_cells(scores: torch.Tensor, cells: torch.Tensor, grid: int, decode: s
     every place farther than ``radius`` cells from the day's anchor (the ``geo`` choice of the day's last row)
     replaced by the anchor (:func:`anchor_far_places`): one decode for both metrics.
     """
-    if decode not in DECODES[:-3]:  # viterbi and mbr need the users' transitions, generate the LM: predict_cells
-        raise ValueError(f"decode must be one of {', '.join(DECODES[:-3])}, got {decode!r}")
+    if decode not in DECODES[:-2]:  # viterbi needs the users' transitions, generate the LM: predict_cells
+        raise ValueError(f"decode must be one of {', '.join(DECODES[:-2])}, got {decode!r}")
     if decode in ("quota", "anchored") and (day is None or day.shape != scores.shape[:1]):
         raise ValueError(f"decode {decode!r} needs the day of every row (day: one id per row of scores)")
     scores = scores.float()
@@ -250,9 +244,7 @@ def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories,
                   radius: float = ANCHOR_RADIUS, transitions: TransitionConfig = TRANSITIONS) -> Trajectories:
     """The target rows with stllm's cells: one forward pass per batch of users (no generation); ``decode`` as in
     :func:`choose_cells`, on each slot's posterior in its day's chain when ``transitions.weight > 0``
-    (:func:`~stllm.eval.mobility_transitions.posterior_days`), or ``viterbi``: each day's most likely path, or
-    ``mbr``: per day, of quota's day, anchored's day and days drawn from the chain, the one of highest expected
-    GEO-BLEU (:func:`mbr_days`)."""
+    (:func:`~stllm.eval.mobility_transitions.posterior_days`), or ``viterbi``: each day's most likely path."""
     if decode not in DECODES[:-1]:  # generate: generate_cells
         raise ValueError(f"decode must be one of {', '.join(DECODES[:-1])}, got {decode!r}")
     days = (int(history.d.min()), int(history.d.max())), (int(target.d.min()), int(target.d.max()))
@@ -260,7 +252,6 @@ def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories,
     collator = MobilityCollator(tokenizer, answer="prefix")
     device = next(model.parameters()).device
     cells = []  # per user, in dataset order = sorted uid order = target row order
-    generator = torch.Generator().manual_seed(0)  # mbr's draws: the same prediction on every run
     day = torch.from_numpy(np.unique(np.stack([target.uid, target.d]), axis=1, return_inverse=True)[1].ravel())
     done = 0
     for start in range(0, len(dataset), batch_size):
@@ -273,7 +264,7 @@ def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories,
         scores = model(**batch, logits_to_keep=1).mob_scores.float().cpu()
         rows = day[done:done + len(scores)]
         done += len(scores)
-        if decode in ("viterbi", "mbr") or transitions.weight > 0:
+        if decode == "viterbi" or transitions.weight > 0:
             users = np.array([dataset.items[i][1] for i in index])
             chains = place_transitions(history, users, np.stack([s["cells"] for s in samples]), transitions)
             user = torch.repeat_interleave(torch.arange(len(samples)), torch.tensor([len(s["slot"]) for s in samples]))
@@ -283,39 +274,12 @@ def predict_cells(model, tokenizer, history: Trajectories, target: Trajectories,
                 cells.append(cand.gather(1, viterbi_days(*chain)[:, None])[:, 0].numpy())
                 continue
             scores = posterior_days(*chain)
-            if decode == "mbr":
-                fixed = [choose_cells(scores, cand, history.grid, d, rows, temperature=temperature, radius=radius)
-                         for d in ("quota", "anchored")]
-                draws = cand.gather(1, sample_days(*chain, n=2 * MBR_SAMPLES, generator=generator))
-                cells.append(mbr_days(torch.cat([torch.stack(fixed, 1), draws[:, :MBR_SAMPLES]], 1).numpy(),
-                                      draws[:, MBR_SAMPLES:].numpy(), rows.numpy(), history.grid))
-                continue
         cells.append(choose_cells(scores, cand, history.grid, decode, rows, temperature=temperature,
                                   radius=radius).numpy())
     cell = np.concatenate(cells)
     x, y = np.divmod(cell, history.grid)
     pred = target.with_base(history.base).with_cells(x + history.base, y + history.base)
     return pred.with_base(target.base)
-
-
-def mbr_days(candidates: np.ndarray, references: np.ndarray, day: np.ndarray, grid: int,
-             variant: str = "humob24") -> np.ndarray:
-    """Minimum-Bayes-risk choice of each day: ``candidates`` (Q, C) and ``references`` (Q, R) are whole days of flat
-    cells (column = one day's path; ``day`` (Q,) one id per row, a day's rows contiguous); each day takes the
-    candidate column of highest mean GEO-BLEU against its references (ties: the first). Returns (Q,) cells.
-
-    Why: GEO-BLEU rewards a day's 2- and 3-grams, which quota's bag of places (filled slot by slot) does not plan,
-    while days drawn from the chain posterior have plausible n-grams but are noisy one by one; the day that agrees
-    best with many drawn days is a consensus of both (references apart from the candidates: no self-match)."""
-    starts = np.flatnonzero(np.r_[True, day[1:] != day[:-1]])
-    lens = np.diff(np.r_[starts, len(day)])
-    g_n, r_n = len(lens), references.shape[1]
-    plen = np.repeat(lens, r_n)  # one problem per (day, reference)
-    rows = np.repeat(np.repeat(starts, r_n), plen) + np.arange(plen.sum()) - np.repeat(np.cumsum(plen) - plen, plen)
-    ref_xy = np.stack(np.divmod(references[rows, np.repeat(np.tile(np.arange(r_n), g_n), plen)], grid), -1)
-    util = np.stack([geobleu_batch(np.stack(np.divmod(candidates[rows, c], grid), -1), ref_xy, plen, plen,
-                                   variant).reshape(g_n, r_n).mean(1) for c in range(candidates.shape[1])], 1)
-    return candidates[np.arange(len(day)), np.repeat(util.argmax(1), lens)]
 
 
 def format_table(rows: dict[str, dict[str, float]], variant: str, city: str | None) -> str:
@@ -463,9 +427,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "holds the places in the proportions the head expects (quota: best GEO-BLEU), the place of best "
                    "expected GEO-BLEU proximity minus distance (geo: best DTW), the most likely place (argmax), the "
                    "place of least expected distance (distance), each day's most likely path under the "
-                   "transitions (viterbi), of quota's, anchored's and days drawn from the chain the one of highest "
-                   "expected GEO-BLEU (mbr, slower), or the LM writes the days as text (generate: a checkpoint "
-                   "trained with --text_answers)")
+                   "transitions (viterbi), or the LM writes the days as text (generate: a checkpoint trained with "
+                   "--text_answers)")
     p.add_argument("--with_generate", action="store_true", help="also score the generate-based mode, as a row "
                    "'stllm (generate)' beside --decode's")
     p.add_argument("--temperature", type=float, default=QUOTA_TEMPERATURE, help="quota and anchored decoding: "

@@ -169,39 +169,6 @@ def viterbi_days(emission: torch.Tensor, chains: UserTransitions, user: torch.Te
     return path[group, pos]
 
 
-def _chain_terms(emission: torch.Tensor, chains: UserTransitions, user: torch.Tensor, slot: torch.Tensor,
-                 day: torch.Tensor, weight: float):
-    """The day chains (:func:`_day_chains`) with their weighted transition probabilities: ``move`` (G, K, K),
-    ``stay`` and ``leave`` (G, L) (``p ** weight``; an impossible step stays impossible at weight 0)."""
-    group, pos, emit, lengths = _day_chains(emission, day)
-    g_n, length = emit.shape[:2]
-    day_user, slots = user[pos == 0], _padded(slot, group, pos, (g_n, length))
-
-    def weighted(log_p: torch.Tensor) -> torch.Tensor:
-        return torch.where(torch.isneginf(log_p), log_p, weight * log_p).exp().to(emission.dtype)
-
-    log_stay = chains.log_stay[day_user.view(-1, 1), slots]  # (G, L)
-    return (group, pos, emit, lengths, weighted(chains.log_move[day_user]), weighted(log_stay),
-            weighted(torch.log1p(-log_stay.exp().clamp(max=1 - 1e-6))))
-
-
-def _rescaled(log_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    top = log_a.max(1, keepdim=True).values
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row past a day's end: all -inf
-    return (log_a - top).exp(), top
-
-
-def _forward(emit: torch.Tensor, move: torch.Tensor, stay: torch.Tensor, leave: torch.Tensor) -> torch.Tensor:
-    """``(G, L, K)`` log forward messages: log P(rows 0..t, row t at k) up to a constant per day."""
-    fwd = torch.empty_like(emit)
-    fwd[:, 0] = emit[:, 0]
-    for step in range(1, emit.shape[1]):
-        a, top = _rescaled(fwd[:, step - 1])
-        mixed = stay[:, step, None] * a + leave[:, step, None] * torch.bmm(a[:, None, :], move)[:, 0]
-        fwd[:, step] = mixed.log() + top + emit[:, step]
-    return fwd
-
-
 def posterior_days(emission: torch.Tensor, chains: UserTransitions, user: torch.Tensor, slot: torch.Tensor,
                    day: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
     """Each row's log-posterior over places ``(Q, K)`` under the same day chains as :func:`viterbi_days`
@@ -214,40 +181,33 @@ def posterior_days(emission: torch.Tensor, chains: UserTransitions, user: torch.
     """
     if not len(emission):
         return emission.clone()
-    group, pos, emit, lengths, move, stay, leave = _chain_terms(emission, chains, user, slot, day, weight)
-    fwd = _forward(emit, move, stay, leave)
+    group, pos, emit, lengths = _day_chains(emission, day)
+    g_n, length = emit.shape[:2]
+    day_user, slots = user[pos == 0], _padded(slot, group, pos, (g_n, length))
+
+    def weighted(log_p: torch.Tensor) -> torch.Tensor:  # p^w, an impossible step stays impossible at weight 0
+        return torch.where(torch.isneginf(log_p), log_p, weight * log_p).exp().to(emission.dtype)
+
+    move = weighted(chains.log_move[day_user])  # (G, K, K)
+    log_stay = chains.log_stay[day_user.view(-1, 1), slots]  # (G, L)
+    stay = weighted(log_stay)
+    leave = weighted(torch.log1p(-log_stay.exp().clamp(max=1 - 1e-6)))
+
+    def rescaled(log_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = log_a.max(1, keepdim=True).values
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row past a day's end: all -inf
+        return (log_a - top).exp(), top
+
+    fwd = torch.empty_like(emit)
     bwd = torch.zeros_like(emit)
-    for step in range(emit.shape[1] - 2, -1, -1):
-        b, top = _rescaled(emit[:, step + 1] + bwd[:, step + 1])
+    fwd[:, 0] = emit[:, 0]
+    for step in range(1, length):
+        a, top = rescaled(fwd[:, step - 1])
+        mixed = stay[:, step, None] * a + leave[:, step, None] * torch.bmm(a[:, None, :], move)[:, 0]
+        fwd[:, step] = mixed.log() + top + emit[:, step]
+    for step in range(length - 2, -1, -1):
+        b, top = rescaled(emit[:, step + 1] + bwd[:, step + 1])
         mixed = stay[:, step + 1, None] * b + leave[:, step + 1, None] * torch.bmm(move, b[:, :, None])[:, :, 0]
         bwd[:, step] = torch.where((step + 1 < lengths)[:, None], mixed.log() + top, 0.0)
     post = (fwd + bwd)[group, pos]
     return post - torch.logsumexp(post, 1, keepdim=True)
-
-
-def sample_days(emission: torch.Tensor, chains: UserTransitions, user: torch.Tensor, slot: torch.Tensor,
-                day: torch.Tensor, weight: float = 1.0, n: int = 1, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
-    """``(Q, n)`` candidate indices: ``n`` whole days drawn from each day's chain posterior (forward filtering,
-    backward sampling: the last row from its forward message, each earlier row given the one after it), for
-    minimum-Bayes-risk decoding (:func:`stllm.eval.mobility.mbr_days`). Vectorised over days and draws."""
-    if not len(emission):
-        return torch.zeros(0, n, dtype=torch.long)
-    group, pos, emit, lengths, move, stay, leave = _chain_terms(emission, chains, user, slot, day, weight)
-    fwd = _forward(emit, move, stay, leave)
-    g_n, length, k_n = emit.shape
-    paths = torch.zeros(g_n, n, length, dtype=torch.long)
-    cur = torch.zeros(g_n, n, dtype=torch.long)
-    days = torch.arange(g_n)[:, None]
-    for step in range(length - 1, -1, -1):
-        alpha = _rescaled(fwd[:, step])[0][:, None, :]  # (G, 1, K)
-        if step < length - 1:  # P(row t at i | row t+1 at j) ~ alpha_t(i) (stay [i = j] + leave move[i, j])
-            into = move.transpose(1, 2)[days, cur] * leave[:, step + 1, None, None]
-            into = into + torch.nn.functional.one_hot(cur, k_n).to(into.dtype) * stay[:, step + 1, None, None]
-            alpha = torch.where((step == lengths - 1)[:, None, None], alpha, alpha * into)
-        weights = alpha.expand(g_n, n, k_n).reshape(-1, k_n).nan_to_num(0.0)
-        weights = weights + (weights.sum(1, keepdim=True) <= 0)  # past a day's end: anything (not read)
-        draw = torch.multinomial(weights, 1, generator=generator).view(g_n, n)
-        cur = torch.where((step < lengths)[:, None], draw, cur)
-        paths[:, :, step] = cur
-    return paths[group, :, pos]

@@ -10,7 +10,7 @@ import pytest
 from stllm.cli import main
 from stllm.data.mobility import MOBILITY_DATA_FILE, synthetic_mobility_city
 from stllm.data.trajectories import load_humob_csv, write_humob_csv
-from stllm.eval.mobility import evaluate_mobility, mbr_days
+from stllm.eval.mobility import evaluate_mobility
 from stllm.eval.mobility_baselines import BASELINES
 
 
@@ -182,26 +182,3 @@ def test_viterbi_decoding_follows_the_users_transitions(checkpoint, tmp_path, ca
     assert main(["eval", "mobility", str(checkpoint), "--output_dir", str(tmp_path / "bad"),
                  "--transition_smoothing", "0"]) == 2
     assert "smoothing" in capsys.readouterr().err
-
-
-def test_mbr_picks_each_days_consensus():
-    """Each day takes the candidate column closest in GEO-BLEU to its references: day 0's references are candidate
-    1's path, day 1's are candidate 0's; a tie (day 2: both equal the references) goes to the first."""
-    a, b = 10 * 100 + 10, 60 * 100 + 60
-    day = np.array([0, 0, 0, 1, 1, 2, 2])
-    cand = np.array([[a, b], [a, b], [a, a], [a, b], [b, a], [a, a], [b, b]])
-    best = np.array([cand[:3, 1], cand[:3, 1]]).T
-    refs = np.concatenate([best, np.repeat(cand[3:5, :1], 2, 1), np.array([[a, a], [b, b]])])
-    assert mbr_days(cand, refs, day, 100).tolist() == [b, b, a, a, b, a, b]
-
-
-def test_mbr_decoding_end_to_end(checkpoint, tmp_path):
-    """--decode mbr fills exactly the target rows, the same on a second run (seeded draws)."""
-    runs = []
-    for k in range(2):
-        out = tmp_path / str(k)
-        assert main(["eval", "mobility", str(checkpoint), "--output_dir", str(out), "--decode", "mbr"]) == 0
-        runs.append(load_humob_csv(out / "predictions.csv", base=1))
-    truth = synthetic_mobility_city(1000, 4, city="T", first_uid=1040)
-    assert runs[0].keys_equal(truth.subset(truth.d >= 60))
-    assert np.array_equal(runs[0].cell_index(), runs[1].cell_index())

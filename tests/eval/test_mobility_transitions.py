@@ -13,7 +13,6 @@ from stllm.eval.mobility_transitions import (
     day_layout,
     place_transitions,
     posterior_days,
-    sample_days,
     viterbi_days,
 )
 
@@ -137,21 +136,3 @@ def test_candidate_index_is_per_user():
 def test_transition_config_rejects_bad_values():
     with pytest.raises(ValueError, match="smoothing"):
         TransitionConfig(smoothing=0.0)
-
-
-def test_sampled_days_follow_the_chain_posterior():
-    """Days drawn by forward filtering / backward sampling: each row's place frequencies equal the forward-backward
-    posterior (4000 draws, within 0.035), and no drawn day makes a move the chain forbids (A -> C)."""
-    torch.manual_seed(0)
-    move = torch.tensor([[[0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]]]).expand(2, 3, 3).clone()
-    chains = _chains(torch.rand(2, 48) * 0.8 + 0.1, move)
-    emission = torch.randn(9, 3).log_softmax(1)
-    user = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
-    slot = torch.tensor([3, 4, 7, 8, 10, 11, 12, 30, 31])
-    day = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2])
-    draws = sample_days(emission, chains, user, slot, day, 0.7, n=4000, generator=torch.Generator().manual_seed(1))
-    freq = torch.nn.functional.one_hot(draws, 3).float().mean(1)
-    post = posterior_days(emission, chains, user, slot, day, 0.7).exp()
-    assert torch.allclose(freq, post, atol=0.035)
-    same_day = (day[1:] == day[:-1])[:, None]
-    assert not ((draws[:-1] == 0) & (draws[1:] == 2) & same_day).any()
