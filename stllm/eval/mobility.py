@@ -2,10 +2,13 @@
 
 stllm fills every target ``(uid, d, t)`` slot from one teacher-forced forward pass per batch of users: the answer
 holds one ``<mob_pre>`` per target row and the cell-choice head picks each slot's cell among the user's places
-(:mod:`stllm.data.mobility`); no token is generated. The history baselines (:data:`BASELINES`) fill the same
-slots from the same history, and when the file is the HuMob'24 ground truth the published models' prediction
-files beside it (Llama-3-8B-Mob, LP-BERT) are scored on the same rows. The table gives GEO-BLEU (higher is
-better) and DTW (lower is better), means over users, with the metric variant asked for.
+(:mod:`stllm.data.mobility`); no token is generated. ``--decode generate`` (``--with_generate``: as an extra row)
+is the parity mode: the LM writes each user's days as text (:mod:`stllm.data.mobility_answers`) with
+``model.generate`` under a grammar (:mod:`stllm.models.mobility_decoding`). The history baselines
+(:data:`BASELINES`) fill the same slots from the same history, and when the file is the HuMob'24 ground truth
+the published models' prediction files beside it (Llama-3-8B-Mob, LP-BERT) are scored on the same rows. The
+table gives GEO-BLEU (higher is better) and DTW (lower is better), means over users, with the metric variant
+asked for.
 
 Honest evaluation: a target row of a user the checkpoint trained on, on a day inside its training days, is
 refused (``mobility_data.json`` records the users, cities and days). Predictions are written in the HuMob
@@ -324,6 +327,9 @@ def evaluate_mobility(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     text = (record.get("text_answers", 0), record.get("max_runs", MAX_RUNS))
+    if (decode == "generate" or generate) and not text[0]:
+        raise ValueError(f"{ckpt / MOBILITY_DATA_FILE}: field 'text_answers': the checkpoint was not trained to write "
+                         "answers; train it with stllm train-mobility --text_answers 16 for the generate mode")
     if decode == "generate":
         preds = {"stllm": generate_cells(model, tokenizer, split.history, split.target, record["candidates"], *text,
                                          batch_size)}

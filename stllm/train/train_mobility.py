@@ -5,7 +5,9 @@ trajectories: each sample is one user and one window inside days ``0..last_day``
 45-59 from 0-44, and windows slid back by ``window_stride`` days), with one ``<MOB_PRE>`` slot per target row
 where the cell-choice head picks among the user's places (:mod:`stllm.data.mobility`). Days after ``last_day``
 never enter training. The checkpoint records the city, the users and the days it trained on
-(``mobility_data.json``), and ``stllm eval mobility`` refuses targets inside them.
+(``mobility_data.json``), and ``stllm eval mobility`` refuses targets inside them. ``--text_answers N`` also
+trains the LM, in the same windows, to write the target days as text over the user's top N places (the
+generate-based mode, :mod:`stllm.data.mobility_answers`); off by default, as it moves the head's results a little.
 """
 
 from __future__ import annotations
