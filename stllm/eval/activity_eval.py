@@ -1,14 +1,14 @@
 """``stllm eval gen CHECKPOINT``: generated days against real held-out days, beside the baselines.
 
 For each held-out day of the checkpoint's data (user, persona, date; never a trained day, checked against the
-checkpoint's record) stllm writes one day per seed under the activity grammar; the copy and Markov baselines
-sample the same requests with the same seeds. With ``--select`` the sampling settings (:data:`SELECT_GRID`:
-temperature, the bonus towards the user's own places, the shares of places, start hours and day lengths drawn
-from the user's history prior) are first chosen on the checkpoint's validation days (training users' days it
-did not train on; never a test day, checked), by the JSDs to those days relative to the per-user Markov's
-(:func:`margin_score`). Prints the table (JSDs, validity, copies; mean +- std over seeds), writes
-``metrics.json``, the generated days (``generated_seed{S}.jsonl``) and a map of a few generated days over real
-ones (data with coordinates).
+checkpoint's record) stllm writes one day per seed under the activity grammar; the copy and Markov baselines sample
+the same requests with the same seeds. With ``--select`` the sampling settings (:data:`SELECT_GRID`: temperature,
+the bonus towards the user's own places, the shares of places, start hours and day lengths drawn from the user's
+history prior, the per-category logit correction on/off: :mod:`stllm.data.activity_bias`) are first chosen on the
+checkpoint's validation days (training users' days it did not train on; never a test day, checked), by the JSDs to
+those days relative to the per-user Markov's (:func:`margin_score`). Prints the table (JSDs, validity, copies; mean
++- std over seeds), writes ``metrics.json``, the generated days (``generated_seed{S}.jsonl``) and a map of a few
+generated days over real ones (data with coordinates).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stllm.data.activity import ActivitySplit, load_activity_split
+from stllm.data.activity_bias import fit_category_bias
 from stllm.errors import run_command
 from stllm.eval.activity_baselines import MarkovBaseline, fitted_baselines, generate_days, requests_of
 from stllm.eval.activity_metrics import DISTRIBUTIONS, format_table, quality_row
@@ -49,7 +50,9 @@ SELECT_GRID = {  # SamplingConfig fields and the values tried (every combination
     "prefer_own": (4.0,),  # chosen in 3 of 4 earlier checkpoints; the one with 0 lost category on test days
     "user_prior": (0.5, 0.75),
     "user_prior_hours": (0.0, 1.0),  # NYC validation start JSD 0.038 -> 0.020 at 1.0 (T 0.8); Tokyo 0.005 -> 0.016
+    "category_correction": (0, 1),  # 1: per-category logit correction fitted on this point's own days (off)
 }
+CORRECTION = "category_correction"  # grid key that is not a SamplingConfig field: it sets category_bias
 SELECT_DRAWS = 2  # days drawn per validation request and grid point: the same setting's JSDs moved more between
 # sampling seeds (NYC start 0.016-0.029) than between settings; the real days are common to all, the draws are not
 SELECT_REQUESTS = 200  # validation days a grid point is scored on (fewer when the test days are capped lower)
@@ -85,7 +88,8 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
     (``draws`` per request) are closest to the validation days (at most ``max_requests``, evenly spaced) by
     :func:`margin_score` against the per-user Markov fitted on the trained days, among those with validity >=
     ``MIN_SELECT_VALID`` if any."""
-    grid = SELECT_GRID if grid is None else grid
+    grid = dict(SELECT_GRID if grid is None else grid)
+    corrections = grid.pop(CORRECTION, (0,))
     unknown = set(grid) - set(SamplingConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"selection grid: field {sorted(unknown)[0]!r} is not a sampling setting")
@@ -95,17 +99,22 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
     cfg = checks_for(record)
     chain = MarkovBaseline(per_user=True).fit(own.days)
     markov = quality_row([d for s in range(draws) for d in generate_days(chain, requests, seed=s)], val, [], cfg)
-    rows = []
+    rows, settings = [], []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
-        s = replace(base, **point, seed=0, n=draws)
+        s = replace(base, **point, seed=0, n=draws, category_bias=())
         days = as_chains(requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
-        row = quality_row(days, val, own.days, cfg)
-        rows.append({**point, **row, "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS])),
-                     "margin": margin_score(row, markov)})
-    ok = [g for g in rows if g["valid"] >= MIN_SELECT_VALID] or rows
-    best = min(ok, key=lambda g: g["margin"])
-    return replace(base, **{k: best[k] for k in grid}), rows
+        for on in sorted(set(corrections)):
+            if on:  # one fixed-point step from the uncorrected days of the same setting (validation requests)
+                s = replace(s, category_bias=tuple(fit_category_bias(own.days, days, split.test).items()))
+                days = as_chains(requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
+            row = quality_row(days, val, own.days, cfg)
+            rows.append({**point, CORRECTION: on, **row, "margin": margin_score(row, markov),
+                         "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS]))})
+            settings.append(s)
+    ok = [i for i, g in enumerate(rows) if g["valid"] >= MIN_SELECT_VALID] or range(len(rows))
+    best = min(ok, key=lambda i: rows[i]["margin"])
+    return replace(settings[best], seed=base.seed, n=base.n), rows
 
 
 def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, seeds: list[int],
@@ -148,7 +157,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
                            "prefer_own": sampling.prefer_own, "prefer_hours": sampling.prefer_hours,
                            "user_prior": sampling.user_prior, "user_prior_hours": sampling.user_prior_hours,
                            "user_prior_lines": sampling.user_prior_lines,
-                           "reach": sampling.reach},
+                           "reach": sampling.reach, "category_bias": dict(sampling.category_bias)},
               "selection_grid": grid}
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=1, default=float))
     users = list(dict.fromkeys(c.user for c in test))[:3]
@@ -162,7 +171,8 @@ def print_generation_table(result: dict) -> None:
     if result.get("selection_grid"):
         print("\nsampling chosen on validation days (training users' untrained days):")
         for g in result["selection_grid"]:
-            setting = " ".join(f"{k} {v:g}" for k, v in g.items() if k in SamplingConfig.__dataclass_fields__)
+            setting = " ".join(f"{k} {v:g}" for k, v in g.items()
+                               if k in SamplingConfig.__dataclass_fields__ or k == CORRECTION)
             print(f"  {setting}: JSD / per-user Markov {g['margin']:.3f}, mean JSD {g['mean_jsd']:.4f}, "
                   f"valid {g['valid']:.3f}, copies {g['copies']:.3f}")
     s = result["sampling"]
@@ -170,7 +180,7 @@ def print_generation_table(result: dict) -> None:
           f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, prefer_hours {s['prefer_hours']}, "
           f"user_prior {s['user_prior']}, user_prior_hours {s['user_prior_hours']}, "
           f"user_prior_lines {s.get('user_prior_lines', 0.0)}, "
-          f"reach {s['reach']}; "
+          f"reach {s['reach']}, category correction {'on' if s.get('category_bias') else 'off'}; "
           "JSD lower is better")
     print(format_table(result["rows"]))
     if result.get("plot"):
@@ -183,9 +193,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_sampling_args(p)
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds (stllm and baselines)")
     p.add_argument("--output_dir", default=None, help="default: CHECKPOINT/eval-gen")
-    p.add_argument("--select", action="store_true", help="choose temperature, --prefer_own, --user_prior and "
-                                                         "--user_prior_hours on the checkpoint's validation days "
-                                                         "first (overrides them)")
+    p.add_argument("--select", action="store_true", help="choose temperature, --prefer_own, --user_prior, "
+                                                         "--user_prior_hours and the per-category correction (on/off) "
+                                                         "on the checkpoint's validation days first (overrides them)")
     return p
 
 

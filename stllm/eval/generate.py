@@ -50,6 +50,7 @@ class SamplingConfig:
     user_prior_hours: float = 0.0  # share of lines whose start hour is drawn from it
     user_prior_lines: float = 0.0  # share of days whose number of activities is drawn from it
     reach: bool = True  # places within reach of the previous one (data with coordinates)
+    category_bias: tuple[tuple[str, float], ...] = ()  # (category, logit correction) pairs: activity_bias
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
@@ -155,7 +156,8 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
                                        cfg.user_prior_hours if prior else 0.0,
                                        seed=int(torch.randint(2**31 - 1, ()).item()),
                                        weekends=prefer[3][rows] if prefer else None,
-                                       length_weight=cfg.user_prior_lines if prior else 0.0)
+                                       length_weight=cfg.user_prior_lines if prior else 0.0,
+                                       category_bias=dict(cfg.category_bias))
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,

@@ -284,14 +284,16 @@ class ActivityLogitsProcessor(LogitsProcessor):
     Not a product of experts (``+ w log q`` per token): the LM already reads the persona, so the product
     sharpens the users' top places, and the prior's mass lands on short prefix tokens the LM never writes, which
     then derails the day (measured on Tokyo validation days: activities/day JSD 0.054 -> 0.10 at w 0.5, category
-    0.085 -> 0.157). ``seed`` makes the draws repeatable."""
+    0.085 -> 0.157). ``seed`` makes the draws repeatable. ``category_bias`` (category -> b,
+    :mod:`stllm.data.activity_bias`): b is added to the token that decides a line's category, and the prior's
+    place draw is reweighted by exp(b)."""
 
     def __init__(self, grammar: ActivityGrammar, tokenizer, prompt_len: int, max_new_tokens: int,
                  prefer: Sequence[np.ndarray | None] | None = None, bonus: float = 0.0,
                  prefer_times: Sequence[np.ndarray | None] | None = None, time_bonus: float = 0.0,
                  prior: UserPrior | None = None, users: Sequence | None = None, prior_weight: float = 0.0,
                  hour_weight: float = 0.0, seed: int = 0, weekends: Sequence[bool | None] | None = None,
-                 length_weight: float = 0.0):
+                 length_weight: float = 0.0, category_bias: dict[str, float] | None = None):
         self.grammar, self.prompt_len, self.max_new_tokens = grammar, prompt_len, max_new_tokens
         self.eos_ids = {int(tokenizer.eos_token_id)}
         self.pad_id = tokenizer.pad_token_id
@@ -331,6 +333,7 @@ class ActivityLogitsProcessor(LogitsProcessor):
         self.forced: dict[tuple[int, int, str], tuple[int, int] | None] = {}  # (row, line, what) -> allowed range
         if not 0 <= length_weight <= 1 or (length_weight and (prior is None or users is None)):
             raise ValueError(f"length_weight {length_weight} must lie in [0, 1] and needs a prior and each row's user")
+        self.choice_bias, self.choice_cat = choice_category_bias(grammar, category_bias)
         self.lines = [self._draw(prior.lengths(u, None if weekends is None else weekends[i], grammar.max_lines),
                                  length_weight) for i, u in enumerate(users)] if length_weight else None
 
@@ -428,6 +431,15 @@ class ActivityLogitsProcessor(LogitsProcessor):
             self.masks[key] = (np.array(ids, dtype=np.int64), r[:, 0], r[:, 1], r[:, 2], r[:, 3])
         return self.masks[key]
 
+    def _category_boost(self, state, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Per allowed token, the bias of the category it decides: a token whose choices lie in one category
+        while the line's open choices span several (the category's first deciding token; 0 for the others)."""
+        here, cat = self._open_choices(state), self.choice_cat
+        if here is None or cat[here[0]] == cat[here[1]]:
+            return np.zeros(len(lo))
+        a, b = np.maximum(lo, 0), np.maximum(hi, 0)
+        return np.where((lo >= 0) & (cat[a] == cat[b]), self.choice_bias[a], 0.0)
+
     def _line_minute(self, state) -> int:
         """The current line's start minute once decided (its time field may still be writing ' | ')."""
         g, (field, node) = self.grammar, state[1:3]
@@ -448,6 +460,8 @@ class ActivityLogitsProcessor(LogitsProcessor):
             if key not in self.forced:
                 minute = self._line_minute(state)
                 p = self.prior.choice(user, prev, minute // 60).copy()
+                if self.choice_bias is not None:
+                    p *= np.exp(self.choice_bias)
                 p[:here[0]], p[here[1] + 1:] = 0, 0
                 if g.reach is not None and g.coords is not None and prev >= 0:
                     p *= np.diff(g._reachable(prev, minute - state[5])) > 0
@@ -504,12 +518,26 @@ class ActivityLogitsProcessor(LogitsProcessor):
                 if keep.any():
                     allow[row] = False
                     allow[row, torch.from_numpy(tok[keep])] = True
+            if self.choice_bias is not None and state != FINISHED:
+                boost[row, torch.from_numpy(tok)] += torch.from_numpy(self._category_boost(state, lo, hi)).to(boost)
             for counts, a, b, bonus in ((self.prefer_counts, lo, hi, self.bonus),
                                         (self.time_counts, tlo, thi, self.time_bonus)):
                 if counts is not None and counts[row] is not None:
                     hit = (a >= 0) & (counts[row][b + 1] > counts[row][np.maximum(a, 0)])
                     boost[row, torch.from_numpy(tok[hit])] += bonus
         return (scores + boost).masked_fill(~allow, float("-inf"))
+
+
+def choice_category_bias(grammar: ActivityGrammar, bias: dict[str, float] | None
+                         ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per choice of ``grammar``, its category's ``bias`` (0 for a category without one) and its category's index
+    (choices of one category are consecutive ranks); (None, None) without a bias."""
+    if not bias:
+        return None, None
+    cats = [c if isinstance(c, str) else c[0] for c in grammar.choices]
+    clean = {_clean(c): v for c, v in bias.items()}
+    _, index = np.unique(cats, return_inverse=True)
+    return np.array([clean.get(c, 0.0) for c in cats]), index
 
 
 def _counts(masks: Sequence[np.ndarray | None] | None) -> list[np.ndarray | None] | None:

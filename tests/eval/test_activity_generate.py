@@ -196,13 +196,16 @@ def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpo
                              if c.user == user and f"{c.user}/{c.date}" in trained for a in c.activities}
     chosen, grid = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64), own,
                                    progress=False, max_requests=8, grid={"temperature": (0.7, 1.3),
-                                   "prefer_own": (0.0, 2.0), "prefer_hours": (1.0,), "user_prior": (0.5,)})
-    assert [(g["temperature"], g["prefer_own"], g["prefer_hours"], g["user_prior"]) for g in grid] == [
-        (0.7, 0.0, 1.0, 0.5), (0.7, 2.0, 1.0, 0.5), (1.3, 0.0, 1.0, 0.5), (1.3, 2.0, 1.0, 0.5)]
+                                   "prefer_own": (2.0,), "prefer_hours": (1.0,), "user_prior": (0.5,),
+                                   "category_correction": (0, 1)})
+    assert [(g["temperature"], g["prefer_own"], g["prefer_hours"], g["user_prior"], g["category_correction"])
+            for g in grid] == [(0.7, 2.0, 1.0, 0.5, 0), (0.7, 2.0, 1.0, 0.5, 1), (1.3, 2.0, 1.0, 0.5, 0),
+                               (1.3, 2.0, 1.0, 0.5, 1)]
     ok = [g for g in grid if g["valid"] >= 0.95] or grid
     best = min(ok, key=lambda g: g["margin"])
     assert (chosen.temperature, chosen.prefer_own, chosen.prefer_hours, chosen.user_prior) == (
         best["temperature"], best["prefer_own"], 1.0, 0.5)
+    assert bool(chosen.category_bias) == bool(best["category_correction"])  # b travels with the chosen point
     assert chosen.batch_size == 16 and chosen.max_new_tokens == 64
     with pytest.raises(ValueError, match="field 'warmth' is not a sampling setting"):
         select_sampling(model, tok, record, split, SamplingConfig(), own, grid={"warmth": (1.0,)})

@@ -282,3 +282,22 @@ def test_a_drawn_day_length_is_kept_exactly():
     assert 0.4 < np.mean([n is None for n in half.lines]) < 0.6  # the share left to the LM
     with pytest.raises(ValueError, match="length_weight"):
         ActivityLogitsProcessor(g, tok, 0, 90, length_weight=0.5)
+
+
+def test_category_bias_lifts_the_token_that_decides_each_category_once():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, PLACES, answer_prefix=" ", max_lines=4)
+    proc = ActivityLogitsProcessor(g, tok, prompt_len=0, max_new_tokens=200,
+                                   category_bias={"Café": 1.5, "Office": -1.0})
+
+    def shifted(text: str) -> dict[str, float]:
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        out = proc(ids, torch.zeros(1, len(tok)))[0]
+        return {tok.decode([i]): float(out[i]) for i in torch.nonzero(out > float("-inf")).flatten().tolist()}
+
+    opening = shifted(" A 10:00 |")
+    assert {v for k, v in opening.items() if k.strip().startswith("Caf")} == {1.5}
+    assert {v for k, v in opening.items() if k.strip().startswith("Off")} == {-1.0}
+    assert {v for k, v in opening.items() if k.strip() in ("", "B", "Bar")} == {0.0}  # spans several categories
+    # Office has two places: once it is decided, the coordinates' tokens are level (b counted once per line)
+    assert set(shifted(" A 10:00 | Office | 40.7").values()) == {0.0}
