@@ -94,7 +94,7 @@ class ContextSpec:
         """The context an encoder built for ``config`` reads (an ``STEncoderConfig``: ``input_window``,
         ``horizon``, ``days``, ``weeks``, ``recent_views``, ``level_len``)."""
         return cls(config.input_window, config.horizon, config.days, config.weeks, config.recent_views,
-                   getattr(config, "level_len", 0))
+                   config.level_len)
 
     @property
     def view_len(self) -> int:

@@ -440,8 +440,9 @@ def run_baselines(
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
-    for fitted in {"ridge", "level_average"} & set(names) if ridge_kwargs is None else ():
-        raise ValueError(f"baseline {fitted!r} needs ridge_kwargs (at least fit_regions and fit_time, on other "
+    unfitted = [n for n in ("ridge", "level_average") if n in names] if ridge_kwargs is None else []
+    if unfitted:
+        raise ValueError(f"baseline {unfitted[0]!r} needs ridge_kwargs (at least fit_regions and fit_time, on other "
                          "regions)")
     if "encoder_only" in names and encoder_dir is None:
         raise ValueError("baseline 'encoder_only' needs encoder_dir (a stage-1 encoder directory)")
