@@ -37,14 +37,14 @@ Normalisation runs in float32 under autocast.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stllm.encoders.level import LEVEL_RATIOS, level_anchor, level_log_ratios
+from stllm.encoders.level import LEVEL_RATIOS, level_anchor, level_from_scaler, level_log_ratios
 
 
 @dataclass
@@ -291,6 +291,13 @@ class STEncoder(nn.Module):
     @property
     def token_dim(self) -> int:
         return self.config.token_dim
+
+    def match_scaler(self, scaler) -> None:
+        """Read the level block's counts through ``scaler`` (an ``STScaler``): the one the inputs now get, e.g.
+        a new city's own at cross-city evaluation. The level ratios are count ratios; read through the
+        training city's scaler, another city's scaled values give affine-distorted counts and wrong ratios."""
+        if self.config.level_len:
+            self.config = replace(self.config, **level_from_scaler(scaler))
 
     def forward(self, x: torch.Tensor, adj: torch.Tensor | None = None) -> STEncoderOutput:
         """Encode city windows ``x (W, T, N, C)`` (``T = config.context_length``); ``adj (N, N)`` is

@@ -331,6 +331,7 @@ def encoder_only(
     if not isinstance(encoder, STEncoder):
         raise ValueError(f"{path}: holds a {type(encoder).__name__}, encoder_only needs an STEncoder")
     scaler = STScaler.load(path / SCALER_NAME)
+    encoder.match_scaler(scaler)  # the scaler saved beside it may be a new city's own (cross-city evaluation)
     return _encoder_predict(encoder, scaler, city, starts, regions, input_len, output_len, chunk, device)
 
 

@@ -305,6 +305,7 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
 
     # -- the baselines (cheap, and they cannot fail after the model pass), then the model passes
     model = STLlamaForCausalLM.from_pretrained(ckpt)
+    model.st_encoder.match_scaler(scaler)  # rescaled: the level block's counts are read through the new scaler
     encoder_dir = out / "encoder_from_checkpoint"  # the model's own (stage-1) encoder, zero-shot
     save_encoder(model.st_encoder, encoder_dir)
     scaler.save(encoder_dir / "scaler.json")
@@ -439,6 +440,7 @@ def _prepare_other(path: Path, label: str, city, record: SplitRecord, enc, d_arg
 def _predict_other(other: dict, batch_size: int, progress: bool, placement) -> np.ndarray:
     """Predictions of another checkpoint on the same windows (prepared by :func:`_prepare_other`)."""
     model = place_for_inference(STLlamaForCausalLM.from_pretrained(other["path"]), *placement)
+    model.st_encoder.match_scaler(other["scaler"])
     return predict(model, AutoTokenizer.from_pretrained(other["path"]), other["ds"], other["scaler"],
                    batch_size=batch_size, output=other["file"].path, run=other["run"], progress=progress)  # fmt: skip
 

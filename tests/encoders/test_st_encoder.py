@@ -201,6 +201,42 @@ def test_level_anchor_scales_the_historical_average_in_counts():
     np.testing.assert_allclose(scaled, ha * ((now + 3) / (usual + 3))[:, :, None], rtol=1e-4, atol=1e-3)
 
 
+def test_an_encoder_reads_another_citys_level_through_that_citys_scaler():
+    """Cross-city: a new city's inputs are scaled with its own scaler. Read through the training scaler
+    they give affine-distorted counts (wrong ratios); after ``match_scaler`` the exponent-1 anchor is the
+    new city's historical average times its own count ratio, computed from its counts directly."""
+    import dataclasses
+
+    import numpy as np
+
+    from stllm.data import STScaler, synthetic_city
+    from stllm.data.context import ContextSpec, gather_context
+    from stllm.encoders.level import level_from_scaler
+    from stllm.eval.baselines import historical_average
+
+    train_city = synthetic_city(seed=1, n_regions=3, days=40, freq="1h")
+    city = synthetic_city(seed=2, n_regions=3, days=40, freq="1h")
+    city = dataclasses.replace(city, values=(city.values * 3 + 40).astype(city.values.dtype))  # other mean / std
+    own = STScaler.fit(city)
+    enc = STEncoder(STEncoderConfig(days=2, weeks=4, level_len=24, **level_from_scaler(STScaler.fit(train_city))))
+    enc.eval()
+    with torch.no_grad():
+        enc.level_weights[0] = 1.0
+    t0 = np.array([5 * 168 + 7, 5 * 168 + 30])
+    x = torch.from_numpy(own.transform(gather_context(city.values, ContextSpec.of_encoder(enc.config), city.freq,
+                                                      t0)).astype(np.float32))
+    v = city.values.astype(np.float64)
+    now = np.stack([v[t - 12 : t].sum(0) for t in t0])
+    usual = np.stack([np.mean([v[t - 12 - k * 168 : t - k * 168].sum(0) for k in range(1, 5)], axis=0) for t in t0])
+    want = historical_average(city, t0 - 12, np.arange(3), 12, 12, weeks=4) * ((now + 3) / (usual + 3))[:, :, None]
+    with torch.no_grad():
+        stale = own.inverse(enc(x).forecast.double().numpy())
+        enc.match_scaler(own)
+        matched = own.inverse(enc(x).forecast.double().numpy())
+    assert np.abs(stale - want).max() > 1.0  # the bug this guards against
+    np.testing.assert_allclose(matched, want, rtol=1e-4, atol=1e-3)
+
+
 def test_level_block_needs_weeks_and_the_count_conversion():
     with pytest.raises(ValueError, match="needs weeks >= 1"):
         _level_config(weeks=0)
