@@ -18,7 +18,7 @@ loads the population model and student a previous run of the same seed left in `
 deterministic on CPU: the same seed trains the same models).
 
     python bench/intent_quality.py [--data tokyo|nyc|synthetic] [--models] [--seeds 0,1,2] [--steps 300] [--reuse]
-        [--heldout_share 0.5]
+        [--heldout_share 0.5] [--logit_adjust TAU]
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no_class_bias", action="store_true", help="no per-intent offsets")
     ap.add_argument("--heldout_share", type=float, default=None,
                     help="held-out users: the last share of their active days is test (default: 0.2, as all users)")
+    ap.add_argument("--logit_adjust", type=float, default=0.0,
+                    help="tau of the logit-adjusted loss of the population model and distillation (0: plain)")
     ap.add_argument("--reuse", action="store_true", help="load population/ and student/ of --out/seedK when there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                                  teacher_preset=args.preset, reuse=args.reuse,
                                  select_on=args.select_on, gap_margin=args.gap_margin if args.gap_margin >= 0 else None,
                                  acc_margin=args.acc_margin if args.acc_margin >= 0 else None,
-                                 class_bias=not args.no_class_bias, heldout_share=args.heldout_share)
+                                 class_bias=not args.no_class_bias, heldout_share=args.heldout_share,
+                                 logit_adjust=args.logit_adjust)
             r = run_pipeline(cfg, args.out / f"seed{seed}")
             results.append(r)
             pairs = ((TUNED, POPULATION), (TUNED, POPULATION_ADJUSTED), (TUNED, BEFORE), (PLAIN, POPULATION))

@@ -533,6 +533,14 @@ class IntentDataset(torch.utils.data.Dataset):
                 "features": self.features[i], "target": int(self.targets[i])}
 
 
+def dataset_targets(dataset) -> np.ndarray:
+    """The target intents of an :class:`IntentDataset` or of a ``torch.utils.data.Subset`` of one (what
+    ``subsample`` returns), without building the prompts: what a training prior is counted from."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return dataset_targets(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    return np.asarray(dataset.targets, dtype=np.int64)
+
+
 class IntentCollator(PromptCollator):
     """Samples of :class:`IntentDataset` -> ``input_ids``, ``attention_mask`` (B, L) with one ``<intent_pre>`` per
     row (the prompt's last token; right padding), ``intent_features`` (B, C, F), ``intent_targets`` (B,)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,11 +67,26 @@ class IntentHead(nn.Module):
 
 @dataclass
 class IntentOutput(ModelOutput):
-    """``intent_logits`` (B, C); ``loss`` = ``intent_loss`` (cross-entropy) when targets are given."""
+    """``intent_logits`` (B, C); ``loss`` = ``intent_loss`` (cross-entropy, logit-adjusted when the config has
+    ``intent_loss_offsets``) when targets are given."""
 
     loss: torch.FloatTensor | None = None
     intent_loss: torch.FloatTensor | None = None
     intent_logits: torch.FloatTensor | None = None
+
+
+def prior_logit_offsets(targets: np.ndarray, n_classes: int, tau: float, pseudo: float = 1.0) -> list[float]:
+    """``tau * log prior`` per intent, the prior being the class shares of ``targets`` (the *training* targets; one
+    ``pseudo`` count per intent keeps an unseen intent finite). Added to the logits inside the cross-entropy only
+    (Menon et al. 2021's logit-adjusted loss), so the raw logits the model predicts with need not spend their margin
+    on frequent intents: the balanced-error-optimal decision, which raises macro F1 without fitted offsets."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if targets.size and (targets.min() < 0 or targets.max() >= n_classes):
+        raise ValueError(f"targets must be intent ids in [0, {n_classes}), got {targets.min()}..{targets.max()}")
+    if pseudo <= 0:
+        raise ValueError(f"pseudo must be > 0, got {pseudo}")
+    counts = np.bincount(targets, minlength=n_classes).astype(np.float64) + pseudo
+    return (tau * np.log(counts / counts.sum())).tolist()
 
 
 def intent_config_kwargs(n_classes: int, n_features: int, head_dim: int = 32) -> dict:
@@ -123,7 +139,14 @@ class STLlamaForIntent(STLlamaForCausalLM):
             if intent_targets.shape != logits.shape[:1]:
                 raise ValueError(f"intent_targets has shape {tuple(intent_targets.shape)}, expected "
                                  f"({logits.shape[0]},)")
-            loss = F.cross_entropy(logits.float(), intent_targets.to(logits.device))
+            scored = logits.float()
+            offsets = getattr(self.config, "intent_loss_offsets", None)
+            if offsets is not None:  # logit-adjusted training loss; predictions stay the plain logits
+                if len(offsets) != scored.shape[-1]:
+                    raise ValueError(f"config.intent_loss_offsets has {len(offsets)} values for "
+                                     f"{scored.shape[-1]} intents")
+                scored = scored + torch.tensor(offsets, dtype=scored.dtype, device=scored.device)
+            loss = F.cross_entropy(scored, intent_targets.to(logits.device))
         return IntentOutput(loss=loss, intent_loss=loss, intent_logits=logits)
 
 

@@ -27,9 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stllm.data.intent import IntentCollator
+from stllm.data.intent import IntentCollator, dataset_targets
 from stllm.models.configuration import STLlamaConfig
-from stllm.models.intent import INTENT_DATA_FILE, IntentLogits, STLlamaForIntent, intent_config_kwargs, run_intent
+from stllm.models.intent import (
+    INTENT_DATA_FILE,
+    IntentLogits,
+    STLlamaForIntent,
+    intent_config_kwargs,
+    prior_logit_offsets,
+    run_intent,
+)
 from stllm.safe_io import staged_dir
 
 ONNX_FILE = "student.onnx"
@@ -54,6 +61,7 @@ class DistillConfig:
     lr: float = 3e-3
     temperature: float = 2.0
     alpha: float = 0.7  # weight of the teacher's soft targets
+    logit_adjust: float = 0.0  # tau of the logit-adjusted hard-target loss (prior: the distillation targets); 0 = plain
     seed: int = 0
 
 
@@ -75,13 +83,19 @@ def build_student(teacher: STLlamaForIntent, spec: StudentSpec) -> STLlamaForInt
 
 def distill(teacher: STLlamaForIntent, tokenizer, dataset, spec: StudentSpec, cfg: DistillConfig,
             progress: bool = False) -> STLlamaForIntent:
-    """Train a student on ``dataset`` against the teacher's logits (computed once, in one pass per batch)."""
+    """Train a student on ``dataset`` against the teacher's logits (computed once, in one pass per batch). With
+    ``cfg.logit_adjust`` the hard-target cross-entropy is logit-adjusted by the intent shares of ``dataset``'s
+    targets (training targets only; stored as the student's ``intent_loss_offsets``); the soft term matches the
+    plain logits, which for a logit-adjusted teacher are already prior-free."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
     collator = IntentCollator(tokenizer)
     soft = run_intent(teacher, collator, dataset, batch_size=64)
     student = build_student(teacher, spec).train()
+    if cfg.logit_adjust:
+        n_classes = teacher.config.intent_classes
+        student.config.intent_loss_offsets = prior_logit_offsets(dataset_targets(dataset), n_classes, cfg.logit_adjust)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     rng = np.random.default_rng(cfg.seed)

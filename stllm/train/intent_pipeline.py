@@ -86,6 +86,7 @@ class PipelineConfig:
     teacher_preset: str = "small"
     teacher_steps: int = 300
     teacher_lr: float = 1e-3
+    logit_adjust: float = 0.0  # tau of the logit-adjusted loss of the population model and the distillation; 0 = plain
     batch_size: int = 32
     distill_samples: int = 4000
     student: StudentSpec = field(default_factory=StudentSpec)
@@ -122,10 +123,12 @@ def _reusable(path: Path, cfg: PipelineConfig) -> bool:
         return False
     record = read_intent_record(path)
     seed = record.get("distill", {}).get("seed", record.get("seed"))
+    tau = record.get("distill", record).get("logit_adjust", 0.0)
     if record.get("data") != cfg.data or int(record.get("split_seed", -1)) != cfg.split_seed or (
-            seed is not None and int(seed) != cfg.seed):
-        raise ValueError(f"{path}: field 'data'/'split_seed'/'seed' of {INTENT_DATA_FILE} differs from this run's "
-                         f"({cfg.data}, split seed {cfg.split_seed}, seed {cfg.seed}): not reusable")
+            seed is not None and int(seed) != cfg.seed) or float(tau) != cfg.logit_adjust:
+        raise ValueError(f"{path}: field 'data'/'split_seed'/'seed'/'logit_adjust' of {INTENT_DATA_FILE} differs from "
+                         f"this run's ({cfg.data}, split seed {cfg.split_seed}, seed {cfg.seed}, logit_adjust "
+                         f"{cfg.logit_adjust}): not reusable")
     return True
 
 
@@ -138,7 +141,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
             "--output_dir", str(teacher_dir), "--data", cfg.data, "--split_seed", str(cfg.split_seed),
             "--synthetic_users", str(cfg.synthetic_users), *(["--data_root", cfg.data_root] if cfg.data_root else []),
             "--tiny_preset", cfg.teacher_preset, "--max_steps", str(cfg.teacher_steps), "--per_device_train_batch_size",
-            str(cfg.batch_size), "--learning_rate", str(cfg.teacher_lr), "--seed", str(cfg.seed), "--save_strategy",
+            str(cfg.batch_size), "--learning_rate", str(cfg.teacher_lr), "--seed", str(cfg.seed), "--logit_adjust",
+            str(cfg.logit_adjust), "--save_strategy",
             "no", "--disable_tqdm", str(not progress).lower(), "--report_to", "none", "--logging_steps", "50",
             "--overwrite_output_dir", "true"], data_class=IntentDataArguments))  # fmt: skip
         release_trainer(trainer)
@@ -151,7 +155,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     collator = IntentCollator(tokenizer)
 
     t = time.perf_counter()
-    dcfg = DistillConfig(**{**cfg.distill.__dict__, "seed": cfg.seed})
+    dcfg = DistillConfig(**{**cfg.distill.__dict__, "seed": cfg.seed, "logit_adjust": cfg.logit_adjust})
     student_dir = out / "student"
     if _reusable(student_dir, cfg):
         student = load_intent_checkpoint(student_dir)[0]

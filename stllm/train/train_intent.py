@@ -16,8 +16,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from stllm.data.intent import INTENT_FEATURES, INTENTS, IntentCollator, PreparedIntent, prepare_intent, resolve_events
-from stllm.models.intent import INTENT_DATA_FILE, STLlamaForIntent, intent_config_kwargs
+from stllm.data.intent import (
+    INTENT_FEATURES,
+    INTENTS,
+    IntentCollator,
+    PreparedIntent,
+    dataset_targets,
+    prepare_intent,
+    resolve_events,
+)
+from stllm.models.intent import INTENT_DATA_FILE, STLlamaForIntent, intent_config_kwargs, prior_logit_offsets
 from stllm.tokens import INTENT_PRE_TOKEN, add_intent_token
 from stllm.train.arguments import ModelArguments, STTrainingArguments
 from stllm.train.checks import POSITIVE, check_fields, rule
@@ -53,6 +61,9 @@ class IntentDataArguments:
     synthetic_users: int = field(default=40, metadata={"help": "Users of the synthetic events."})
     tokenizer_vocab: int = field(default=1000, metadata={"help": "BPE vocabulary of the offline tokenizer (tiny)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many samples."})
+    logit_adjust: float = field(default=0.0, metadata={"help": "Logit-adjusted loss (Menon et al. 2021): the "
+                                "cross-entropy scores logits + TAU * log(prior), prior = intent shares of the training "
+                                "targets; predictions use the plain logits. 0 = plain cross-entropy."})
 
     def __post_init__(self):
         check_fields(self, [*(rule(k, POSITIVE) for k in ("history", "head_dim", "synthetic_users", "tokenizer_vocab")),
@@ -96,8 +107,11 @@ def train_intent(model_args: ModelArguments, data_args: IntentDataArguments,
         picks = np.linspace(0, len(dataset) - 1, num=min(len(dataset), 400)).astype(int)
         model, tokenizer = build_intent_model(model_args, [dataset.texts[i] for i in picks],
                                               data_args.tokenizer_vocab, rt.attn_implementation, data_args.head_dim)
-        model = ready_for_training(model, model_args, training_args, rt)
         train_set = subsample(dataset, data_args.max_train_samples, training_args.seed)
+        if data_args.logit_adjust:  # the prior of what trains, never of held-out users or later days
+            model.config.intent_loss_offsets = prior_logit_offsets(dataset_targets(train_set), len(INTENTS),
+                                                                   data_args.logit_adjust)
+        model = ready_for_training(model, model_args, training_args, rt)
         record = {**asdict(data_args), "source": data.log.source, "split": json.loads(data.split.to_json()),
                   "trained_parts": list(TRAINED_PARTS), "n_samples": len(train_set), "intents": list(INTENTS),
                   "features": list(INTENT_FEATURES)}

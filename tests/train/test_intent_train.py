@@ -304,3 +304,28 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
         u: r.data.split.cutoff[u] for u in r.data.split.population_users}
     with pytest.raises(ValueError, match="not reusable"):
         run_pipeline(PipelineConfig(**{**cfg.__dict__, "split_seed": 1}), tmp_path)
+    with pytest.raises(ValueError, match=r"logit_adjust 1.0\): not reusable"):  # trained with a plain loss
+        run_pipeline(PipelineConfig(**{**cfg.__dict__, "logit_adjust": 1.0}), tmp_path)
+
+
+def test_logit_adjust_prior_counts_training_targets_only(tmp_path):
+    """``--logit_adjust`` stores tau * log(shares of the population users' earlier-day targets, +1 each) as the
+    population model's loss offsets -- not the shares of all targets -- and distillation counts its own pool."""
+    out = tmp_path / "pop"
+    assert train_main(["--output_dir", str(out), "--synthetic_users", "8", "--max_steps", "1", "--logit_adjust", "0.5",
+                       "--per_device_train_batch_size", "8", "--save_strategy", "no", "--disable_tqdm", "true",
+                       "--report_to", "none", "--tokenizer_vocab", "400"]) == 0
+    teacher, tok, record = load_intent_checkpoint(out)
+    assert record["logit_adjust"] == 0.5
+    data = prepare_from_record(record)
+    train_y = data.log.intent[data.rows_of("population_train")]
+    counts = np.bincount(train_y, minlength=len(INTENTS)) + 1.0
+    want = 0.5 * np.log(counts / counts.sum())
+    assert np.allclose(teacher.config.intent_loss_offsets, want)
+    every = np.bincount(data.log.intent[data.rows], minlength=len(INTENTS)) + 1.0
+    assert not np.allclose(want, 0.5 * np.log(every / every.sum()))  # held-out users' targets would change it
+    pool = torch.utils.data.Subset(data.dataset("population_train"), range(0, 64, 2))
+    student = distill(teacher, tok, pool, StudentSpec(hidden_size=16, heads=2, intermediate_size=32, head_dim=8),
+                      DistillConfig(steps=1, batch_size=8, logit_adjust=2.0))
+    pool_counts = np.bincount(train_y[0:64:2], minlength=len(INTENTS)) + 1.0
+    assert np.allclose(student.config.intent_loss_offsets, 2.0 * np.log(pool_counts / pool_counts.sum()))
