@@ -24,6 +24,7 @@ written under another key is refused, naming what differs; ``--overwrite`` start
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ from stllm.data.splits import ContentFingerprint
 from stllm.encoders.io import save_encoder
 from stllm.errors import run_command
 from stllm.eval.baselines import BASELINES, baseline_label, eval_targets, run_baselines
-from stllm.eval.metrics import event_metrics, flow_metrics
+from stllm.eval.metrics import event_metrics, f1_thresholds, flow_metrics
 from stllm.eval.plots import plot_error_map, plot_forecasts
 from stllm.eval.predict import PredictionFile, predict
 from stllm.eval.run_identity import check_checkpoint, checkpoint_digests, data_digest, load_json_object
@@ -61,6 +62,7 @@ MODES = ("cross-region", "cross-city", "cross-dataset")
 SUPERVISED_TRAINING = {"epochs": 5, "steps_per_epoch": 100}  # the supervised reference's training budget
 _DEFAULT_BASELINES = ("last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average",
                       "level_average", "ridge", "encoder_only")  # fmt: skip
+VAL_F1 = "Macro-F1 (val thr)"  # at per-class thresholds chosen on validation windows, per method
 FITTED = ("level_average", "ridge")  # fitted on the checkpoint's training regions x time (one fit set)
 
 
@@ -314,8 +316,17 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
                          pretrain_kwargs={**SUPERVISED_TRAINING, "progress": False,
                                           "encoder_config": _same_inputs(enc)})  # fmt: skip
     place_for_inference(model, *placement)
-    stllm = predict(model, AutoTokenizer.from_pretrained(ckpt), ds, scaler, batch_size=batch_size,
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    stllm = predict(model, tokenizer, ds, scaler, batch_size=batch_size,
                     output=out / "predictions.jsonl", run=run, progress=progress, generate=generate)  # fmt: skip
+    val = None
+    if city.task == "event":  # every method's F1 threshold, chosen on the checkpoint's validation windows
+        val, why = _validation_windows(ds, d_args, enc, scaler, ridge_kwargs)
+        if val is None:
+            skipped["validation thresholds"] = why
+            logger.warning("no validation-chosen thresholds: %s", why)
+        else:
+            val_preds = {"stllm": predict(model, tokenizer, val["ds"], scaler, batch_size=batch_size, progress=False)}
     del model
     y, mask = eval_targets(city, ds.starts, ds.region_idx, input_len, output_len)
     failed = np.isnan(stllm).any(axis=(-2, -1))  # generate mode: samples whose answer held no prediction slots
@@ -323,13 +334,27 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     preds = {name: stllm}
     for label, other in others.items():
         preds[label] = _predict_other(other, batch_size, progress, placement)
+        if val is not None:
+            val_preds[label] = _predict_other(other, batch_size, False, placement, val["time"], val["regions"])
     preds.update({baseline_label(k): v for k, v in base.items()})
+    thresholds = {}
+    if val is not None:
+        val_base = run_baselines(city, val["ds"].starts, val["ds"].region_idx, input_len, output_len,
+                                 names=[n for n in names if n != "supervised_encoder"], encoder_dir=encoder_dir,
+                                 ridge_kwargs=val["ridge_kwargs"])  # fmt: skip
+        val_preds.update({baseline_label(k): v for k, v in val_base.items()})
+        val_preds[name] = val_preds.pop("stllm")
+        thresholds = {k: f1_thresholds(p, *val["targets"]) for k, p in val_preds.items()}
 
     # parse failures are reported in the row name and scored for no method (same samples for all rows)
     mask = mask & ~failed[..., None, None]
     if city.task == "event":
         metrics = {k: event_metrics(p, y, mask, classes=city.channels) for k, p in preds.items()}
-        columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1"]
+        for k, row in metrics.items():
+            row[VAL_F1] = (event_metrics(preds[k], y, mask, threshold=thresholds[k])["Macro-F1"] if k in thresholds
+                           else float("nan"))  # fmt: skip
+        columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1",
+                                                                                  VAL_F1]  # fmt: skip
     else:
         metrics = {k: flow_metrics(p, y, mask, channels=city.channels) for k, p in preds.items()}
         columns = [f"{m}/{c}" for c in city.channels for m in ("MAE", "RMSE")]
@@ -338,7 +363,10 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
         "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range, "rescaled": rescale,
         "generate_failures": int(failed.sum()), "skipped": skipped,
         "windows": ds.n_windows, "checkpoint": str(ckpt), "channels": channels_used,
-        "channel_mapping": describe(channels_used), "metrics": metrics})]  # fmt: skip
+        "channel_mapping": describe(channels_used), "metrics": metrics,
+        **({"event_thresholds": {k: dict(zip(city.channels, map(float, v))) for k, v in thresholds.items()},
+            "threshold_windows": {"regions": val["regions"], "time_range": val["time_range"]}} if thresholds else {}),
+    })]  # fmt: skip
     if plots:
         files += _plots(out, city, ds, y, preds, metrics)
     (out / "table.txt").write_text(table + "\n")
@@ -433,16 +461,50 @@ def _prepare_other(path: Path, label: str, city, record: SplitRecord, enc, d_arg
     slug = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
     o_options = {**options, "prompt": {**options["prompt"], "extra_views": views}, "generate": False}
     run = {**checkpoint_digests(path), **shared, "scaler": json.loads(own.to_json()), "options": o_options}
-    return {"path": path, "ds": ds, "scaler": own, "run": run,
+    return {"path": path, "ds": ds, "scaler": own, "run": run, "args": o_args, "enc": other,
             "file": PredictionFile(out / f"predictions-{slug}.jsonl", run)}  # fmt: skip
 
 
-def _predict_other(other: dict, batch_size: int, progress: bool, placement) -> np.ndarray:
-    """Predictions of another checkpoint on the same windows (prepared by :func:`_prepare_other`)."""
+def _predict_other(other: dict, batch_size: int, progress: bool, placement, time: slice | None = None,
+                   regions: list[str] | None = None) -> np.ndarray:
+    """Predictions of another checkpoint on the same windows (prepared by :func:`_prepare_other`); with ``time``
+    and ``regions``, on those validation windows instead (not saved)."""
     model = place_for_inference(STLlamaForCausalLM.from_pretrained(other["path"]), *placement)
     model.st_encoder.match_scaler(other["scaler"])
-    return predict(model, AutoTokenizer.from_pretrained(other["path"]), other["ds"], other["scaler"],
-                   batch_size=batch_size, output=other["file"].path, run=other["run"], progress=progress)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(other["path"])
+    if time is not None:
+        ds = eval_dataset(other["ds"].city, other["scaler"], other["args"], other["enc"], regions, time,
+                          other["ds"].output_len)  # fmt: skip
+        return predict(model, tokenizer, ds, other["scaler"], batch_size=batch_size, progress=False)
+    return predict(model, tokenizer, other["ds"], other["scaler"], batch_size=batch_size, output=other["file"].path,
+                   run=other["run"], progress=progress)  # fmt: skip
+
+
+def _validation_windows(ds, d_args: DataArguments, enc, scaler: STScaler, ridge_kwargs: dict | None):
+    """``(windows, None)`` on which each method's F1 thresholds are chosen, or ``(None, why not)``: the
+    checkpoint's training regions over the last ``val_fraction`` of its training time (what stage 2 validated
+    on), in the evaluated city; never an evaluated region or target (checked)."""
+    if ridge_kwargs is None or ridge_kwargs["fit_city"] is not ds.city:
+        return None, "they need the checkpoint's training regions and time in the evaluated data (cross-region)"
+    fit, regions = ridge_kwargs["fit_time"], ridge_kwargs["fit_regions"]
+    span, out_len = fit.stop - fit.start, ds.output_len
+    v0 = fit.stop - max(out_len, int(round(span * (d_args.val_fraction or 0.1))))
+    need = ContextSpec.of_encoder(enc).min_history(ds.city.freq, ds.city.source)
+    if v0 - ds.input_len < need:
+        return None, f"the validation windows (from step {v0}) need {need} steps of history before them"
+    time = slice(v0 - ds.input_len, fit.stop)
+    val_ds = eval_dataset(ds.city, scaler, d_args, enc, regions, time, max(1, out_len // 4))
+    evaluated = {ds.city.region_ids[int(i)] for i in ds.region_idx}
+    if evaluated & set(regions) or int(val_ds.starts.max()) + out_len > int(ds.starts.min()):
+        raise AssertionError("validation windows for the thresholds overlap the evaluated regions or targets")
+    targets = eval_targets(ds.city, val_ds.starts, val_ds.region_idx, ds.input_len, out_len)
+    t = ds.city.timestamps
+    # the fitted baselines forecast these windows like the model: fitted on the same regions before them. The
+    # fit set's zero-shot check guards evaluated data, which these windows are not (checked above): a copy of
+    # the city passes it as another clock's data
+    refit = {**ridge_kwargs, "fit_city": copy.copy(ds.city), "fit_time": slice(fit.start, v0)}
+    return {"ds": val_ds, "time": time, "regions": regions, "targets": targets, "ridge_kwargs": refit,
+            "time_range": [str(t[v0]), str(t[fit.stop - 1])]}, None
 
 
 def _ridge_kwargs(ckpt: Path, train: SplitRecord, city, scaler: STScaler, links: dict) -> dict:

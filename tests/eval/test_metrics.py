@@ -213,3 +213,23 @@ def test_event_masking_and_torch():
     assert event_metrics(p2, y2, mask) == ref
     assert event_metrics(torch.from_numpy(prob), torch.from_numpy(y), torch.from_numpy(mask)) == ref
     assert event_metrics(prob, y) != ref  # the mask did matter
+
+
+def test_f1_thresholds_pick_the_f1_optimal_cut_per_class_by_hand():
+    """Class 0: scores .9 .8 .7 .2 .1 (.95 masked out), positives at .9 and .7: F1 of the top 1, 2, 3, 4, 5 is
+    2/3, 1/2, 4/5, 2/3, 4/7 -> cut between .7 and .2 (.45). Class 1: ties .6 .6 .4 .4 .1, positives at one .6
+    and both .4: only whole tie groups can be cut, top 2, 4, 5 give .4, 6/7, 3/4 -> between .4 and .1 (.25).
+    Class 2 has no positive: the default."""
+    from stllm.eval.metrics import f1_thresholds
+
+    prob = np.array([[0.9, 0.6, 0.3], [0.8, 0.6, 0.2], [0.7, 0.4, 0.1], [0.2, 0.4, 0.5], [0.1, 0.1, 0.9],
+                     [0.95, 0.0, 0.0]])  # fmt: skip
+    y = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]])
+    mask = np.ones_like(y, dtype=bool)
+    mask[5, 0] = False
+    thr = f1_thresholds(prob, y, mask, default=0.5)
+    np.testing.assert_allclose(thr, [0.45, 0.25, 0.5])
+    got = event_metrics(prob, y, mask, threshold=thr)
+    assert got["F1/0"] == pytest.approx(0.8) and got["F1/1"] == pytest.approx(6 / 7)
+    assert event_metrics(prob, y, mask)["F1/0"] == pytest.approx(0.8)  # .5 happens to cut there too
+    assert event_metrics(prob, y, mask)["F1/1"] == pytest.approx(0.4)  # but not for class 1
