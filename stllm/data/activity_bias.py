@@ -7,12 +7,18 @@ vs 58.1%). Decoding adds ``b_c`` to the logit of the token that decides category
 prior's draw by ``exp(b_c)``), with ``b = log(share in trained days) - log(share in the model's own days on
 validation requests)``: one fixed-point step of matching the marginal. Both sides are fitted without test days
 (:func:`fit_category_bias` refuses them).
+
+The population correction was rejected on validation days (it moves mass to the 480-category tail as a whole,
+while each user's days hold few of its categories). :func:`user_category_bias` corrects each user's own mix
+instead: ``b_{u,c} = G/(G+k) * clip(log p_u(c) - log q_u(c))``, ``p_u`` the user's trained days and ``q_u`` the
+model's days for that user's validation requests, both Dirichlet-smoothed towards the population's trained
+share, and shrunk by the ``G`` activities the model wrote for the user (a user with few has a noisy ``q_u``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -20,6 +26,9 @@ from stllm.data.activity import ActivityChain
 
 BIAS_ALPHA = 1.0  # pseudo-count per category on both sides (a category absent from the generated days gets a
 # finite b)
+USER_ALPHA = 5.0  # per-user smoothing: pseudo-activities spread as the population's trained shares
+USER_SHRINK = 10.0  # k: b is scaled by G / (G + k), G the generated activities of the user
+POP_FLOOR = 1e-6  # share of a category missing from the population's (keeps log finite)
 BIAS_CLIP = 2.0  # |b| at most this: a rare category's share is noisy on a few hundred validation days
 
 
@@ -38,15 +47,60 @@ def category_bias(target: Iterable[str], generated: Iterable[str], previous: dic
     return {c: float(v) for c, v in zip(cats, b)}
 
 
-def fit_category_bias(trained: Sequence[ActivityChain], generated: Sequence[ActivityChain],
-                      test: Sequence[ActivityChain], previous: dict[str, float] | None = None) -> dict[str, float]:
-    """:func:`category_bias` of the trained days' categories against the model's days ``generated`` for
-    validation requests; refuses a trained or generated day whose (user, date) is a test day."""
+def _refuse_test_days(trained: Sequence[ActivityChain], generated: Sequence[ActivityChain],
+                      test: Sequence[ActivityChain]) -> None:
     test_keys = {(c.user, c.date) for c in test}
     for what, days in (("trained", trained), ("generated", generated)):
         bad = [c for c in days if (c.user, c.date) in test_keys]
         if bad:
             raise ValueError(f"category bias: field '{what}': user {bad[0].user} on {bad[0].date} is a test day; fit "
                              "on trained and validation days only")
+
+
+def fit_category_bias(trained: Sequence[ActivityChain], generated: Sequence[ActivityChain],
+                      test: Sequence[ActivityChain], previous: dict[str, float] | None = None) -> dict[str, float]:
+    """:func:`category_bias` of the trained days' categories against the model's days ``generated`` for
+    validation requests; refuses a trained or generated day whose (user, date) is a test day."""
+    _refuse_test_days(trained, generated, test)
     return category_bias((a.category for c in trained for a in c.activities),
                          (a.category for c in generated for a in c.activities), previous)
+
+
+def user_category_bias(target: dict[Hashable, Sequence[str]], generated: dict[Hashable, Sequence[str]],
+                       population: dict[str, float], alpha: float = USER_ALPHA, shrink: float = USER_SHRINK,
+                       clip: float = BIAS_CLIP) -> dict[Hashable, dict[str, float]]:
+    """Per user with generated activities, ``b_c = G/(G+shrink) * clip(log p(c) - log q(c))`` over the categories
+    the user's target or generated days hold (the others: 0), ``p(c) = (t_c + alpha pi_c) / (T + alpha)`` and
+    ``q(c) = (g_c + alpha pi_c) / (G + alpha)``, ``pi`` = ``population`` shares (at least ``POP_FLOOR``)."""
+    if alpha <= 0 or shrink < 0 or clip <= 0:
+        raise ValueError(f"user category bias: need alpha > 0, shrink >= 0, clip > 0; got {alpha}, {shrink}, {clip}")
+    out = {}
+    for user, gen in generated.items():
+        t, g = Counter(target.get(user, ())), Counter(gen)
+        if not g:
+            continue
+        cats = sorted(set(t) | set(g))
+        tn, gn = sum(t.values()), sum(g.values())
+        pi = np.array([population.get(c, 0.0) for c in cats])
+        pi = np.maximum(pi, POP_FLOOR)
+        p = (np.array([t[c] for c in cats]) + alpha * pi) / (tn + alpha)
+        q = (np.array([g[c] for c in cats]) + alpha * pi) / (gn + alpha)
+        b = gn / (gn + shrink) * np.clip(np.log(p) - np.log(q), -clip, clip)
+        out[user] = {c: float(v) for c, v in zip(cats, b)}
+    return out
+
+
+def fit_user_category_bias(trained: Sequence[ActivityChain], generated: Sequence[ActivityChain],
+                           test: Sequence[ActivityChain], **kwargs) -> dict[Hashable, dict[str, float]]:
+    """:func:`user_category_bias` of each user's trained days against the model's days ``generated`` for that
+    user's validation requests (population shares from all trained days); refuses a trained or generated day
+    whose (user, date) is a test day."""
+    _refuse_test_days(trained, generated, test)
+    target: dict[Hashable, list[str]] = {}
+    gen: dict[Hashable, list[str]] = {}
+    for days, into in ((trained, target), (generated, gen)):
+        for c in days:
+            into.setdefault(c.user, []).extend(a.category for a in c.activities)
+    pop = Counter(a.category for c in trained for a in c.activities)
+    total = sum(pop.values()) or 1
+    return user_category_bias(target, gen, {c: n / total for c, n in pop.items()}, **kwargs)

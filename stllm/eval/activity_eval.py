@@ -4,11 +4,11 @@ For each held-out day of the checkpoint's data (user, persona, date; never a tra
 checkpoint's record) stllm writes one day per seed under the activity grammar; the copy and Markov baselines sample
 the same requests with the same seeds. With ``--select`` the sampling settings (:data:`SELECT_GRID`: temperature,
 the bonus towards the user's own places, the shares of places, start hours and day lengths drawn from the user's
-history prior, the per-category logit correction on/off: :mod:`stllm.data.activity_bias`) are first chosen on the
-checkpoint's validation days (training users' days it did not train on; never a test day, checked), by the JSDs to
-those days relative to the per-user Markov's (:func:`margin_score`). Prints the table (JSDs, validity, copies; mean
-+- std over seeds), writes ``metrics.json``, the generated days (``generated_seed{S}.jsonl``) and a map of a few
-generated days over real ones (data with coordinates).
+history prior, the per-category logit correction off / population / per user: :mod:`stllm.data.activity_bias`)
+are first chosen on the checkpoint's validation days (training users' days it did not train on; never a test day,
+checked), by the JSDs to those days relative to the per-user Markov's (:func:`margin_score`). Prints the table
+(JSDs, validity, copies; mean +- std over seeds), writes ``metrics.json``, the generated days
+(``generated_seed{S}.jsonl``) and a map of a few generated days over real ones (data with coordinates).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from stllm.data.activity import ActivitySplit, load_activity_split
-from stllm.data.activity_bias import fit_category_bias
+from stllm.data.activity_bias import fit_category_bias, fit_user_category_bias
 from stllm.errors import run_command
 from stllm.eval.activity_baselines import MarkovBaseline, fitted_baselines, generate_days, requests_of
-from stllm.eval.activity_metrics import DISTRIBUTIONS, format_table, quality_row
+from stllm.eval.activity_metrics import DISTRIBUTIONS, day_histograms, format_table, histogram_jsd, quality_row
 from stllm.eval.activity_plots import plot_days_map
 from stllm.eval.generate import (
     OwnHistory,
@@ -50,12 +50,16 @@ SELECT_GRID = {  # SamplingConfig fields and the values tried (every combination
     "prefer_own": (4.0,),  # chosen in 3 of 4 earlier checkpoints; the one with 0 lost category on test days
     "user_prior": (0.5, 0.75),
     "user_prior_hours": (0.0, 1.0),  # NYC validation start JSD 0.038 -> 0.020 at 1.0 (T 0.8); Tokyo 0.005 -> 0.016
-    "category_correction": (0, 1),  # 1: per-category logit correction fitted on this point's own days (off)
+    "category_correction": (0, 1),  # per-category logit correction fitted on this point's own days: 0 off,
+    # 1 population; 2 (per user, --correction user) lost on validation days on both cities' checkpoints (README)
 }
 CORRECTION = "category_correction"  # grid key that is not a SamplingConfig field: it sets category_bias
 SELECT_DRAWS = 2  # days drawn per validation request and grid point: the same setting's JSDs moved more between
 # sampling seeds (NYC start 0.016-0.029) than between settings; the real days are common to all, the draws are not
-SELECT_REQUESTS = 200  # validation days a grid point is scored on (fewer when the test days are capped lower)
+SELECT_REQUESTS = 400  # validation days a grid point is scored on (fewer when the test days are capped lower): all
+# of NYC's 396 (--val_days 2) and Tokyo's 186: the score's noise (its bootstrap standard error, printed per point)
+# was as large as the gaps between settings on fewer
+SELECT_BOOTSTRAP = 200  # resamples of the validation requests for the score's standard error
 MIN_SELECT_VALID = 0.95  # settings below this validity on validation days are chosen only when all are
 
 
@@ -80,6 +84,55 @@ def margin_score(row: dict, reference: dict) -> float:
                              if np.isfinite(row[d]) and np.isfinite(reference[d])]))
 
 
+def bootstrap_margins(days: list, real: list, reference: list, draws: int, n_boot: int = SELECT_BOOTSTRAP,
+                      seed: int = 0) -> np.ndarray:
+    """:func:`margin_score` of ``days`` (``draws`` per request, request-major) against ``real`` (one per request)
+    relative to ``reference`` (``draws`` per request, draw-major: the Markov's seeds), on ``n_boot`` resamples of
+    the requests (with replacement; the same resamples for every caller with the same ``seed``, so two settings'
+    scores are paired and the spread of their difference is its standard error)."""
+    n = len(real)
+    if len(days) != n * draws or len(reference) != n * draws:
+        raise ValueError(f"bootstrap: {len(days)} days and {len(reference)} reference days for {n} requests x {draws}")
+    vocab = {c: i for i, c in enumerate(sorted({a.category for d in (*days, *real, *reference) for a in d.activities}))}
+    gen, ref, truth = (day_histograms(x, vocab) for x in (days, reference, real))
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)  # times each request is drawn
+        t = {d: w @ truth[d] for d in DISTRIBUTIONS}
+        out[b] = margin_score(histogram_jsd({d: np.repeat(w, draws) @ gen[d] for d in DISTRIBUTIONS}, t),
+                              histogram_jsd({d: np.tile(w, draws) @ ref[d] for d in DISTRIBUTIONS}, t))
+    return out
+
+
+def correction_settings(s: SamplingConfig, kind: int, own: OwnHistory, days: list, test: list) -> SamplingConfig:
+    """``s`` with the category correction ``kind`` (0 off, 1 population, 2 per user) fitted on ``days`` (the
+    model's days for validation requests under ``s`` uncorrected): one fixed-point step."""
+    if kind == 1:
+        return replace(s, category_bias=tuple(fit_category_bias(own.days, days, test).items()))
+    if kind == 2:
+        return replace(s, user_category_bias=tuple((u, tuple(b.items()))
+                                                   for u, b in fit_user_category_bias(own.days, days, test).items()))
+    return s
+
+
+CORRECTIONS = {"off": 0, "population": 1, "user": 2}  # --correction names of the grid's correction kinds
+
+
+def fit_correction(model, tokenizer, record: dict, split: ActivitySplit, sampling: SamplingConfig, own: OwnHistory,
+                   kind: int, progress: bool = True, max_requests: int | None = SELECT_REQUESTS,
+                   draws: int = SELECT_DRAWS) -> SamplingConfig:
+    """``sampling`` with the correction ``kind`` fitted as :func:`select_sampling` fits it (on ``draws`` days per
+    validation request under ``sampling`` uncorrected), without choosing anything else."""
+    if not kind:
+        return sampling
+    requests = requests_of(evenly_spaced(validation_days(record, split), max_requests))
+    check_not_trained_on(requests, record)
+    plain = replace(sampling, seed=0, n=draws, category_bias=(), user_category_bias=())
+    days = as_chains(requests, generate_texts(model, tokenizer, record, requests, plain, progress, own))
+    return replace(correction_settings(plain, kind, own, days, split.test), seed=sampling.seed, n=sampling.n)
+
+
 def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: SamplingConfig, own: OwnHistory,
                     progress: bool = True, max_requests: int | None = SELECT_REQUESTS,
                     grid: dict[str, tuple] | None = None, draws: int = SELECT_DRAWS
@@ -87,40 +140,50 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
     """The sampling settings (every combination of ``grid``: SamplingConfig field -> values) whose days
     (``draws`` per request) are closest to the validation days (at most ``max_requests``, evenly spaced) by
     :func:`margin_score` against the per-user Markov fitted on the trained days, among those with validity >=
-    ``MIN_SELECT_VALID`` if any."""
+    ``MIN_SELECT_VALID`` if any. Each row also holds the score's bootstrap standard error over the validation
+    requests (``margin_se``) and that of its difference to the chosen point's (``diff_se``, paired resamples)."""
     grid = dict(SELECT_GRID if grid is None else grid)
     corrections = grid.pop(CORRECTION, (0,))
     unknown = set(grid) - set(SamplingConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"selection grid: field {sorted(unknown)[0]!r} is not a sampling setting")
+    if set(corrections) - {0, 1, 2}:
+        raise ValueError(f"selection grid: field '{CORRECTION}': {sorted(corrections)} not among 0, 1, 2")
     val = evenly_spaced(validation_days(record, split), max_requests)
     requests = requests_of(val)
     check_not_trained_on(requests, record)
     cfg = checks_for(record)
     chain = MarkovBaseline(per_user=True).fit(own.days)
-    markov = quality_row([d for s in range(draws) for d in generate_days(chain, requests, seed=s)], val, [], cfg)
-    rows, settings = [], []
+    markov_days = [d for s in range(draws) for d in generate_days(chain, requests, seed=s)]
+    markov = quality_row(markov_days, val, [], cfg)
+    rows, settings, boots = [], [], []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
-        s = replace(base, **point, seed=0, n=draws, category_bias=())
-        days = as_chains(requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
-        for on in sorted(set(corrections)):
-            if on:  # one fixed-point step from the uncorrected days of the same setting (validation requests)
-                s = replace(s, category_bias=tuple(fit_category_bias(own.days, days, split.test).items()))
-                days = as_chains(requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
+        plain = replace(base, **point, seed=0, n=draws, category_bias=(), user_category_bias=())
+        first = as_chains(requests, generate_texts(model, tokenizer, record, requests, plain, progress, own))
+        for kind in sorted(set(corrections)):
+            s = correction_settings(plain, kind, own, first, split.test)
+            days = first if s is plain else as_chains(
+                requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
             row = quality_row(days, val, own.days, cfg)
-            rows.append({**point, CORRECTION: on, **row, "margin": margin_score(row, markov),
+            boots.append(bootstrap_margins(days, val, markov_days, draws))
+            rows.append({**point, CORRECTION: kind, **row, "margin": margin_score(row, markov),
+                         "margin_se": float(boots[-1].std(ddof=1)),
                          "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS]))})
             settings.append(s)
     ok = [i for i, g in enumerate(rows) if g["valid"] >= MIN_SELECT_VALID] or range(len(rows))
     best = min(ok, key=lambda i: rows[i]["margin"])
+    for g, b in zip(rows, boots):
+        g["diff_se"] = float((b - boots[best]).std(ddof=1))
     return replace(settings[best], seed=base.seed, n=base.n), rows
 
 
 def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, seeds: list[int],
                         sampling: SamplingConfig, data_root: str | None = None, max_requests: int | None = None,
-                        progress: bool = True, redraws: int = 0, select: bool = False) -> dict:
-    """Generate for the held-out requests with every seed, score stllm and the baselines; returns the rows."""
+                        progress: bool = True, redraws: int = 0, select: bool = False, correction: int = 0) -> dict:
+    """Generate for the held-out requests with every seed, score stllm and the baselines; returns the rows.
+    ``correction`` (without ``select``): the category correction kind (:data:`CORRECTIONS`) fitted on validation
+    requests at the given settings."""
     model, tokenizer, record = load_gen_checkpoint(checkpoint)
     split = load_activity_split(record["name"], data_root, seed=record.get("synthetic_seed", 0))
     test = evenly_spaced(split.test, max_requests)
@@ -132,6 +195,9 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
     if select:
         sampling, grid = select_sampling(model, tokenizer, record, split, sampling, own, progress,
                                          min(SELECT_REQUESTS, max_requests or SELECT_REQUESTS))
+    elif correction:
+        sampling = fit_correction(model, tokenizer, record, split, sampling, own, correction, progress,
+                                  min(SELECT_REQUESTS, max_requests or SELECT_REQUESTS))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, float]]] = {"real test": [quality_row(test, test, split.train, cfg)]}
@@ -157,7 +223,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
                            "prefer_own": sampling.prefer_own, "prefer_hours": sampling.prefer_hours,
                            "user_prior": sampling.user_prior, "user_prior_hours": sampling.user_prior_hours,
                            "user_prior_lines": sampling.user_prior_lines,
-                           "reach": sampling.reach, "category_bias": dict(sampling.category_bias)},
+                           "reach": sampling.reach, "category_bias": dict(sampling.category_bias),
+                           "user_category_bias": {str(u): dict(b) for u, b in sampling.user_category_bias}},
               "selection_grid": grid}
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=1, default=float))
     users = list(dict.fromkeys(c.user for c in test))[:3]
@@ -173,18 +240,24 @@ def print_generation_table(result: dict) -> None:
         for g in result["selection_grid"]:
             setting = " ".join(f"{k} {v:g}" for k, v in g.items()
                                if k in SamplingConfig.__dataclass_fields__ or k == CORRECTION)
-            print(f"  {setting}: JSD / per-user Markov {g['margin']:.3f}, mean JSD {g['mean_jsd']:.4f}, "
+            print(f"  {setting}: JSD / per-user Markov {g['margin']:.3f} +- {g.get('margin_se', np.nan):.3f} "
+                  f"(vs chosen +- {g.get('diff_se', np.nan):.3f}), mean JSD {g['mean_jsd']:.4f}, "
                   f"valid {g['valid']:.3f}, copies {g['copies']:.3f}")
     s = result["sampling"]
     print(f"\n{result['data']}: {result['n_requests']} held-out days, seeds {result['seeds']}; sampling temperature "
           f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, prefer_hours {s['prefer_hours']}, "
           f"user_prior {s['user_prior']}, user_prior_hours {s['user_prior_hours']}, "
           f"user_prior_lines {s.get('user_prior_lines', 0.0)}, "
-          f"reach {s['reach']}, category correction {'on' if s.get('category_bias') else 'off'}; "
+          f"reach {s['reach']}, category correction {correction_name(s)}; "
           "JSD lower is better")
     print(format_table(result["rows"]))
     if result.get("plot"):
         print(f"map: {result['plot']}")
+
+
+def correction_name(sampling: dict) -> str:
+    return ("per user" if sampling.get("user_category_bias") else "population" if sampling.get("category_bias")
+            else "off")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -194,8 +267,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds (stllm and baselines)")
     p.add_argument("--output_dir", default=None, help="default: CHECKPOINT/eval-gen")
     p.add_argument("--select", action="store_true", help="choose temperature, --prefer_own, --user_prior, "
-                                                         "--user_prior_hours and the per-category correction (on/off) "
-                                                         "on the checkpoint's validation days first (overrides them)")
+                   "--user_prior_hours and the per-category correction (off / population / per user) on the "
+                   "checkpoint's validation days first (overrides them)")
+    p.add_argument("--correction", choices=tuple(CORRECTIONS), default="off",
+                   help="without --select: the per-category correction, fitted on the validation requests' days at "
+                        "these settings (population: one b per category; user: per user and category)")
     return p
 
 
@@ -208,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
                                                 user_prior=args.user_prior,
                                                 user_prior_hours=args.user_prior_hours,
                                                 user_prior_lines=args.user_prior_lines, reach=not args.no_reach),
-                                 args.data_root, args.max_requests, redraws=args.redraws, select=args.select)
+                                 args.data_root, args.max_requests, redraws=args.redraws, select=args.select,
+                                 correction=CORRECTIONS[args.correction])
     print_generation_table(result)
     return 0
 

@@ -91,6 +91,29 @@ def distribution_jsd(generated: Sequence[ActivityChain], real: Sequence[Activity
     }
 
 
+def day_histograms(chains: Sequence[ActivityChain], vocab: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per day (rows), its counts in each distribution's bins (``vocab``: category -> column): the histogram of
+    any weighted multiset of these days is ``weights @ rows``, so resampling days costs no recount."""
+    edges = np.arange(0.5, MAX_ACTIVITIES + 1.5)
+    n, nd = len(chains), len(DISTANCE_EDGES_KM) - 1
+    out = {"category": np.zeros((n, len(vocab))), "start": np.zeros((n, 24)),
+           "n_activities": np.zeros((n, len(edges) - 1)), "step_km": np.zeros((n, nd)),
+           "gyration_km": np.zeros((n, nd))}
+    for i, c in enumerate(chains):
+        s = day_samples([c])
+        np.add.at(out["category"][i], [vocab[x] for x in s.category], 1.0)
+        out["start"][i] = np.bincount(s.start_hour, minlength=24)
+        out["n_activities"][i] = _hist(np.minimum(s.n_activities, MAX_ACTIVITIES), edges)
+        out["step_km"][i] = _hist(s.step_km, DISTANCE_EDGES_KM)
+        out["gyration_km"][i] = _hist(s.gyration_km, DISTANCE_EDGES_KM)
+    return out
+
+
+def histogram_jsd(generated: dict[str, np.ndarray], real: dict[str, np.ndarray]) -> dict[str, float]:
+    """:func:`jsd` per distribution between two sets of summed histograms (:func:`day_histograms` rows summed)."""
+    return {d: jsd(generated[d], real[d]) for d in DISTRIBUTIONS}
+
+
 def validity(chains: Sequence[ActivityChain], cfg: CheckConfig) -> tuple[float, dict[str, float]]:
     """Share of days passing every check, and the pass share per check."""
     if not chains:

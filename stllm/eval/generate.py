@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,6 +51,7 @@ class SamplingConfig:
     user_prior_lines: float = 0.0  # share of days whose number of activities is drawn from it
     reach: bool = True  # places within reach of the previous one (data with coordinates)
     category_bias: tuple[tuple[str, float], ...] = ()  # (category, logit correction) pairs: activity_bias
+    user_category_bias: tuple[tuple[Hashable, tuple[tuple[str, float], ...]], ...] = ()  # per user, such pairs
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
@@ -157,7 +158,8 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
                                        seed=int(torch.randint(2**31 - 1, ()).item()),
                                        weekends=prefer[3][rows] if prefer else None,
                                        length_weight=cfg.user_prior_lines if prior else 0.0,
-                                       category_bias=dict(cfg.category_bias))
+                                       category_bias=dict(cfg.category_bias),
+                                       user_category_bias={u: dict(b) for u, b in cfg.user_category_bias})
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,

@@ -20,7 +20,7 @@ would still need the monotone-time and budget rules written by hand; this automa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -293,7 +293,8 @@ class ActivityLogitsProcessor(LogitsProcessor):
                  prefer_times: Sequence[np.ndarray | None] | None = None, time_bonus: float = 0.0,
                  prior: UserPrior | None = None, users: Sequence | None = None, prior_weight: float = 0.0,
                  hour_weight: float = 0.0, seed: int = 0, weekends: Sequence[bool | None] | None = None,
-                 length_weight: float = 0.0, category_bias: dict[str, float] | None = None):
+                 length_weight: float = 0.0, category_bias: dict[str, float] | None = None,
+                 user_category_bias: dict[Hashable, dict[str, float]] | None = None):
         self.grammar, self.prompt_len, self.max_new_tokens = grammar, prompt_len, max_new_tokens
         self.eos_ids = {int(tokenizer.eos_token_id)}
         self.pad_id = tokenizer.pad_token_id
@@ -333,7 +334,13 @@ class ActivityLogitsProcessor(LogitsProcessor):
         self.forced: dict[tuple[int, int, str], tuple[int, int] | None] = {}  # (row, line, what) -> allowed range
         if not 0 <= length_weight <= 1 or (length_weight and (prior is None or users is None)):
             raise ValueError(f"length_weight {length_weight} must lie in [0, 1] and needs a prior and each row's user")
+        if user_category_bias and users is None:
+            raise ValueError("user_category_bias needs each row's user")
         self.choice_bias, self.choice_cat = choice_category_bias(grammar, category_bias)
+        self.row_bias = row_category_bias(grammar, self.choice_bias, user_category_bias, users) \
+            if user_category_bias else None
+        if self.choice_cat is None and self.row_bias is not None:
+            self.choice_cat = choice_category_index(grammar)
         self.lines = [self._draw(prior.lengths(u, None if weekends is None else weekends[i], grammar.max_lines),
                                  length_weight) for i, u in enumerate(users)] if length_weight else None
 
@@ -431,14 +438,19 @@ class ActivityLogitsProcessor(LogitsProcessor):
             self.masks[key] = (np.array(ids, dtype=np.int64), r[:, 0], r[:, 1], r[:, 2], r[:, 3])
         return self.masks[key]
 
-    def _category_boost(self, state, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Per allowed token, the bias of the category it decides: a token whose choices lie in one category
-        while the line's open choices span several (the category's first deciding token; 0 for the others)."""
+    def _bias(self, row: int) -> np.ndarray | None:
+        """The row's bias per choice (population plus its user's), None without one."""
+        return self.choice_bias if self.row_bias is None else self.row_bias[row]
+
+    def _category_boost(self, state, lo: np.ndarray, hi: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Per allowed token, the ``bias`` (per choice) of the category it decides: a token whose choices lie in
+        one category while the line's open choices span several (the category's first deciding token; 0 for the
+        others)."""
         here, cat = self._open_choices(state), self.choice_cat
         if here is None or cat[here[0]] == cat[here[1]]:
             return np.zeros(len(lo))
         a, b = np.maximum(lo, 0), np.maximum(hi, 0)
-        return np.where((lo >= 0) & (cat[a] == cat[b]), self.choice_bias[a], 0.0)
+        return np.where((lo >= 0) & (cat[a] == cat[b]), bias[a], 0.0)
 
     def _line_minute(self, state) -> int:
         """The current line's start minute once decided (its time field may still be writing ' | ')."""
@@ -460,8 +472,8 @@ class ActivityLogitsProcessor(LogitsProcessor):
             if key not in self.forced:
                 minute = self._line_minute(state)
                 p = self.prior.choice(user, prev, minute // 60).copy()
-                if self.choice_bias is not None:
-                    p *= np.exp(self.choice_bias)
+                if self._bias(row) is not None:
+                    p *= np.exp(self._bias(row))
                 p[:here[0]], p[here[1] + 1:] = 0, 0
                 if g.reach is not None and g.coords is not None and prev >= 0:
                     p *= np.diff(g._reachable(prev, minute - state[5])) > 0
@@ -518,8 +530,9 @@ class ActivityLogitsProcessor(LogitsProcessor):
                 if keep.any():
                     allow[row] = False
                     allow[row, torch.from_numpy(tok[keep])] = True
-            if self.choice_bias is not None and state != FINISHED:
-                boost[row, torch.from_numpy(tok)] += torch.from_numpy(self._category_boost(state, lo, hi)).to(boost)
+            if self._bias(row) is not None and state != FINISHED:
+                boost[row, torch.from_numpy(tok)] += torch.from_numpy(
+                    self._category_boost(state, lo, hi, self._bias(row))).to(boost)
             for counts, a, b, bonus in ((self.prefer_counts, lo, hi, self.bonus),
                                         (self.time_counts, tlo, thi, self.time_bonus)):
                 if counts is not None and counts[row] is not None:
@@ -536,8 +549,26 @@ def choice_category_bias(grammar: ActivityGrammar, bias: dict[str, float] | None
         return None, None
     cats = [c if isinstance(c, str) else c[0] for c in grammar.choices]
     clean = {_clean(c): v for c, v in bias.items()}
-    _, index = np.unique(cats, return_inverse=True)
-    return np.array([clean.get(c, 0.0) for c in cats]), index
+    return np.array([clean.get(c, 0.0) for c in cats]), choice_category_index(grammar)
+
+
+def choice_category_index(grammar: ActivityGrammar) -> np.ndarray:
+    """Per choice of ``grammar``, the index of its category (equal indices: one category)."""
+    return np.unique([c if isinstance(c, str) else c[0] for c in grammar.choices], return_inverse=True)[1]
+
+
+def row_category_bias(grammar: ActivityGrammar, base: np.ndarray | None,
+                      per_user: dict[Hashable, dict[str, float]] | None, users: Sequence | None
+                      ) -> list[np.ndarray | None]:
+    """Per row, the bias per choice: ``base`` (population) plus the row's user's own (:func:`choice_category_bias`
+    of ``per_user[user]``; a user without one gets ``base`` alone); one array per user, shared by their rows."""
+    if not per_user or users is None:
+        return [base] * (0 if users is None else len(users))
+    own: dict[Hashable, np.ndarray | None] = {}
+    for u in dict.fromkeys(users):
+        b = choice_category_bias(grammar, per_user.get(u))[0]
+        own[u] = base if b is None else b if base is None else base + b
+    return [own[u] for u in users]
 
 
 def _counts(masks: Sequence[np.ndarray | None] | None) -> list[np.ndarray | None] | None:

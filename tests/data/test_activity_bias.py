@@ -46,3 +46,42 @@ def test_bias_is_fitted_without_test_days():
         fit_category_bias(trained, [*generated, _day("u", 10, "Bar")], test)
     with pytest.raises(ValueError, match="field 'trained': user v on 2024-01-11 is a test day"):
         fit_category_bias([*trained, _day("v", 11, "Park")], generated, test)
+
+
+def test_user_bias_is_each_users_smoothed_log_ratio_shrunk_by_their_generated_activities():
+    from stllm.data.activity_bias import user_category_bias
+
+    pop = {"A": 0.5, "B": 0.3, "C": 0.2}
+    target = {"u": ["A"] * 6 + ["B"] * 2, "w": ["A"] * 4, "v": ["B"]}
+    generated = {"u": ["A", "A", "B", "B"], "w": ["C"]}  # v: no validation request, no b
+    b = user_category_bias(target, generated, pop, alpha=2.0, shrink=4.0, clip=5.0)
+    assert set(b) == {"u", "w"} and set(b["u"]) == {"A", "B"} and set(b["w"]) == {"A", "C"}
+    # u: p = (6 + 2*.5)/10, (2 + 2*.3)/10 = .7, .26; q = (2 + 1)/6, (2 + .6)/6 = .5, .4333; shrink 4/(4+4) = 1/2
+    assert b["u"]["A"] == pytest.approx(0.5 * math.log(0.7 / 0.5))
+    assert b["u"]["B"] == pytest.approx(0.5 * math.log(0.26 / (2.6 / 6)))
+    # w: p_A = 5/6, q_A = 1/3; p_C = .4/6, q_C = 1.4/3; one generated activity: shrink 1/5
+    assert b["w"]["A"] == pytest.approx(0.2 * math.log(2.5))
+    assert b["w"]["C"] == pytest.approx(0.2 * math.log((0.4 / 6) / (1.4 / 3)))
+    # the clip bounds the log ratio before the shrink: log(1/7) = -1.95 -> -1
+    assert user_category_bias(target, generated, pop, alpha=2.0, shrink=4.0, clip=1.0)["w"]["C"] == pytest.approx(-0.2)
+    # a user whose model days already match their own mix gets no correction
+    same = user_category_bias({"u": ["A", "B"] * 5}, {"u": ["A", "B"] * 5}, pop)
+    assert same["u"] == pytest.approx({"A": 0.0, "B": 0.0})
+    with pytest.raises(ValueError, match="alpha > 0"):
+        user_category_bias(target, generated, pop, alpha=0.0)
+
+
+def test_user_bias_is_fitted_per_user_without_test_days():
+    from stllm.data.activity_bias import fit_user_category_bias
+
+    trained = [_day("u", 1, "Home", "Office"), _day("u", 2, "Home", "Home"), _day("v", 2, "Park")]
+    generated = [_day("u", 3, "Office", "Office", "Office", "Office")]
+    test = [_day("u", 10, "Bar"), _day("v", 11, "Park", "Park")]
+    b = fit_user_category_bias(trained, generated, test, alpha=1.0, shrink=0.0)
+    # population Home 3/5, Office 1/5, Park 1/5; u: p_Home = (3 + .6)/5, p_Office = (1 + .2)/5;
+    # q_Home = .6/5, q_Office = 4.2/5
+    assert set(b) == {"u"}
+    assert b["u"]["Home"] == pytest.approx(math.log(3.6 / 0.6)) and b["u"]["Home"] > 0 > b["u"]["Office"]
+    assert b["u"]["Office"] == pytest.approx(math.log(1.2 / 4.2))
+    with pytest.raises(ValueError, match="field 'generated': user u on 2024-01-10 is a test day"):
+        fit_user_category_bias(trained, [*generated, _day("u", 10, "Bar")], test)

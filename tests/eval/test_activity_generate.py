@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from stllm.cli import main as cli_main
@@ -96,6 +97,18 @@ def test_eval_gen_cli_prints_the_table_and_writes_metrics(checkpoint, tmp_path, 
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert len(metrics["rows"]["stllm"]) == 2 and metrics["rows"]["copy"][0]["copies"] == 1.0
     assert (tmp_path / "ev" / "days_map.png").is_file() and (tmp_path / "ev" / "generated_seed1.jsonl").is_file()
+
+
+def test_eval_gen_cli_fits_the_per_user_correction_on_validation_days(checkpoint, tmp_path, capsys):
+    code = cli_main(["eval", "gen", str(checkpoint), "--max_requests", "8", "--seeds", "0", "--max_new_tokens", "96",
+                     "--correction", "user", "--output_dir", str(tmp_path / "ev")])
+    assert code == 0 and "category correction per user" in capsys.readouterr().out
+    sampling = json.loads((tmp_path / "ev" / "metrics.json").read_text())["sampling"]
+    _, _, record = load_gen_checkpoint(checkpoint)
+    val_users = {k.split("/")[0] for k in record["validation_days"]}
+    assert sampling["user_category_bias"] and set(sampling["user_category_bias"]) <= val_users
+    assert not sampling["category_bias"]
+    assert all(abs(b) <= 2.0 for u in sampling["user_category_bias"].values() for b in u.values())
 
 
 def test_generate_cli_and_its_errors(checkpoint, tmp_path, capsys):
@@ -197,18 +210,34 @@ def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpo
     chosen, grid = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64), own,
                                    progress=False, max_requests=8, grid={"temperature": (0.7, 1.3),
                                    "prefer_own": (2.0,), "prefer_hours": (1.0,), "user_prior": (0.5,),
-                                   "category_correction": (0, 1)})
+                                   "category_correction": (0, 1, 2)})
     assert [(g["temperature"], g["prefer_own"], g["prefer_hours"], g["user_prior"], g["category_correction"])
-            for g in grid] == [(0.7, 2.0, 1.0, 0.5, 0), (0.7, 2.0, 1.0, 0.5, 1), (1.3, 2.0, 1.0, 0.5, 0),
-                               (1.3, 2.0, 1.0, 0.5, 1)]
+            for g in grid] == [(t, 2.0, 1.0, 0.5, k) for t in (0.7, 1.3) for k in (0, 1, 2)]
     ok = [g for g in grid if g["valid"] >= 0.95] or grid
     best = min(ok, key=lambda g: g["margin"])
     assert (chosen.temperature, chosen.prefer_own, chosen.prefer_hours, chosen.user_prior) == (
         best["temperature"], best["prefer_own"], 1.0, 0.5)
-    assert bool(chosen.category_bias) == bool(best["category_correction"])  # b travels with the chosen point
+    # b travels with the chosen point: population (1) or per user (2), never both
+    assert (bool(chosen.category_bias), bool(chosen.user_category_bias)) == (
+        best["category_correction"] == 1, best["category_correction"] == 2)
+    assert best["diff_se"] == 0.0 and all(g["margin_se"] > 0 for g in grid)
     assert chosen.batch_size == 16 and chosen.max_new_tokens == 64
     with pytest.raises(ValueError, match="field 'warmth' is not a sampling setting"):
         select_sampling(model, tok, record, split, SamplingConfig(), own, grid={"warmth": (1.0,)})
+
+
+def test_bootstrap_margins_resample_requests_and_pair_settings(split):
+    from stllm.eval.activity_eval import bootstrap_margins
+
+    real = split.test[:6]
+    assert bootstrap_margins(list(real), real, list(real), draws=1, n_boot=5) == pytest.approx(np.zeros(5))
+    shifted = [*real[1:], real[0]]  # other days for each request: each resample's score differs, same seed repeats
+    assert bootstrap_margins(shifted, real, shifted, draws=1, n_boot=5) == pytest.approx(np.ones(5))  # = reference
+    a = bootstrap_margins(shifted, real, list(real), draws=1, n_boot=20, seed=3)
+    assert np.array_equal(a, bootstrap_margins(shifted, real, list(real), draws=1, n_boot=20, seed=3))
+    assert a.std() > 0
+    with pytest.raises(ValueError, match="for 6 requests x 2"):
+        bootstrap_margins(list(real), real, list(real), draws=2)
 
 
 def test_margin_score_weighs_each_distribution_by_the_reference():

@@ -68,3 +68,24 @@ def test_validity_and_quality_row():
     assert share == 0.5 and per["times"] == 0.5 and per["format"] == 1.0
     row = quality_row([good, bad], [good], [good], CheckConfig())
     assert row["valid"] == 0.5 and row["copies"] == 0.5
+
+
+def test_summed_day_histograms_give_the_same_jsd_as_the_days_themselves():
+    from stllm.eval.activity_metrics import day_histograms, histogram_jsd
+
+    def day(*stops):  # (category, hour, lat offset in 0.01 deg)
+        return _day(*(Activity(c, start=h * H, lat=40.0 + y / 100, lon=-74.0) for c, h, y in stops))
+
+    real = [day(("Home", 7, 0), ("Office", 9, 2)), day(("Park", 12, 0)), day(("Home", 8, 0), ("Bar", 20, 30))]
+    gen = [day(("Home", 6, 0), ("Office", 9, 1), ("Home", 18, 0)), day(("Bar", 21, 5)), day(("Office", 10, 0))]
+    vocab = {c: i for i, c in enumerate(sorted({a.category for d in (*real, *gen) for a in d.activities}))}
+    hr, hg = day_histograms(real, vocab), day_histograms(gen, vocab)
+    assert hr["category"].sum() == sum(len(d.activities) for d in real)  # one count per activity, per day's row
+    got = histogram_jsd({k: v.sum(0) for k, v in hg.items()}, {k: v.sum(0) for k, v in hr.items()})
+    want = distribution_jsd(gen, real)
+    assert got == pytest.approx(want, nan_ok=True)
+    # weights = days drawn twice: the same as listing them twice
+    w = np.arange(len(gen), dtype=float) % 3
+    twice = [d for d, k in zip(gen, w) for _ in range(int(k))]
+    assert histogram_jsd({k: w @ v for k, v in hg.items()}, {k: v.sum(0) for k, v in hr.items()}) == pytest.approx(
+        distribution_jsd(twice, real), nan_ok=True)

@@ -301,3 +301,18 @@ def test_category_bias_lifts_the_token_that_decides_each_category_once():
     assert {v for k, v in opening.items() if k.strip() in ("", "B", "Bar")} == {0.0}  # spans several categories
     # Office has two places: once it is decided, the coordinates' tokens are level (b counted once per line)
     assert set(shifted(" A 10:00 | Office | 40.7").values()) == {0.0}
+
+
+def test_user_category_bias_lifts_only_its_users_rows():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, PLACES, answer_prefix=" ", max_lines=4)
+    proc = ActivityLogitsProcessor(g, tok, prompt_len=0, max_new_tokens=200, users=["u", "v"],
+                                   category_bias={"Office": -1.0}, user_category_bias={"u": {"Café": 1.5}})
+    ids = torch.tensor([tok(" A 10:00 |", add_special_tokens=False)["input_ids"]] * 2)
+    out = proc(ids, torch.zeros(2, len(tok)))
+    for row, cafe in ((0, 1.5), (1, 0.0)):  # v has no bias of their own: the population's alone
+        allowed = {tok.decode([i]): float(out[row, i]) for i in torch.nonzero(out[row] > float("-inf")).flatten()}
+        assert {v for k, v in allowed.items() if k.strip().startswith("Caf")} == {cafe}
+        assert {v for k, v in allowed.items() if k.strip().startswith("Off")} == {-1.0}
+    with pytest.raises(ValueError, match="needs each row's user"):
+        ActivityLogitsProcessor(g, tok, 0, 200, user_category_bias={"u": {"Café": 1.5}})
