@@ -335,7 +335,7 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     for label, other in others.items():
         preds[label] = _predict_other(other, batch_size, progress, placement)
         if val is not None:
-            val_preds[label] = _predict_other(other, batch_size, False, placement, val["time"], val["regions"])
+            val_preds[label] = _predict_other(other, batch_size, False, placement, val)
     preds.update({baseline_label(k): v for k, v in base.items()})
     thresholds = {}
     if val is not None:
@@ -465,16 +465,15 @@ def _prepare_other(path: Path, label: str, city, record: SplitRecord, enc, d_arg
             "file": PredictionFile(out / f"predictions-{slug}.jsonl", run)}  # fmt: skip
 
 
-def _predict_other(other: dict, batch_size: int, progress: bool, placement, time: slice | None = None,
-                   regions: list[str] | None = None) -> np.ndarray:
-    """Predictions of another checkpoint on the same windows (prepared by :func:`_prepare_other`); with ``time``
-    and ``regions``, on those validation windows instead (not saved)."""
+def _predict_other(other: dict, batch_size: int, progress: bool, placement, val: dict | None = None) -> np.ndarray:
+    """Predictions of another checkpoint on the same windows (prepared by :func:`_prepare_other`); with ``val``
+    (:func:`_validation_windows`), on those validation windows instead (not saved)."""
     model = place_for_inference(STLlamaForCausalLM.from_pretrained(other["path"]), *placement)
     model.st_encoder.match_scaler(other["scaler"])
     tokenizer = AutoTokenizer.from_pretrained(other["path"])
-    if time is not None:
-        ds = eval_dataset(other["ds"].city, other["scaler"], other["args"], other["enc"], regions, time,
-                          other["ds"].output_len)  # fmt: skip
+    if val is not None:
+        ds = eval_dataset(other["ds"].city, other["scaler"], other["args"], other["enc"], val["regions"], val["time"],
+                          val["stride"])  # fmt: skip
         return predict(model, tokenizer, ds, other["scaler"], batch_size=batch_size, progress=False)
     return predict(model, tokenizer, other["ds"], other["scaler"], batch_size=batch_size, output=other["file"].path,
                    run=other["run"], progress=progress)  # fmt: skip
@@ -493,7 +492,8 @@ def _validation_windows(ds, d_args: DataArguments, enc, scaler: STScaler, ridge_
     if v0 - ds.input_len < need:
         return None, f"the validation windows (from step {v0}) need {need} steps of history before them"
     time = slice(v0 - ds.input_len, fit.stop)
-    val_ds = eval_dataset(ds.city, scaler, d_args, enc, regions, time, max(1, out_len // 4))
+    stride = max(1, out_len // 4)
+    val_ds = eval_dataset(ds.city, scaler, d_args, enc, regions, time, stride)
     evaluated = {ds.city.region_ids[int(i)] for i in ds.region_idx}
     if evaluated & set(regions) or int(val_ds.starts.max()) + out_len > int(ds.starts.min()):
         raise AssertionError("validation windows for the thresholds overlap the evaluated regions or targets")
@@ -503,7 +503,7 @@ def _validation_windows(ds, d_args: DataArguments, enc, scaler: STScaler, ridge_
     # fit set's zero-shot check guards evaluated data, which these windows are not (checked above): a copy of
     # the city passes it as another clock's data
     refit = {**ridge_kwargs, "fit_city": copy.copy(ds.city), "fit_time": slice(fit.start, v0)}
-    return {"ds": val_ds, "time": time, "regions": regions, "targets": targets, "ridge_kwargs": refit,
+    return {"ds": val_ds, "time": time, "regions": regions, "stride": stride, "targets": targets, "ridge_kwargs": refit,
             "time_range": [str(t[v0]), str(t[fit.stop - 1])]}, None
 
 

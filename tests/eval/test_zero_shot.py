@@ -272,7 +272,7 @@ def event_checkpoint(tmp_path_factory):
 
 
 def test_event_zero_shot_reports_recall_and_f1_per_category(event_checkpoint, tmp_path):
-    res = evaluate(event_checkpoint, tmp_path, **_fast())
+    res = evaluate(event_checkpoint, tmp_path, compare={"again": event_checkpoint}, **_fast())
     city = _training_city(event_checkpoint)
     cats = list(city.channels)
     assert res.columns == [f"{m}/{c}" for c in cats for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1",
@@ -281,6 +281,7 @@ def test_event_zero_shot_reports_recall_and_f1_per_category(event_checkpoint, tm
     meta = json.loads((tmp_path / "metrics.json").read_text())
     thresholds = meta["event_thresholds"]
     assert set(thresholds) == set(res.metrics)  # every method gets its own, chosen on validation windows
+    assert thresholds["again"] == thresholds["stllm"]  # a compared checkpoint: on the same windows
     # those windows: the checkpoint's training regions, targets before the first evaluated one
     split = json.loads((event_checkpoint / "split.json").read_text())
     assert meta["threshold_windows"]["regions"] == split["regions"] and not set(split["regions"]) & set(meta["regions"])
