@@ -18,11 +18,12 @@ share, and shrunk by the ``G`` activities the model wrote for the user (a user w
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from stllm.data.activity import ActivityChain
+from stllm.models.activity_decoding import clean_category
 
 BIAS_ALPHA = 1.0  # pseudo-count per category on both sides (a category absent from the generated days gets a
 # finite b)
@@ -66,41 +67,49 @@ def fit_category_bias(trained: Sequence[ActivityChain], generated: Sequence[Acti
                          (a.category for c in generated for a in c.activities), previous)
 
 
-def user_category_bias(target: dict[Hashable, Sequence[str]], generated: dict[Hashable, Sequence[str]],
+def user_category_bias(target: dict[Hashable, Sequence[str]],
+                       generated: dict[Hashable, Sequence[str] | Mapping[str, float]],
                        population: dict[str, float], alpha: float = USER_ALPHA, shrink: float = USER_SHRINK,
                        clip: float = BIAS_CLIP) -> dict[Hashable, dict[str, float]]:
     """Per user with generated activities, ``b_c = G/(G+shrink) * clip(log p(c) - log q(c))`` over the categories
     the user's target or generated days hold (the others: 0), ``p(c) = (t_c + alpha pi_c) / (T + alpha)`` and
-    ``q(c) = (g_c + alpha pi_c) / (G + alpha)``, ``pi`` = ``population`` shares (at least ``POP_FLOOR``)."""
+    ``q(c) = (g_c + alpha pi_c) / (G + alpha)``, ``pi`` = ``population`` shares (at least ``POP_FLOOR``). A
+    user's ``generated`` is their generated categories, or a mapping category -> expected count (the decoder's
+    probabilities summed over lines; G its total)."""
     if alpha <= 0 or shrink < 0 or clip <= 0:
         raise ValueError(f"user category bias: need alpha > 0, shrink >= 0, clip > 0; got {alpha}, {shrink}, {clip}")
     out = {}
     for user, gen in generated.items():
-        t, g = Counter(target.get(user, ())), Counter(gen)
-        if not g:
+        t, g = Counter(target.get(user, ())), Counter(gen) if not isinstance(gen, Mapping) else dict(gen)
+        if not g or sum(g.values()) <= 0:
             continue
         cats = sorted(set(t) | set(g))
         tn, gn = sum(t.values()), sum(g.values())
         pi = np.array([population.get(c, 0.0) for c in cats])
         pi = np.maximum(pi, POP_FLOOR)
         p = (np.array([t[c] for c in cats]) + alpha * pi) / (tn + alpha)
-        q = (np.array([g[c] for c in cats]) + alpha * pi) / (gn + alpha)
+        q = (np.array([g.get(c, 0.0) for c in cats]) + alpha * pi) / (gn + alpha)
         b = gn / (gn + shrink) * np.clip(np.log(p) - np.log(q), -clip, clip)
         out[user] = {c: float(v) for c, v in zip(cats, b)}
     return out
 
 
 def fit_user_category_bias(trained: Sequence[ActivityChain], generated: Sequence[ActivityChain],
-                           test: Sequence[ActivityChain], **kwargs) -> dict[Hashable, dict[str, float]]:
+                           test: Sequence[ActivityChain], expected: dict[Hashable, Mapping[str, float]] | None = None,
+                           **kwargs) -> dict[Hashable, dict[str, float]]:
     """:func:`user_category_bias` of each user's trained days against the model's days ``generated`` for that
     user's validation requests (population shares from all trained days); refuses a trained or generated day
-    whose (user, date) is a test day."""
+    whose (user, date) is a test day. With ``expected`` (per user, the decoder's expected lines per category while
+    it wrote ``generated``: grammar names) q_u comes from it instead of the sampled categories: ~4 sampled days
+    per user made b fit sampling noise (README)."""
     _refuse_test_days(trained, generated, test)
+    key = clean_category if expected is not None else str
     target: dict[Hashable, list[str]] = {}
     gen: dict[Hashable, list[str]] = {}
     for days, into in ((trained, target), (generated, gen)):
         for c in days:
-            into.setdefault(c.user, []).extend(a.category for a in c.activities)
-    pop = Counter(a.category for c in trained for a in c.activities)
+            into.setdefault(c.user, []).extend(key(a.category) for a in c.activities)
+    pop = Counter(key(a.category) for c in trained for a in c.activities)
     total = sum(pop.values()) or 1
-    return user_category_bias(target, gen, {c: n / total for c, n in pop.items()}, **kwargs)
+    return user_category_bias(target, gen if expected is None else {u: expected.get(u, {}) for u in gen},
+                              {c: n / total for c, n in pop.items()}, **kwargs)

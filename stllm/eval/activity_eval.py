@@ -84,39 +84,76 @@ def margin_score(row: dict, reference: dict) -> float:
                              if np.isfinite(row[d]) and np.isfinite(reference[d])]))
 
 
-def bootstrap_margins(days: list, real: list, reference: list, draws: int, n_boot: int = SELECT_BOOTSTRAP,
-                      seed: int = 0) -> np.ndarray:
-    """:func:`margin_score` of ``days`` (``draws`` per request, request-major) against ``real`` (one per request)
-    relative to ``reference`` (``draws`` per request, draw-major: the Markov's seeds), on ``n_boot`` resamples of
-    the requests (with replacement; the same resamples for every caller with the same ``seed``, so two settings'
-    scores are paired and the spread of their difference is its standard error)."""
+def bootstrap_jsds(days: list, real: list, draws: int, vocab: dict[str, int], n_boot: int = SELECT_BOOTSTRAP,
+                   seed: int = 0, tile: bool = False) -> np.ndarray:
+    """Per resample of the requests (``n_boot``, with replacement; the same resamples for every caller with the
+    same ``seed``, so two settings' JSDs are paired), the JSD per distribution (columns: :data:`DISTRIBUTIONS`) of
+    ``days`` (``draws`` per request: request-major, or draw-major with ``tile``) against ``real`` (one per
+    request)."""
     n = len(real)
-    if len(days) != n * draws or len(reference) != n * draws:
-        raise ValueError(f"bootstrap: {len(days)} days and {len(reference)} reference days for {n} requests x {draws}")
-    vocab = {c: i for i, c in enumerate(sorted({a.category for d in (*days, *real, *reference) for a in d.activities}))}
-    gen, ref, truth = (day_histograms(x, vocab) for x in (days, reference, real))
+    if len(days) != n * draws:
+        raise ValueError(f"bootstrap: {len(days)} days for {n} requests x {draws}")
+    gen, truth = day_histograms(days, vocab), day_histograms(real, vocab)
     rng = np.random.default_rng(seed)
-    out = np.empty(n_boot)
+    out = np.empty((n_boot, len(DISTRIBUTIONS)))
     for b in range(n_boot):
         w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)  # times each request is drawn
-        t = {d: w @ truth[d] for d in DISTRIBUTIONS}
-        out[b] = margin_score(histogram_jsd({d: np.repeat(w, draws) @ gen[d] for d in DISTRIBUTIONS}, t),
-                              histogram_jsd({d: np.tile(w, draws) @ ref[d] for d in DISTRIBUTIONS}, t))
+        wg = np.tile(w, draws) if tile else np.repeat(w, draws)
+        j = histogram_jsd({d: wg @ gen[d] for d in DISTRIBUTIONS}, {d: w @ truth[d] for d in DISTRIBUTIONS})
+        out[b] = [j[d] for d in DISTRIBUTIONS]
     return out
 
 
-def correction_settings(s: SamplingConfig, kind: int, own: OwnHistory, days: list, test: list) -> SamplingConfig:
-    """``s`` with the category correction ``kind`` (0 off, 1 population, 2 per user) fitted on ``days`` (the
-    model's days for validation requests under ``s`` uncorrected): one fixed-point step."""
+def bootstrap_margins(days: list, real: list, reference: list, draws: int, n_boot: int = SELECT_BOOTSTRAP,
+                      seed: int = 0) -> np.ndarray:
+    """:func:`margin_score` of ``days`` (``draws`` per request, request-major) against ``real`` (one per request)
+    relative to ``reference`` (``draws`` per request, draw-major: the Markov's seeds), on ``n_boot`` paired
+    resamples of the requests (:func:`bootstrap_jsds`)."""
+    if len(reference) != len(real) * draws:
+        raise ValueError(f"bootstrap: {len(reference)} reference days for {len(real)} requests x {draws}")
+    vocab = {c: i for i, c in enumerate(sorted({a.category for d in (*days, *real, *reference) for a in d.activities}))}
+    gen = bootstrap_jsds(days, real, draws, vocab, n_boot, seed)
+    ref = bootstrap_jsds(reference, real, draws, vocab, n_boot, seed, tile=True)
+    return np.array([margin_score(dict(zip(DISTRIBUTIONS, g)), dict(zip(DISTRIBUTIONS, r))) for g, r in zip(gen, ref)])
+
+
+def noise_score(jsds: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Sum over distributions of JSD / ``scale`` (per distribution: the bootstrap SD of its JSD, the median over
+    the grid's points): each JSD in units of its own noise, so a distribution counts by how well the validation
+    days measure it. The ratio to the per-user Markov's JSD (:func:`margin_score`) let NYC's spatial JSDs, divided
+    by the chain's tiny ones, decide alone at a bootstrap SE as large as the gaps between points. Rows: points or
+    resamples; a distribution undefined anywhere (nan) is left out."""
+    jsds = np.atleast_2d(jsds)
+    keep = np.isfinite(scale) & (scale > 0) & np.isfinite(jsds).all(axis=0)
+    return (jsds[:, keep] / scale[keep]).sum(axis=1)
+
+
+def one_se_choice(scores: np.ndarray, diff_se: np.ndarray, distance: np.ndarray, ok: np.ndarray) -> int:
+    """The one-SE rule: among the ``ok`` points whose score is within one paired SE (``diff_se``: of each point's
+    difference to the best) of the best ok point's, the one closest to the defaults (``distance``), then the
+    lowest score."""
+    idx = np.flatnonzero(ok) if ok.any() else np.arange(len(scores))
+    best = idx[np.argmin(scores[idx])]
+    near = [i for i in idx if scores[i] - scores[best] <= diff_se[i]]
+    return int(min(near, key=lambda i: (distance[i], scores[i])))
+
+
+def correction_settings(s: SamplingConfig, kind: int, own: OwnHistory, days: list, test: list,
+                        expected: dict | None = None) -> SamplingConfig:
+    """``s`` with the category correction ``kind`` (0 off, 1 population, 2 per user from the sampled categories,
+    3 per user from the decoder's expected categories ``expected``) fitted on ``days`` (the model's days for
+    validation requests under ``s`` uncorrected): one fixed-point step."""
     if kind == 1:
         return replace(s, category_bias=tuple(fit_category_bias(own.days, days, test).items()))
-    if kind == 2:
-        return replace(s, user_category_bias=tuple((u, tuple(b.items()))
-                                                   for u, b in fit_user_category_bias(own.days, days, test).items()))
+    if kind in (2, 3):
+        if kind == 3 and expected is None:
+            raise ValueError("correction 3 (per user, expected) needs the decoder's expected categories")
+        b = fit_user_category_bias(own.days, days, test, expected if kind == 3 else None)
+        return replace(s, user_category_bias=tuple((u, tuple(v.items())) for u, v in b.items()))
     return s
 
 
-CORRECTIONS = {"off": 0, "population": 1, "user": 2}  # --correction names of the grid's correction kinds
+CORRECTIONS = {"off": 0, "population": 1, "user": 2, "user_expected": 3}  # --correction names of the kinds
 
 
 def fit_correction(model, tokenizer, record: dict, split: ActivitySplit, sampling: SamplingConfig, own: OwnHistory,
@@ -129,26 +166,37 @@ def fit_correction(model, tokenizer, record: dict, split: ActivitySplit, samplin
     requests = requests_of(evenly_spaced(validation_days(record, split), max_requests))
     check_not_trained_on(requests, record)
     plain = replace(sampling, seed=0, n=draws, category_bias=(), user_category_bias=())
-    days = as_chains(requests, generate_texts(model, tokenizer, record, requests, plain, progress, own))
-    return replace(correction_settings(plain, kind, own, days, split.test), seed=sampling.seed, n=sampling.n)
+    expected: dict = {}
+    days = as_chains(requests, generate_texts(model, tokenizer, record, requests, plain, progress, own, expected))
+    return replace(correction_settings(plain, kind, own, days, split.test, expected), seed=sampling.seed,
+                   n=sampling.n)
+
+
+SCORES = ("noise", "margin")  # selection scores: noise_score with the one-SE rule; margin_score (the earlier)
 
 
 def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: SamplingConfig, own: OwnHistory,
                     progress: bool = True, max_requests: int | None = SELECT_REQUESTS,
-                    grid: dict[str, tuple] | None = None, draws: int = SELECT_DRAWS
+                    grid: dict[str, tuple] | None = None, draws: int = SELECT_DRAWS, score: str = "noise"
                     ) -> tuple[SamplingConfig, list[dict]]:
     """The sampling settings (every combination of ``grid``: SamplingConfig field -> values) whose days
-    (``draws`` per request) are closest to the validation days (at most ``max_requests``, evenly spaced) by
-    :func:`margin_score` against the per-user Markov fitted on the trained days, among those with validity >=
-    ``MIN_SELECT_VALID`` if any. Each row also holds the score's bootstrap standard error over the validation
-    requests (``margin_se``) and that of its difference to the chosen point's (``diff_se``, paired resamples)."""
+    (``draws`` per request) are closest to the validation days (at most ``max_requests``, evenly spaced), among
+    those with validity >= ``MIN_SELECT_VALID`` if any. ``score`` "noise": :func:`noise_score` and the one-SE rule
+    (:func:`one_se_choice`; distance: how many settings differ from ``base``, a correction counting as one);
+    "margin": the lowest :func:`margin_score` against the per-user Markov fitted on the trained days. Each row holds
+    both scores, their bootstrap standard errors over the validation requests (``margin_se``, ``noise_se``), that
+    of the chosen score's difference to the best point's (``diff_se``, paired resamples) and each distribution's
+    bootstrap SD (``sd_<distribution>``)."""
+    if score not in SCORES:
+        raise ValueError(f"selection score {score!r}: not among {SCORES}")
     grid = dict(SELECT_GRID if grid is None else grid)
     corrections = grid.pop(CORRECTION, (0,))
     unknown = set(grid) - set(SamplingConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"selection grid: field {sorted(unknown)[0]!r} is not a sampling setting")
-    if set(corrections) - {0, 1, 2}:
-        raise ValueError(f"selection grid: field '{CORRECTION}': {sorted(corrections)} not among 0, 1, 2")
+    if set(corrections) - set(CORRECTIONS.values()):
+        raise ValueError(f"selection grid: field '{CORRECTION}': {sorted(corrections)} not among "
+                         f"{sorted(CORRECTIONS.values())}")
     val = evenly_spaced(validation_days(record, split), max_requests)
     requests = requests_of(val)
     check_not_trained_on(requests, record)
@@ -156,31 +204,57 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
     chain = MarkovBaseline(per_user=True).fit(own.days)
     markov_days = [d for s in range(draws) for d in generate_days(chain, requests, seed=s)]
     markov = quality_row(markov_days, val, [], cfg)
-    rows, settings, boots = [], [], []
+    vocab = {c: i for i, c in enumerate(sorted({a.category for d in (*val, *markov_days, *own.days)
+                                                for a in d.activities}))}
+    ref = bootstrap_jsds(markov_days, val, draws, vocab, tile=True)
+    rows, settings, boots, distance = [], [], [], []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
         plain = replace(base, **point, seed=0, n=draws, category_bias=(), user_category_bias=())
-        first = as_chains(requests, generate_texts(model, tokenizer, record, requests, plain, progress, own))
+        expected: dict | None = {} if 3 in corrections else None
+        first = as_chains(requests, generate_texts(model, tokenizer, record, requests, plain, progress, own, expected))
         for kind in sorted(set(corrections)):
-            s = correction_settings(plain, kind, own, first, split.test)
+            s = correction_settings(plain, kind, own, first, split.test, expected)
             days = first if s is plain else as_chains(
                 requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
             row = quality_row(days, val, own.days, cfg)
-            boots.append(bootstrap_margins(days, val, markov_days, draws))
+            for c in {a.category for d in days for a in d.activities} - set(vocab):
+                vocab[c] = len(vocab)
+            boots.append(bootstrap_jsds(days, val, draws, vocab))
+            margins = [margin_score(dict(zip(DISTRIBUTIONS, g)), dict(zip(DISTRIBUTIONS, r)))
+                       for g, r in zip(boots[-1], ref)]
             rows.append({**point, CORRECTION: kind, **row, "margin": margin_score(row, markov),
-                         "margin_se": float(boots[-1].std(ddof=1)),
-                         "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS]))})
+                         "margin_se": float(np.std(margins, ddof=1)),
+                         "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS])),
+                         **{f"sd_{d}": float(sd) for d, sd in zip(DISTRIBUTIONS, boots[-1].std(axis=0, ddof=1))}})
             settings.append(s)
-    ok = [i for i, g in enumerate(rows) if g["valid"] >= MIN_SELECT_VALID] or range(len(rows))
-    best = min(ok, key=lambda i: rows[i]["margin"])
-    for g, b in zip(rows, boots):
-        g["diff_se"] = float((b - boots[best]).std(ddof=1))
-    return replace(settings[best], seed=base.seed, n=base.n), rows
+            distance.append(sum(getattr(base, k) != v for k, v in point.items()) + (kind != 0))
+    sds = np.stack([b.std(axis=0, ddof=1) for b in boots])
+    scale = np.array([np.nanmedian(c) if np.isfinite(c).any() else np.nan for c in sds.T])
+    noise = [noise_score(b, scale) for b in boots]
+    for g, n in zip(rows, noise):
+        g["noise"] = float(noise_score(np.array([[g[d] for d in DISTRIBUTIONS]]), scale)[0])
+        g["noise_se"] = float(n.std(ddof=1))
+    ok = np.array([g["valid"] >= MIN_SELECT_VALID for g in rows])
+    values_of = np.array([g[score] for g in rows])
+    pool = np.flatnonzero(ok) if ok.any() else np.arange(len(rows))
+    best = pool[np.argmin(values_of[pool])]
+    resampled = noise if score == "noise" else [
+        np.array([margin_score(dict(zip(DISTRIBUTIONS, g)), dict(zip(DISTRIBUTIONS, r))) for g, r in zip(b, ref)])
+        for b in boots]
+    for g, r in zip(rows, resampled):
+        g["diff_se"] = float((r - resampled[best]).std(ddof=1))
+    chosen = best if score == "margin" else one_se_choice(values_of, np.array([g["diff_se"] for g in rows]),
+                                                          np.array(distance), ok)
+    for i, g in enumerate(rows):
+        g["chosen"] = i == chosen
+    return replace(settings[chosen], seed=base.seed, n=base.n), rows
 
 
 def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, seeds: list[int],
                         sampling: SamplingConfig, data_root: str | None = None, max_requests: int | None = None,
-                        progress: bool = True, redraws: int = 0, select: bool = False, correction: int = 0) -> dict:
+                        progress: bool = True, redraws: int = 0, select: bool = False, correction: int = 0,
+                        select_score: str = "noise", select_grid: dict[str, tuple] | None = None) -> dict:
     """Generate for the held-out requests with every seed, score stllm and the baselines; returns the rows.
     ``correction`` (without ``select``): the category correction kind (:data:`CORRECTIONS`) fitted on validation
     requests at the given settings."""
@@ -194,7 +268,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
     grid = None
     if select:
         sampling, grid = select_sampling(model, tokenizer, record, split, sampling, own, progress,
-                                         min(SELECT_REQUESTS, max_requests or SELECT_REQUESTS))
+                                         min(SELECT_REQUESTS, max_requests or SELECT_REQUESTS), select_grid,
+                                         score=select_score)
     elif correction:
         sampling = fit_correction(model, tokenizer, record, split, sampling, own, correction, progress,
                                   min(SELECT_REQUESTS, max_requests or SELECT_REQUESTS))
@@ -240,9 +315,11 @@ def print_generation_table(result: dict) -> None:
         for g in result["selection_grid"]:
             setting = " ".join(f"{k} {v:g}" for k, v in g.items()
                                if k in SamplingConfig.__dataclass_fields__ or k == CORRECTION)
-            print(f"  {setting}: JSD / per-user Markov {g['margin']:.3f} +- {g.get('margin_se', np.nan):.3f} "
-                  f"(vs chosen +- {g.get('diff_se', np.nan):.3f}), mean JSD {g['mean_jsd']:.4f}, "
-                  f"valid {g['valid']:.3f}, copies {g['copies']:.3f}")
+            sds = "/".join(f"{g.get('sd_' + d, np.nan):.4f}" for d in DISTRIBUTIONS)
+            print(f"  {'*' if g.get('chosen') else ' '}{setting}: JSD / per-user Markov {g['margin']:.3f} +- "
+                  f"{g.get('margin_se', np.nan):.3f}, JSD / its SD {g.get('noise', np.nan):.2f} +- "
+                  f"{g.get('noise_se', np.nan):.2f} (difference to the best +- {g.get('diff_se', np.nan):.3f}), "
+                  f"mean JSD {g['mean_jsd']:.4f}, JSD SDs {sds}, valid {g['valid']:.3f}, copies {g['copies']:.3f}")
     s = result["sampling"]
     print(f"\n{result['data']}: {result['n_requests']} held-out days, seeds {result['seeds']}; sampling temperature "
           f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, prefer_hours {s['prefer_hours']}, "
@@ -271,7 +348,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "checkpoint's validation days first (overrides them)")
     p.add_argument("--correction", choices=tuple(CORRECTIONS), default="off",
                    help="without --select: the per-category correction, fitted on the validation requests' days at "
-                        "these settings (population: one b per category; user: per user and category)")
+                        "these settings (population: one b per category; user: per user and category from the sampled "
+                        "categories; user_expected: from the decoder's expected categories)")
+    p.add_argument("--select_score", choices=SCORES, default="noise",
+                   help="with --select: noise (each JSD over its bootstrap SD, summed; then the one-SE rule towards "
+                        "the given settings) or margin (JSD / per-user Markov's, mean; the lowest)")
     return p
 
 
@@ -285,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
                                                 user_prior_hours=args.user_prior_hours,
                                                 user_prior_lines=args.user_prior_lines, reach=not args.no_reach),
                                  args.data_root, args.max_requests, redraws=args.redraws, select=args.select,
-                                 correction=CORRECTIONS[args.correction])
+                                 correction=CORRECTIONS[args.correction], select_score=args.select_score)
     print_generation_table(result)
     return 0
 

@@ -21,6 +21,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -31,7 +32,12 @@ from stllm.data.activity_prompts import day_choices, gen_conversation, own_choic
 from stllm.data.prompts import ChatFormatter, Conversation
 from stllm.errors import run_command
 from stllm.eval.run_identity import load_task_checkpoint
-from stllm.models.activity_decoding import ActivityLogitsProcessor, ReachRule, activity_grammar
+from stllm.models.activity_decoding import (
+    ActivityLogitsProcessor,
+    ReachRule,
+    activity_grammar,
+    choice_category_names,
+)
 
 ACTIVITY_DATA_FILE = "activity_data.json"  # written by stllm.train.train_gen (eval must not import train)
 
@@ -139,8 +145,10 @@ def _prompts_and_grammar(tokenizer, record: dict, requests: Sequence[ActivityCha
 
 
 def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, bar,
-            prefer: tuple[list, list, list] | None = None, prior: UserPrior | None = None) -> list[str]:
-    """One answer per prompt, in batches of ``cfg.batch_size`` (left padding, grammar-constrained)."""
+            prefer: tuple[list, list, list] | None = None, prior: UserPrior | None = None,
+            category_mass: dict | None = None) -> list[str]:
+    """One answer per prompt, in batches of ``cfg.batch_size`` (left padding, grammar-constrained);
+    ``category_mass`` (filled in place, needs ``prefer``): per user, the expected lines per category."""
     max_new = cfg.max_new_tokens or 16 * grammar.max_lines
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -159,7 +167,8 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
                                        weekends=prefer[3][rows] if prefer else None,
                                        length_weight=cfg.user_prior_lines if prior else 0.0,
                                        category_bias=dict(cfg.category_bias),
-                                       user_category_bias={u: dict(b) for u, b in cfg.user_category_bias})
+                                       user_category_bias={u: dict(b) for u, b in cfg.user_category_bias},
+                                       category_mass=category_mass, temperature=cfg.temperature)
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
@@ -171,13 +180,23 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
 
 
 def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityChain], cfg: SamplingConfig,
-                   progress: bool = True, own: OwnHistory | None = None) -> list[list[str]]:
+                   progress: bool = True, own: OwnHistory | None = None,
+                   category_mass: dict[Hashable, dict[str, float]] | None = None) -> list[list[str]]:
     """``cfg.n`` answer texts per request (batched, constrained: each parses); ``own`` (per user, their training
-    choices: :func:`trained_own_choices`) is favoured by ``cfg.prefer_own``."""
+    choices: :func:`trained_own_choices`) is favoured by ``cfg.prefer_own``. ``category_mass`` (filled in place):
+    per user, the expected number of lines per category under this decoding (the decoder's probabilities, not
+    the sampled categories: :class:`ActivityLogitsProcessor`)."""
     prompts, grammar, prefer, prior = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
     torch.manual_seed(cfg.seed)
+    mass: dict | None = None if category_mass is None else {}
     with tqdm(total=len(prompts) * cfg.n, desc="generate", disable=not progress, unit="day") as bar:
-        draws = [_sample(model, tokenizer, grammar, prompts, cfg, bar, prefer, prior) for _ in range(cfg.n)]
+        draws = [_sample(model, tokenizer, grammar, prompts, cfg, bar, prefer, prior, mass) for _ in range(cfg.n)]
+    if mass is not None:
+        names = choice_category_names(grammar)
+        for u, m in mass.items():
+            into = category_mass.setdefault(u, {})
+            for i in np.flatnonzero(m):
+                into[names[i]] = into.get(names[i], 0.0) + float(m[i])
     return [[d[i] for d in draws] for i in range(len(prompts))]
 
 

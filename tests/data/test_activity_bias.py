@@ -85,3 +85,18 @@ def test_user_bias_is_fitted_per_user_without_test_days():
     assert b["u"]["Office"] == pytest.approx(math.log(1.2 / 4.2))
     with pytest.raises(ValueError, match="field 'generated': user u on 2024-01-10 is a test day"):
         fit_user_category_bias(trained, [*generated, _day("u", 10, "Bar")], test)
+
+
+def test_user_bias_from_expected_counts_matches_the_same_counts_sampled():
+    from stllm.data.activity_bias import user_category_bias
+
+    pop = {"A": 0.5, "B": 0.3, "C": 0.2}
+    target = {"u": ["A"] * 6 + ["B"] * 2}
+    sampled = user_category_bias(target, {"u": ["A", "A", "B", "B"]}, pop, alpha=2.0, shrink=4.0, clip=5.0)
+    expected = user_category_bias(target, {"u": {"A": 2.0, "B": 2.0}}, pop, alpha=2.0, shrink=4.0, clip=5.0)
+    assert expected["u"] == pytest.approx(sampled["u"])
+    # fractional mass: q_A = (1.5 + 1)/(3 + 2) = .5, q_C = (.5 + .4)/5 = .18; p_C = .4/10; G = 3 -> shrink 3/7
+    frac = user_category_bias(target, {"u": {"A": 1.5, "B": 1.0, "C": 0.5}}, pop, alpha=2.0, shrink=4.0, clip=5.0)
+    assert frac["u"]["A"] == pytest.approx(3 / 7 * math.log(0.7 / 0.5))
+    assert frac["u"]["C"] == pytest.approx(3 / 7 * math.log(0.04 / 0.18))
+    assert user_category_bias(target, {"u": {"A": 0.0}}, pop) == {}  # no mass: no b

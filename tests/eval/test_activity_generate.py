@@ -210,16 +210,17 @@ def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpo
     chosen, grid = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64), own,
                                    progress=False, max_requests=8, grid={"temperature": (0.7, 1.3),
                                    "prefer_own": (2.0,), "prefer_hours": (1.0,), "user_prior": (0.5,),
-                                   "category_correction": (0, 1, 2)})
+                                   "category_correction": (0, 1, 2, 3)}, score="margin")
     assert [(g["temperature"], g["prefer_own"], g["prefer_hours"], g["user_prior"], g["category_correction"])
-            for g in grid] == [(t, 2.0, 1.0, 0.5, k) for t in (0.7, 1.3) for k in (0, 1, 2)]
+            for g in grid] == [(t, 2.0, 1.0, 0.5, k) for t in (0.7, 1.3) for k in (0, 1, 2, 3)]
+    assert sum(g["chosen"] for g in grid) == 1 and all(g["noise_se"] > 0 for g in grid)
     ok = [g for g in grid if g["valid"] >= 0.95] or grid
     best = min(ok, key=lambda g: g["margin"])
     assert (chosen.temperature, chosen.prefer_own, chosen.prefer_hours, chosen.user_prior) == (
         best["temperature"], best["prefer_own"], 1.0, 0.5)
     # b travels with the chosen point: population (1) or per user (2), never both
     assert (bool(chosen.category_bias), bool(chosen.user_category_bias)) == (
-        best["category_correction"] == 1, best["category_correction"] == 2)
+        best["category_correction"] == 1, best["category_correction"] in (2, 3))
     assert best["diff_se"] == 0.0 and all(g["margin_se"] > 0 for g in grid)
     assert chosen.batch_size == 16 and chosen.max_new_tokens == 64
     with pytest.raises(ValueError, match="field 'warmth' is not a sampling setting"):
@@ -266,3 +267,24 @@ def test_user_prior_share_one_writes_the_users_own_places(checkpoint, split):
     assert forced > 0.8 and forced > free  # the prior's mass is on the user's own (previous place, hour) moves
     with pytest.raises(ValueError, match="user_prior"):
         SamplingConfig(user_prior=1.5)
+
+
+def test_noise_score_counts_each_jsd_in_units_of_its_bootstrap_sd():
+    from stllm.eval.activity_eval import noise_score
+
+    jsds = np.array([[0.04, 0.010, np.nan], [0.05, 0.005, np.nan]])
+    scale = np.array([0.01, 0.005, 0.02])  # the third distribution is undefined (no coordinates): left out
+    np.testing.assert_allclose(noise_score(jsds, scale), [4 + 2, 5 + 1])
+
+
+def test_one_se_rule_takes_the_point_closest_to_the_defaults_among_those_near_the_best():
+    from stllm.eval.activity_eval import one_se_choice
+
+    scores = np.array([10.0, 9.0, 9.5, 8.0])
+    diff_se = np.array([1.0, 1.5, 2.0, 0.0])  # 0: 2 above the best at SE 1 (out); 1, 2 within one SE
+    distance = np.array([0, 2, 1, 3])
+    ok = np.array([True, True, True, True])
+    assert one_se_choice(scores, diff_se, distance, ok) == 2
+    assert one_se_choice(scores, diff_se, np.array([0, 1, 1, 3]), ok) == 1  # tie on distance: the lower score
+    # an invalid point is neither the best nor chosen: the best valid one is 1 (9.0), 0 lies within 1.0 of it
+    assert one_se_choice(scores, np.array([1.0, 0.0, 0.1, 0.0]), distance, np.array([True, True, True, False])) == 0

@@ -316,3 +316,25 @@ def test_user_category_bias_lifts_only_its_users_rows():
         assert {v for k, v in allowed.items() if k.strip().startswith("Off")} == {-1.0}
     with pytest.raises(ValueError, match="needs each row's user"):
         ActivityLogitsProcessor(g, tok, 0, 200, user_category_bias={"u": {"Café": 1.5}})
+
+
+def test_category_mass_is_the_decoders_expected_category_of_each_line():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, answer_prefix=" ", max_lines=4)
+    mass: dict = {}
+    proc = ActivityLogitsProcessor(g, tok, prompt_len=0, max_new_tokens=200, users=["u", "u"], category_mass=mass,
+                                   temperature=0.5)
+    ids = tok(" A 10:00 |", add_special_tokens=False)["input_ids"]
+    scores = torch.full((2, len(tok)), -1e4)
+    for text, logit in ((" Café", 0.0), (" Office", np.log(2)), (" ", 0.0), (" Bar", np.log(2))):
+        (i,) = tok(text, add_special_tokens=False)["input_ids"]
+        scores[:, i] = logit
+    proc(torch.tensor([ids] * 2), scores)
+    # at T 0.5 the weights are 1 (Café), 4 (Office), 1 (' ': every category), 4 (' Bar': Bar or Bar / Pub) of 10;
+    # ' Bar' spreads evenly (no deciding token in its range), ' ' as the deciding tokens (Café 1 : Office 4)
+    expected = np.array([0.2, 0.2, 0.1 + 0.1 / 5, 0.4 + 0.1 * 4 / 5])  # Bar, Bar / Pub, Café, Office
+    np.testing.assert_allclose(mass["u"], 2 * expected)  # two rows of the same user: two lines
+    proc(torch.tensor([ids + tok(" Ca", add_special_tokens=False)["input_ids"]] * 2), scores)
+    np.testing.assert_allclose(mass["u"], 2 * expected)  # a line counts once
+    with pytest.raises(ValueError, match="category_mass needs each row's user"):
+        ActivityLogitsProcessor(g, tok, 0, 200, category_mass={})
