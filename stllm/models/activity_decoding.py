@@ -477,9 +477,10 @@ class ActivityLogitsProcessor(LogitsProcessor):
         one = cat[lo] == cat[hi]
         mass = np.bincount(cat[lo[one]], weights=p[one], minlength=int(cat.max()) + 1)
         direct = mass.copy()
-        for w, a, b in zip(p[~one], cat[lo[~one]], cat[hi[~one]]):
-            d = direct[a:b + 1]
-            mass[a:b + 1] += w * (d / d.sum() if d.sum() > 0 else np.full(len(d), 1.0 / len(d)))
+        for w, a, b in zip(p[~one], lo[~one], hi[~one]):
+            cs = np.unique(cat[a:b + 1])  # the categories of its ranks (their indices need not be in rank order)
+            d = direct[cs]
+            mass[cs] += w * (d / d.sum() if d.sum() > 0 else 1.0 / len(cs))
         prior = self._prior_draw.get((row, line))
         if prior is not None:
             mass = (1 - self.prior_weight) * mass + self.prior_weight * np.bincount(cat, weights=prior,

@@ -338,3 +338,12 @@ def test_category_mass_is_the_decoders_expected_category_of_each_line():
     np.testing.assert_allclose(mass["u"], 2 * expected)  # a line counts once
     with pytest.raises(ValueError, match="category_mass needs each row's user"):
         ActivityLogitsProcessor(g, tok, 0, 200, category_mass={})
+    # with places the ranks sort 'Bar / Pub | ..' before 'Bar | ..' while the category indices sort Bar first: a
+    # token spanning both still spreads over exactly those two; each line's mass sums to one
+    gp = activity_grammar(CATS, PLACES, answer_prefix=" ", max_lines=4)
+    places: dict = {}
+    proc = ActivityLogitsProcessor(gp, tok, 0, 200, users=["u"], category_mass=places)
+    only_bar = torch.full((1, len(tok)), -1e4)
+    only_bar[0, tok(" Bar", add_special_tokens=False)["input_ids"]] = 0.0
+    proc(torch.tensor([ids]), only_bar)
+    np.testing.assert_allclose(places["u"], [0.5, 0.5, 0.0, 0.0])
