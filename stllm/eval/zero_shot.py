@@ -350,11 +350,12 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     mask = mask & ~failed[..., None, None]
     if city.task == "event":
         metrics = {k: event_metrics(p, y, mask, classes=city.channels) for k, p in preds.items()}
-        for k, row in metrics.items():
-            row[VAL_F1] = (event_metrics(preds[k], y, mask, threshold=thresholds[k])["Macro-F1"] if k in thresholds
-                           else float("nan"))  # fmt: skip
-        columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1",
-                                                                                  VAL_F1]  # fmt: skip
+        for k, row in metrics.items():  # the supervised reference has none: its own training is the evaluated data
+            if thresholds:
+                row[VAL_F1] = (event_metrics(preds[k], y, mask, threshold=thresholds[k])["Macro-F1"]
+                               if k in thresholds else float("nan"))  # fmt: skip
+        columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1"]
+        columns += [VAL_F1] if thresholds else []
     else:
         metrics = {k: flow_metrics(p, y, mask, channels=city.channels) for k, p in preds.items()}
         columns = [f"{m}/{c}" for c in city.channels for m in ("MAE", "RMSE")]
