@@ -6,7 +6,8 @@ the same requests with the same seeds. With ``--select`` the sampling settings (
 the bonus towards the user's own places, the shares of places, start hours and day lengths drawn from the user's
 history prior, the per-category logit correction off / population / per user: :mod:`stllm.data.activity_bias`)
 are first chosen on the checkpoint's validation days (training users' days it did not train on; never a test day,
-checked), by the JSDs to those days relative to the per-user Markov's (:func:`margin_score`). Prints the table
+checked), by each JSD to those days in units of its bootstrap SD with the one-SE rule (:func:`noise_score`; or
+relative to the per-user Markov's, ``--select_score margin``: :func:`margin_score`). Prints the table
 (JSDs, validity, copies; mean +- std over seeds), writes ``metrics.json``, the generated days
 (``generated_seed{S}.jsonl``) and a map of a few generated days over real ones (data with coordinates).
 """
