@@ -483,8 +483,8 @@ def _predict_other(other: dict, batch_size: int, progress: bool, placement, val:
 def _validation_windows(ds, d_args: DataArguments, enc, scaler: STScaler, ridge_kwargs: dict | None):
     """``(windows, None)`` on which each method's F1 thresholds are chosen, or ``(None, why not)``: the
     checkpoint's training regions over the last ``val_fraction`` of its training time (what stage 2 validated
-    on; the last 10% when the run had no validation part, then seen in training by the model and the fitted
-    baselines alike), in the evaluated city; never an evaluated region or target (checked)."""
+    on; the last 10% when the run had no validation part, which the model then saw in training), in the
+    evaluated city; never an evaluated region or target (checked)."""
     if ridge_kwargs is None or ridge_kwargs["fit_city"] is not ds.city:
         return None, "they need the checkpoint's training regions and time in the evaluated data (cross-region)"
     fit, regions = ridge_kwargs["fit_time"], ridge_kwargs["fit_regions"]
