@@ -78,6 +78,7 @@ class STEncoderConfig:
     normalize: bool = True
     residual: bool = True
     norm_eps: float = 0.1
+    event_logits: bool = False  # a linear event-logit path (logistic on the normalised context + its statistics)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -107,6 +108,9 @@ class STEncoderConfig:
                              "set normalize=False otherwise")
         if self.norm_eps <= 0:
             raise ValueError(f"STEncoderConfig.norm_eps must be > 0, got {self.norm_eps}")
+        if self.event_logits and not self.normalize:
+            raise ValueError("STEncoderConfig.event_logits reads the normalised context and its statistics: it needs "
+                             "normalize=True")
 
     @property
     def main_length(self) -> int:
@@ -197,6 +201,7 @@ class STEncoderOutput(NamedTuple):
     scale: torch.Tensor | None = None  # (W, N, 1, C) per-sample std + eps
     anchor: torch.Tensor | None = None  # (W, N, horizon, C) seasonal anchor, normalised units
     base: torch.Tensor | None = None  # (W, N, horizon, C_out) the forecast in normalised units: anchor + correction
+    event_logits: torch.Tensor | None = None  # (W, N, horizon, C_out) logit of P(count > 0) (config.event_logits)
 
 
 def normalise_context(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -269,6 +274,9 @@ class STEncoder(nn.Module):
         # a linear map of the whole normalised input straight to the correction: at least a ridge on it
         self.linear_proj = (nn.Conv2d(cfg.main_length * cfg.in_channels, cfg.horizon * cfg.out_channels, 1)
                             if cfg.normalize else None)  # fmt: skip
+        # events: a logistic regression on the same input plus its statistics, the anchor of the LLM's event logits
+        self.event_proj = (nn.Conv2d((cfg.main_length + 2) * cfg.in_channels, cfg.horizon * cfg.out_channels, 1)
+                           if cfg.event_logits else None)  # fmt: skip
         # the level anchor's exponents (zero: the plain historical average) and the ratios as an input
         scales = cfg.level_len and cfg.normalize and cfg.residual  # else the ratios are an input only (ablations)
         self.level_weights = nn.Parameter(torch.zeros(LEVEL_RATIOS, cfg.in_channels)) if scales else None
@@ -282,9 +290,10 @@ class STEncoder(nn.Module):
         """The correction starts at zero when residual: an untrained encoder forecasts the anchor."""
         if self.config.normalize:  # in-place: transformers' post_init guards nn.init on initialised parameters
             with torch.no_grad():
-                for conv in (self.end_conv_2, self.linear_proj):
-                    conv.weight.zero_()
-                    conv.bias.zero_()
+                for conv in (self.end_conv_2, self.linear_proj, self.event_proj):
+                    if conv is not None:
+                        conv.weight.zero_()
+                        conv.bias.zero_()
                 if self.level_weights is not None:
                     self.level_weights.zero_()
 
@@ -362,6 +371,13 @@ class STEncoder(nn.Module):
         out = self.end_conv_2(F.relu(self.end_conv_1(skip)))  # (W, horizon*C_out, N, 1)
         if self.linear_proj is not None:
             out = out + self.linear_proj(x.permute(0, 1, 3, 2).reshape(w, t * c, n, 1))
+        event_logits = None
+        if self.event_proj is not None:  # normalize is on (checked in the config): xn and stats exist
+            with torch.autocast(x.device.type, enabled=False):  # a closed-form fit: keep its precision
+                flat = xn.permute(0, 1, 3, 2).reshape(w, t * c, n, 1)  # (W, T*C, N, 1): step-major, then channel
+                feats = torch.cat([flat, stats.float().permute(0, 2, 1).unsqueeze(-1)], dim=1)
+                logits = F.conv2d(feats, self.event_proj.weight.float(), self.event_proj.bias.float())
+            event_logits = logits.squeeze(-1).permute(0, 2, 1).reshape(w, n, cfg.horizon, cfg.out_channels)
         out = out.squeeze(-1)
         forecast = out.permute(0, 2, 1).reshape(w, n, cfg.horizon, cfg.out_channels)
         if cfg.normalize:
@@ -373,7 +389,8 @@ class STEncoder(nn.Module):
             k = cfg.out_channels
             base = anchor[..., :k] + forecast.float()
             forecast = denormalise(base, loc, scale, k)
-            return STEncoderOutput(tokens=tokens, forecast=forecast, loc=loc, scale=scale, anchor=anchor, base=base)
+            return STEncoderOutput(tokens=tokens, forecast=forecast, loc=loc, scale=scale, anchor=anchor, base=base,
+                                   event_logits=event_logits)
         return STEncoderOutput(tokens=tokens, forecast=forecast)
 
 

@@ -18,6 +18,7 @@ from stllm.eval.baselines import (
     historical_average,
     last_value,
     run_baselines,
+    scale_free_logistic,
     scale_free_ridge,
     seasonal_naive,
     supervised_encoder,
@@ -47,7 +48,8 @@ __all__ = [
     "poi_baseline_ranks",
     "format_ranking_table", "metrics_from_ranks", "ranking_metrics", "target_ranks",
     "BASELINES", "NOT_ZERO_SHOT", "baseline_label", "check_layout", "encoder_only", "eval_targets",
-    "historical_average", "last_value", "run_baselines", "scale_free_ridge", "seasonal_naive", "supervised_encoder",
+    "historical_average", "last_value", "run_baselines", "scale_free_logistic", "scale_free_ridge", "seasonal_naive",
+    "supervised_encoder",
     "event_counts", "event_metrics", "flow_metrics", "masked_mae", "masked_mape", "masked_rmse",
     "precision_recall_f1", "to_numpy",
 ]  # fmt: skip

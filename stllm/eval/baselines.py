@@ -28,6 +28,8 @@ Baselines:
 * :func:`~stllm.eval.ridge.scale_free_ridge` (``"ridge"``): closed-form ridge on the model's scale-free
   multi-period context (previous weeks' and days' target slots plus the recent steps), fitted on *other*
   regions (``fit_regions`` x ``fit_time``): the linear bar a forecasting model must clear.
+* :func:`~stllm.eval.logistic.scale_free_logistic` (``"logistic"``, events only): logistic regression on
+  the same context and fit set, scoring ``P(count > 0)``: the linear bar an event head must clear.
 * :func:`~stllm.eval.level_average.level_average` (``"level_average"``, counts only): the historical
   average scaled by how busy the last hours were against the same hours in earlier weeks, its few
   exponents fitted on the same fit set as the ridge: the encoder's level-scaled anchor on its own.
@@ -56,6 +58,7 @@ from stllm.data.scaler import STScaler
 from stllm.encoders.io import load_encoder
 from stllm.encoders.st_encoder import STEncoder, STEncoderConfig
 from stllm.eval.level_average import level_average
+from stllm.eval.logistic import scale_free_logistic
 from stllm.eval.ridge import scale_free_ridge
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ __all__ = [
     "historical_average",
     "last_value",
     "run_baselines",
+    "scale_free_logistic",
     "scale_free_ridge",
     "seasonal_naive",
     "supervised_encoder",
@@ -393,6 +397,7 @@ BASELINES: dict[str, Callable[..., np.ndarray]] = {
     "historical_average": historical_average,
     "level_average": level_average,
     "ridge": scale_free_ridge,
+    "logistic": scale_free_logistic,
     "encoder_only": encoder_only,
     "supervised_encoder": supervised_encoder,
 }
@@ -423,17 +428,18 @@ def run_baselines(
     """Run baselines by name on one evaluation set -> ``{name: pred (W, R, H, C)}`` in ``names`` order.
 
     ``names`` defaults to every baseline whose inputs are available: the four simple ones, plus
-    ``level_average`` (counts only) and ``ridge`` when ``ridge_kwargs`` is given (their fit set: at least
-    ``fit_regions`` and ``fit_time`` of :func:`~stllm.eval.ridge.scale_free_ridge`; ``weeks`` defaults to
-    this function's), ``encoder_only`` when ``encoder_dir`` is and ``supervised_encoder`` when
-    ``train_time`` is. Asking for ``ridge`` or ``level_average`` without ``ridge_kwargs``, ``encoder_only``
-    without ``encoder_dir`` (or ``supervised_encoder`` without ``train_time``) raises ``ValueError``, as does
+    ``level_average`` (counts only), ``ridge`` and ``logistic`` (events only) when ``ridge_kwargs`` is given
+    (their fit set: at least ``fit_regions`` and ``fit_time`` of :func:`~stllm.eval.ridge.scale_free_ridge`;
+    ``weeks`` defaults to this function's), ``encoder_only`` when ``encoder_dir`` is and
+    ``supervised_encoder`` when ``train_time`` is. Asking for ``ridge``, ``level_average`` or ``logistic``
+    without ``ridge_kwargs``, ``encoder_only`` without ``encoder_dir`` (or ``supervised_encoder`` without
+    ``train_time``) raises ``ValueError``, as does
     an unknown name.
     """
     if names is None:
         names = ["last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average"]
         if ridge_kwargs is not None:
-            names += ["ridge"] if city.task == "event" else ["level_average", "ridge"]
+            names += ["ridge", "logistic"] if city.task == "event" else ["level_average", "ridge"]
         if encoder_dir is not None:
             names.append("encoder_only")
         if train_time is not None:
@@ -441,7 +447,7 @@ def run_baselines(
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
-    unfitted = [n for n in ("ridge", "level_average") if n in names] if ridge_kwargs is None else []
+    unfitted = [n for n in ("ridge", "level_average", "logistic") if n in names] if ridge_kwargs is None else []
     if unfitted:
         raise ValueError(f"baseline {unfitted[0]!r} needs ridge_kwargs (at least fit_regions and fit_time, on other "
                          "regions)")
@@ -454,6 +460,7 @@ def run_baselines(
         "historical_average": {"weeks": weeks},
         "ridge": {"weeks": weeks, **(ridge_kwargs or {})},
         "level_average": {"weeks": weeks, **{k: v for k, v in (ridge_kwargs or {}).items() if k in FIT_SET}},
+        "logistic": {"weeks": weeks, **{k: v for k, v in (ridge_kwargs or {}).items() if k != "alpha"}},  # same inputs
         "encoder_only": {"encoder_dir": encoder_dir, "device": device},
         "supervised_encoder": {"train_time": train_time, "device": device, **(pretrain_kwargs or {})},
     }

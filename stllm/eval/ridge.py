@@ -26,9 +26,9 @@ from stllm.data.scaler import STScaler
 from stllm.encoders.linear import RidgeAccumulator
 from stllm.encoders.st_encoder import normalise_context
 
-__all__ = ["fit_pairs", "scale_free_ridge", "scaled_contexts"]
+__all__ = ["CHUNK", "context_features", "fit_pairs", "scale_free_ridge", "scaled_contexts"]
 
-_CHUNK = 4096  # (t0, region) pairs per gather: X is 4096 x (L*C + 1) float64, ~13 MB for 400 features
+CHUNK = 4096  # (t0, region) pairs per gather: X is 4096 x (L*C + 1) float64, ~13 MB for 400 features
 
 
 def scaled_contexts(city: CityData, scaler: STScaler, spec: ContextSpec, t0: np.ndarray, reg: np.ndarray,
@@ -43,7 +43,7 @@ def scaled_contexts(city: CityData, scaler: STScaler, spec: ContextSpec, t0: np.
     return x
 
 
-def _features(
+def context_features(
     city: CityData,
     scaler: STScaler,
     spec: ContextSpec,
@@ -183,9 +183,9 @@ def scale_free_ridge(
     d, c = spec.length * city.n_channels + 1, city.n_channels
     acc = RidgeAccumulator(d, output_len * c)
     horizon = np.arange(output_len)
-    for i in range(0, len(pair_t0), _CHUNK):
-        t0, reg = pair_t0[i : i + _CHUNK], pair_reg[i : i + _CHUNK]
-        x, loc, scale = _features(fit_city, scaler, spec, t0, reg, eps, _check_past)
+    for i in range(0, len(pair_t0), CHUNK):
+        t0, reg = pair_t0[i : i + CHUNK], pair_reg[i : i + CHUNK]
+        x, loc, scale = context_features(fit_city, scaler, spec, t0, reg, eps, _check_past)
         y = scaler.transform(fit_city.values[t0[:, None] + horizon, reg[:, None]].astype(np.float64))  # (B, H, C)
         acc.add(x, ((y - loc[:, None]) / scale[:, None]).reshape(len(t0), -1))
     weights = acc.solve(alpha)
@@ -194,10 +194,11 @@ def scale_free_ridge(
     w_, r_ = len(starts), len(regions)
     ev_t0, ev_reg = np.repeat(t0_eval, r_), np.tile(regions, w_)
     out = np.empty((w_ * r_, output_len, c), dtype=np.float32)
-    for i in range(0, w_ * r_, _CHUNK):
-        x, loc, scale = _features(city, scaler, spec, ev_t0[i : i + _CHUNK], ev_reg[i : i + _CHUNK], eps, _check_past)
+    for i in range(0, w_ * r_, CHUNK):
+        t0, reg = ev_t0[i : i + CHUNK], ev_reg[i : i + CHUNK]
+        x, loc, scale = context_features(city, scaler, spec, t0, reg, eps, _check_past)
         pred = (x @ weights).reshape(len(x), output_len, c) * scale[:, None] + loc[:, None]
-        out[i : i + _CHUNK] = scaler.inverse(pred)
+        out[i : i + CHUNK] = scaler.inverse(pred)
     out = out.reshape(w_, r_, output_len, c)
     if city.task == "event":
         out = np.clip(out, 0.0, 1.0)

@@ -61,9 +61,9 @@ logger = logging.getLogger("stllm")
 MODES = ("cross-region", "cross-city", "cross-dataset")
 SUPERVISED_TRAINING = {"epochs": 5, "steps_per_epoch": 100}  # the supervised reference's training budget
 _DEFAULT_BASELINES = ("last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average",
-                      "level_average", "ridge", "encoder_only")  # fmt: skip
+                      "level_average", "ridge", "logistic", "encoder_only")  # fmt: skip
 VAL_F1 = "Macro-F1 (val thr)"  # at per-class thresholds chosen on validation windows, per method
-FITTED = ("level_average", "ridge")  # fitted on the checkpoint's training regions x time (one fit set)
+FITTED = ("level_average", "ridge", "logistic")  # fitted on the checkpoint's training regions x time (one fit set)
 
 
 @dataclass
@@ -413,14 +413,15 @@ def _plan_baselines(names: list[str] | None, city, ds, enc, supervised: bool, ri
     day, week = (period_steps(city.freq, p, city.source) for p in ("day", "week"))
     needs = {"seasonal_naive_day": day, "seasonal_naive_week": week, "historical_average": day,
              "ridge": ContextSpec(input_len, output_len, 7, 8).min_history(city.freq, city.source),
+             "logistic": ContextSpec(input_len, output_len, 7, 8).min_history(city.freq, city.source),
              "level_average": ContextSpec(input_len, output_len, 0, 8, level_len=day).min_history(city.freq,
                                                                                                 city.source),
              "encoder_only": ContextSpec.of_encoder(enc).min_history(city.freq, city.source)}  # fmt: skip
     explicit = names is not None
     supervised = supervised or (explicit and "supervised_encoder" in names)
     wanted = [n for n in (names if explicit else _DEFAULT_BASELINES) if n != "supervised_encoder"]
-    wanted = [n for n in wanted if (ridge or n not in FITTED) and not (n == "level_average" and city.task == "event"
-                                                                      and not explicit)]
+    off_task = "logistic" if city.task != "event" else "level_average"  # a default only where it applies
+    wanted = [n for n in wanted if (ridge or n not in FITTED) and not (n == off_task and not explicit)]
     run, skipped = [], {}
     for n in wanted:
         if history >= needs.get(n, 0):

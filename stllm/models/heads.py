@@ -5,7 +5,8 @@ answers) predicts output channel k over the horizon: both hidden states go throu
 ``hidden -> head_dim`` ReLU layer, are concatenated, and a linear layer emits ``horizon`` values.
 The regression head's last layer starts at zero: with a scale-free encoder its output is a
 correction to the seasonal anchor, so an untrained model forecasts the historical average instead
-of noise. Event logits keep the default initialisation (the anchor reaches them through the tokens).
+of noise. Event logits likewise correct the encoder's logistic event logits when it has that path; else
+they keep the default initialisation (the anchor reaches them through the tokens).
 """
 
 from __future__ import annotations
@@ -44,4 +45,11 @@ class RegressionHead(SlotHead):
 
 
 class ClassificationHead(SlotHead):
-    """Event logits (train with ``BCEWithLogitsLoss``; apply sigmoid only at the output)."""
+    """Event logits (train with ``BCEWithLogitsLoss``; apply sigmoid only at the output). With an encoder that
+    has an event-logit path, its output is a correction to those logits and starts at zero
+    (:meth:`reset_parameters`, called by the model)."""
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.out.weight.zero_()
+        self.out.bias.zero_()

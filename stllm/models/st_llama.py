@@ -152,6 +152,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         # zero-initialised corrections are set here (loaded weights replace them)
         self.st_encoder.reset_parameters()
         self.reg_head.reset_parameters()
+        if self.st_encoder.event_proj is not None:  # the event logits are a correction to the encoder's logistic
+            self.cls_head.reset_parameters()
         if backbone.generation_config is not None:
             self.generation_config = copy.deepcopy(backbone.generation_config)
         self._suppress_feature_slots()
@@ -408,12 +410,24 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         with torch.autocast(his_h.device.type, enabled=False):
             his_h, pre_h = his_h.to(dtype), pre_h.to(dtype)
             reg, cls = self.reg_head(his_h, pre_h).float(), self.cls_head(his_h, pre_h).float()
+            if encoding is not None and encoding.event_logits is not None:
+                cls = cls + self._event_anchor(encoding.event_logits[his_group].to(cls.device), cls.shape[-1])
             if encoding is not None and encoding.loc is not None:
                 k = reg.shape[-1]
                 base = encoding.base[his_group][..., :k].to(reg.device)
                 reg = denormalise(base + reg, encoding.loc[his_group].to(reg.device),
                                   encoding.scale[his_group].to(reg.device), k)
         return reg, cls
+
+    def _event_anchor(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        """The encoder's logistic event logits ``(Q, horizon, C)`` as the base of slot k's event logits, shifted by
+        ``log(cls_pos_weight)``: the optimum of the class-balanced BCE the heads train with, so an untrained head
+        (zero output) already answers what the trained one would at the logistic's ranking."""
+        logits = logits[..., :k].float()
+        if self.config.cls_pos_weight is not None:
+            w = torch.tensor(self.config.cls_pos_weight, dtype=logits.dtype, device=logits.device)[:k]
+            logits = logits + w.log()
+        return logits
 
     @staticmethod
     def _check_poi_indices(poi_coords, poi_category, poi_category_tokens, poi_history, checks: DeviceChecks) -> None:

@@ -63,6 +63,11 @@ class ModelArguments:
     st_residual: bool = field(
         default=True, metadata={"help": "Forecast = seasonal anchor (historical average) + learned correction "
                                 "(ablation: false)."})
+    st_event_logits: bool = field(
+        default=True, metadata={"help": "Events: the encoder also holds a logistic regression of 'an event happens' on "
+                                "its normalised context and statistics, fitted at stage 1 (the logistic baseline's "
+                                "problem); the event head corrects its logits (ablation: false). Taken from "
+                                "--st_encoder_path's config when one is given."})
     tune_st_encoder: bool = field(default=False, metadata={"help": "Also train the ST encoder (frozen by default)."})
     full_finetune: bool | None = field(
         default=None,

@@ -40,7 +40,7 @@ from stllm.data.scaler import STScaler
 from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, hold_out_regions, split_record
 from stllm.encoders.io import save_encoder
 from stllm.encoders.level import fit_level_weights, level_from_scaler
-from stllm.encoders.linear import RidgeAccumulator
+from stllm.encoders.linear import RidgeAccumulator, fit_logistic
 from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
 from stllm.encoders.st_encoder import (
     STEncoder,
@@ -231,6 +231,47 @@ def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: i
     return acc.n
 
 
+@torch.no_grad()
+def warm_start_event_logits(encoder: STEncoder, sampler: WindowSampler, zero: np.ndarray, max_rows: int = 60_000,
+                            l2: float = 1e-3, chunk: int = 64, seed: int = 0) -> int:
+    """Fit the encoder's event-logit path (``event_proj``) as a logistic regression of ``count > 0`` at each
+    target step on the normalised context and its statistics: the scale-free logistic baseline's problem
+    (:func:`stllm.eval.logistic.scale_free_logistic`, same solver), so the LLM's event head starts from the
+    linear classifier and only learns what it misses. ``zero (C,)`` is a zero count in the sampler's scaled
+    units. Up to ``max_rows`` (window, region) rows of the sampler's range, drawn with ``seed``; rows with a
+    missing target are left out. Returns the number of rows fitted (0 without the path)."""
+    cfg = encoder.config
+    if encoder.event_proj is None or max_rows <= 0:
+        return 0
+    starts = np.arange(sampler.first, sampler.last + 1)
+    rng = np.random.default_rng(seed)
+    per_window = int(sampler.regions_per_batch)  # regions per window
+    if len(starts) * per_window > max_rows:  # whole windows, so every region of a drawn window is a row
+        starts = np.sort(rng.choice(starts, max(1, max_rows // per_window), replace=False))
+    k, xs, ys = cfg.out_channels, [], []
+    zero_t = torch.as_tensor(np.asarray(zero, dtype=np.float32)[:k])
+    for i in range(0, len(starts), chunk):
+        b = sampler.batch(starts[i : i + chunk])
+        xn, _, loc, scale, _ = anchor_parts(b.x, cfg)  # xn (B, L, N, C); loc, scale (B, N, 1, C)
+        rows = xn.shape[0] * xn.shape[2]
+        stats = torch.cat([loc, scale.log()], dim=-1)[:, :, 0].reshape(rows, -1)
+        feats = torch.cat([xn.permute(0, 2, 1, 3).reshape(rows, -1), stats], dim=1)
+        y = (b.y[..., :k] > zero_t + 1e-6).permute(0, 2, 1, 3).reshape(rows, -1)  # (rows, H*k): step-major
+        keep = torch.ones(rows, dtype=torch.bool)
+        if b.y_observed is not None:
+            keep = b.y_observed[..., :k].permute(0, 2, 1, 3).reshape(rows, -1).all(dim=1)
+        xs.append(feats[keep].double().numpy())
+        ys.append(y[keep].numpy())
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if not len(x):
+        return 0
+    weights, bias = fit_logistic(x, y, l2)
+    w = torch.from_numpy(weights.T.copy()).to(encoder.event_proj.weight)
+    encoder.event_proj.weight.copy_(w.reshape(encoder.event_proj.weight.shape))
+    encoder.event_proj.bias.copy_(torch.from_numpy(bias).to(encoder.event_proj.bias))
+    return len(x)
+
+
 def _metrics_block(res: dict, channels: Sequence[str], n_windows: int, n_regions: int) -> dict:
     return {
         "mae": {ch: float(v) for ch, v in zip(channels, res["mae"])},
@@ -284,7 +325,8 @@ def pretrain_st_encoder(
     An epoch is one pass over all training window starts (or ``steps_per_epoch`` batches); ``max_steps``
     caps the total; training stops after ``patience`` epochs without a better validation MAE and the
     best weights are kept. A scale-free encoder's linear correction is first fitted in closed form on up to
-    ``warm_start_windows`` training windows (:func:`warm_start_linear`; 0: off). Deterministic for a
+    ``warm_start_windows`` training windows (:func:`warm_start_linear`; 0: off), and an event encoder's logistic
+    event-logit path on the training part (:func:`warm_start_event_logits`). Deterministic for a
     ``seed`` on one device.
     """
     t_begin = time.time()
@@ -398,6 +440,10 @@ def pretrain_st_encoder(
             else:  # it helps: refit on the whole training time range, as the ridge baseline is fitted
                 warm_rows = warm_start_linear(encoder, warm_sampler(v1), warm_start_windows)
                 start_mae = validation_mae()
+        event_rows = 0
+        if encoder.event_proj is not None and warm_start_windows > 0:  # fitted before the validation part only
+            zero = scaler.transform(np.zeros((1, 1, city.n_channels)))[0, 0]
+            event_rows = warm_start_event_logits(encoder, warm_sampler(v0), zero, seed=seed)
         n_train_eval = min(sampler.n_windows, MAX_TRAIN_EVAL_WINDOWS)
         train_starts = np.unique(np.linspace(first, sampler.last, n_train_eval).round().astype(np.int64))
         optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=weight_decay)
@@ -468,6 +514,7 @@ def pretrain_st_encoder(
         "train": _metrics_block(train, channels, len(train_starts), len(fit_ids)),
         "best_epoch": best_epoch,
         "warm_start_rows": warm_rows,
+        "event_logit_rows": event_rows,
         "level_start_windows": level_windows,
         "level_weights": None if encoder.level_weights is None else encoder.level_weights.tolist(),
         "epochs_run": len(history),
@@ -615,6 +662,7 @@ def run(args: argparse.Namespace) -> PretrainResult:
     cfg.setdefault("horizon", args.horizon)
     cfg.setdefault("days", args.context_days)
     cfg.setdefault("weeks", args.context_weeks)
+    cfg.setdefault("event_logits", city.task == "event" and cfg.get("normalize", True))  # the logistic event path
     if args.graph_mixing:
         cfg["graph_mixing"] = True
     result = pretrain_st_encoder(

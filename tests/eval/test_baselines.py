@@ -304,7 +304,7 @@ def test_run_baselines_registry(encoder_dir):
     out = run_baselines(city, starts, regions, 12, 12, names=["encoder_only", "last_value"], encoder_dir=encoder_dir)
     assert list(out) == ["encoder_only", "last_value"] and out["encoder_only"].shape == y.shape
     assert set(BASELINES) == {"last_value", "seasonal_naive_day", "seasonal_naive_week", "historical_average", "ridge",
-                              "level_average",
+                              "level_average", "logistic",
                               "encoder_only", "supervised_encoder"}  # fmt: skip
     assert NOT_ZERO_SHOT == {"supervised_encoder"}
     assert baseline_label("supervised_encoder") == "supervised_encoder (not zero-shot)"

@@ -335,3 +335,29 @@ def test_forward_hands_back_the_cache_without_touching_a_deprecated_name(kind, m
         out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=True)
     assert not said
     assert out.past_key_values is not None and out.past_key_values.get_seq_length() == batch["input_ids"].shape[1]
+
+
+def test_event_logits_correct_the_encoders_logistic_path():
+    """With an event-logit path the untrained head adds nothing: the model's event logits are the encoder's plus
+    log(pos_weight), the optimum of the class-balanced BCE; a trained head adds its own output on top."""
+    model = tiny_model(st_encoder_config={"event_logits": True}, cls_pos_weight=[4.0, 9.0])
+    torch.nn.init.normal_(model.st_encoder.event_proj.weight, std=0.1)
+    torch.nn.init.normal_(model.st_encoder.event_proj.bias, std=1.0)
+    b = make_batch()
+    w, r = b["st_window"], b["st_region"]
+    with torch.no_grad():
+        enc = model.st_encoder(b["st_values"])
+        out = model(**b, output_hidden_states=True)
+    shift = torch.log(torch.tensor([4.0, 9.0]))
+    torch.testing.assert_close(out.cls_logits, enc.event_logits[w, r] + shift)
+    assert enc.event_logits[w, r].std() > 0.1  # the encoder's part is not a constant
+    torch.nn.init.normal_(model.cls_head.out.weight, std=0.5)
+    hidden = out.hidden_states[-1]
+    k = model.config.st_slots
+    his = hidden[b["input_ids"] == HIS].view(-1, k, hidden.shape[-1])
+    pre = hidden[b["input_ids"] == PRE].view(-1, k, hidden.shape[-1])
+    with torch.no_grad():
+        out = model(**b)
+        torch.testing.assert_close(out.cls_logits, model.cls_head(his, pre) + enc.event_logits[w, r] + shift)
+    plain = tiny_model(cls_pos_weight=[4.0, 9.0])
+    assert plain.st_encoder.event_proj is None and plain.cls_head.out.weight.abs().sum() > 0  # unchanged init

@@ -226,3 +226,40 @@ def test_level_start_learns_how_a_busy_day_scales_the_anchor():
     assert max(level.metrics["level_weights"][0] + level.metrics["level_weights"][1]) > 0.2
     assert level.metrics["val"]["mae_mean"] < 0.95 * plain.metrics["val"]["mae_mean"]
     assert level.encoder.config.level_zero == tuple(-m / s for m, s in zip(level.scaler.mean, level.scaler.std))
+
+
+def test_event_logit_path_is_the_logistic_baseline_fitted_at_stage_1():
+    """Hourly Poisson events, rate 0.1 or 2.0 per region: the encoder's event path, fitted before any SGD step
+    on the training part only, scores held-out regions as the scale-free logistic baseline does on the same
+    problem (same solver; a feature-layout slip would break the match), near 1 - exp(-rate) (0.095 / 0.865)."""
+    from stllm.data import CityData, Region
+    from stllm.data.context import ContextSpec
+    from stllm.eval.baselines import _check_past
+    from stllm.eval.logistic import scale_free_logistic
+    from stllm.eval.ridge import scaled_contexts
+
+    rng = np.random.default_rng(0)
+    lam = np.tile([0.1, 2.0], 4)
+    values = rng.poisson(lam[None, :, None], (6 * 168, 8, 1)).astype(np.float32)
+    ts = np.datetime64("2024-01-01", "m") + np.arange(len(values)) * np.timedelta64(1, "h")
+    city = CityData(values, ts, "1h", ("ev",), tuple(Region(str(i), f"r{i}") for i in range(8)), task="event",
+                    source="test")  # fmt: skip
+    context = {**SMALL, "in_channels": 1, "out_channels": 1, "num_tokens": 1, "days": 1, "weeks": 2}
+    train_time = slice(0, 5 * 168)
+    kw = dict(val_fraction=0.2, epochs=1, max_steps=0, seed=0, progress=False)
+    res = pretrain_st_encoder(city, ["0", "1", "2", "3"], train_time, encoder_config={**context, "event_logits": True},
+                              **kw)  # fmt: skip
+    plain = pretrain_st_encoder(city, ["0", "1", "2", "3"], train_time, encoder_config=context, **kw)
+    assert res.metrics["event_logit_rows"] > 1000 and plain.metrics["event_logit_rows"] == 0
+    assert plain.encoder.event_proj is None
+    enc, scaler = res.encoder.eval(), res.scaler
+    starts = np.arange(5 * 168 - 12, 6 * 168 - 24, 6)
+    t0, reg = np.repeat(starts + 12, 4), np.tile(np.arange(4, 8), len(starts))
+    x = scaled_contexts(city, scaler, ContextSpec(12, 12, 1, 2), t0, reg, "test", _check_past)  # (B, L, 1, 1)
+    with torch.no_grad():
+        p = torch.sigmoid(enc(torch.from_numpy(x)).event_logits).numpy().reshape(len(starts), 4, 12, 1)
+    assert abs(p[:, [0, 2]].mean() - 0.095) < 0.05 and abs(p[:, [1, 3]].mean() - 0.865) < 0.05
+    v0 = 5 * 168 - round(0.2 * 5 * 168)
+    base = scale_free_logistic(city, starts, [4, 5, 6, 7], 12, 12, ["0", "1", "2", "3"], slice(0, v0),
+                               scaler=scaler, days=1, weeks=2)  # fmt: skip
+    assert np.abs(p - base).mean() < 0.02, np.abs(p - base).mean()
