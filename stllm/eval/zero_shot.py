@@ -45,8 +45,8 @@ from stllm.data.context import ContextSpec, period_steps
 from stllm.data.splits import ContentFingerprint
 from stllm.encoders.io import save_encoder
 from stllm.errors import run_command
-from stllm.eval.baselines import BASELINES, baseline_label, eval_targets, run_baselines
-from stllm.eval.metrics import event_metrics, f1_thresholds, flow_metrics
+from stllm.eval.baselines import BASELINES, NOT_ZERO_SHOT, baseline_label, eval_targets, run_baselines
+from stllm.eval.metrics import event_metrics, f1_thresholds, flow_metrics, macro_f1_difference
 from stllm.eval.plots import plot_error_map, plot_forecasts
 from stllm.eval.predict import PredictionFile, predict
 from stllm.eval.run_identity import check_checkpoint, checkpoint_digests, data_digest, load_json_object
@@ -346,6 +346,7 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
         val_preds[name] = val_preds.pop("stllm")
         thresholds = {k: f1_thresholds(p, *val["targets"]) for k, p in val_preds.items()}
 
+    comparisons: dict[str, dict[str, float]] = {}  # stllm rows - the best zero-shot baseline, at val thresholds
     # parse failures are reported in the row name and scored for no method (same samples for all rows)
     mask = mask & ~failed[..., None, None]
     if city.task == "event":
@@ -356,10 +357,18 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
                                if k in thresholds else float("nan"))  # fmt: skip
         columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1"]
         columns += [VAL_F1] if thresholds else []
+        zero_shot = [baseline_label(k) for k in base if k not in NOT_ZERO_SHOT and baseline_label(k) in thresholds]
+        if zero_shot:  # how large a gap to the best baseline these regions can tell apart
+            best = max(zero_shot, key=lambda k: metrics[k][VAL_F1])
+            comparisons = {f"{k} - {best}": macro_f1_difference(preds[k], preds[best], y, mask, thresholds[k],
+                                                                thresholds[best])
+                           for k in [name, *others] if k in thresholds}  # fmt: skip
     else:
         metrics = {k: flow_metrics(p, y, mask, channels=city.channels) for k, p in preds.items()}
         columns = [f"{m}/{c}" for c in city.channels for m in ("MAE", "RMSE")]
     table = format_table(metrics, columns) + "".join(f"\nskipped {baseline_label(k)}: {v}" for k, v in skipped.items())
+    table += "".join(f"\n{k}, {VAL_F1}: {c['diff']:+.4f} (95% interval {c['low']:+.4f} to {c['high']:+.4f}, paired "
+                     f"bootstrap over the {c['units']} regions)" for k, c in comparisons.items())
     files = [out / "predictions.jsonl", _write_json(out / "metrics.json", {
         "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range, "rescaled": rescale,
         "generate_failures": int(failed.sum()), "skipped": skipped,
@@ -367,6 +376,7 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
         "channel_mapping": describe(channels_used), "metrics": metrics,
         **({"event_thresholds": {k: dict(zip(city.channels, map(float, v))) for k, v in thresholds.items()},
             "threshold_windows": {"regions": val["regions"], "time_range": val["time_range"]}} if thresholds else {}),
+        **({"comparisons": comparisons} if comparisons else {}),
     })]  # fmt: skip
     if plots:
         files += _plots(out, city, ds, y, preds, metrics)

@@ -10,6 +10,7 @@ from stllm.eval.metrics import (
     event_counts,
     event_metrics,
     flow_metrics,
+    macro_f1_difference,
     masked_mae,
     masked_mape,
     masked_rmse,
@@ -233,3 +234,19 @@ def test_f1_thresholds_pick_the_f1_optimal_cut_per_class_by_hand():
     assert got["F1/0"] == pytest.approx(0.8) and got["F1/1"] == pytest.approx(6 / 7)
     assert event_metrics(prob, y, mask)["F1/0"] == pytest.approx(0.8)  # .5 happens to cut there too
     assert event_metrics(prob, y, mask)["F1/1"] == pytest.approx(0.4)  # but not for class 1
+
+
+def test_macro_f1_difference_resamples_whole_regions():
+    # (W=1, R=2, H=2, C=1): region 0 has events [1, 0], region 1 [1, 1]. a is exact; b says "event" everywhere:
+    # TP 3, FP 1 -> F1 6/7, so a - b = 1/7. Drawing region 1 twice: b is exact too (diff 0); region 0 twice:
+    # b has TP 2, FP 2 -> F1 2/3 (diff 1/3); one of each: 1/7. The 95% interval spans [0, 1/3].
+    y = np.array([[[[1.0], [0.0]], [[1.0], [1.0]]]])
+    a = y * 0.9 + 0.05
+    b = np.full_like(y, 0.7)
+    out = macro_f1_difference(a, b, y, draws=4000, seed=0)
+    assert out["diff"] == pytest.approx(1 / 7) and out["units"] == 2
+    assert out["low"] == pytest.approx(0.0) and out["high"] == pytest.approx(1 / 3)
+    # each method at its own thresholds: b at 0.8 calls nothing an event (F1 0), a at 0.5 stays exact
+    assert macro_f1_difference(a, b, y, threshold_b=0.8)["diff"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="non-class axis"):
+        macro_f1_difference(a, b, y, axis=3)

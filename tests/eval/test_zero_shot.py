@@ -306,6 +306,15 @@ def test_event_zero_shot_reports_recall_and_f1_per_category(event_checkpoint, tm
             np.testing.assert_allclose([got[f"F1/{c}"] for c in cats], f1, atol=1e-9)
     for row in res.metrics.values():
         assert all(0 <= row[c] <= 1 for c in res.columns)
+    # each stllm row against the best zero-shot baseline at validation thresholds, with a region-bootstrap interval
+    assert "logistic" in res.metrics  # events: the logistic classifier is a default baseline
+    baselines = [k for k in res.metrics if k not in ("stllm", "again") and "not zero-shot" not in k]
+    best = max(baselines, key=lambda k: res.metrics[k]["Macro-F1 (val thr)"])
+    assert set(meta["comparisons"]) == {f"stllm - {best}", f"again - {best}"}
+    c = meta["comparisons"][f"stllm - {best}"]
+    gap = res.metrics["stllm"]["Macro-F1 (val thr)"] - res.metrics[best]["Macro-F1 (val thr)"]
+    assert c["diff"] == pytest.approx(gap) and c["low"] <= c["high"] and c["units"] == len(meta["regions"])
+    assert f"stllm - {best}, Macro-F1 (val thr): {gap:+.4f} (95% interval" in res.table
 
 
 def test_supervised_reference_runs_with_enough_history_and_is_skipped_without(checkpoint, tmp_path, caplog,
