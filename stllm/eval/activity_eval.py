@@ -299,7 +299,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
                            "prefer_own": sampling.prefer_own, "prefer_hours": sampling.prefer_hours,
                            "user_prior": sampling.user_prior, "user_prior_hours": sampling.user_prior_hours,
                            "user_prior_lines": sampling.user_prior_lines,
-                           "reach": sampling.reach, "category_bias": dict(sampling.category_bias),
+                           "reach": sampling.reach, "time_gaps": sampling.time_gaps, "repeats": sampling.repeats,
+                           "category_bias": dict(sampling.category_bias),
                            "user_category_bias": {str(u): dict(b) for u, b in sampling.user_category_bias}},
               "selection_grid": grid}
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=1, default=float))
@@ -325,7 +326,8 @@ def print_generation_table(result: dict) -> None:
     print(f"\n{result['data']}: {result['n_requests']} held-out days, seeds {result['seeds']}; sampling temperature "
           f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, prefer_hours {s['prefer_hours']}, "
           f"user_prior {s['user_prior']}, user_prior_hours {s['user_prior_hours']}, "
-          f"user_prior_lines {s.get('user_prior_lines', 0.0)}, "
+          f"user_prior_lines {s.get('user_prior_lines', 0.0)}, time_gaps {s.get('time_gaps', 0.0)}, "
+          f"repeats {s.get('repeats', 0.0)}, "
           f"reach {s['reach']}, category correction {correction_name(s)}; "
           "JSD lower is better")
     print(format_table(result["rows"]))
@@ -365,7 +367,8 @@ def run(args: argparse.Namespace) -> int:
                                                 prefer_own=args.prefer_own, prefer_hours=args.prefer_hours,
                                                 user_prior=args.user_prior,
                                                 user_prior_hours=args.user_prior_hours,
-                                                user_prior_lines=args.user_prior_lines, reach=not args.no_reach),
+                                                user_prior_lines=args.user_prior_lines, reach=not args.no_reach,
+                                                time_gaps=args.time_gaps, repeats=args.repeats),
                                  args.data_root, args.max_requests, redraws=args.redraws, select=args.select,
                                  correction=CORRECTIONS[args.correction], select_score=args.select_score)
     print_generation_table(result)

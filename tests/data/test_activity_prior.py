@@ -52,3 +52,22 @@ def test_day_length_backs_off_from_user_and_day_kind_to_the_population():
     np.testing.assert_allclose(prior.lengths("u", False, 4), np.array([0, 21, 69, 1, 5]) / 96)
     np.testing.assert_allclose(prior.lengths("stranger", None, 4), np.array([0, 5, 5, 1, 5]) / 16)
     assert prior.lengths("v", False, 4)[4] > 0.5  # n_activities (5, longer than max_lines) counts as 4, not len(ranks)
+
+
+def test_stay_ratio_gaps_and_repeats_match_the_hand_computation():
+    days = [PriorDay("u", (0, 0, 1), (10 * 60 + 10, 10 * 60 + 12, 11 * 60 + 50)), PriorDay("v", (1, 0), (530, 545))]
+    prior = UserPrior(3).fit(days)
+    # moves: 10:10 -> 10:12 (same hour, gap 2, a repeat), 10:12 -> 11:50 (next hour), 08:50 -> 09:05 (next hour):
+    # same-hour share 1/3; minute 10: (1 + 10/3) / (1 + 10) / (1/3) = 13/11; minute 50: (0 + 10/3) / 11 * 3
+    assert prior.stay_ratio(10) == pytest.approx(13 / 11) and prior.stay_ratio(70) == pytest.approx(13 / 11)
+    assert prior.stay_ratio(50) == pytest.approx(10 / 11) and prior.stay_ratio(30) == pytest.approx(1.0)  # unseen
+    g = prior.gaps()  # gaps {2: 1} over a uniform 1/60, alpha 1
+    assert g[2] == pytest.approx(61 / 120) and g[0] == pytest.approx(1 / 120) and g.sum() == pytest.approx(1)
+    # repeats {no: 2, yes: 1} -> ([2, 1] + 1/2) / 4 = [5/8, 3/8]; u {1, 1}: (1 + 3/8) / 3 = 11/24; u after 0
+    # {1, 1}: (1 + 11/24) / 3 = 35/72
+    assert prior.repeat("u", 0) == pytest.approx(35 / 72) and prior.repeat("stranger", 2) == pytest.approx(3 / 8)
+    p, q = prior.choice("u", 0, 11), prior.choice_repeat("u", 0, 11)
+    assert q[0] == pytest.approx(35 / 72) and q.sum() == pytest.approx(1)
+    assert q[1] / q[2] == pytest.approx(p[1] / p[2])  # the other choices keep their proportions
+    np.testing.assert_allclose(prior.choice_repeat("u", START, 10), prior.choice("u", START, 10))  # a first line
+    assert UserPrior(2).fit([PriorDay("u", (0,), (600,))]).stay_ratio(5) == 1.0  # no move seen: no change

@@ -347,3 +347,60 @@ def test_category_mass_is_the_decoders_expected_category_of_each_line():
     only_bar[0, tok(" Bar", add_special_tokens=False)["input_ids"]] = 0.0
     proc(torch.tensor([ids]), only_bar)
     np.testing.assert_allclose(places["u"], [0.5, 0.5, 0.0, 0.0])
+
+
+def test_time_gaps_reweight_the_floors_hour_and_spread_its_minutes_as_the_trained_gaps():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, None, answer_prefix=" ", max_lines=4)
+    # moves seen: 10:08 -> 10:10 (same hour, gap 2) and 10:58 -> 12:00: same-hour share 1/2, so after minute 58
+    # the stay ratio is (0 + 10 * 1/2) / (1 + 10) / (1/2) = 10/11; gaps {2: 1}: p(2) = 61/120, others 1/120
+    prior = _prior_for(g, [("u", ["Bar", "Café"], [608, 610]), ("u", ["Bar", "Office"], [658, 720])])
+    proc = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"], time_gaps=1.0)
+
+    def boosts(text: str) -> dict[str, float]:
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        out = proc(ids, torch.zeros(1, len(tok)))[0]
+        return {tok.decode([i]): float(out[i]) for i in torch.nonzero(torch.isfinite(out)).flatten().tolist()}
+
+    hour = boosts(" A 10:58 | Bar\nA")
+    assert hour[" 10"] == pytest.approx(np.log(10 / 11)) and hour[" 11"] == 0.0  # ' 11' leaves 10:xx
+    assert boosts(" A")[" 10"] == 0.0  # a day's first line has no floor
+    minute = boosts(" A 10:10 | Bar\nA 10:")  # '1' leads to 10:10-10:19 (gaps 0-9), '2' to 10:20-10:29 (10-19)
+    assert minute["1"] == pytest.approx(np.log(70 / 120)) and minute["2"] == pytest.approx(np.log(10 / 120))
+    assert "0" not in minute  # 10:0x is before the floor
+    plain = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"])
+    ids = torch.tensor([tok(" A 10:58 | Bar\nA", add_special_tokens=False)["input_ids"]])
+    out = plain(ids, torch.zeros(1, len(tok)))[0]
+    assert (out[torch.isfinite(out)] == 0).all()  # off by default
+    with pytest.raises(ValueError, match="time_gaps"):
+        ActivityLogitsProcessor(g, tok, 0, 200, time_gaps=0.5)
+
+
+def test_repeats_draw_whether_the_lm_repeats_the_previous_place_from_the_history():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, None, answer_prefix=" ", max_lines=4)
+    office, cafe = g.ranks(["Office", "Café"])
+    prior = _prior_for(g, [("u", ["Café", "Office"], [600, 660])] * 5 + [("w", ["Office", "Office"], [600, 660])] * 5)
+    # repeats: population {no: 5, yes: 5} -> 1/2; u {no: 5}: (0 + 1/2) / 6 = 1/12; u after Café: (0 + 1/12) / 6 = 1/72;
+    # w {yes: 5}: (5 + 1/2) / 6; w after Office: (5 + 11/12) / 6 = 71/72
+    assert prior.repeat("u", cafe) == pytest.approx(1 / 72) and prior.repeat("w", office) == pytest.approx(71 / 72)
+    rows = 200
+    for user, prev, share in (("u", "Café", 1 / 72), ("w", "Office", 71 / 72)):
+        proc = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=[user] * rows, repeats=1.0, seed=0)
+        text = f" A 10:00 | {prev}\nA 11:00 |"
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]] * rows)
+        out = proc(ids, torch.zeros(rows, len(tok)))
+        tokens, lo, hi, _, _ = proc.allowed(proc.state_of(tuple(ids[0].tolist())), True)
+        rank = g.ranks([prev])[0]
+        only_prev = torch.from_numpy(tokens[(lo == rank) & (hi == rank)])
+        other = torch.from_numpy(tokens[(lo >= 0) & ((lo != rank) | (hi != rank))])
+        assert len(only_prev) and len(other)
+        may_repeat = torch.isfinite(out[:, only_prev]).any(dim=1)
+        may_move = torch.isfinite(out[:, other]).any(dim=1)
+        repeated = (may_repeat & ~may_move).float().mean().item()  # forced to the previous place
+        barred = (~may_repeat & may_move).float().mean().item()
+        assert repeated + barred == pytest.approx(1.0)  # every line decided, none left to the LM
+        assert repeated == pytest.approx(share, abs=0.04)
+    plain = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"], prior_weight=0.0)
+    ids = torch.tensor([tok(" A 10:00 | Café\nA 11:00 |", add_special_tokens=False)["input_ids"]])
+    assert torch.isfinite(plain(ids, torch.zeros(1, len(tok)))).sum() > 1  # off: the LM decides
