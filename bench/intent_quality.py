@@ -18,7 +18,7 @@ loads the population model and student a previous run of the same seed left in `
 deterministic on CPU: the same seed trains the same models).
 
     python bench/intent_quality.py [--data tokyo|nyc|synthetic] [--models] [--seeds 0,1,2] [--steps 300] [--reuse]
-        [--heldout_share 0.5] [--logit_adjust TAU]
+        [--heldout_share 0.5] [--logit_adjust TAU] [--loss_taus 0,0.5,1]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 from stllm.data.intent import INTENTS, prepare_intent, resolve_events
 from stllm.eval.intent import intent_summary
 from stllm.eval.intent_baselines import INTENT_BASELINES, baseline_table
-from stllm.eval.intent_metrics import format_intent_table, score_table, user_changes
+from stllm.eval.intent_metrics import format_intent_table, gap_target, score_table, tie_profile, user_changes
 
 
 def seed_rows(r) -> dict[str, dict[str, float]]:
@@ -60,6 +60,32 @@ def changed_users(result, before: str, after: str) -> dict[str, int]:
                         len(INTENTS))
 
 
+def tie_lines(result, population: str, tuned: str, before: str) -> list[str]:
+    """Why users tie (``tuned`` vs ``population`` macro F1): the test targets of the tied users, and whether the
+    tuned predictions are the population model's or the untuned student's for them (a tie by never moving) or
+    differ (a tie by chance)."""
+    r = result
+    y, users = r.data.log.intent[r.rows], r.data.log.user[r.rows]
+    p = tie_profile(y, r.preds[population], r.preds[tuned], users, len(INTENTS), {"before": r.preds[before]})
+    _, first = np.unique(users, return_index=True)
+    n_train = r.n_train[first]
+    t = p["tied"]
+
+    def med(v: np.ndarray) -> float:
+        return float(np.median(v)) if v.size else float("nan")
+
+    hist = np.histogram(p["n_test"][t], bins=np.array([0, 1, 2, 5, 10, 20, np.inf]) + 0.5)[0]
+    labels = ("1", "2", "3-5", "6-10", "11-20", ">20")
+    return [f"tied users ({tuned} vs {population}): {int(t.sum())} of {len(t)}; their test targets per user: median "
+            f"{med(p['n_test'][t]):.0f} (others {med(p['n_test'][~t]):.0f}), "
+            + ", ".join(f"{lab}: {h}" for lab, h in zip(labels, hist)),
+            f"tied users' training targets: median {med(n_train[t]):.0f} (others {med(n_train[~t]):.0f}); tuned "
+            f"predictions identical to the population model's on all their targets: {int((t & p['same']).sum())}, "
+            f"to the untuned student's: {int((t & p['same_before']).sum())}, to neither: "
+            f"{int((t & ~p['same'] & ~p['same_before']).sum())} (untied users identical to the population model's: "
+            f"{int((~t & p['same']).sum())})"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="tokyo", help="tokyo | nyc | synthetic | an LLMob-format CSV")
@@ -80,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="held-out users: the last share of their active days is test (default: 0.2, as all users)")
     ap.add_argument("--logit_adjust", type=float, default=0.0,
                     help="tau of the logit-adjusted loss of the population model and distillation (0: plain)")
+    ap.add_argument("--loss_taus", default="0",
+                    help="comma list: per-user tuning loss logit-adjusted by tau * log(user prior smoothed towards the "
+                         "population's shares), tau chosen on validation among these (0: plain)")
     ap.add_argument("--reuse", action="store_true", help="load population/ and student/ of --out/seedK when there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -105,10 +134,13 @@ def main(argv: list[str] | None = None) -> None:
                                  select_on=args.select_on, gap_margin=args.gap_margin if args.gap_margin >= 0 else None,
                                  acc_margin=args.acc_margin if args.acc_margin >= 0 else None,
                                  class_bias=not args.no_class_bias, heldout_share=args.heldout_share,
-                                 logit_adjust=args.logit_adjust)
+                                 logit_adjust=args.logit_adjust,
+                                 loss_taus=tuple(float(t) for t in args.loss_taus.split(",") if t.strip()))
             r = run_pipeline(cfg, args.out / f"seed{seed}")
             results.append(r)
-            pairs = ((TUNED, POPULATION), (TUNED, POPULATION_ADJUSTED), (TUNED, BEFORE), (PLAIN, POPULATION))
+            forced = [n for n in r.preds if n.startswith(f"{TUNED}, tuning loss tau")]  # loss tau not chosen
+            pairs = ((TUNED, POPULATION), (TUNED, POPULATION_ADJUSTED), (TUNED, BEFORE), (PLAIN, POPULATION),
+                     *((n, POPULATION) for n in forced))
             up = {f"{a} over {b}": changed_users(r, b, a) for a, b in pairs}
             np.savez(args.out / f"seed{seed}" / "predictions.npz", rows=r.rows, **r.preds)
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()) + "; users whose "
@@ -118,6 +150,12 @@ def main(argv: list[str] | None = None) -> None:
             for line in intent_summary(r.data, r.rows, r.preds, r.choices, r.val_scores, TUNED, POPULATION,
                                        [*INTENT_BASELINES, POPULATION, POPULATION_ADJUSTED, BEFORE]):
                 print(f"seed {seed}: {line}", flush=True)
+            for line in tie_lines(r, POPULATION, TUNED, BEFORE):
+                print(f"seed {seed}: {line}", flush=True)
+            for n in forced:
+                met, why = gap_target(table, n, POPULATION, [*INTENT_BASELINES, POPULATION, POPULATION_ADJUSTED,
+                                                             BEFORE])
+                print(f"seed {seed}: {n}: gap target {'MET' if met else 'MISSED'} ({why})", flush=True)
             print(format_intent_table(table, f"seed {seed}") + "\n", flush=True)
         r = results[0]
         _, first = np.unique(r.data.log.user[r.rows], return_index=True)

@@ -102,3 +102,21 @@ def gap_target(rows: dict[str, dict[str, float]], model: str, population: str, b
               f"accuracy {m['accuracy']:.4f} >= population {p['accuracy']:.4f} - {acc_tolerance:g}":
                   m["accuracy"] >= p["accuracy"] - acc_tolerance}
     return all(checks.values()), "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items())
+
+
+def tie_profile(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, users: np.ndarray, n_classes: int,
+                others: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per user (sorted ids, as :func:`per_user_scores`): ``tied`` (macro F1 equal within 1e-12, as
+    :func:`user_changes`), ``n_test`` (their targets), ``same`` (``after`` predicts exactly what ``before`` does
+    on all of them) and ``same_<name>`` for each of ``others`` (``after`` equal to that prediction array): tells
+    a tie of a model that never moved from one that moved without changing the user's score."""
+    _, a = per_user_scores(y_true, before, users, n_classes)
+    _, b = per_user_scores(y_true, after, users, n_classes)
+    inv = np.unique(np.asarray(users), return_inverse=True)[1]
+    n = np.bincount(inv)
+    out = {"tied": np.abs(b["macro_f1"] - a["macro_f1"]) <= 1e-12, "n_test": n}
+    for name, other in {"": before, **(others or {})}.items():
+        differ = np.bincount(inv, weights=(np.asarray(other) != np.asarray(after)).astype(np.float64),
+                             minlength=len(n))
+        out["same" + (f"_{name}" if name else "")] = differ == 0
+    return out

@@ -5,7 +5,9 @@
    saved, measured (parameters, disk, single-thread latency, peak RSS) and exported to ONNX (checked against
    PyTorch with onnxruntime when installed);
 3. each held-out user's student head is tuned on their earlier days, with and without the unlearning term
-   (:mod:`stllm.train.tune_intent`);
+   (:mod:`stllm.train.tune_intent`), and with ``loss_taus`` also under the logit-adjusted loss of each tau (the
+   user's prior smoothed towards the population users' training shares; the population model and the student,
+   the baselines, stay plain), the tau chosen on validation with the post-hoc settings below;
 4. post-hoc, per variant: the tuned logits shrink towards the student's by ``n / (n + k)`` (``n``: the user's
    training targets, so thin histories move little) and are logit-adjusted by ``tau`` times the log of the user's
    own intent prior, add-``alpha`` smoothed (Menon et al. 2021, per user: a user's rare intents get recall), then
@@ -65,7 +67,15 @@ from stllm.train.distill_intent import (
 )
 from stllm.train.train_intent import IntentDataArguments, train_intent
 from stllm.train.train_mem import release_trainer, subsample
-from stllm.train.tune_intent import Posthoc, TuneConfig, UserLogits, posthoc_logits, select_posthoc, tune_users
+from stllm.train.tune_intent import (
+    Posthoc,
+    TuneConfig,
+    UserLogits,
+    population_shares,
+    posthoc_logits,
+    select_posthoc,
+    tune_users,
+)
 
 logger = logging.getLogger("stllm")
 POPULATION, POPULATION_ADJUSTED = "population model", "population model, adjusted"
@@ -95,6 +105,7 @@ class PipelineConfig:
     val_frac: float = 0.25  # of each held-out user's earlier days: validation for k and tau
     ks: tuple[float, ...] = (0, 10, 30, 100, 300, 1000)  # history sizing n / (n + k); 0 = none
     taus: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # logit adjustment; 0 = none
+    loss_taus: tuple[float, ...] = (0,)  # per-user tuning loss, logit-adjusted by these (tune.loss_tau always in)
     alphas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # pseudo-counts per intent of the user's prior
     select_on: str = "pooled"  # validation macro F1: pooled or mean per user (tune_intent.select_posthoc)
     gap_margin: float | None = 0.0  # tuned rows: validation gap < every baseline's minus this; None = unbounded
@@ -181,10 +192,13 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     t = time.perf_counter()
     variants = {TUNED: TuneConfig(**{**cfg.tune.__dict__, "seed": cfg.seed}),
                 NO_UNLEARNING: TuneConfig(**{**cfg.tune.__dict__, "seed": cfg.seed, "unlearning": 0.0})}
+    variants.update({name: TuneConfig(**{**cfg.tune.__dict__, "seed": cfg.seed, "loss_tau": t})
+                     for t, name in tuned_heads(cfg).items() if name != TUNED})
     val = validation_data(data, cfg.val_frac)
+    population = population_shares(data)  # the population users' training targets: the same in val and test
     scored = {}
     for name, d in (("val", val), ("test", data)):
-        ul = tune_users(student, tokenizer, d, variants, history)
+        ul = tune_users(student, tokenizer, d, variants, history, population)
         ul.logits[POPULATION] = run_intent(teacher, collator, d.dataset("user_test", history=history)).numpy()
         scored[name] = (d, ul, d.tables.user_freq[d.log.user[ul.rows]])
     if not np.array_equal(scored["test"][1].rows, test.rows):
@@ -193,6 +207,13 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     preds, choices, val_scores = _posthoc_rows(cfg, scored)
     return PipelineResult(data=data, rows=test.rows, preds=preds, choices=choices, val_scores=val_scores,
                           n_train=scored["test"][1].n_train, sizes=sizes, seconds=seconds)
+
+
+def tuned_heads(cfg: PipelineConfig) -> dict[float, str]:
+    """``{loss_tau: variant name}`` of the tuned (+unlearning) heads whose ``loss_tau`` the validation chooses among:
+    ``cfg.tune.loss_tau`` first (it wins ties), then the others of ``cfg.loss_taus``."""
+    rest = [float(t) for t in cfg.loss_taus if float(t) != float(cfg.tune.loss_tau)]
+    return {float(cfg.tune.loss_tau): TUNED, **{t: f"{TUNED}, tuning loss tau {t:g}" for t in rest}}
 
 
 BOUNDED = (TUNED, NO_SIZING, NO_ADJUSTMENT, NO_BIAS, NO_UNLEARNING)  # validation gap must beat the baselines'
@@ -207,15 +228,21 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
     vd, vl, vcounts = scored["val"]
     _, tl, tcounts = scored["test"]
     y, users = vd.log.intent[vl.rows], vd.log.user[vl.rows]
-    grid = {  # row: (tuned logits, start logits, ks, taus)
-        POPULATION_ADJUSTED: (POPULATION, POPULATION, (0,), cfg.taus),
-        TUNED: (TUNED, "before", cfg.ks, cfg.taus),
-        NO_SIZING: (TUNED, "before", (0,), cfg.taus),
-        NO_ADJUSTMENT: (TUNED, "before", cfg.ks, (0,)),
-        NO_BIAS: (TUNED, "before", cfg.ks, cfg.taus),
-        NO_UNLEARNING: (NO_UNLEARNING, "before", cfg.ks, cfg.taus),
-        PLAIN: (TUNED, "before", (0,), (0,)),
+    heads = tuned_heads(cfg)  # the tuning-loss tau is chosen with k, tau, alpha (not in the no-adjustment ablation)
+    base = {float(cfg.tune.loss_tau): TUNED}
+    grid = {  # row: (tuned logits: {loss_tau: variant}, start logits, ks, taus)
+        POPULATION_ADJUSTED: ({0.0: POPULATION}, POPULATION, (0,), cfg.taus),
+        TUNED: (heads, "before", cfg.ks, cfg.taus),
+        NO_SIZING: (heads, "before", (0,), cfg.taus),
+        NO_ADJUSTMENT: (base, "before", cfg.ks, (0,)),
+        NO_BIAS: (heads, "before", cfg.ks, cfg.taus),
+        NO_UNLEARNING: ({float(cfg.tune.loss_tau): NO_UNLEARNING}, "before", cfg.ks, cfg.taus),
+        PLAIN: (base, "before", (0,), (0,)),
+        # each other tuning-loss tau alone, for the record: what the tuned row would be had validation not chosen
+        **{name: ({t: name}, "before", cfg.ks, cfg.taus) for t, name in heads.items() if name != TUNED},
     }
+    bounded = (*BOUNDED, *(name for name in heads.values() if name != TUNED))
+    biased = (*BIASED, *(name for name in heads.values() if name != TUNED))
     preds = {POPULATION: tl.logits[POPULATION].argmax(-1), BEFORE: tl.logits["before"].argmax(-1)}
     val_scores = {**baseline_table(vd), **{name: intent_scores(y, vl.logits[key].argmax(-1), len(INTENTS))
                                           for name, key in ((POPULATION, POPULATION), (BEFORE, "before"))}}
@@ -223,14 +250,16 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
     floor = None if cfg.acc_margin is None else val_scores[POPULATION]["accuracy"] - cfg.acc_margin
     for row, (tuned, start, ks, taus) in grid.items():
         max_gap = min_macro = None
-        bias = cfg.class_bias and row in BIASED
-        if row in BOUNDED and cfg.gap_margin is not None:
+        bias = cfg.class_bias and row in biased
+        if row in bounded and cfg.gap_margin is not None:
             base = [val_scores[b] for b in (*INTENT_BASELINES, POPULATION, BEFORE, POPULATION_ADJUSTED)]  # chosen
             max_gap = min(b["gap"] for b in base) - cfg.gap_margin
             min_macro = max(b["macro_f1"] for b in base)
         choices[row], val_scores[row] = select_posthoc(
-            y, users, vl.logits[start], vl.logits[tuned], vl.n_train, vcounts, ks, taus, cfg.alphas, cfg.select_on,
-            max_gap, min_macro, floor if (bias or row in BOUNDED) else None, bias)
-        preds[row] = posthoc_logits(tl.logits[start], tl.logits[tuned], tl.n_train, tcounts, choices[row]).argmax(-1)
-    order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_BIAS, NO_UNLEARNING, PLAIN)
+            y, users, vl.logits[start], {t: vl.logits[v] for t, v in tuned.items()}, vl.n_train, vcounts, ks, taus,
+            cfg.alphas, cfg.select_on, max_gap, min_macro, floor if (bias or row in bounded) else None, bias)
+        chosen = tl.logits[tuned[choices[row].loss_tau]]
+        preds[row] = posthoc_logits(tl.logits[start], chosen, tl.n_train, tcounts, choices[row]).argmax(-1)
+    order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_BIAS, NO_UNLEARNING, PLAIN,
+             *(name for name in heads.values() if name != TUNED))
     return {name: preds[name] for name in order}, choices, val_scores

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stllm.data.intent import IntentCollator, PreparedIntent
+from stllm.data.intent import INTENTS, IntentCollator, PreparedIntent
 from stllm.eval.intent_metrics import intent_scores, per_user_scores
 from stllm.models.intent import IntentHead, STLlamaForIntent, run_intent
 
@@ -38,7 +38,7 @@ class TuneConfig:
     unlearning: float = 1.0  # weight of the unlearning term; 0 = ablation
     anchor: float = 1e-2  # L2 pull towards the population head
     loss_tau: float = 0.0  # logit-adjusted cross-entropy: + loss_tau * log(user's prior) inside the loss; 0 = plain
-    loss_alpha: float = 1.0  # pseudo-counts per intent of that prior
+    loss_alpha: float = 1.0  # pseudo-counts per intent of that prior (spread by the population's shares when given)
     seed: int = 0
 
 
@@ -51,12 +51,30 @@ def unlearning_term(logits: torch.Tensor, pop_probs: torch.Tensor, targets: torc
     return -(w * torch.log1p(-p_top.clamp(max=1 - 1e-6))).mean()
 
 
+def tuning_prior(counts: np.ndarray, alpha: float, population: np.ndarray | None = None) -> np.ndarray:
+    """A user's intent prior from their training ``counts`` (C,): ``alpha`` pseudo-counts per intent, ``alpha * C``
+    in all, spread by the ``population`` intent shares (None: evenly, i.e. add-``alpha``). A user has a median of
+    ~10 NYC training targets: smoothed evenly, an intent they never chose gets as much prior as one the population
+    chooses daily; towards the population, a thin history keeps the population's frequent-vs-rare structure and a
+    long one is the user's own."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if population is None:
+        return user_prior(counts, alpha)
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    pop = np.asarray(population, dtype=np.float64)
+    if pop.shape != counts.shape[-1:] or (pop <= 0).any():
+        raise ValueError(f"population shares must be ({counts.shape[-1]},) and > 0 everywhere")
+    c = counts + alpha * len(pop) * pop / pop.sum()
+    return c / c.sum(-1, keepdims=True)
+
+
 def tune_head(head: IntentHead, query: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
-              cfg: TuneConfig) -> IntentHead:
+              cfg: TuneConfig, population: np.ndarray | None = None) -> IntentHead:
     """A tuned copy of ``head`` on one user's samples (full batch). With ``cfg.loss_tau`` the cross-entropy is
-    logit-adjusted (Menon et al. 2021's loss): it scores ``logits + loss_tau * log prior`` (the user's own intent
-    shares, add-``loss_alpha`` smoothed), so the head's raw logits -- what it predicts with -- need not spend their
-    margin on the user's frequent intents."""
+    logit-adjusted (Menon et al. 2021's loss, per user): it scores ``logits + loss_tau * log prior``, the prior being
+    :func:`tuning_prior` of the user's targets (smoothed towards ``population`` shares when given), so the head's
+    raw logits -- what it predicts with -- need not spend their margin on the user's frequent intents."""
     torch.manual_seed(cfg.seed)
     tuned = copy.deepcopy(head).train()
     start = [p.detach().clone() for p in tuned.parameters()]
@@ -64,8 +82,8 @@ def tune_head(head: IntentHead, query: torch.Tensor, features: torch.Tensor, tar
         pop_probs = F.softmax(head(query, features), dim=-1)
     shift = 0.0
     if cfg.loss_tau:
-        counts = torch.bincount(targets, minlength=pop_probs.shape[-1]).to(pop_probs.dtype)
-        shift = cfg.loss_tau * torch.from_numpy(np.log(user_prior(counts.numpy(), cfg.loss_alpha))).to(pop_probs)
+        counts = np.bincount(targets.numpy(), minlength=pop_probs.shape[-1])
+        shift = cfg.loss_tau * torch.from_numpy(np.log(tuning_prior(counts, cfg.loss_alpha, population))).to(pop_probs)
     opt = torch.optim.Adam(tuned.parameters(), lr=cfg.lr)
     for _ in range(cfg.steps):
         logits = tuned(query, features)
@@ -90,11 +108,19 @@ class UserLogits:
     logits: dict[str, np.ndarray]
 
 
+def population_shares(data: PreparedIntent) -> np.ndarray:
+    """Intent shares of the population users' training targets (what the population model was trained on), +1
+    count per intent so every share is > 0."""
+    targets = data.log.intent[data.rows_of("population_train")]
+    counts = np.bincount(targets, minlength=len(INTENTS)).astype(np.float64)
+    return (counts + 1.0) / (counts.sum() + len(counts))
+
+
 def tune_users(student: STLlamaForIntent, tokenizer, data: PreparedIntent, configs: dict[str, TuneConfig],
-               history: int = 8) -> UserLogits:
+               history: int = 8, population: np.ndarray | None = None) -> UserLogits:
     """Each held-out user's head tuned on their ``user_train`` targets under every config of ``configs``, then
     scoring their ``user_test`` targets; ``"before"`` is the student itself. Users without training targets keep
-    the student's head."""
+    the student's head. ``population``: intent shares the logit-adjusted loss's user prior is smoothed towards."""
     collator = IntentCollator(tokenizer)
     train_ds, test_ds = data.dataset("user_train", history=history), data.dataset("user_test", history=history)
     q_train = run_intent(student, collator, train_ds, what="query")
@@ -111,7 +137,7 @@ def tune_users(student: STLlamaForIntent, tokenizer, data: PreparedIntent, confi
         if not tr.any():
             continue
         for name, cfg in configs.items():
-            tuned = tune_head(head, q_train[tr], f_train[tr], y_train[tr], cfg)
+            tuned = tune_head(head, q_train[tr], f_train[tr], y_train[tr], cfg, population)
             with torch.no_grad():
                 logits[name][te] = tuned(q_test[te], f_test[te]).numpy()
     return UserLogits(test_ds.rows, n_train.astype(np.int64), logits)
@@ -147,14 +173,15 @@ SELECTION_OBJECTIVES = ("user", "pooled")
 
 @dataclass(frozen=True)
 class Posthoc:
-    """How tuned logits become predictions: shrinkage ``k`` of :func:`history_weight`, adjustment ``tau`` by the
-    user's prior smoothed with ``alpha`` pseudo-counts per intent (:func:`user_prior`), then ``bias`` added per
-    intent (empty: none)."""
+    """How tuned logits become predictions: the heads tuned with ``loss_tau`` (:class:`TuneConfig`), shrinkage ``k``
+    of :func:`history_weight`, adjustment ``tau`` by the user's prior smoothed with ``alpha`` pseudo-counts per
+    intent (:func:`user_prior`), then ``bias`` added per intent (empty: none)."""
 
     k: float = 0.0
     tau: float = 0.0
     alpha: float = 1.0
     bias: tuple[float, ...] = ()
+    loss_tau: float = 0.0
 
 
 BIAS_VALUES = tuple(float(v) for v in np.round(np.arange(-1.5, 1.51, 0.1), 2))
@@ -201,8 +228,8 @@ def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, counts:
     return out + np.asarray(p.bias) if p.bias else out
 
 
-def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray, n: np.ndarray,
-                   counts: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...],
+def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray | dict[float, np.ndarray],
+                   n: np.ndarray, counts: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...],
                    alphas: tuple[float, ...] = (1.0,), objective: str = "user", max_gap: float | None = None,
                    min_macro: float | None = None, min_accuracy: float | None = None, class_bias: bool = False
                    ) -> tuple[Posthoc, dict[str, float]]:
@@ -215,13 +242,16 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
     everywhere, so both are constraints, not terms; when no point meets them, the objective alone decides (the
     bound is dropped, never bought with a useless model). ``min_accuracy`` is a floor above both: a point below it
     competes only when no point reaches it (then the most accurate wins). With ``class_bias`` every grid point
-    also gets its :func:`fit_class_bias` offsets (under ``min_accuracy``). Ties go to the first in grid order."""
+    also gets its :func:`fit_class_bias` offsets (under ``min_accuracy``). ``tuned`` as ``{loss_tau: logits}``
+    (heads tuned with each logit-adjusted loss) adds ``loss_tau`` to the grid, outermost. Ties go to the first in
+    grid order."""
     if objective not in SELECTION_OBJECTIVES:
         raise ValueError(f"objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}")
-    c = tuned.shape[-1]
+    heads = tuned if isinstance(tuned, dict) else {0.0: tuned}
+    c = next(iter(heads.values())).shape[-1]
     best, best_key, best_scores = Posthoc(), None, {}
-    for k in ks:
-        sized = sized_logits(before, tuned, n, k)
+    for (loss_tau, logits), k in ((h, k) for h in heads.items() for k in ks):
+        sized = sized_logits(before, logits, n, k)
         for alpha in alphas:
             log_prior = np.log(user_prior(counts, alpha))
             for tau in taus:
@@ -236,6 +266,7 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
                 floor = min_accuracy is None or scores["accuracy"] >= min_accuracy
                 key = (floor, ok, score if floor else scores["accuracy"])
                 if best_key is None or key > best_key:
-                    best = Posthoc(float(k), float(tau), float(alpha), tuple(bias.tolist()) if class_bias else ())
+                    best = Posthoc(float(k), float(tau), float(alpha), tuple(bias.tolist()) if class_bias else (),
+                                   float(loss_tau))
                     best_key, best_scores = key, scores
     return best, best_scores

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from stllm.eval.intent_metrics import gap_target, intent_scores, per_user_scores, score_table, user_changes
+from stllm.eval.intent_metrics import (
+    gap_target,
+    intent_scores,
+    per_user_scores,
+    score_table,
+    tie_profile,
+    user_changes,
+)
 
 
 def _sk(y, p):
@@ -67,3 +74,16 @@ def test_gap_target_needs_macro_and_accuracy_too():
     assert not gap_target(rows, "tuned", "pop", ["pop", "markov"])[0]
     rows["tuned"] = row(0.40, 0.20, 0.145)  # equal gap is not smaller
     assert not gap_target(rows, "tuned", "pop", ["pop", "markov"])[0]
+
+
+def test_tie_profile_tells_unmoved_from_chance_ties():
+    """User 0: after = before (tie, same). User 1: after differs on both rows but both are wrong either way (tie,
+    not same). User 2: after fixes one row (no tie)."""
+    y = np.array([0, 1, 0, 1, 0, 1])
+    users = np.array([0, 0, 1, 1, 2, 2])
+    before = np.array([0, 0, 1, 0, 1, 1])
+    after = np.array([0, 0, 2, 2, 0, 1])
+    p = tie_profile(y, before, after, users, 3, {"other": after})
+    assert p["tied"].tolist() == [True, True, False]
+    assert p["same"].tolist() == [True, False, False] and p["same_other"].tolist() == [True, True, True]
+    assert p["n_test"].tolist() == [2, 2, 2]

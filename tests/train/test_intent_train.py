@@ -27,11 +27,13 @@ from stllm.train.tune_intent import (
     adjust_logits,
     fit_class_bias,
     history_weight,
+    population_shares,
     posthoc_logits,
     select_posthoc,
     sized_logits,
     tune_head,
     tune_users,
+    tuning_prior,
     unlearning_term,
     user_prior,
 )
@@ -268,6 +270,49 @@ def test_logit_adjusted_tuning_loss_learns_the_balanced_posterior():
     assert p1[0.0] == pytest.approx(0.1, abs=0.01) and p1[1.0] == pytest.approx(0.5, abs=0.01)
 
 
+def test_logit_adjusted_tuning_raises_rare_intent_recall():
+    """Two kinds of input: 30 of kind A are all intent 0; 10 of kind B are intent 1 four times, 0 six times. Plain
+    cross-entropy learns p(1 | B) = 0.4 and predicts 0 on every B: recall of intent 1 is 0. The adjusted loss
+    (``loss_tau`` 1, the prior smoothed towards population shares (0.5, 0.5): counts (36, 4) + (1, 1) -> (37, 5)
+    / 42) learns raw scores ~ p(y | B) / prior(y): 0.6 / 0.881 = 0.68 for 0 vs 0.4 / 0.119 = 3.36 for 1, so it
+    predicts 1 on every B (recall 1) and still 0 on every A (0 / 0.119 < 1 / 0.881)."""
+    torch.manual_seed(0)
+    head = IntentHead(8, 2, 7, 8)
+    qa, qb, f = torch.randn(1, 8), torch.randn(1, 8), torch.randn(1, 2, 7)
+    q, feats = torch.cat([qa.expand(30, 8), qb.expand(10, 8)]), f.expand(40, 2, 7)
+    y = torch.tensor([0] * 30 + [1] * 4 + [0] * 6)
+    pred = {}
+    for tau in (0.0, 1.0):
+        cfg = TuneConfig(steps=300, lr=5e-2, unlearning=0.0, anchor=0.0, loss_tau=tau, loss_alpha=1.0)
+        tuned = tune_head(head, q, feats, y, cfg, population=np.array([0.5, 0.5]))
+        with torch.no_grad():
+            pred[tau] = tuned(q, feats).argmax(-1)
+    rare = y == 1
+    assert (pred[0.0][rare] == 1).float().mean().item() == 0.0
+    assert (pred[1.0][rare] == 1).float().mean().item() == 1.0
+    assert (pred[1.0][:30] == 0).all()
+
+
+def test_tuning_prior_towards_population_hand_worked():
+    """alpha 1 per intent, three intents: 3 pseudo-counts spread as the population's (0.5, 0.25, 0.25)."""
+    got = tuning_prior(np.array([2.0, 0.0, 1.0]), 1.0, np.array([0.5, 0.25, 0.25]))
+    assert np.allclose(got, np.array([3.5, 0.75, 1.75]) / 6)
+    assert np.allclose(tuning_prior(np.array([2.0, 0.0, 1.0]), 1.0), [3 / 6, 1 / 6, 2 / 6])  # no population: even
+    with pytest.raises(ValueError, match="population shares"):
+        tuning_prior(np.array([2.0, 0.0, 1.0]), 1.0, np.array([1.0, 0.0, 0.0]))
+
+
+def test_select_posthoc_chooses_the_tuning_loss_tau():
+    """Heads tuned with two loss taus: the validation picks the one that predicts the targets; on a tie the first
+    (the plain loss) wins."""
+    y, users = np.array([0, 1, 1, 0]), np.zeros(4)
+    right, wrong = np.eye(2)[y] * 3.0, np.eye(2)[1 - y] * 3.0
+    n, counts = np.full(4, 10), np.tile([5.0, 5.0], (4, 1))
+    got, scores = select_posthoc(y, users, wrong, {0.0: wrong, 1.0: right}, n, counts, (0,), (0,))
+    assert got == Posthoc(k=0.0, tau=0.0, loss_tau=1.0) and scores["accuracy"] == 1.0
+    assert select_posthoc(y, users, wrong, {0.0: right, 1.0: right}, n, counts, (0,), (0,))[0].loss_tau == 0.0
+
+
 def test_user_prior_hand_worked():
     assert np.allclose(user_prior(np.array([[2.0, 0.0, 1.0]]), 1.0), [[3 / 6, 1 / 6, 2 / 6]])
     assert np.allclose(user_prior(np.array([[0.0, 0.0]]), 0.3), [[0.5, 0.5]])
@@ -297,6 +342,12 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
     assert r.sizes["student"]["disk_bytes"] >= 4 * r.sizes["student"]["parameters"]  # float32 safetensors
     again = run_pipeline(cfg, tmp_path)
     assert all(np.array_equal(again.preds[k], r.preds[k]) for k in r.preds)
+    adjusted = run_pipeline(PipelineConfig(**{**cfg.__dict__, "loss_taus": (0, 1)}), tmp_path)  # reused models
+    assert {c.loss_tau for c in adjusted.choices.values()} <= {0, 1} and adjusted.choices[PLAIN].loss_tau == 0
+    forced = f"{TUNED}, tuning loss tau 1"  # the tuned row at loss tau 1 alone, for the record
+    assert len(adjusted.preds) == 10 and adjusted.choices[forced].loss_tau == 1
+    shares = population_shares(r.data)
+    assert shares.shape == (len(INTENTS),) and shares.sum() == pytest.approx(1) and (shares > 0).all()
     wide = run_pipeline(PipelineConfig(**{**cfg.__dict__, "heldout_share": 0.5}), tmp_path)  # same models reused
     assert wide.data.split.heldout_share == 0.5 and len(wide.rows) > len(r.rows)
     assert wide.data.split.population_users == r.data.split.population_users
