@@ -300,6 +300,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
                            "user_prior": sampling.user_prior, "user_prior_hours": sampling.user_prior_hours,
                            "user_prior_lines": sampling.user_prior_lines,
                            "reach": sampling.reach, "time_gaps": sampling.time_gaps, "repeats": sampling.repeats,
+                           "user_prior_first": sampling.user_prior_first,
                            "category_bias": dict(sampling.category_bias),
                            "user_category_bias": {str(u): dict(b) for u, b in sampling.user_category_bias}},
               "selection_grid": grid}
@@ -327,7 +328,7 @@ def print_generation_table(result: dict) -> None:
           f"{s['temperature']}, top_p {s['top_p']}, prefer_own {s['prefer_own']}, prefer_hours {s['prefer_hours']}, "
           f"user_prior {s['user_prior']}, user_prior_hours {s['user_prior_hours']}, "
           f"user_prior_lines {s.get('user_prior_lines', 0.0)}, time_gaps {s.get('time_gaps', 0.0)}, "
-          f"repeats {s.get('repeats', 0.0)}, "
+          f"repeats {s.get('repeats', 0.0)}, user_prior_first {s.get('user_prior_first', 0.0)}, "
           f"reach {s['reach']}, category correction {correction_name(s)}; "
           "JSD lower is better")
     print(format_table(result["rows"]))
@@ -368,7 +369,8 @@ def run(args: argparse.Namespace) -> int:
                                                 user_prior=args.user_prior,
                                                 user_prior_hours=args.user_prior_hours,
                                                 user_prior_lines=args.user_prior_lines, reach=not args.no_reach,
-                                                time_gaps=args.time_gaps, repeats=args.repeats),
+                                                time_gaps=args.time_gaps, repeats=args.repeats,
+                                                user_prior_first=args.user_prior_first),
                                  args.data_root, args.max_requests, redraws=args.redraws, select=args.select,
                                  correction=CORRECTIONS[args.correction], select_score=args.select_score)
     print_generation_table(result)

@@ -60,21 +60,23 @@ class SamplingConfig:
     user_category_bias: tuple[tuple[Hashable, tuple[tuple[str, float], ...]], ...] = ()  # per user, such pairs
     time_gaps: float = 0.0  # weight of the prior's same-hour stay ratio and gaps on the times after a line's
     repeats: float = 0.0  # share of the LM's lines whose repeat-the-previous-place-or-not is drawn from the prior
+    user_prior_first: float = 0.0  # share of days whose first line's start time is drawn from the user's history
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
                 or self.prefer_own < 0 or self.prefer_hours < 0 or not 0 <= self.user_prior <= 1
                 or not 0 <= self.user_prior_hours <= 1 or not 0 <= self.user_prior_lines <= 1
-                or not 0 <= self.time_gaps <= 1 or not 0 <= self.repeats <= 1):
+                or not 0 <= self.time_gaps <= 1 or not 0 <= self.repeats <= 1
+                or not 0 <= self.user_prior_first <= 1):
             raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own, "
                              "prefer_hours >= 0 and user_prior, user_prior_hours, user_prior_lines, time_gaps, "
-                             "repeats in [0, 1]; "
+                             "repeats, user_prior_first in [0, 1]; "
                              f"got {self}")
 
     @property
     def uses_prior(self) -> bool:
         return bool(self.user_prior or self.user_prior_hours or self.user_prior_lines or self.time_gaps
-                    or self.repeats)
+                    or self.repeats or self.user_prior_first)
 
 
 def load_gen_checkpoint(path: str | os.PathLike):
@@ -175,7 +177,8 @@ def _sample(model, tokenizer, grammar, prompts: list[str], cfg: SamplingConfig, 
                                        user_category_bias={u: dict(b) for u, b in cfg.user_category_bias},
                                        category_mass=category_mass, temperature=cfg.temperature,
                                        time_gaps=cfg.time_gaps if prior else 0.0,
-                                       repeats=cfg.repeats if prior else 0.0)
+                                       repeats=cfg.repeats if prior else 0.0,
+                                       first_weight=cfg.user_prior_first if prior else 0.0)
         with torch.no_grad():
             seqs = model.generate(**enc, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
                                   max_new_tokens=max_new, logits_processor=[proc], pad_token_id=pad,
@@ -316,6 +319,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time_gaps", type=float, default=0.0, help="weight (0-1) of the trained days' chance of a next "
                    "line in the previous line's hour given its minute, and of their same-hour gaps, on the tokens of "
                    "a line's time (without it times pile up at HH:5x)")
+    p.add_argument("--user_prior_first", type=float, default=0.0, help="share (0-1) of days whose first line's "
+                   "start time is drawn from the user's history (p_user(first hour))")
     p.add_argument("--repeats", type=float, default=0.0, help="share (0-1) of the lines the LM writes whose "
                    "repeating the previous place or not is drawn from the user's history (the LM repeats too often)")
 
@@ -326,7 +331,7 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
                           prefer_own=args.prefer_own, prefer_hours=args.prefer_hours, user_prior=args.user_prior,
                           user_prior_hours=args.user_prior_hours, user_prior_lines=args.user_prior_lines,
                           reach=not args.no_reach, time_gaps=args.time_gaps,
-                          repeats=args.repeats)
+                          repeats=args.repeats, user_prior_first=args.user_prior_first)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -305,7 +305,8 @@ class ActivityLogitsProcessor(LogitsProcessor):
     probability of the previous place in this context, among the places open and within reach): the place is
     then forced to the previous one, or barred. With the bonus towards own places the LM repeated the previous
     place on 26% of NYC validation lines (4.4% real, 9.4% without the bonus), which made one-place days and
-    short radii of gyration."""
+    short radii of gyration. ``first_weight``: the share of days whose first line's start minute is drawn from the
+    prior (p_user(first hour), the population's minutes within it), as ``hour_weight`` does for every line."""
 
     def __init__(self, grammar: ActivityGrammar, tokenizer, prompt_len: int, max_new_tokens: int,
                  prefer: Sequence[np.ndarray | None] | None = None, bonus: float = 0.0,
@@ -315,7 +316,7 @@ class ActivityLogitsProcessor(LogitsProcessor):
                  length_weight: float = 0.0, category_bias: dict[str, float] | None = None,
                  user_category_bias: dict[Hashable, dict[str, float]] | None = None,
                  category_mass: dict[Hashable, np.ndarray] | None = None, temperature: float = 1.0,
-                 time_gaps: float = 0.0, repeats: float = 0.0):
+                 time_gaps: float = 0.0, repeats: float = 0.0, first_weight: float = 0.0):
         self.grammar, self.prompt_len, self.max_new_tokens = grammar, prompt_len, max_new_tokens
         self.eos_ids = {int(tokenizer.eos_token_id)}
         self.pad_id = tokenizer.pad_token_id
@@ -359,6 +360,9 @@ class ActivityLogitsProcessor(LogitsProcessor):
         if not 0 <= repeats <= 1 or (repeats and (prior is None or users is None)):
             raise ValueError(f"repeats {repeats} must lie in [0, 1] and needs a prior and each row's user")
         self.repeats = float(repeats)
+        if not 0 <= first_weight <= 1 or (first_weight and (prior is None or users is None)):
+            raise ValueError(f"first_weight {first_weight} must lie in [0, 1] and needs a prior and each row's user")
+        self.first_weight = float(first_weight)
         self.excluded: dict[tuple[int, int], int] = {}  # (row, line) -> the previous place, barred on this line
         if not 0 <= length_weight <= 1 or (length_weight and (prior is None or users is None)):
             raise ValueError(f"length_weight {length_weight} must lie in [0, 1] and needs a prior and each row's user")
@@ -575,7 +579,7 @@ class ActivityLogitsProcessor(LogitsProcessor):
                     shape = self.prior.gaps()[:first + 60 - floor] * self._time_grid[floor:first + 60]
                     p[floor:first + 60] = hour * shape / shape.sum() if shape.sum() > 0 else 0.0
                 p[:max(floor, 0)] = 0
-                m = self._draw(p, self.hour_weight)
+                m = self._draw(p, self.hour_weight if state[0] else max(self.hour_weight, self.first_weight))
                 self.forced[key] = None if m is None else (m, m)
             return None if self.forced[key] is None else ("time", self.forced[key])
         return None

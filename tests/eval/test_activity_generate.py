@@ -277,10 +277,10 @@ def test_time_gaps_and_repeats_reach_the_decoder_and_every_day_parses(checkpoint
     own = trained_own_choices(record, split.train)
     requests = [replace(c, steps=()) for c in split.test[:12]]
     cfg = SamplingConfig(batch_size=12, max_new_tokens=96, time_gaps=1.0, repeats=1.0)
-    assert cfg.uses_prior and SamplingConfig(time_gaps=0.5).uses_prior  # both need the history prior
+    assert cfg.uses_prior and SamplingConfig(time_gaps=0.5).uses_prior and SamplingConfig(user_prior_first=1).uses_prior
     days = as_chains(requests, generate_texts(model, tok, record, requests, cfg, progress=False, own=own))
     assert len(days) == 12 and all(a.start <= b.start for d in days for a, b in zip(d.activities, d.activities[1:]))
-    for field in ("time_gaps", "repeats"):
+    for field in ("time_gaps", "repeats", "user_prior_first"):
         with pytest.raises(ValueError, match=field):
             SamplingConfig(**{field: 1.5})
 

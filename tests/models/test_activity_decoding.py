@@ -404,3 +404,25 @@ def test_repeats_draw_whether_the_lm_repeats_the_previous_place_from_the_history
     plain = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"], prior_weight=0.0)
     ids = torch.tensor([tok(" A 10:00 | Café\nA 11:00 |", add_special_tokens=False)["input_ids"]])
     assert torch.isfinite(plain(ids, torch.zeros(1, len(tok)))).sum() > 1  # off: the LM decides
+
+
+def test_first_weight_draws_only_the_first_lines_start_from_the_users_history():
+    tok = _tokenizer()
+    g = activity_grammar(CATS, None, answer_prefix=" ", max_lines=4)
+    prior = _prior_for(g, [("u", ["Bar", "Café"], [15 * 60, 17 * 60 + 30])] * 20)  # days start at 15:00 only
+    rows = 50
+    proc = ActivityLogitsProcessor(g, tok, 0, 200, prior=prior, users=["u"] * rows, first_weight=1.0, seed=0)
+
+    def finite(text: str) -> list[list[int]]:
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]] * rows)
+        return [torch.nonzero(torch.isfinite(r)).flatten().tolist() for r in proc(ids, torch.zeros(rows, len(tok)))]
+
+    line = tok(" A ", add_special_tokens=False)["input_ids"]
+    canon = tok(" A 15:00 |", add_special_tokens=False)["input_ids"]
+    assert canon[:len(line)] == line and tok.decode([canon[len(line)]]).startswith("1")
+    # p(first hour | u) = (20 + 1 * (20 + 1/24) / 21) / 21 at 15 h: 0.998; within 15:xx, minute 0 (20 + 1/60) / 21:
+    # nearly every row may only write 15:00 (here '1', not '0' or '2')
+    assert np.mean([f == [canon[len(line)]] for f in finite(" A ")]) > 0.8
+    assert all(len(f) > 1 for f in finite(" A 15:00 | Bar\nA "))  # a later line's time is the LM's ('1' or '2')
+    with pytest.raises(ValueError, match="first_weight"):
+        ActivityLogitsProcessor(g, tok, 0, 200, first_weight=0.5)
