@@ -18,7 +18,7 @@ loads the population model and student a previous run of the same seed left in `
 deterministic on CPU: the same seed trains the same models).
 
     python bench/intent_quality.py [--data tokyo|nyc|synthetic] [--models] [--seeds 0,1,2] [--steps 300] [--reuse]
-        [--heldout_share 0.5] [--logit_adjust TAU] [--loss_taus 0,0.5,1]
+        [--heldout_share 0.5] [--logit_adjust TAU] [--loss_taus 0,0.5,1] [--mix_ms 3,10,30,100,300]
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loss_taus", default="0",
                     help="comma list: per-user tuning loss logit-adjusted by tau * log(user prior smoothed towards the "
                          "population's shares), tau chosen on validation among these (0: plain)")
+    ap.add_argument("--mix_ms", default="",
+                    help="comma list: the tuned row may mix in the user's own transition table with weight "
+                         "n / (n + m), m (or no mix) chosen on validation among these (empty: never)")
     ap.add_argument("--reuse", action="store_true", help="load population/ and student/ of --out/seedK when there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.models:
         from stllm.train.intent_pipeline import (
             BEFORE,
+            NO_MIX,
             PLAIN,
             POPULATION,
             POPULATION_ADJUSTED,
@@ -135,10 +139,12 @@ def main(argv: list[str] | None = None) -> None:
                                  acc_margin=args.acc_margin if args.acc_margin >= 0 else None,
                                  class_bias=not args.no_class_bias, heldout_share=args.heldout_share,
                                  logit_adjust=args.logit_adjust,
-                                 loss_taus=tuple(float(t) for t in args.loss_taus.split(",") if t.strip()))
+                                 loss_taus=tuple(float(t) for t in args.loss_taus.split(",") if t.strip()),
+                                 mix_ms=tuple(float(m) for m in args.mix_ms.split(",") if m.strip()))
             r = run_pipeline(cfg, args.out / f"seed{seed}")
             results.append(r)
-            forced = [n for n in r.preds if n.startswith(f"{TUNED}, tuning loss tau")]  # loss tau not chosen
+            forced = [n for n in r.preds if n.startswith((f"{TUNED}, tuning loss tau", f"{TUNED}, user-table mix"))
+                      or n == NO_MIX]  # rows for the record: not what validation chose
             pairs = ((TUNED, POPULATION), (TUNED, POPULATION_ADJUSTED), (TUNED, BEFORE), (PLAIN, POPULATION),
                      *((n, POPULATION) for n in forced))
             up = {f"{a} over {b}": changed_users(r, b, a) for a, b in pairs}

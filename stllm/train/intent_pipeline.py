@@ -23,6 +23,12 @@
    validation accuracy at least the population model's minus ``acc_margin`` -- a gap can be shrunk by lowering
    weighted F1 alone, which the floor forbids (the adjusted population row's offsets are fitted under the same
    floor).
+5. with ``mix_ms``, the tuned row may also mix, after the sizing, its probabilities with the user's own smoothed
+   transition table (:func:`stllm.train.tune_intent.mix_user`, weight ``n / (n + m)``): a closed-form step that
+   moves users with a handful of targets, whom gradient tuning of a head barely moves (validation picks large
+   ``k``). ``m`` (or no mix, which wins ties) is another axis of the tuned row's validation grid; the user tables
+   are those of each split (validation: counted on the days before the validation days). The row without it is
+   kept as ``tuned, no user-table mix``.
 With ``heldout_share`` the held-out users' test days are the last share of their active days
 (:func:`stllm.data.intent.with_heldout_share`; population users and so the population model are unchanged).
 Every model predicts the held-out users' later days (checked by :func:`stllm.data.intent.check_heldout`); scoring
@@ -75,6 +81,7 @@ from stllm.train.tune_intent import (
     posthoc_logits,
     select_posthoc,
     tune_users,
+    user_table_of,
 )
 
 logger = logging.getLogger("stllm")
@@ -84,6 +91,7 @@ TUNED = "student tuned (+unlearning, sized, adjusted)"
 NO_SIZING, NO_ADJUSTMENT = "tuned, no history sizing", "tuned, no logit adjustment"
 NO_UNLEARNING, PLAIN = "tuned, no unlearning", "tuned, plain (no sizing, no adjustment)"
 NO_BIAS = "tuned, no class offsets"
+NO_MIX = "tuned, no user-table mix"
 
 
 @dataclass
@@ -107,6 +115,7 @@ class PipelineConfig:
     taus: tuple[float, ...] = (0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # logit adjustment; 0 = none
     loss_taus: tuple[float, ...] = (0,)  # per-user tuning loss, logit-adjusted by these (tune.loss_tau always in)
     alphas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # pseudo-counts per intent of the user's prior
+    mix_ms: tuple[float, ...] = ()  # tuned row: mix in the user's own table, weight n / (n + m); () = never
     select_on: str = "pooled"  # validation macro F1: pooled or mean per user (tune_intent.select_posthoc)
     gap_margin: float | None = 0.0  # tuned rows: validation gap < every baseline's minus this; None = unbounded
     acc_margin: float | None = 0.03  # validation accuracy >= the population model's minus this; None = no floor
@@ -200,7 +209,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     for name, d in (("val", val), ("test", data)):
         ul = tune_users(student, tokenizer, d, variants, history, population)
         ul.logits[POPULATION] = run_intent(teacher, collator, d.dataset("user_test", history=history)).numpy()
-        scored[name] = (d, ul, d.tables.user_freq[d.log.user[ul.rows]])
+        scored[name] = (d, ul, d.tables.user_freq[d.log.user[ul.rows]], user_table_of(d, ul.rows, population))
     if not np.array_equal(scored["test"][1].rows, test.rows):
         raise RuntimeError("tuned predictions are not aligned with the held-out targets")
     seconds["tune users"] = time.perf_counter() - t
@@ -216,20 +225,27 @@ def tuned_heads(cfg: PipelineConfig) -> dict[float, str]:
     return {float(cfg.tune.loss_tau): TUNED, **{t: f"{TUNED}, tuning loss tau {t:g}" for t in rest}}
 
 
+def mixed_name(m: float) -> str:
+    """The record row of the tuned row with the user-table mix forced at ``m``."""
+    return f"{TUNED}, user-table mix m {float(m):g}"
+
+
 BOUNDED = (TUNED, NO_SIZING, NO_ADJUSTMENT, NO_BIAS, NO_UNLEARNING)  # validation gap must beat the baselines'
 BIASED = (POPULATION_ADJUSTED, TUNED, NO_SIZING, NO_UNLEARNING)  # rows with fitted per-intent offsets
 
 
-def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, UserLogits, np.ndarray]]
+def _posthoc_rows(cfg: PipelineConfig,
+                  scored: dict[str, tuple[PreparedIntent, UserLogits, np.ndarray, np.ndarray]]
                   ) -> tuple[dict[str, np.ndarray], dict[str, Posthoc], dict[str, dict[str, float]]]:
     """Every table row's test predictions; the post-hoc rows' ``(k, tau, alpha)`` chosen on the validation logits
     only, the tuned ones under the baselines' smallest validation gap minus ``cfg.gap_margin`` and at or above
     their best validation macro F1, every row with offsets or a bound at or above the accuracy floor."""
-    vd, vl, vcounts = scored["val"]
-    _, tl, tcounts = scored["test"]
+    vd, vl, vcounts, vtable = scored["val"]
+    _, tl, tcounts, ttable = scored["test"]
     y, users = vd.log.intent[vl.rows], vd.log.user[vl.rows]
     heads = tuned_heads(cfg)  # the tuning-loss tau is chosen with k, tau, alpha (not in the no-adjustment ablation)
     base = {float(cfg.tune.loss_tau): TUNED}
+    mixes = (None, *(float(m) for m in cfg.mix_ms))  # the tuned row's user-table mix; None (no mix) wins ties
     grid = {  # row: (tuned logits: {loss_tau: variant}, start logits, ks, taus)
         POPULATION_ADJUSTED: ({0.0: POPULATION}, POPULATION, (0,), cfg.taus),
         TUNED: (heads, "before", cfg.ks, cfg.taus),
@@ -240,9 +256,13 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
         PLAIN: (base, "before", (0,), (0,)),
         # each other tuning-loss tau alone, for the record: what the tuned row would be had validation not chosen
         **{name: ({t: name}, "before", cfg.ks, cfg.taus) for t, name in heads.items() if name != TUNED},
+        **({NO_MIX: (heads, "before", cfg.ks, cfg.taus)} if cfg.mix_ms else {}),  # the tuned row as without mix_ms
+        **{mixed_name(m): (heads, "before", cfg.ks, cfg.taus) for m in cfg.mix_ms},  # each m forced, for the record
     }
-    bounded = (*BOUNDED, *(name for name in heads.values() if name != TUNED))
-    biased = (*BIASED, *(name for name in heads.values() if name != TUNED))
+    mix_of = {TUNED: mixes, **{mixed_name(m): (float(m),) for m in cfg.mix_ms}}
+    record = (*(name for name in heads.values() if name != TUNED), *((NO_MIX,) if cfg.mix_ms else ()),
+              *(mixed_name(m) for m in cfg.mix_ms))
+    bounded, biased = (*BOUNDED, *record), (*BIASED, *record)
     preds = {POPULATION: tl.logits[POPULATION].argmax(-1), BEFORE: tl.logits["before"].argmax(-1)}
     val_scores = {**baseline_table(vd), **{name: intent_scores(y, vl.logits[key].argmax(-1), len(INTENTS))
                                           for name, key in ((POPULATION, POPULATION), (BEFORE, "before"))}}
@@ -257,9 +277,10 @@ def _posthoc_rows(cfg: PipelineConfig, scored: dict[str, tuple[PreparedIntent, U
             min_macro = max(b["macro_f1"] for b in base)
         choices[row], val_scores[row] = select_posthoc(
             y, users, vl.logits[start], {t: vl.logits[v] for t, v in tuned.items()}, vl.n_train, vcounts, ks, taus,
-            cfg.alphas, cfg.select_on, max_gap, min_macro, floor if (bias or row in bounded) else None, bias)
+            cfg.alphas, cfg.select_on, max_gap, min_macro, floor if (bias or row in bounded) else None, bias,
+            vtable, mix_of.get(row, (None,)))
         chosen = tl.logits[tuned[choices[row].loss_tau]]
-        preds[row] = posthoc_logits(tl.logits[start], chosen, tl.n_train, tcounts, choices[row]).argmax(-1)
+        preds[row] = posthoc_logits(tl.logits[start], chosen, tl.n_train, tcounts, choices[row], ttable).argmax(-1)
     order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_BIAS, NO_UNLEARNING, PLAIN,
-             *(name for name in heads.values() if name != TUNED))
+             *record)
     return {name: preds[name] for name in order}, choices, val_scores

@@ -15,6 +15,9 @@ user's own intent prior (Menon et al. 2021's logit adjustment, per user: a user'
 and the weighted - macro gap are about), then shifted by one offset per intent (:func:`fit_class_bias`: the
 macro-F1-optimal decision is a threshold per class, Narasimhan et al. 2015, which a frequency prior alone does not
 place), fitted on validation targets under an accuracy floor so macro F1 is not bought with accuracy.
+Optionally (``Posthoc.mix_m``, :func:`mix_user`) the sized probabilities are first mixed with the user's own
+smoothed transition table, weight ``n / (n + m)``: a closed-form step that moves users with a handful of targets,
+whom a tuned head barely moves once validation shrinks it.
 """
 
 from __future__ import annotations
@@ -175,13 +178,15 @@ SELECTION_OBJECTIVES = ("user", "pooled")
 class Posthoc:
     """How tuned logits become predictions: the heads tuned with ``loss_tau`` (:class:`TuneConfig`), shrinkage ``k``
     of :func:`history_weight`, adjustment ``tau`` by the user's prior smoothed with ``alpha`` pseudo-counts per
-    intent (:func:`user_prior`), then ``bias`` added per intent (empty: none)."""
+    intent (:func:`user_prior`), then ``bias`` added per intent (empty: none). With ``mix_m`` the sized logits'
+    probabilities are first mixed with the user's own table (:func:`mix_user`)."""
 
     k: float = 0.0
     tau: float = 0.0
     alpha: float = 1.0
     bias: tuple[float, ...] = ()
     loss_tau: float = 0.0
+    mix_m: float | None = None  # mix in the user's own table with weight n / (n + mix_m) (:func:`mix_user`); None = off
 
 
 BIAS_VALUES = tuple(float(v) for v in np.round(np.arange(-1.5, 1.51, 0.1), 2))
@@ -222,16 +227,56 @@ def user_prior(counts: np.ndarray, alpha: float) -> np.ndarray:
     return c / c.sum(-1, keepdims=True)
 
 
-def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, counts: np.ndarray, p: Posthoc
-                   ) -> np.ndarray:
-    out = adjust_logits(sized_logits(before, tuned, n, p.k), user_prior(counts, p.alpha), p.tau)
+def user_table_probs(user_intent: np.ndarray, user_freq: np.ndarray, population: np.ndarray, users: np.ndarray,
+                     last: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """``(n, C)`` each row's user's own ``P_u(intent | last intent)``: the counts of their transition row
+    (``user_intent`` (U, C, C)) plus ``beta`` pseudo-counts spread by ``P_u(intent)``, itself their intent counts
+    (``user_freq`` (U, C)) plus one pseudo-count per intent spread by the ``population`` shares
+    (:func:`tuning_prior`). A user with 6-9 training targets has rows of 0-3 counts: the back-off keeps their
+    own frequent intents, then the population's order, and every entry > 0."""
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    freq = tuning_prior(user_freq[users], 1.0, population)
+    row = np.asarray(user_intent[users, last], dtype=np.float64)
+    return (row + beta * freq) / (row.sum(-1, keepdims=True) + beta)
+
+
+def user_table_of(data: PreparedIntent, rows: np.ndarray, population: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """:func:`user_table_probs` of target ``rows`` from ``data``'s own user tables: for
+    :func:`stllm.data.intent.validation_data` those count only the days before the validation days, for the real
+    split all training days."""
+    return user_table_probs(data.tables.user_intent, data.tables.user_freq, population, data.log.user[rows],
+                            data.log.intent[rows - 1], beta)
+
+
+def mix_user(logits: np.ndarray, user_probs: np.ndarray, n: np.ndarray, m: float | None) -> np.ndarray:
+    """Log of ``(1 - lam) softmax(logits) + lam user_probs``, ``lam = n / (n + m)`` per row (``n``: the row's user's
+    training targets): a closed-form personal step that moves a user with few targets by a share gradient tuning
+    of a head cannot (a Dirichlet-style posterior mean with ``m`` as the model's prior strength). ``m`` None: the
+    logits unchanged."""
+    if m is None:
+        return logits
+    lam = history_weight(n, m)[:, None]
+    z = logits - logits.max(-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(-1, keepdims=True)
+    return np.log((1.0 - lam) * p + lam * user_probs)
+
+
+def posthoc_logits(before: np.ndarray, tuned: np.ndarray, n: np.ndarray, counts: np.ndarray, p: Posthoc,
+                   user_probs: np.ndarray | None = None) -> np.ndarray:
+    if p.mix_m is not None and user_probs is None:
+        raise ValueError("this choice mixes in the user's table: pass user_probs")
+    sized = mix_user(sized_logits(before, tuned, n, p.k), user_probs, n, p.mix_m)
+    out = adjust_logits(sized, user_prior(counts, p.alpha), p.tau)
     return out + np.asarray(p.bias) if p.bias else out
 
 
 def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: np.ndarray | dict[float, np.ndarray],
                    n: np.ndarray, counts: np.ndarray, ks: tuple[float, ...], taus: tuple[float, ...],
                    alphas: tuple[float, ...] = (1.0,), objective: str = "user", max_gap: float | None = None,
-                   min_macro: float | None = None, min_accuracy: float | None = None, class_bias: bool = False
+                   min_macro: float | None = None, min_accuracy: float | None = None, class_bias: bool = False,
+                   user_probs: np.ndarray | None = None, mix_ms: tuple[float | None, ...] = (None,)
                    ) -> tuple[Posthoc, dict[str, float]]:
     """The ``(k, tau, alpha)`` of the grid with the best macro F1 on *validation* targets ``y`` (the caller passes
     validation rows only; ``counts``: each row's user's training intent counts), and its pooled validation scores:
@@ -244,14 +289,17 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
     competes only when no point reaches it (then the most accurate wins). With ``class_bias`` every grid point
     also gets its :func:`fit_class_bias` offsets (under ``min_accuracy``). ``tuned`` as ``{loss_tau: logits}``
     (heads tuned with each logit-adjusted loss) adds ``loss_tau`` to the grid, outermost. Ties go to the first in
-    grid order."""
+    grid order. ``mix_ms`` (with ``user_probs``, each row's user's table) adds :func:`mix_user`'s ``m`` right after
+    ``k`` (None: no mix; put it first so ties go to it)."""
     if objective not in SELECTION_OBJECTIVES:
         raise ValueError(f"objective must be one of {SELECTION_OBJECTIVES}, got {objective!r}")
     heads = tuned if isinstance(tuned, dict) else {0.0: tuned}
     c = next(iter(heads.values())).shape[-1]
     best, best_key, best_scores = Posthoc(), None, {}
-    for (loss_tau, logits), k in ((h, k) for h in heads.items() for k in ks):
-        sized = sized_logits(before, logits, n, k)
+    if any(m is not None for m in mix_ms) and user_probs is None:
+        raise ValueError("mix_ms needs user_probs")
+    for (loss_tau, logits), k, m in ((h, k, m) for h in heads.items() for k in ks for m in mix_ms):
+        sized = mix_user(sized_logits(before, logits, n, k), user_probs, n, m)
         for alpha in alphas:
             log_prior = np.log(user_prior(counts, alpha))
             for tau in taus:
@@ -267,6 +315,6 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
                 key = (floor, ok, score if floor else scores["accuracy"])
                 if best_key is None or key > best_key:
                     best = Posthoc(float(k), float(tau), float(alpha), tuple(bias.tolist()) if class_bias else (),
-                                   float(loss_tau))
+                                   float(loss_tau), None if m is None else float(m))
                     best_key, best_scores = key, scores
     return best, best_scores

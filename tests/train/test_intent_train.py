@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stllm.cli import main as cli_main
-from stllm.data.intent import INTENTS, IntentCollator, prepare_from_record
+from stllm.data.intent import INTENTS, IntentCollator, prepare_from_record, validation_data
 from stllm.eval.intent import evaluate_intent
 from stllm.models.intent import IntentHead, load_intent_checkpoint
 from stllm.train.distill_intent import (
@@ -27,6 +27,7 @@ from stllm.train.tune_intent import (
     adjust_logits,
     fit_class_bias,
     history_weight,
+    mix_user,
     population_shares,
     posthoc_logits,
     select_posthoc,
@@ -36,6 +37,8 @@ from stllm.train.tune_intent import (
     tuning_prior,
     unlearning_term,
     user_prior,
+    user_table_of,
+    user_table_probs,
 )
 
 
@@ -313,6 +316,76 @@ def test_select_posthoc_chooses_the_tuning_loss_tau():
     assert select_posthoc(y, users, wrong, {0.0: right, 1.0: right}, n, counts, (0,), (0,))[0].loss_tau == 0.0
 
 
+def test_user_table_probs_hand_worked():
+    """One user, last intent 1: transition row (2, 0, 0), intent counts (2, 1, 0); P_u(intent) = counts + 3 pseudo-
+    counts spread as the population's (0.5, 0.25, 0.25) = (3.5, 1.75, 0.75) / 6; the row gets beta = 1 of it:
+    (2 + 3.5/6, 1.75/6, 0.75/6) / 3."""
+    user_intent = np.zeros((1, 3, 3))
+    user_intent[0, 1] = [2.0, 0.0, 0.0]
+    user_intent[0, 0] = [0.0, 5.0, 0.0]  # another row: not read
+    got = user_table_probs(user_intent, np.array([[2.0, 1.0, 0.0]]), np.array([0.5, 0.25, 0.25]), np.array([0]),
+                           np.array([1]))
+    assert np.allclose(got, [[(2 + 3.5 / 6) / 3, 1.75 / 18, 0.75 / 18]])
+    assert np.allclose(got.sum(-1), 1) and (got > 0).all()
+    empty = user_table_probs(user_intent, np.array([[2.0, 1.0, 0.0]]), np.array([0.5, 0.25, 0.25]), np.array([0]),
+                             np.array([2]))  # an unseen row backs off to P_u(intent)
+    assert np.allclose(empty, [[3.5 / 6, 1.75 / 6, 0.75 / 6]])
+
+
+def test_mix_user_hand_worked():
+    """p_model (0.6, 0.3, 0.1), p_user (0.1, 0.1, 0.8): n = 10, m = 30 -> lam 0.25 -> (0.475, 0.25, 0.275), which
+    flips nothing; n = 30 -> lam 0.5 -> (0.35, 0.2, 0.45), which flips the argmax to the user's intent; no targets
+    or no mix: the model's."""
+    logits = np.log(np.array([[0.6, 0.3, 0.1]] * 3)) + 2.0  # any shift: softmax is the same
+    user = np.array([[0.1, 0.1, 0.8]] * 3)
+    got = np.exp(mix_user(logits, user, np.array([10, 30, 0]), 30.0))
+    assert np.allclose(got, [[0.475, 0.25, 0.275], [0.35, 0.2, 0.45], [0.6, 0.3, 0.1]])
+    assert got.argmax(-1).tolist() == [0, 2, 0]
+    assert mix_user(logits, user, np.array([10, 30, 0]), None) is logits
+    p = Posthoc(mix_m=30.0)
+    out = posthoc_logits(logits, logits, np.array([10, 30, 0]), np.ones((3, 3)), p, user)
+    assert np.allclose(np.exp(out), got)
+    with pytest.raises(ValueError, match="pass user_probs"):
+        posthoc_logits(logits, logits, np.array([10, 30, 0]), np.ones((3, 3)), p)
+
+
+def test_select_posthoc_chooses_the_user_table_mix():
+    """The model predicts 0 everywhere; the user's table puts 0.9 on the truth. With n = 9 targets, m = 1 gives
+    lam 0.9 (all right), m = 81 gives lam 0.1 (0.1 * 0.9 + 0.9 * p_model: still the model's); a table that only
+    ties the model leaves the mix off (first in the grid)."""
+    y, users = np.array([0, 1, 2, 1]), np.zeros(4)
+    model = np.tile(np.log([0.5, 0.25, 0.25]), (4, 1))
+    table = np.full((4, 3), 0.05)
+    table[np.arange(4), y] = 0.9
+    n, counts = np.full(4, 9), np.tile([3.0, 3.0, 3.0], (4, 1))
+    got, scores = select_posthoc(y, users, model, model, n, counts, (0,), (0,), user_probs=table,
+                                 mix_ms=(None, 81.0, 1.0))
+    assert got.mix_m == 1.0 and scores["accuracy"] == 1.0
+    assert select_posthoc(y, users, model, model, n, counts, (0,), (0,), user_probs=table,
+                          mix_ms=(None, 81.0))[0].mix_m is None
+    with pytest.raises(ValueError, match="needs user_probs"):
+        select_posthoc(y, users, model, model, n, counts, (0,), (0,), mix_ms=(None, 1.0))
+
+
+def test_user_table_of_validation_counts_days_before_validation(ckpt):
+    """The validation step's user tables count only each held-out user's days before the validation days (a
+    validation target never counts itself), the test step's all their training days."""
+    _, _, record = load_intent_checkpoint(ckpt)
+    data = prepare_from_record(record)
+    val = validation_data(data, 0.25)
+    pop = population_shares(data)
+    rows = val.rows_of("user_test")
+    own = val.rows_of("user_train")
+    c = len(INTENTS)
+    trans, freq = np.zeros((len(data.log.user_ids), c, c)), np.zeros((len(data.log.user_ids), c))
+    np.add.at(trans, (data.log.user[own], data.log.intent[own - 1], data.log.intent[own]), 1.0)
+    np.add.at(freq, (data.log.user[own], data.log.intent[own]), 1.0)
+    got = user_table_of(val, rows, pop)
+    assert np.allclose(got, user_table_probs(trans, freq, pop, data.log.user[rows], data.log.intent[rows - 1]))
+    assert not np.isin(rows, own).any()
+    assert not np.allclose(got, user_table_of(data, rows, pop))  # all training days: the validation days count
+
+
 def test_user_prior_hand_worked():
     assert np.allclose(user_prior(np.array([[2.0, 0.0, 1.0]]), 1.0), [[3 / 6, 1 / 6, 2 / 6]])
     assert np.allclose(user_prior(np.array([[0.0, 0.0]]), 0.3), [[0.5, 0.5]])
@@ -324,7 +397,15 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
     """The whole population -> student -> individual pipeline, tiny: every variant predicts every held-out later-day
     target, post-hoc choices come from the grid, and a second run with ``reuse`` loads the checkpoints (the
     fresh-process footprint and ONNX steps run in bench/intent_quality.py; ONNX is tested above)."""
-    from stllm.train.intent_pipeline import BEFORE, PLAIN, POPULATION, TUNED, PipelineConfig, run_pipeline
+    from stllm.train.intent_pipeline import (
+        BEFORE,
+        NO_MIX,
+        PLAIN,
+        POPULATION,
+        TUNED,
+        PipelineConfig,
+        run_pipeline,
+    )
 
     cfg = PipelineConfig(data="synthetic", synthetic_users=8, teacher_preset="tiny", teacher_steps=2, batch_size=8,
                          distill_samples=32,
@@ -346,6 +427,11 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
     assert {c.loss_tau for c in adjusted.choices.values()} <= {0, 1} and adjusted.choices[PLAIN].loss_tau == 0
     forced = f"{TUNED}, tuning loss tau 1"  # the tuned row at loss tau 1 alone, for the record
     assert len(adjusted.preds) == 10 and adjusted.choices[forced].loss_tau == 1
+    mixed = run_pipeline(PipelineConfig(**{**cfg.__dict__, "mix_ms": (1.0, 10.0)}), tmp_path)  # reused models
+    assert len(mixed.preds) == 12 and mixed.choices[TUNED].mix_m in (None, 1.0, 10.0)
+    assert [mixed.choices[f"{TUNED}, user-table mix m {m}"].mix_m for m in (1, 10)] == [1.0, 10.0]  # forced
+    assert all(c.mix_m is None for n, c in mixed.choices.items() if "mix m" not in n and n != TUNED)
+    assert np.array_equal(mixed.preds[NO_MIX], r.preds[TUNED])  # the tuned row as it was without mix_ms
     shares = population_shares(r.data)
     assert shares.shape == (len(INTENTS),) and shares.sum() == pytest.approx(1) and (shares > 0).all()
     wide = run_pipeline(PipelineConfig(**{**cfg.__dict__, "heldout_share": 0.5}), tmp_path)  # same models reused
