@@ -46,7 +46,7 @@ from stllm.data.splits import ContentFingerprint
 from stllm.encoders.io import save_encoder
 from stllm.errors import run_command
 from stllm.eval.baselines import BASELINES, NOT_ZERO_SHOT, baseline_label, eval_targets, run_baselines
-from stllm.eval.metrics import event_metrics, f1_thresholds, flow_metrics, macro_f1_difference
+from stllm.eval.metrics import event_metrics, f1_thresholds, flow_metrics, macro_f1_difference, mae_difference
 from stllm.eval.plots import plot_error_map, plot_forecasts
 from stllm.eval.predict import PredictionFile, predict
 from stllm.eval.run_identity import check_checkpoint, checkpoint_digests, data_digest, load_json_object
@@ -346,7 +346,7 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
         val_preds[name] = val_preds.pop("stllm")
         thresholds = {k: f1_thresholds(p, *val["targets"]) for k, p in val_preds.items()}
 
-    comparisons: dict[str, dict[str, float]] = {}  # stllm rows - the best zero-shot baseline, at val thresholds
+    comparisons: dict[str, dict] = {}  # each stllm row - the best zero-shot baseline, with a region-bootstrap interval
     # parse failures are reported in the row name and scored for no method (same samples for all rows)
     mask = mask & ~failed[..., None, None]
     if city.task == "event":
@@ -357,18 +357,25 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
                                if k in thresholds else float("nan"))  # fmt: skip
         columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1"]
         columns += [VAL_F1] if thresholds else []
-        zero_shot = [baseline_label(k) for k in base if k not in NOT_ZERO_SHOT and baseline_label(k) in thresholds]
-        if zero_shot:  # how large a gap to the best baseline these regions can tell apart
+        zero_shot = [k for k in _independent(base) if k in thresholds]
+        if zero_shot and mask.any():  # how large a gap to the best baseline these regions can tell apart
             best = max(zero_shot, key=lambda k: metrics[k][VAL_F1])
-            comparisons = {f"{k} - {best}": macro_f1_difference(preds[k], preds[best], y, mask, thresholds[k],
-                                                                thresholds[best])
+            comparisons = {f"{k} - {best}": {"metric": VAL_F1, **macro_f1_difference(
+                preds[k], preds[best], y, mask, thresholds[k], thresholds[best])}
                            for k in [name, *others] if k in thresholds}  # fmt: skip
     else:
         metrics = {k: flow_metrics(p, y, mask, channels=city.channels) for k, p in preds.items()}
         columns = [f"{m}/{c}" for c in city.channels for m in ("MAE", "RMSE")]
+        zero_shot = _independent(base)
+        if zero_shot and mask.any():  # how large a gap to the best baseline (mean MAE over channels) they tell apart
+            best = min(zero_shot, key=lambda k: np.mean([metrics[k][f"MAE/{c}"] for c in city.channels]))
+            comparisons = {f"{k} - {best}": {"metric": "MAE (all channels)",
+                                             **mae_difference(preds[k], preds[best], y, mask)}
+                           for k in [name, *others]}  # fmt: skip
     table = format_table(metrics, columns) + "".join(f"\nskipped {baseline_label(k)}: {v}" for k, v in skipped.items())
-    table += "".join(f"\n{k}, {VAL_F1}: {c['diff']:+.4f} (95% interval {c['low']:+.4f} to {c['high']:+.4f}, paired "
-                     f"bootstrap over the {c['units']} regions)" for k, c in comparisons.items())
+    table += "\n" * bool(comparisons) + "".join(  # a block of its own under the table
+        f"\ndifference {k}, {c['metric']}: {c['diff']:+.4f} (95% interval {c['low']:+.4f} to {c['high']:+.4f}, "
+        f"paired bootstrap over the {c['units']} regions)" for k, c in comparisons.items())
     files = [out / "predictions.jsonl", _write_json(out / "metrics.json", {
         "mode": mode, "city": city.name, "regions": regions, "time_range": record.time_range, "rescaled": rescale,
         "generate_failures": int(failed.sum()), "skipped": skipped,
@@ -382,6 +389,12 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
         files += _plots(out, city, ds, y, preds, metrics)
     (out / "table.txt").write_text(table + "\n")
     return EvalResult(metrics, table, out, files, columns)
+
+
+def _independent(base: dict) -> list[str]:
+    """Row labels of the zero-shot baselines that are not a part of stllm itself (the stage-1 encoder is): what
+    the model is compared with under the table."""
+    return [baseline_label(k) for k in base if k not in NOT_ZERO_SHOT and k != "encoder_only"]
 
 
 def _eval_regions(mode: str, train: SplitRecord, city, links: dict, allow_overlap: bool) -> list[str]:

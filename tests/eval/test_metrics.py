@@ -11,6 +11,7 @@ from stllm.eval.metrics import (
     event_metrics,
     flow_metrics,
     macro_f1_difference,
+    mae_difference,
     masked_mae,
     masked_mape,
     masked_rmse,
@@ -250,3 +251,18 @@ def test_macro_f1_difference_resamples_whole_regions():
     assert macro_f1_difference(a, b, y, threshold_b=0.8)["diff"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="non-class axis"):
         macro_f1_difference(a, b, y, axis=3)
+
+
+def test_mae_difference_resamples_whole_regions():
+    # (W=2, R=2, C=1): a is exact; b errs by 1 everywhere in region 0 and by 3 in region 1 (pooled MAE 2).
+    # Drawing region 0 twice gives a - b = -1, region 1 twice -3, one of each -2.
+    y = np.zeros((2, 2, 1))
+    b = np.array([[[1.0], [3.0]], [[-1.0], [3.0]]])
+    out = mae_difference(y, b, y, draws=4000, seed=0)
+    assert out["diff"] == pytest.approx(-2.0) and out["units"] == 2
+    assert out["low"] == pytest.approx(-3.0) and out["high"] == pytest.approx(-1.0)
+    mask = np.ones_like(y, dtype=bool)
+    mask[:, 1] = False  # region 1 not counted: only its draws without region 0 are empty, and left out
+    masked = mae_difference(y, b, y, mask, draws=500)
+    assert masked["diff"] == pytest.approx(-1.0) and masked["low"] == masked["high"] == pytest.approx(-1.0)
+    assert masked["draws"] < 500

@@ -36,6 +36,13 @@ def test_cross_region_table_files_and_honesty(checkpoint, tmp_path, capsys):
     for f in ("predictions.jsonl", "forecasts.png", "error_map.png", "table.txt"):
         assert (tmp_path / f).stat().st_size > 0, f
     assert abs(metrics["metrics"]["stllm"]["MAE/inflow"] - values[0, 0]) < 1e-3 * max(1, values[0, 0])
+    # stllm against the best zero-shot baseline by mean MAE, with a paired region-bootstrap interval, printed
+    mean_mae = {n: (v[0] + v[2]) / 2 for n, v in zip(names, values)}  # MAE/inflow, MAE/outflow columns
+    best = min(names[1:-1], key=mean_mae.get)  # not encoder_only: the model's own stage-1 part
+    c = metrics["comparisons"][f"stllm - {best}"]
+    assert c["diff"] == pytest.approx(mean_mae["stllm"] - mean_mae[best], abs=2e-4) and c["low"] <= c["high"]
+    assert c["units"] == len(metrics["regions"])
+    assert f"difference stllm - {best}, MAE (all channels): {c['diff']:+.4f}" in printed
 
 
 def test_overlap_is_refused_and_named(checkpoint, tmp_path):
@@ -308,13 +315,13 @@ def test_event_zero_shot_reports_recall_and_f1_per_category(event_checkpoint, tm
         assert all(0 <= row[c] <= 1 for c in res.columns)
     # each stllm row against the best zero-shot baseline at validation thresholds, with a region-bootstrap interval
     assert "logistic" in res.metrics  # events: the logistic classifier is a default baseline
-    baselines = [k for k in res.metrics if k not in ("stllm", "again") and "not zero-shot" not in k]
+    baselines = [k for k in res.metrics if k not in ("stllm", "again", "encoder_only") and "not zero-shot" not in k]
     best = max(baselines, key=lambda k: res.metrics[k]["Macro-F1 (val thr)"])
     assert set(meta["comparisons"]) == {f"stllm - {best}", f"again - {best}"}
     c = meta["comparisons"][f"stllm - {best}"]
     gap = res.metrics["stllm"]["Macro-F1 (val thr)"] - res.metrics[best]["Macro-F1 (val thr)"]
     assert c["diff"] == pytest.approx(gap) and c["low"] <= c["high"] and c["units"] == len(meta["regions"])
-    assert f"stllm - {best}, Macro-F1 (val thr): {gap:+.4f} (95% interval" in res.table
+    assert f"difference stllm - {best}, Macro-F1 (val thr): {gap:+.4f} (95% interval" in res.table
 
 
 def test_supervised_reference_runs_with_enough_history_and_is_skipped_without(checkpoint, tmp_path, caplog,
