@@ -44,6 +44,15 @@ class RidgeAccumulator:
         return np.linalg.lstsq(a, self.xty, rcond=None)[0] if alpha == 0 else np.linalg.solve(a, self.xty)
 
 
+MAX_DESIGN_ENTRIES = 30_000_000  # rows x inputs of one logistic fit: 240 MB per float64 copy of the inputs
+
+
+def logistic_rows(n_inputs: int, max_rows: int) -> int:
+    """How many rows a logistic fit on ``n_inputs`` inputs may take: ``max_rows``, or fewer so the design matrix
+    stays within :data:`MAX_DESIGN_ENTRIES` (a long hourly context of many channels has thousands of inputs)."""
+    return max(1, min(int(max_rows), MAX_DESIGN_ENTRIES // max(1, int(n_inputs))))
+
+
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """Independent logistic regressions of each column of ``y (n, K)`` (0/1) on ``x (n, D)`` -> ``(W (D, K),
     b (K,))`` float64 with ``sigmoid(x @ W + b)`` the fitted probabilities.

@@ -18,7 +18,7 @@ import numpy as np
 from stllm.data.city import CityData
 from stllm.data.context import ContextSpec
 from stllm.data.scaler import STScaler
-from stllm.encoders.linear import fit_logistic
+from stllm.encoders.linear import fit_logistic, logistic_rows
 from stllm.eval.ridge import CHUNK, context_features, fit_pairs
 
 __all__ = ["scale_free_logistic"]
@@ -61,7 +61,8 @@ def scale_free_logistic(
     scaled, each series normalised by its own context's mean and std + ``eps``) plus those statistics (mean and
     log std per channel). Targets: ``count > 0`` at each of the next ``output_len`` steps of every channel,
     fitted by :func:`stllm.encoders.linear.fit_logistic` (standardised inputs, mean BCE + ``l2 * ||W||^2``,
-    L-BFGS with ``max_iter``; deterministic). Same fit set and zero-shot refusals as the ridge
+    L-BFGS with ``max_iter``; deterministic), on at most ``max_samples`` forecasts (fewer for a very long
+    context: :func:`~stllm.encoders.linear.logistic_rows`). Same fit set and zero-shot refusals as the ridge
     (``ValueError``); event data only (``ValueError`` for flows: use the ridge).
     """
     from stllm.eval.baselines import check_layout  # lazy: baselines imports this module
@@ -74,8 +75,9 @@ def scale_free_logistic(
                          f"eps={eps}, l2={l2}, max_iter={max_iter!r}")
     starts, regions = check_layout(city, starts, regions, input_len, output_len)
     spec = ContextSpec(int(input_len), int(output_len), int(days), int(weeks), bool(recent_views))
+    rows = logistic_rows((spec.length + 2) * city.n_channels, max_samples)  # memory: the whole design matrix
     fit_city, scaler, pair_t0, pair_reg = fit_pairs("scale_free_logistic", city, starts, regions, spec, fit_regions,
-                                                    fit_time, fit_city, scaler, max_samples, seed)
+                                                    fit_time, fit_city, scaler, rows, seed)
     horizon = np.arange(output_len)
     x = _inputs(fit_city, scaler, spec, pair_t0, pair_reg, eps)
     y = (fit_city.values[pair_t0[:, None] + horizon, pair_reg[:, None]] > 0).reshape(len(pair_t0), -1)

@@ -40,7 +40,7 @@ from stllm.data.scaler import STScaler
 from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, hold_out_regions, split_record
 from stllm.encoders.io import save_encoder
 from stllm.encoders.level import fit_level_weights, level_from_scaler
-from stllm.encoders.linear import RidgeAccumulator, fit_logistic
+from stllm.encoders.linear import RidgeAccumulator, fit_logistic, logistic_rows
 from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
 from stllm.encoders.st_encoder import (
     STEncoder,
@@ -246,6 +246,7 @@ def warm_start_event_logits(encoder: STEncoder, sampler: WindowSampler, zero: np
     starts = np.arange(sampler.first, sampler.last + 1)
     rng = np.random.default_rng(seed)
     per_window = int(sampler.regions_per_batch)  # regions per window
+    max_rows = logistic_rows((cfg.main_length + 2) * cfg.in_channels, max_rows)  # the design matrix's memory
     if len(starts) * per_window > max_rows:  # whole windows, so every region of a drawn window is a row
         starts = np.sort(rng.choice(starts, max(1, max_rows // per_window), replace=False))
     k, xs, ys = cfg.out_channels, [], []

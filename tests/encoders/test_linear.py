@@ -36,3 +36,13 @@ def test_bad_inputs_are_refused():
         fit_logistic(np.zeros((3, 2)), np.zeros((4, 1)))
     with pytest.raises(ValueError, match="l2 must be >= 0"):
         fit_logistic(np.zeros((3, 2)), np.zeros((3, 1)), l2=-1)
+
+
+def test_logistic_rows_keep_the_design_matrix_bounded():
+    from stllm.encoders.linear import MAX_DESIGN_ENTRIES, logistic_rows
+
+    assert MAX_DESIGN_ENTRIES == 30_000_000
+    assert logistic_rows(776, 60_000) == 38_659  # the crime preset's context: 192 steps + 2 statistics, 4 channels
+    assert logistic_rows(10, 60_000) == 60_000  # a short context: the asked rows
+    assert logistic_rows(3_000, 60_000) == 10_000  # 30M entries / 3000 inputs: an hourly 8-week context, 8 channels
+    assert logistic_rows(10**9, 5) == 1
