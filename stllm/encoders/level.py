@@ -43,6 +43,12 @@ def level_log_ratios(block: torch.Tensor, config, clamp: float = 3.0) -> torch.T
     return torch.stack(ratios, dim=1).permute(0, 2, 1, 3).clamp(-clamp, clamp)  # (W, N, R, C)
 
 
+def level_gain(log_ratios: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``exp(log_ratios . weights)`` ``(W, N, 1, C)``: how much busier than usual the window is, the factor the
+    level anchor scales the historical average by (``log_ratios (W, N, R, C)``, ``weights (R, C)``)."""
+    return torch.exp((log_ratios * weights.float()).sum(dim=2, keepdim=True))
+
+
 def level_anchor(anchor: torch.Tensor, log_ratios: torch.Tensor, weights: torch.Tensor, loc: torch.Tensor,
                  scale: torch.Tensor, config) -> torch.Tensor:
     """The anchor ``(W, N, H, C)`` (normalised units) scaled in counts by ``exp(log_ratios . weights)``
@@ -50,7 +56,7 @@ def level_anchor(anchor: torch.Tensor, log_ratios: torch.Tensor, weights: torch.
     ``(W, N, 1, C)`` are the window's normalisation statistics."""
     zero = torch.tensor(config.level_zero, dtype=torch.float32, device=anchor.device)
     unit = torch.tensor(config.level_unit, dtype=torch.float32, device=anchor.device)
-    gain = torch.exp((log_ratios * weights.float()).sum(dim=2, keepdim=True))  # (W, N, 1, C)
+    gain = level_gain(log_ratios, weights)
     counts = ((anchor * scale + loc - zero) / unit).clamp_min(0)  # the historical average in counts
     return anchor + counts * (gain - 1) * unit / scale
 

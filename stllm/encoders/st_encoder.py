@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stllm.encoders.level import LEVEL_RATIOS, level_anchor, level_from_scaler, level_log_ratios
+from stllm.encoders.level import LEVEL_RATIOS, level_anchor, level_from_scaler, level_gain, level_log_ratios
 
 
 @dataclass
@@ -75,6 +75,7 @@ class STEncoderConfig:
     level_zero: tuple[float, ...] = ()  # per input channel: the scaled value of a zero count
     level_unit: tuple[float, ...] = ()  # per input channel: the scaled size of one count
     level_smoothing: float = 0.25  # counts added per step to both sides of a level ratio (quiet regions)
+    level_scales_correction: bool = False  # the learned correction is multiplied by the level gain too
     normalize: bool = True
     residual: bool = True
     norm_eps: float = 0.1
@@ -202,6 +203,7 @@ class STEncoderOutput(NamedTuple):
     anchor: torch.Tensor | None = None  # (W, N, horizon, C) seasonal anchor, normalised units
     base: torch.Tensor | None = None  # (W, N, horizon, C_out) the forecast in normalised units: anchor + correction
     event_logits: torch.Tensor | None = None  # (W, N, horizon, C_out) logit of P(count > 0) (config.event_logits)
+    gain: torch.Tensor | None = None  # (W, N, 1, C) level gain the corrections are scaled by (level_scales_correction)
 
 
 def normalise_context(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -383,14 +385,18 @@ class STEncoder(nn.Module):
         if cfg.normalize:
             loc, scale = loc.permute(0, 2, 1, 3), scale.permute(0, 2, 1, 3)  # (W, N, 1, C)
             anchor = anchor.permute(0, 2, 1, 3)  # (W, N, H, C)
+            gain = None
             if self.level_weights is not None:
                 with torch.autocast(x.device.type, enabled=False):
                     anchor = level_anchor(anchor, log_ratios, self.level_weights, loc, scale, cfg)
+                    if cfg.level_scales_correction:  # a tenfold quieter day: a tenfold smaller correction
+                        gain = level_gain(log_ratios, self.level_weights)
             k = cfg.out_channels
-            base = anchor[..., :k] + forecast.float()
+            correction = forecast.float() if gain is None else forecast.float() * gain[..., :k]
+            base = anchor[..., :k] + correction
             forecast = denormalise(base, loc, scale, k)
             return STEncoderOutput(tokens=tokens, forecast=forecast, loc=loc, scale=scale, anchor=anchor, base=base,
-                                   event_logits=event_logits)
+                                   event_logits=event_logits, gain=gain)
         return STEncoderOutput(tokens=tokens, forecast=forecast)
 
 

@@ -414,6 +414,8 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
                 cls = cls + self._event_anchor(encoding.event_logits[his_group].to(cls.device), cls.shape[-1])
             if encoding is not None and encoding.loc is not None:
                 k = reg.shape[-1]
+                if encoding.gain is not None:  # corrections in units of the usual level, scaled to today's
+                    reg = reg * encoding.gain[his_group][..., :k].to(reg.device)
                 base = encoding.base[his_group][..., :k].to(reg.device)
                 reg = denormalise(base + reg, encoding.loc[his_group].to(reg.device),
                                   encoding.scale[his_group].to(reg.device), k)

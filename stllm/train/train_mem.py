@@ -224,6 +224,7 @@ def encoder_config(city: CityData, data_args: DataArguments, encoder_dir: str | 
             "recent_views": data_args.context_recent_views, "normalize": model_args.st_normalize,
             "residual": model_args.st_residual, "level_len": level,
             "event_logits": bool(model_args.st_event_logits and city.task == "event" and model_args.st_normalize),
+            "level_scales_correction": bool(model_args.st_level_scales_correction and level),
             **(level_from_scaler(scaler) if scaler is not None and level else {})}
 
 

@@ -248,3 +248,40 @@ def test_level_block_needs_weeks_and_the_count_conversion():
     for key in ("level_len", "level_zero", "level_unit", "level_smoothing"):  # saved before the level block
         del saved[key]
     assert STEncoderConfig.from_dict(saved).context_length == 3 * 3 + 2
+
+
+def test_level_scaled_correction_shrinks_with_the_level_gain():
+    """``level_scales_correction``: the same weights, the learned correction multiplied by the level gain
+    (exponent 1 on the recent ratio: how busy the last 12 steps were against the same steps in 4 earlier weeks,
+    counted here from the city directly), so a quiet day gets a proportionally smaller correction."""
+    import dataclasses
+
+    import numpy as np
+
+    from stllm.data import STScaler, synthetic_city
+    from stllm.data.context import ContextSpec, gather_context
+    from stllm.encoders.level import level_from_scaler
+
+    city = synthetic_city(n_regions=3, days=40, freq="1h")
+    scaler = STScaler.fit(city)
+    cfg = STEncoderConfig(days=2, weeks=4, level_len=24, **level_from_scaler(scaler))
+    off = STEncoder(cfg).eval()
+    on = STEncoder(dataclasses.replace(cfg, level_scales_correction=True)).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(off.end_conv_2.weight, std=0.05)  # a nonzero correction
+        off.level_weights.zero_()
+        off.level_weights[0] = 1.0
+    on.load_state_dict(off.state_dict())
+    t0 = np.array([5 * 168 + 7, 5 * 168 + 30])
+    x = torch.from_numpy(scaler.transform(gather_context(city.values, ContextSpec.of_encoder(cfg), city.freq, t0))
+                         .astype(np.float32))  # fmt: skip
+    with torch.no_grad():
+        a, b = off(x), on(x)
+    v = city.values.astype(np.float64)
+    now = np.stack([v[t - 12 : t].sum(0) for t in t0])  # (B, N, C)
+    usual = np.stack([np.mean([v[t - 12 - k * 168 : t - k * 168].sum(0) for k in range(1, 5)], axis=0) for t in t0])
+    gain = torch.from_numpy((now + 3) / (usual + 3)).float()[:, :, None]  # (B, N, 1, C)
+    assert a.gain is None and (gain - 1).abs().max() > 0.05  # the windows are not all at their usual level
+    torch.testing.assert_close(b.anchor, a.anchor)
+    torch.testing.assert_close(b.base - b.anchor, (a.base - a.anchor) * gain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.gain, gain, rtol=1e-4, atol=1e-5)

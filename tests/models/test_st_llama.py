@@ -361,3 +361,27 @@ def test_event_logits_correct_the_encoders_logistic_path():
         torch.testing.assert_close(out.cls_logits, model.cls_head(his, pre) + enc.event_logits[w, r] + shift)
     plain = tiny_model(cls_pos_weight=[4.0, 9.0])
     assert plain.st_encoder.event_proj is None and plain.cls_head.out.weight.abs().sum() > 0  # unchanged init
+
+
+def test_level_scaled_correction_multiplies_the_heads_correction_by_the_gain():
+    enc_cfg = {"weeks": 1, "level_len": 12, "level_zero": [0.0, 0.0], "level_unit": [1.0, 1.0],
+               "level_scales_correction": True}  # fmt: skip
+    model = tiny_model(st_encoder_config=enc_cfg)
+    with torch.no_grad():
+        model.st_encoder.level_weights.fill_(0.7)
+    torch.nn.init.normal_(model.reg_head.out.weight, std=0.5)
+    b = make_batch()
+    t = model.st_encoder.config.context_length
+    b["st_values"] = torch.rand(2, t, 7, 2, generator=torch.Generator().manual_seed(1)) * 10  # counts > 0
+    with torch.no_grad():
+        out = model(**b, output_hidden_states=True)
+        enc = model.st_encoder(b["st_values"])
+    hidden = out.hidden_states[-1]
+    k = model.config.st_slots
+    his = hidden[b["input_ids"] == HIS].view(-1, k, hidden.shape[-1])
+    pre = hidden[b["input_ids"] == PRE].view(-1, k, hidden.shape[-1])
+    w, r = b["st_window"], b["st_region"]
+    assert (enc.gain[w, r] - 1).abs().max() > 0.05
+    with torch.no_grad():
+        expected = (enc.base[w, r] + enc.gain[w, r] * model.reg_head(his, pre)) * enc.scale[w, r] + enc.loc[w, r]
+    torch.testing.assert_close(out.reg_pred, expected)
