@@ -66,7 +66,8 @@ class ModelArguments:
     st_level_scales_correction: bool = field(
         default=False, metadata={"help": "Flows with the level block: multiply the encoder's and the heads' learned "
                                  "correction by the level gain too, so a tenfold quieter day gets a tenfold smaller "
-                                 "correction (taken from --st_encoder_path's config when one is given)."})
+                                 "correction (off by default: it fixes Manhattan taxi through the 2020 collapse but "
+                                 "costs Manhattan bike 2%; taken from --st_encoder_path's config when one is given)."})
     st_event_logits: bool = field(
         default=True, metadata={"help": "Events: the encoder also holds a logistic regression of 'an event happens' on "
                                 "its normalised context and statistics, fitted at stage 1 (the logistic baseline's "
