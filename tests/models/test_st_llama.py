@@ -10,6 +10,14 @@ from stllm import STLlamaForCausalLM
 from stllm.models.lora import add_lora
 
 
+def slot_states(model, out, input_ids):
+    """The last layer's hidden states ``(Q, K, H)`` at the history and prediction placeholders, in reading order."""
+    hidden = out.hidden_states[-1]
+    k = model.config.st_slots
+    return (hidden[input_ids == HIS].view(-1, k, hidden.shape[-1]),
+            hidden[input_ids == PRE].view(-1, k, hidden.shape[-1]))  # fmt: skip
+
+
 def naive_splice(model, input_ids, st_values, st_window, st_region):
     """Per-sample reference: walk each row and fill <st_his> slots with features in reading order."""
     embeds = model.get_input_embeddings()(input_ids).clone()
@@ -75,16 +83,13 @@ def test_heads_read_prediction_slots_and_pair_with_their_history(kind):
     with torch.no_grad():
         out = model(**b, output_hidden_states=True)
         enc = model.st_encoder(b["st_values"])
-    hidden = out.hidden_states[-1]
-    k = model.config.st_slots
-    his = hidden[b["input_ids"] == HIS].view(-1, k, hidden.shape[-1])
-    pre = hidden[b["input_ids"] == PRE].view(-1, k, hidden.shape[-1])
+    his, pre = slot_states(model, out, b["input_ids"])
     # the regression head corrects the history's anchor in its own normalised units
     w, r = b["st_window"], b["st_region"]
     expected = (enc.anchor[w, r] + model.reg_head(his, pre)) * enc.scale[w, r] + enc.loc[w, r]
     torch.testing.assert_close(out.reg_pred, expected)
     torch.testing.assert_close(out.cls_logits, model.cls_head(his, pre))
-    assert out.reg_pred.shape == (3, model.config.st_encoder.horizon, k)
+    assert out.reg_pred.shape == (3, model.config.st_encoder.horizon, model.config.st_slots)
     assert not model.backbone.get_decoder()._forward_hooks  # the capture hook is scoped to the call
 
 
@@ -352,10 +357,7 @@ def test_event_logits_correct_the_encoders_logistic_path():
     torch.testing.assert_close(out.cls_logits, enc.event_logits[w, r] + shift)
     assert enc.event_logits[w, r].std() > 0.1  # the encoder's part is not a constant
     torch.nn.init.normal_(model.cls_head.out.weight, std=0.5)
-    hidden = out.hidden_states[-1]
-    k = model.config.st_slots
-    his = hidden[b["input_ids"] == HIS].view(-1, k, hidden.shape[-1])
-    pre = hidden[b["input_ids"] == PRE].view(-1, k, hidden.shape[-1])
+    his, pre = slot_states(model, out, b["input_ids"])
     with torch.no_grad():
         out = model(**b)
         torch.testing.assert_close(out.cls_logits, model.cls_head(his, pre) + enc.event_logits[w, r] + shift)
@@ -376,10 +378,7 @@ def test_level_scaled_correction_multiplies_the_heads_correction_by_the_gain():
     with torch.no_grad():
         out = model(**b, output_hidden_states=True)
         enc = model.st_encoder(b["st_values"])
-    hidden = out.hidden_states[-1]
-    k = model.config.st_slots
-    his = hidden[b["input_ids"] == HIS].view(-1, k, hidden.shape[-1])
-    pre = hidden[b["input_ids"] == PRE].view(-1, k, hidden.shape[-1])
+    his, pre = slot_states(model, out, b["input_ids"])
     w, r = b["st_window"], b["st_region"]
     assert (enc.gain[w, r] - 1).abs().max() > 0.05
     with torch.no_grad():
