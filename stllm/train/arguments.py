@@ -67,7 +67,8 @@ class ModelArguments:
         default=False, metadata={"help": "Flows with the level block: multiply the encoder's and the heads' learned "
                                  "correction by the level gain too, so a tenfold quieter day gets a tenfold smaller "
                                  "correction (off by default: it fixes Manhattan taxi through the 2020 collapse but "
-                                 "costs Manhattan bike 2%; taken from --st_encoder_path's config when one is given)."})
+                                 "costs Manhattan bike 2 percent; taken from --st_encoder_path's config when one is "
+                                 "given)."})
     st_event_logits: bool = field(
         default=True, metadata={"help": "Events: the encoder also holds a logistic regression of 'an event happens' on "
                                 "its normalised context and statistics, fitted at stage 1 (the logistic baseline's "
