@@ -134,18 +134,22 @@ def flow_metrics(pred, y, mask=None, channels: Sequence[str] | None = None, eps:
     return out
 
 
-def event_counts(prob, y, mask=None, threshold: float | np.ndarray = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def event_counts(prob, y, mask=None, threshold: float | np.ndarray = 0.5,
+                 by: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class ``(TP, FP, FN)`` (int arrays over the last axis) of ``prob >= threshold`` against ``y > 0``
-    (``threshold``: one for all classes or one per class).
+    (``threshold``: one for all classes or one per class); with ``by`` (a non-class axis), one row of counts per
+    index of that axis, ``(n_by, C)``.
 
     ``y`` may be counts or 0/1 labels; entries not counted (mask False or target NaN) are ignored.
     """
     prob, y, valid = _prepare(prob, y, mask, "event_counts")
     if y.ndim == 0:
         raise ValueError("event_counts: need at least one (class) axis")
+    if by is not None and (not -y.ndim <= by < y.ndim or by % y.ndim == y.ndim - 1):
+        raise ValueError(f"event_counts: axis {by} must be a non-class axis of shape {y.shape}")
     pred_pos = prob >= threshold
     true_pos = y > 0
-    axes = tuple(range(y.ndim - 1))
+    axes = tuple(i for i in range(y.ndim - 1) if by is None or i != by % y.ndim)
     tp = (valid & pred_pos & true_pos).sum(axis=axes)
     fp = (valid & pred_pos & ~true_pos).sum(axis=axes)
     fn = (valid & ~pred_pos & true_pos).sum(axis=axes)
@@ -244,27 +248,15 @@ def macro_f1_difference(prob_a, prob_b, y, mask=None, threshold_a: float | np.nd
     days, so a gap of 0.01 in Macro-F1 may be noise; resampling whole regions, both methods together, says
     how large a gap these regions can tell apart. F1 is recomputed from the summed counts of each draw (not an
     average of per-region F1s, which is a different statistic)."""
-    pa, y_, valid = _prepare(prob_a, y, mask, "macro_f1_difference")
-    pb, _, _ = _prepare(prob_b, y, mask, "macro_f1_difference")
-    if y_.ndim < 2 or not -y_.ndim <= axis < y_.ndim or axis % y_.ndim == y_.ndim - 1:
-        raise ValueError(f"macro_f1_difference: axis {axis} must be a non-class axis of shape {y_.shape}")
     if draws < 1 or not 0 < level < 1:
         raise ValueError(f"macro_f1_difference: need draws >= 1 and 0 < level < 1, got {draws}, {level}")
-    truth = y_ > 0
-    units = y_.shape[axis]
-    other = tuple(i for i in range(y_.ndim - 1) if i != axis % y_.ndim)
-
-    def counts(p, thr):  # (units, C) TP, FP, FN per unit
-        pos = p >= thr
-        return np.stack([(valid & pos & truth).sum(axis=other), (valid & pos & ~truth).sum(axis=other),
-                         (valid & ~pos & truth).sum(axis=other)]).astype(np.float64)  # (3, units, C)
-
-    ca, cb = counts(pa, threshold_a), counts(pb, threshold_b)
+    ca, cb = (np.stack(event_counts(p, y, mask, thr, by=axis)).astype(np.float64)  # (3, units, C)
+              for p, thr in ((prob_a, threshold_a), (prob_b, threshold_b)))
+    units = ca.shape[1]
     weights = _unit_draws(units, draws, seed)
 
-    def macro(c, w):  # (3, units, C), (D, units) -> (D,)
-        tp, fp, fn = (w @ c[i] for i in range(3))
-        return np.nanmean(np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0), axis=-1)
+    def macro(c, w):  # (3, units, C) TP, FP, FN per unit, (D, units) draws -> (D,) Macro-F1
+        return precision_recall_f1(*(w @ c[i] for i in range(3)))[2].mean(axis=-1)
 
     one = np.ones((1, units))
     return _interval(macro(ca, one)[0] - macro(cb, one)[0], macro(ca, weights) - macro(cb, weights), level, units)

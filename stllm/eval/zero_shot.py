@@ -351,8 +351,8 @@ def _evaluate(ckpt: Path, out: Path, mode, data, data_root, eval_start, eval_day
     mask = mask & ~failed[..., None, None]
     if city.task == "event":
         metrics = {k: event_metrics(p, y, mask, classes=city.channels) for k, p in preds.items()}
-        for k, row in metrics.items():  # the supervised reference has none: its own training is the evaluated data
-            if thresholds:
+        if thresholds:  # the supervised reference has none: its own training is the evaluated data
+            for k, row in metrics.items():
                 row[VAL_F1] = (event_metrics(preds[k], y, mask, threshold=thresholds[k])["Macro-F1"]
                                if k in thresholds else float("nan"))  # fmt: skip
         columns = [f"{m}/{c}" for c in city.channels for m in ("Recall", "F1")] + ["Macro-Recall", "Macro-F1"]
@@ -434,9 +434,9 @@ def _plan_baselines(names: list[str] | None, city, ds, enc, supervised: bool, ri
     input_len, output_len = ds.input_len, ds.output_len
     history = int(ds.starts.min()) + input_len  # steps before the first evaluated target
     day, week = (period_steps(city.freq, p, city.source) for p in ("day", "week"))
+    linear = ContextSpec(input_len, output_len, 7, 8).min_history(city.freq, city.source)  # ridge and logistic
     needs = {"seasonal_naive_day": day, "seasonal_naive_week": week, "historical_average": day,
-             "ridge": ContextSpec(input_len, output_len, 7, 8).min_history(city.freq, city.source),
-             "logistic": ContextSpec(input_len, output_len, 7, 8).min_history(city.freq, city.source),
+             "ridge": linear, "logistic": linear,
              "level_average": ContextSpec(input_len, output_len, 0, 8, level_len=day).min_history(city.freq,
                                                                                                 city.source),
              "encoder_only": ContextSpec.of_encoder(enc).min_history(city.freq, city.source)}  # fmt: skip

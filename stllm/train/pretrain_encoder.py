@@ -197,6 +197,17 @@ def warm_start_level(encoder: STEncoder, sampler: WindowSampler, max_windows: in
     return len(starts)
 
 
+def _context_rows(b, xn: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row per (window, region) of a batch: the normalised context ``xn (B, L, N, C)`` flattened step-major
+    as the encoder's linear paths read it ``(B*N, L*C)``, and which rows have all ``k`` target channels observed
+    over the horizon ``(B*N,)`` (what the closed-form starts fit on)."""
+    rows = xn.shape[0] * xn.shape[2]
+    keep = torch.ones(rows, dtype=torch.bool)
+    if b.y_observed is not None:
+        keep = b.y_observed[..., :k].permute(0, 2, 1, 3).reshape(rows, -1).all(dim=1)
+    return xn.permute(0, 2, 1, 3).reshape(rows, -1), keep
+
+
 @torch.no_grad()
 def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: int = 2048, alpha: float = 0.01,
                       chunk: int = 64) -> int:
@@ -220,11 +231,9 @@ def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: i
                 gain = level_gain(log_ratios, encoder.level_weights)[..., :k]
         y = b.y.permute(0, 2, 1, 3)[..., :k]
         target = (((y - loc[..., :k]) / scale[..., :k] - anchor[..., :k]) / gain).permute(0, 2, 1, 3)  # (B, H, N, k)
-        rows = xn.shape[0] * xn.shape[2]
-        feats = torch.cat([xn.permute(0, 2, 1, 3).reshape(rows, -1), torch.ones(rows, 1)], dim=1)
-        keep = torch.ones(rows, dtype=torch.bool)
-        if b.y_observed is not None:
-            keep = b.y_observed[..., :k].permute(0, 2, 1, 3).reshape(rows, -1).all(dim=1)
+        context, keep = _context_rows(b, xn, k)
+        rows = len(keep)
+        feats = torch.cat([context, torch.ones(rows, 1)], dim=1)
         acc.add(feats[keep].numpy(), target.permute(0, 2, 1, 3).reshape(rows, -1)[keep].numpy())
     if acc.n == 0:
         return 0
@@ -257,13 +266,11 @@ def warm_start_event_logits(encoder: STEncoder, sampler: WindowSampler, zero: np
     for i in range(0, len(starts), chunk):
         b = sampler.batch(starts[i : i + chunk])
         xn, _, loc, scale, _ = anchor_parts(b.x, cfg)  # xn (B, L, N, C); loc, scale (B, N, 1, C)
-        rows = xn.shape[0] * xn.shape[2]
+        context, keep = _context_rows(b, xn, k)
+        rows = len(keep)
         stats = torch.cat([loc, scale.log()], dim=-1)[:, :, 0].reshape(rows, -1)
-        feats = torch.cat([xn.permute(0, 2, 1, 3).reshape(rows, -1), stats], dim=1)
+        feats = torch.cat([context, stats], dim=1)
         y = (b.y[..., :k] > zero_t + 1e-6).permute(0, 2, 1, 3).reshape(rows, -1)  # (rows, H*k): step-major
-        keep = torch.ones(rows, dtype=torch.bool)
-        if b.y_observed is not None:
-            keep = b.y_observed[..., :k].permute(0, 2, 1, 3).reshape(rows, -1).all(dim=1)
         xs.append(feats[keep].double().numpy())
         ys.append(y[keep].numpy())
     x, y = np.concatenate(xs), np.concatenate(ys)

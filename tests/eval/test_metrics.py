@@ -249,7 +249,7 @@ def test_macro_f1_difference_resamples_whole_regions():
     assert out["low"] == pytest.approx(0.0) and out["high"] == pytest.approx(1 / 3)
     # each method at its own thresholds: b at 0.8 calls nothing an event (F1 0), a at 0.5 stays exact
     assert macro_f1_difference(a, b, y, threshold_b=0.8)["diff"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="non-class axis"):
+    with pytest.raises(ValueError, match="axis 3 must be a non-class axis"):
         macro_f1_difference(a, b, y, axis=3)
 
 
