@@ -4,10 +4,12 @@ For each held-out day of the checkpoint's data (user, persona, date; never a tra
 checkpoint's record) stllm writes one day per seed under the activity grammar; the copy and Markov baselines sample
 the same requests with the same seeds. With ``--select`` the sampling settings (:data:`SELECT_GRID`: temperature,
 the bonus towards the user's own places, the shares of places, start hours and day lengths drawn from the user's
-history prior, the per-category logit correction off / population / per user: :mod:`stllm.data.activity_bias`)
-are first chosen on the checkpoint's validation days (training users' days it did not train on; never a test day,
-checked), by each JSD to those days in units of its bootstrap SD with the one-SE rule (:func:`noise_score`; or
-relative to the per-user Markov's, ``--select_score margin``: :func:`margin_score`). Prints the table
+history prior, the per-category logit correction off / population / per user: :mod:`stllm.data.activity_bias`,
+and the decoder fixes) are first chosen on the checkpoint's validation days (training users' days it did not train
+on; never a test day, checked), with the user's history fitted on the trained days alone, by each JSD to those days
+in units of its bootstrap SD with the one-SE rule (:func:`noise_score`; or relative to the per-user Markov's,
+``--select_score margin``: :func:`margin_score`). The test days' generation then fits the user's history on the
+trained and validation days, as the baselines are fitted. Prints the table
 (JSDs, validity, copies; mean +- std over seeds), writes ``metrics.json``, the generated days
 (``generated_seed{S}.jsonl``) and a map of a few generated days over real ones (data with coordinates).
 """
@@ -53,8 +55,14 @@ SELECT_GRID = {  # SamplingConfig fields and the values tried (every combination
     "user_prior_hours": (0.0, 1.0),  # NYC validation start JSD 0.038 -> 0.020 at 1.0 (T 0.8); Tokyo 0.005 -> 0.016
     "category_correction": (0, 1),  # per-category logit correction fitted on this point's own days: 0 off,
     # 1 population; 2 (per user, --correction user) lost on validation days on both cities' checkpoints (README)
+    "decoder_fixes": (0, 1),  # --repeats, --time_gaps, --user_prior_first together (0 off, 1 all at 1): chosen on
+    # NYC seed-0 validation days, not on Tokyo or NYC seed 1 (README); tried only at the best point without them
 }
 CORRECTION = "category_correction"  # grid key that is not a SamplingConfig field: it sets category_bias
+FIXES = "decoder_fixes"  # grid key that is not a SamplingConfig field: sets repeats, time_gaps, user_prior_first
+FIX_FIELDS = ("repeats", "time_gaps", "user_prior_first")
+LATE = (FIXES, "category_prior")  # grid keys whose values after the first are tried only at the best point of the
+# others (a key each value of which doubled the grid would double --select's time, and the demo's)
 SELECT_DRAWS = 2  # days drawn per validation request and grid point: the same setting's JSDs moved more between
 # sampling seeds (NYC start 0.016-0.029) than between settings; the real days are common to all, the draws are not
 SELECT_REQUESTS = 400  # validation days a grid point is scored on (fewer when the test days are capped lower): all
@@ -183,21 +191,29 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
     """The sampling settings (every combination of ``grid``: SamplingConfig field -> values) whose days
     (``draws`` per request) are closest to the validation days (at most ``max_requests``, evenly spaced), among
     those with validity >= ``MIN_SELECT_VALID`` if any. ``score`` "noise": :func:`noise_score` and the one-SE rule
-    (:func:`one_se_choice`; distance: how many settings differ from ``base``, a correction counting as one);
+    (:func:`one_se_choice`; distance: how many settings differ from ``base``, a correction or the decoder fixes
+    counting as one);
     "margin": the lowest :func:`margin_score` against the per-user Markov fitted on the trained days. Each row holds
     both scores, their bootstrap standard errors over the validation requests (``margin_se``, ``noise_se``), that
     of the chosen score's difference to the best point's (``diff_se``, paired resamples) and each distribution's
-    bootstrap SD (``sd_<distribution>``)."""
+    bootstrap SD (``sd_<distribution>``). The values after the first of a :data:`LATE` key (``decoder_fixes``: 1
+    sets ``repeats``, ``time_gaps`` and ``user_prior_first`` to 1; ``category_prior``) are tried only at the best
+    point of the rest of the grid (by the score with the first values), each combination once."""
     if score not in SCORES:
         raise ValueError(f"selection score {score!r}: not among {SCORES}")
     grid = dict(SELECT_GRID if grid is None else grid)
     corrections = grid.pop(CORRECTION, (0,))
-    unknown = set(grid) - set(SamplingConfig.__dataclass_fields__)
+    fields = set(SamplingConfig.__dataclass_fields__)
+    unknown = set(grid) - fields - {FIXES}
     if unknown:
         raise ValueError(f"selection grid: field {sorted(unknown)[0]!r} is not a sampling setting")
     if set(corrections) - set(CORRECTIONS.values()):
         raise ValueError(f"selection grid: field '{CORRECTION}': {sorted(corrections)} not among "
                          f"{sorted(CORRECTIONS.values())}")
+    if set(grid.get(FIXES, ())) - {0, 1}:
+        raise ValueError(f"selection grid: field '{FIXES}': {sorted(grid[FIXES])} not among [0, 1]")
+    late = {k: grid[k] for k in LATE if k in grid}
+    early = {k: v[:1] if k in late else v for k, v in grid.items()}
     val = evenly_spaced(validation_days(record, split), max_requests)
     requests = requests_of(val)
     check_not_trained_on(requests, record)
@@ -209,9 +225,12 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
                                                 for a in d.activities}))}
     ref = bootstrap_jsds(markov_days, val, draws, vocab, tile=True)
     rows, settings, boots, distance = [], [], [], []
-    for values in itertools.product(*grid.values()):
-        point = dict(zip(grid, values))
-        plain = replace(base, **point, seed=0, n=draws, category_bias=(), user_category_bias=())
+
+    def run_point(point: dict) -> None:
+        fields_of = {k: v for k, v in point.items() if k != FIXES}
+        if FIXES in point:
+            fields_of.update(dict.fromkeys(FIX_FIELDS, float(point[FIXES])))
+        plain = replace(base, **fields_of, seed=0, n=draws, category_bias=(), user_category_bias=())
         expected: dict | None = {} if 3 in corrections else None
         first = as_chains(requests, generate_texts(model, tokenizer, record, requests, plain, progress, own, expected))
         for kind in sorted(set(corrections)):
@@ -229,20 +248,36 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
                          "mean_jsd": float(np.nanmean([row[d] for d in DISTRIBUTIONS])),
                          **{f"sd_{d}": float(sd) for d, sd in zip(DISTRIBUTIONS, boots[-1].std(axis=0, ddof=1))}})
             settings.append(s)
-            distance.append(sum(getattr(base, k) != v for k, v in point.items()) + (kind != 0))
-    sds = np.stack([b.std(axis=0, ddof=1) for b in boots])
-    scale = np.array([np.nanmedian(c) if np.isfinite(c).any() else np.nan for c in sds.T])
-    noise = [noise_score(b, scale) for b in boots]
-    for g, n in zip(rows, noise):
-        g["noise"] = float(noise_score(np.array([[g[d] for d in DISTRIBUTIONS]]), scale)[0])
-        g["noise_se"] = float(n.std(ddof=1))
-    ok = np.array([g["valid"] >= MIN_SELECT_VALID for g in rows])
-    values_of = np.array([g[score] for g in rows])
-    pool = np.flatnonzero(ok) if ok.any() else np.arange(len(rows))
-    best = pool[np.argmin(values_of[pool])]
-    resampled = noise if score == "noise" else [
-        np.array([margin_score(dict(zip(DISTRIBUTIONS, g)), dict(zip(DISTRIBUTIONS, r))) for g, r in zip(b, ref)])
-        for b in boots]
+            distance.append(sum((any(getattr(base, f) != float(v) for f in FIX_FIELDS) if k == FIXES
+                                 else getattr(base, k) != v) for k, v in point.items()) + (kind != 0))
+
+    def scored() -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Each row's chosen score, its resampled scores, and which rows are valid enough (fills the rows)."""
+        sds = np.stack([b.std(axis=0, ddof=1) for b in boots])
+        scale = np.array([np.nanmedian(c) if np.isfinite(c).any() else np.nan for c in sds.T])
+        noise = [noise_score(b, scale) for b in boots]
+        for g, n in zip(rows, noise):
+            g["noise"] = float(noise_score(np.array([[g[d] for d in DISTRIBUTIONS]]), scale)[0])
+            g["noise_se"] = float(n.std(ddof=1))
+        resampled = noise if score == "noise" else [
+            np.array([margin_score(dict(zip(DISTRIBUTIONS, g)), dict(zip(DISTRIBUTIONS, r))) for g, r in zip(b, ref)])
+            for b in boots]
+        return (np.array([g[score] for g in rows]), resampled,
+                np.array([g["valid"] >= MIN_SELECT_VALID for g in rows]))
+
+    def best_of(values_of: np.ndarray, ok: np.ndarray) -> int:
+        pool = np.flatnonzero(ok) if ok.any() else np.arange(len(rows))
+        return int(pool[np.argmin(values_of[pool])])
+
+    for values in itertools.product(*early.values()):
+        run_point(dict(zip(early, values)))
+    if any(len(v) > 1 for v in late.values()):
+        values_of, _, ok = scored()
+        top = rows[best_of(values_of, ok)]
+        for values in list(itertools.product(*late.values()))[1:]:
+            run_point({**{k: top[k] for k in early}, **dict(zip(late, values))})
+    values_of, resampled, ok = scored()
+    best = best_of(values_of, ok)
     for g, r in zip(rows, resampled):
         g["diff_se"] = float((r - resampled[best]).std(ddof=1))
     chosen = best if score == "margin" else one_se_choice(values_of, np.array([g["diff_se"] for g in rows]),
@@ -274,6 +309,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
     elif correction:
         sampling = fit_correction(model, tokenizer, record, split, sampling, own, correction, progress,
                                   min(SELECT_REQUESTS, max_requests or SELECT_REQUESTS))
+    own = trained_own_choices(record, split.train, with_validation=True)  # settings chosen: the prior and the
+    # user's own places now know the validation days too, as the Markov and copy baselines do
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, float]]] = {"real test": [quality_row(test, test, split.train, cfg)]}
@@ -301,6 +338,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, output_dir: str | os.Path
                            "user_prior_lines": sampling.user_prior_lines,
                            "reach": sampling.reach, "time_gaps": sampling.time_gaps, "repeats": sampling.repeats,
                            "user_prior_first": sampling.user_prior_first,
+                           "category_prior": sampling.category_prior, "history": "trained and validation days",
                            "category_bias": dict(sampling.category_bias),
                            "user_category_bias": {str(u): dict(b) for u, b in sampling.user_category_bias}},
               "selection_grid": grid}
@@ -317,7 +355,7 @@ def print_generation_table(result: dict) -> None:
         print("\nsampling chosen on validation days (training users' untrained days):")
         for g in result["selection_grid"]:
             setting = " ".join(f"{k} {v:g}" for k, v in g.items()
-                               if k in SamplingConfig.__dataclass_fields__ or k == CORRECTION)
+                               if k in SamplingConfig.__dataclass_fields__ or k in (CORRECTION, FIXES))
             sds = "/".join(f"{g.get('sd_' + d, np.nan):.4f}" for d in DISTRIBUTIONS)
             print(f"  {'*' if g.get('chosen') else ' '}{setting}: JSD / per-user Markov {g['margin']:.3f} +- "
                   f"{g.get('margin_se', np.nan):.3f}, JSD / its SD {g.get('noise', np.nan):.2f} +- "
@@ -329,6 +367,7 @@ def print_generation_table(result: dict) -> None:
           f"user_prior {s['user_prior']}, user_prior_hours {s['user_prior_hours']}, "
           f"user_prior_lines {s.get('user_prior_lines', 0.0)}, time_gaps {s.get('time_gaps', 0.0)}, "
           f"repeats {s.get('repeats', 0.0)}, user_prior_first {s.get('user_prior_first', 0.0)}, "
+          f"category_prior {s.get('category_prior', 0.0)}, "
           f"reach {s['reach']}, category correction {correction_name(s)}; "
           "JSD lower is better")
     print(format_table(result["rows"]))
@@ -348,8 +387,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds (stllm and baselines)")
     p.add_argument("--output_dir", default=None, help="default: CHECKPOINT/eval-gen")
     p.add_argument("--select", action="store_true", help="choose temperature, --prefer_own, --user_prior, "
-                   "--user_prior_hours and the per-category correction (off / population / per user) on the "
-                   "checkpoint's validation days first (overrides them)")
+                   "--user_prior_hours, the per-category correction (off / population / per user) and the decoder "
+                   "fixes (--repeats, --time_gaps, --user_prior_first together) on the checkpoint's validation days "
+                   "first (overrides them); the test days' generation then fits the user's history on the trained "
+                   "and validation days")
     p.add_argument("--correction", choices=tuple(CORRECTIONS), default="off",
                    help="without --select: the per-category correction, fitted on the validation requests' days at "
                         "these settings (population: one b per category; user: per user and category from the sampled "
@@ -370,7 +411,8 @@ def run(args: argparse.Namespace) -> int:
                                                 user_prior_hours=args.user_prior_hours,
                                                 user_prior_lines=args.user_prior_lines, reach=not args.no_reach,
                                                 time_gaps=args.time_gaps, repeats=args.repeats,
-                                                user_prior_first=args.user_prior_first),
+                                                user_prior_first=args.user_prior_first,
+                                                category_prior=args.category_prior),
                                  args.data_root, args.max_requests, redraws=args.redraws, select=args.select,
                                  correction=CORRECTIONS[args.correction], select_score=args.select_score)
     print_generation_table(result)

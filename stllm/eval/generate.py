@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stllm.data.activity import ActivityChain, load_activity_split, parse_chain, parse_steps
+from stllm.data.activity_bias import user_share_bias
 from stllm.data.activity_checks import BOXES, CheckConfig, passes, run_checks
 from stllm.data.activity_prior import PriorDay, UserPrior
 from stllm.data.activity_prompts import day_choices, gen_conversation, own_choices, own_start_minutes
@@ -61,16 +62,17 @@ class SamplingConfig:
     time_gaps: float = 0.0  # weight of the prior's same-hour stay ratio and gaps on the times after a line's
     repeats: float = 0.0  # share of the LM's lines whose repeat-the-previous-place-or-not is drawn from the prior
     user_prior_first: float = 0.0  # share of days whose first line's start time is drawn from the user's history
+    category_prior: float = 0.0  # s: per-user category logit bias s * log(p_user(c) / p_population(c)) (activity_bias)
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
                 or self.prefer_own < 0 or self.prefer_hours < 0 or not 0 <= self.user_prior <= 1
                 or not 0 <= self.user_prior_hours <= 1 or not 0 <= self.user_prior_lines <= 1
                 or not 0 <= self.time_gaps <= 1 or not 0 <= self.repeats <= 1
-                or not 0 <= self.user_prior_first <= 1):
+                or not 0 <= self.user_prior_first <= 1 or self.category_prior < 0):
             raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own, "
                              "prefer_hours >= 0 and user_prior, user_prior_hours, user_prior_lines, time_gaps, "
-                             "repeats, user_prior_first in [0, 1]; "
+                             "repeats, user_prior_first in [0, 1], category_prior >= 0; "
                              f"got {self}")
 
     @property
@@ -108,10 +110,12 @@ class OwnHistory:
     days: tuple[ActivityChain, ...] = ()
 
 
-def trained_own_choices(record: dict, train: Sequence[ActivityChain]) -> OwnHistory:
+def trained_own_choices(record: dict, train: Sequence[ActivityChain], with_validation: bool = False) -> OwnHistory:
     """Per user, the places (or categories) and start hours of the days this checkpoint trained on (not its
-    validation days: settings chosen there must not see them)."""
-    trained = set(record.get("trained_days", ()))
+    validation days: settings chosen there must not see them); ``with_validation`` adds its validation days (at
+    test time, once the settings are chosen: the Markov and copy baselines know every training day too)."""
+    trained = set(record.get("trained_days", ())) | (set(record.get("validation_days", ())) if with_validation
+                                                     else set())
     days = [c for c in train if f"{c.user}/{c.date}" in trained]
     return OwnHistory(own_choices(days, record["with_coords"], record["digits"]), own_start_minutes(days), tuple(days))
 
@@ -125,6 +129,21 @@ def fit_user_prior(grammar, record: dict, days: Sequence[ActivityChain]) -> User
         prior_days.append(PriorDay(c.user, tuple(r for r, _ in ranked), tuple(m for _, m in ranked), c.weekend,
                                    len(c.activities)))
     return UserPrior(len(grammar.choices)).fit(prior_days)
+
+
+def with_category_prior(cfg: SamplingConfig, own: OwnHistory | None) -> SamplingConfig:
+    """``cfg`` with ``category_prior`` turned into per-user category biases from ``own.days``
+    (:func:`~stllm.data.activity_bias.user_share_bias`), added to any ``user_category_bias`` it holds."""
+    if not cfg.category_prior:
+        return cfg
+    if own is None:
+        raise ValueError("category_prior needs the users' own days")
+    merged = {u: dict(b) for u, b in cfg.user_category_bias}
+    for u, b in user_share_bias(own.days, cfg.category_prior).items():
+        into = merged.setdefault(u, {})
+        for c, v in b.items():
+            into[c] = into.get(c, 0.0) + v
+    return replace(cfg, category_prior=0.0, user_category_bias=tuple((u, tuple(b.items())) for u, b in merged.items()))
 
 
 def answer_prefix(formatter: ChatFormatter) -> str:
@@ -196,6 +215,7 @@ def generate_texts(model, tokenizer, record: dict, requests: Sequence[ActivityCh
     choices: :func:`trained_own_choices`) is favoured by ``cfg.prefer_own``. ``category_mass`` (filled in place):
     per user, the expected number of lines per category under this decoding (the decoder's probabilities, not
     the sampled categories: :class:`ActivityLogitsProcessor`)."""
+    cfg = with_category_prior(cfg, own)
     prompts, grammar, prefer, prior = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
     torch.manual_seed(cfg.seed)
     mass: dict | None = None if category_mass is None else {}
@@ -215,6 +235,7 @@ def redraw_invalid(model, tokenizer, record: dict, requests: Sequence[ActivityCh
                    own: OwnHistory | None = None) -> tuple[list[list[str]], int]:
     """Generate again, up to ``redraws`` times, each day that fails a validator (the validators judge, the model
     writes; a day failing every draw stays as last drawn). Returns the texts and how many days were redrawn."""
+    cfg = with_category_prior(cfg, own)
     prompts, grammar, prefer, prior = _prompts_and_grammar(tokenizer, record, requests, cfg, own)
     texts = [list(ts) for ts in texts]
     redrawn: set[tuple[int, int]] = set()
@@ -321,6 +342,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    "a line's time (without it times pile up at HH:5x)")
     p.add_argument("--user_prior_first", type=float, default=0.0, help="share (0-1) of days whose first line's "
                    "start time is drawn from the user's history (p_user(first hour))")
+    p.add_argument("--category_prior", type=float, default=0.0, help="strength s (>= 0) of a per-user category "
+                   "logit bias s * log(user's share / population's share) from the user's days")
     p.add_argument("--repeats", type=float, default=0.0, help="share (0-1) of the lines the LM writes whose "
                    "repeating the previous place or not is drawn from the user's history (the LM repeats too often)")
 
@@ -331,7 +354,8 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
                           prefer_own=args.prefer_own, prefer_hours=args.prefer_hours, user_prior=args.user_prior,
                           user_prior_hours=args.user_prior_hours, user_prior_lines=args.user_prior_lines,
                           reach=not args.no_reach, time_gaps=args.time_gaps,
-                          repeats=args.repeats, user_prior_first=args.user_prior_first)
+                          repeats=args.repeats, user_prior_first=args.user_prior_first,
+                          category_prior=args.category_prior)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -356,8 +380,9 @@ def run(args: argparse.Namespace) -> int:
     check_not_trained_on(requests, record)
     cfg = sampling_config(args)
     own = trained_own_choices(record, load_activity_split(record["name"], args.data_root,
-                                                          seed=record.get("synthetic_seed", 0)).train) \
-        if cfg.prefer_own or cfg.prefer_hours or cfg.uses_prior else None
+                                                          seed=record.get("synthetic_seed", 0)).train,
+                              with_validation=True) \
+        if cfg.prefer_own or cfg.prefer_hours or cfg.uses_prior or cfg.category_prior else None
     texts = generate_texts(model, tokenizer, record, requests, cfg, own=own)
     if args.redraws:
         texts, n = redraw_invalid(model, tokenizer, record, requests, texts, cfg, checks_for(record), args.redraws,

@@ -100,3 +100,19 @@ def test_user_bias_from_expected_counts_matches_the_same_counts_sampled():
     assert frac["u"]["A"] == pytest.approx(3 / 7 * math.log(0.7 / 0.5))
     assert frac["u"]["C"] == pytest.approx(3 / 7 * math.log(0.04 / 0.18))
     assert user_category_bias(target, {"u": {"A": 0.0}}, pop) == {}  # no mass: no b
+
+
+def test_user_share_bias_tilts_each_user_by_their_share_over_the_populations():
+    from stllm.data.activity_bias import user_share_bias
+
+    # u: 3 A, 1 B; v: 1 B, 3 C; population 3/8 A, 2/8 B, 3/8 C. alpha 2: b = s * log(1 + t / (2 pi))
+    days = [_day("u", 1, "A", "A", "B"), _day("u", 2, "A"), _day("v", 1, "B", "C", "C", "C")]
+    b = user_share_bias(days, 0.5, alpha=2.0, clip=10.0)
+    assert set(b) == {"u", "v"} and set(b["u"]) == {"A", "B"}  # a category the user never did: 0 (left out)
+    assert b["u"]["A"] == pytest.approx(0.5 * math.log(1 + 3 / 0.75))  # 0.5 * log 5
+    assert b["u"]["B"] == pytest.approx(0.5 * math.log(1 + 1 / 0.5))  # 0.5 * log 3
+    assert b["v"]["C"] == pytest.approx(0.5 * math.log(5)) and b["v"]["B"] == pytest.approx(0.5 * math.log(3))
+    assert user_share_bias(days, 1.0, alpha=2.0, clip=1.0)["u"] == {"A": 1.0, "B": 1.0}  # log 5, log 3 clipped
+    assert user_share_bias(days, 0.0) == {}
+    with pytest.raises(ValueError, match="strength >= 0"):
+        user_share_bias(days, -1.0)

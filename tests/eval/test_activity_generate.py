@@ -227,6 +227,70 @@ def test_select_sampling_picks_the_grid_point_closest_to_validation_days(checkpo
         select_sampling(model, tok, record, split, SamplingConfig(), own, grid={"warmth": (1.0,)})
 
 
+def test_late_grid_keys_are_tried_only_at_the_best_point_of_the_rest(checkpoint, split):
+    from stllm.eval.activity_eval import FIXES, select_sampling
+    from stllm.eval.generate import trained_own_choices
+
+    model, tok, record = load_gen_checkpoint(checkpoint)
+    own = trained_own_choices(record, split.train)
+    chosen, rows = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64,
+                                                                             user_prior=0.5), own, progress=False,
+                                   max_requests=8, grid={"temperature": (0.7, 1.3), FIXES: (0, 1),
+                                                         "category_prior": (0.0, 1.0)}, score="margin")
+    # 2 points without the late keys, then their 3 other combinations at the better of the two (margin: the lowest)
+    assert [(g["temperature"], g[FIXES], g["category_prior"]) for g in rows[:2]] == [(0.7, 0, 0.0), (1.3, 0, 0.0)]
+    ok = [g for g in rows[:2] if g["valid"] >= 0.95] or rows[:2]
+    top = min(ok, key=lambda g: g["margin"])["temperature"]
+    assert [(g["temperature"], g[FIXES], g["category_prior"]) for g in rows[2:]] == [
+        (top, 0, 1.0), (top, 1, 0.0), (top, 1, 1.0)]
+    pick = next(g for g in rows if g["chosen"])
+    assert (chosen.temperature, chosen.category_prior) == (pick["temperature"], pick["category_prior"])
+    assert chosen.repeats == chosen.time_gaps == chosen.user_prior_first == float(pick[FIXES])
+    with pytest.raises(ValueError, match="field 'decoder_fixes'"):
+        select_sampling(model, tok, record, split, SamplingConfig(), own, grid={FIXES: (2,)})
+
+
+def test_validation_days_enter_the_users_history_only_at_test_time(checkpoint, split, tmp_path, monkeypatch):
+    import datetime as dt
+    import math
+
+    from stllm.data.activity import Activity, ActivityChain
+    from stllm.eval import activity_eval
+    from stllm.eval.generate import trained_own_choices, with_category_prior
+
+    # hand-made: user u trained on Jan 1 (Home at 08:10), Jan 2 (Gym at 21:00) is a validation day
+    a = ActivityChain(date=dt.date(2024, 1, 1), user="u", steps=(Activity("Home", start=8 * 3600 + 600),))
+    b = ActivityChain(date=dt.date(2024, 1, 2), user="u", steps=(Activity("Gym", start=21 * 3600),))
+    rec = {"trained_days": ["u/2024-01-01"], "validation_days": ["u/2024-01-02"], "with_coords": False, "digits": 3}
+    sel, test = trained_own_choices(rec, [a, b]), trained_own_choices(rec, [a, b], with_validation=True)
+    assert sel.days == (a,) and sel.choices == {"u": {"Home"}}
+    assert np.flatnonzero(sel.minutes["u"]).tolist() == list(range(480, 540))
+    assert test.days == (a, b) and test.choices == {"u": {"Home", "Gym"}}
+    assert np.flatnonzero(test.minutes["u"]).tolist() == [*range(480, 540), *range(1260, 1320)]
+    # the category prior (alpha 5): Home alone, share 1: log(1 + 1/5); then Home and Gym, 1/2 each: log(1 + 1/2.5)
+    cfg = SamplingConfig(category_prior=1.0)
+    assert with_category_prior(cfg, sel).user_category_bias == (("u", (("Home", pytest.approx(math.log(1.2))),)),)
+    assert dict(dict(with_category_prior(cfg, test).user_category_bias)["u"]) == pytest.approx(
+        {"Gym": math.log(1.4), "Home": math.log(1.4)})
+    # evaluate_generation: selection's draws know the trained days only, the test days' draws the validation days too
+    model, tok, record = load_gen_checkpoint(checkpoint)
+    calls = []
+    original = activity_eval.generate_texts
+
+    def spy(model, tokenizer, record, requests, cfg, progress=True, own=None, *args):
+        calls.append(({f"{r.user}/{r.date}" for r in requests}, {f"{d.user}/{d.date}" for d in own.days}))
+        return original(model, tokenizer, record, requests, cfg, progress, own, *args)
+
+    monkeypatch.setattr(activity_eval, "generate_texts", spy)
+    activity_eval.evaluate_generation(checkpoint, tmp_path, [0], SamplingConfig(batch_size=16, max_new_tokens=64,
+                                                                                user_prior=0.5),
+                                      max_requests=4, progress=False, select=True, select_grid={"temperature": (1.0,)})
+    trained, val = set(record["trained_days"]), set(record["validation_days"])
+    tests = {f"{c.user}/{c.date}" for c in split.test}
+    assert len(calls) == 2 and calls[0][0] <= val and calls[0][1] == trained
+    assert calls[1][0] <= tests and calls[1][1] == trained | val
+
+
 def test_bootstrap_margins_resample_requests_and_pair_settings(split):
     from stllm.eval.activity_eval import bootstrap_margins
 
