@@ -36,6 +36,8 @@ USER_ALPHA = 5.0  # per-user smoothing: pseudo-activities spread as the populati
 USER_SHRINK = 10.0  # k: b is scaled by G / (G + k), G the generated activities of the user
 POP_FLOOR = 1e-6  # share of a category missing from the population's (keeps log finite)
 BIAS_CLIP = 2.0  # |b| at most this: a rare category's share is noisy on a few hundred validation days
+SHARE_CLIP = 5.0  # user_share_bias: log(1 + t / (alpha pi)) at most this (a user's top category is ~4.4 on NYC);
+# at BIAS_CLIP nearly every category a user did hit the clip, and the bias was a flat bonus
 
 
 def category_bias(target: Iterable[str], generated: Iterable[str], previous: dict[str, float] | None = None,
@@ -121,7 +123,7 @@ def fit_user_category_bias(trained: Sequence[ActivityChain], generated: Sequence
 
 
 def user_share_bias(days: Sequence[ActivityChain], strength: float, alpha: float = USER_ALPHA,
-                    clip: float = BIAS_CLIP) -> dict[Hashable, dict[str, float]]:
+                    clip: float = SHARE_CLIP) -> dict[Hashable, dict[str, float]]:
     """Per user of ``days``, ``strength * min(log(1 + t_c / (alpha pi_c)), clip)`` over the categories of their
     days (``t_c`` their activities of category ``c``, ``pi`` the shares over all ``days``): ``strength *
     log(p_u(c) / pi(c))`` shifted so that a category the user never did gets 0 (the decoder's default)."""
