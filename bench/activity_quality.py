@@ -7,9 +7,12 @@ of generated days passing every validator and the share equal to a training day 
 copy (a real training day of the same user), per-user and population Markov chains over (category, hour).
 Each sampled method runs with ``--seeds`` (mean +- std). ``--generated DATA[:ROW]=FILE.jsonl`` adds rows of
 days written by ``stllm generate`` / ``stllm eval gen`` for the same requests (``--max_requests`` as they were
-generated). Reads ../shared/data (see each PROVENANCE.txt).
+generated). ``--ceiling K`` adds how far real days are from real days (:func:`split_half_jsd`, K random halvings
+of the test days): each half against the other, the per-user Markov's days against each half (and how much its JSD
+moves between the halves), and all training days against the test days. Reads ../shared/data (see each
+PROVENANCE.txt).
 
-    python bench/activity_quality.py [--data tokyo,nyc] [--seeds 0,1,2] [--max_requests 500] \
+    python bench/activity_quality.py [--data tokyo,nyc] [--seeds 0,1,2] [--max_requests 500] [--ceiling 20] \
         [--generated nyc=runs/gen-nyc/eval/generated_seed0.jsonl ...]
 """
 
@@ -18,10 +21,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
 from stllm.data.activity import load_activity_split
 from stllm.data.activity_checks import BOXES, CheckConfig
 from stllm.eval.activity_baselines import fitted_baselines, generate_days, requests_of
-from stllm.eval.activity_metrics import format_table, quality_row
+from stllm.eval.activity_metrics import DISTRIBUTIONS, distribution_jsd, format_table, quality_row, split_half_jsd
 from stllm.eval.generate import evenly_spaced, read_generated
 
 
@@ -34,6 +39,8 @@ def main() -> None:
     ap.add_argument("--generated", action="append", default=[],
                     help="DATA[:ROW]=FILE.jsonl: days written by `stllm generate` (or eval gen) for DATA's held-out "
                          "requests, scored as row ROW (default stllm); repeat for seeds (mean +- std)")
+    ap.add_argument("--ceiling", type=int, default=0, help="K > 0: real days against real days (K random halvings "
+                    "of the test days), the per-user Markov against each half, training days against the test days")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     extra: dict[str, dict[str, list[str]]] = {}
@@ -56,6 +63,31 @@ def main() -> None:
         print(f"\n{name}: {len(split.train)} training days, {len(test)} held-out test days of "
               f"{len({c.user for c in test})} users; JSD lower is better ({time.perf_counter() - start:.1f} s)")
         print(format_table(rows))
+        if args.ceiling:
+            print_ceiling(test, requests, split.train, seeds, args.ceiling)
+
+
+def print_ceiling(test: list, requests: list, train: list, seeds: list[int], n_splits: int) -> None:
+    """The noise and shift floors of the JSDs (see the module doc); mean (SD) over halvings and seeds."""
+    chain = next(m for m in fitted_baselines(train) if m.name == "markov-user")
+    real = split_half_jsd(test, n_splits)
+    markov = [split_half_jsd(test, n_splits, seed=s, other=generate_days(chain, requests, seed=s)) for s in seeds]
+    shift = distribution_jsd(train, test)
+    print(f"ceiling ({n_splits} random halvings of the {len(test)} test days; mean (SD)):")
+    print(f"{'':<36}" + "".join(f"{d:>17}" for d in DISTRIBUTIONS))
+    def mean_sd(x: np.ndarray) -> tuple[float, float]:
+        x = x[np.isfinite(x)]
+        return (float(x.mean()), float(x.std())) if len(x) else (np.nan, np.nan)
+
+    lines = {
+        "real half vs real half": [mean_sd(real[d]) for d in DISTRIBUTIONS],
+        "markov-user vs a real half": [mean_sd(np.stack([m[d] for m in markov])) for d in DISTRIBUTIONS],
+        "markov-user |half A - half B|": [mean_sd(np.abs(np.diff(np.concatenate([m[d] for m in markov]), axis=1)))
+                                          for d in DISTRIBUTIONS],
+        "all training days vs test days": [(shift[d], 0.0) for d in DISTRIBUTIONS],
+    }
+    for name, cells in lines.items():
+        print(f"{name:<36}" + "".join(f"{'-':>17}" if np.isnan(m) else f"{m:>10.4f} ({sd:.4f})" for m, sd in cells))
 
 
 if __name__ == "__main__":

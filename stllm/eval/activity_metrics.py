@@ -114,6 +114,30 @@ def histogram_jsd(generated: dict[str, np.ndarray], real: dict[str, np.ndarray])
     return {d: jsd(generated[d], real[d]) for d in DISTRIBUTIONS}
 
 
+def split_half_jsd(days: Sequence[ActivityChain], n_splits: int = 20, seed: int = 0,
+                   other: Sequence[ActivityChain] | None = None) -> dict[str, np.ndarray]:
+    """Per distribution, the JSD of each of ``n_splits`` random halvings of ``days`` (one order each): the first
+    half against the second. With ``other`` (one day per day of ``days``, e.g. a baseline's days for the same
+    requests) the two values per halving are ``other``'s first half against ``days``' first half, and the same for
+    the second halves (shape ``(n_splits, 2)``). How much of a JSD is the noise of a few hundred days: real days
+    against real days of the same requests are not 0."""
+    if len(days) < 2 or n_splits < 1 or (other is not None and len(other) != len(days)):
+        raise ValueError(f"split-half JSD: need >= 2 days, n_splits >= 1 and as many other days; got {len(days)}, "
+                         f"{n_splits}, {None if other is None else len(other)}")
+    rng = np.random.default_rng(seed)
+    out: dict[str, list] = {d: [] for d in DISTRIBUTIONS}
+    for _ in range(n_splits):
+        order = rng.permutation(len(days))
+        a, b = order[:len(days) // 2], order[len(days) // 2:]
+        if other is None:
+            pairs = [distribution_jsd([days[i] for i in a], [days[i] for i in b])]
+        else:
+            pairs = [distribution_jsd([other[i] for i in h], [days[i] for i in h]) for h in (a, b)]
+        for d in DISTRIBUTIONS:
+            out[d].append([j[d] for j in pairs] if other is not None else pairs[0][d])
+    return {d: np.array(v) for d, v in out.items()}
+
+
 def validity(chains: Sequence[ActivityChain], cfg: CheckConfig) -> tuple[float, dict[str, float]]:
     """Share of days passing every check, and the pass share per check."""
     if not chains:

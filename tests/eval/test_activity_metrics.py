@@ -89,3 +89,19 @@ def test_summed_day_histograms_give_the_same_jsd_as_the_days_themselves():
     twice = [d for d, k in zip(gen, w) for _ in range(int(k))]
     assert histogram_jsd({k: w @ v for k, v in hg.items()}, {k: v.sum(0) for k, v in hr.items()}) == pytest.approx(
         distribution_jsd(twice, real), nan_ok=True)
+
+
+def test_split_half_jsd_of_hand_built_days():
+    from stllm.eval.activity_metrics import split_half_jsd
+
+    days = [_day(Activity("A", start=8 * H)), _day(Activity("A", start=8 * H)), _day(Activity("B", start=8 * H)),
+            _day(Activity("B", start=8 * H))]
+    # 4 days into 2 + 2: {A, A} | {B, B} (category JSD 1) in 1 of 3 halvings, {A, B} | {A, B} (0) in 2 of 3
+    j = split_half_jsd(days, n_splits=600)
+    assert set(np.unique(j["category"])) == {0.0, 1.0} and j["category"].mean() == pytest.approx(1 / 3, abs=0.07)
+    assert (j["start"] == 0).all() and np.isnan(j["step_km"]).all()  # same hour everywhere; no coordinates
+    # other days for the same requests: the same halves of both, compared half by half
+    j = split_half_jsd(days, n_splits=5, other=list(days))
+    assert j["category"].shape == (5, 2) and (j["category"] == 0).all()
+    with pytest.raises(ValueError, match="as many other days"):
+        split_half_jsd(days, other=days[:3])
