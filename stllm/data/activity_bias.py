@@ -126,9 +126,10 @@ def user_share_bias(days: Sequence[ActivityChain], strength: float, alpha: float
                     clip: float = SHARE_CLIP) -> dict[Hashable, dict[str, float]]:
     """Per user of ``days``, ``strength * min(log(1 + t_c / (alpha pi_c)), clip)`` over the categories of their
     days (``t_c`` their activities of category ``c``, ``pi`` the shares over all ``days``): ``strength *
-    log(p_u(c) / pi(c))`` shifted so that a category the user never did gets 0 (the decoder's default)."""
-    if strength < 0 or alpha <= 0 or clip <= 0:
-        raise ValueError(f"user share bias: need strength >= 0, alpha > 0, clip > 0; got {strength}, {alpha}, {clip}")
+    log(p_u(c) / pi(c))`` shifted so that a category the user never did gets 0 (the decoder's default). A negative
+    ``strength`` tilts the other way, from the user's own mix towards the population's."""
+    if alpha <= 0 or clip <= 0:
+        raise ValueError(f"user share bias: need alpha > 0, clip > 0; got {alpha}, {clip}")
     per_user: dict[Hashable, Counter] = {}
     for c in days:
         per_user.setdefault(c.user, Counter()).update(a.category for a in c.activities)

@@ -62,17 +62,18 @@ class SamplingConfig:
     time_gaps: float = 0.0  # weight of the prior's same-hour stay ratio and gaps on the times after a line's
     repeats: float = 0.0  # share of the LM's lines whose repeat-the-previous-place-or-not is drawn from the prior
     user_prior_first: float = 0.0  # share of days whose first line's start time is drawn from the user's history
-    category_prior: float = 0.0  # s: per-user category logit bias s * log(p_user(c) / p_population(c)) (activity_bias)
+    category_prior: float = 0.0  # s: per-user category logit bias s * log(p_user(c) / p_population(c)) (activity_bias;
+    # s < 0: towards the population's mix)
 
     def __post_init__(self):
         if (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.batch_size < 1 or self.n < 1
                 or self.prefer_own < 0 or self.prefer_hours < 0 or not 0 <= self.user_prior <= 1
                 or not 0 <= self.user_prior_hours <= 1 or not 0 <= self.user_prior_lines <= 1
                 or not 0 <= self.time_gaps <= 1 or not 0 <= self.repeats <= 1
-                or not 0 <= self.user_prior_first <= 1 or self.category_prior < 0):
+                or not 0 <= self.user_prior_first <= 1):
             raise ValueError("sampling: need temperature > 0, 0 < top_p <= 1, batch_size >= 1, n >= 1, prefer_own, "
                              "prefer_hours >= 0 and user_prior, user_prior_hours, user_prior_lines, time_gaps, "
-                             "repeats, user_prior_first in [0, 1], category_prior >= 0; "
+                             "repeats, user_prior_first in [0, 1]; "
                              f"got {self}")
 
     @property
@@ -342,8 +343,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    "a line's time (without it times pile up at HH:5x)")
     p.add_argument("--user_prior_first", type=float, default=0.0, help="share (0-1) of days whose first line's "
                    "start time is drawn from the user's history (p_user(first hour))")
-    p.add_argument("--category_prior", type=float, default=0.0, help="strength s (>= 0) of a per-user category "
-                   "logit bias s * log(user's share / population's share) from the user's days")
+    p.add_argument("--category_prior", type=float, default=0.0, help="strength s of a per-user category logit bias "
+                   "s * log(user's share / population's share) from the user's days (s < 0: towards the population)")
     p.add_argument("--repeats", type=float, default=0.0, help="share (0-1) of the lines the LM writes whose "
                    "repeating the previous place or not is drawn from the user's history (the LM repeats too often)")
 

@@ -114,5 +114,6 @@ def test_user_share_bias_tilts_each_user_by_their_share_over_the_populations():
     assert b["v"]["C"] == pytest.approx(0.5 * math.log(5)) and b["v"]["B"] == pytest.approx(0.5 * math.log(3))
     assert user_share_bias(days, 1.0, alpha=2.0, clip=1.0)["u"] == {"A": 1.0, "B": 1.0}  # log 5, log 3 clipped
     assert user_share_bias(days, 0.0) == {}
-    with pytest.raises(ValueError, match="strength >= 0"):
-        user_share_bias(days, -1.0)
+    assert user_share_bias(days, -0.5, alpha=2.0)["u"]["A"] == pytest.approx(-0.5 * math.log(5))  # towards pi
+    with pytest.raises(ValueError, match="alpha > 0"):
+        user_share_bias(days, 1.0, alpha=0.0)
