@@ -19,6 +19,7 @@ deterministic on CPU: the same seed trains the same models).
 
     python bench/intent_quality.py [--data tokyo|nyc|synthetic] [--models] [--seeds 0,1,2] [--steps 300] [--reuse]
         [--heldout_share 0.5] [--logit_adjust TAU] [--loss_taus 0,0.5,1] [--mix_ms 3,10,30,100,300]
+        [--neighbour_ks 5,20] [--neighbour_ws 0.1,0.3,0.6]
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mix_ms", default="",
                     help="comma list: the tuned row may mix in the user's own transition table with weight "
                          "n / (n + m), m (or no mix) chosen on validation among these (empty: never)")
+    ap.add_argument("--neighbour_ks", default="",
+                    help="comma list: the tuned row's heads may also be tuned with the K most similar population "
+                         "users' samples, K (or none) chosen on validation among these (empty: never)")
+    ap.add_argument("--neighbour_ws", default="0.1,0.3,0.6", help="comma list: weights of the neighbours' samples")
     ap.add_argument("--reuse", action="store_true", help="load population/ and student/ of --out/seedK when there")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         from stllm.train.intent_pipeline import (
             BEFORE,
             NO_MIX,
+            NO_NEIGHBOURS,
             PLAIN,
             POPULATION,
             POPULATION_ADJUSTED,
@@ -140,11 +146,14 @@ def main(argv: list[str] | None = None) -> None:
                                  class_bias=not args.no_class_bias, heldout_share=args.heldout_share,
                                  logit_adjust=args.logit_adjust,
                                  loss_taus=tuple(float(t) for t in args.loss_taus.split(",") if t.strip()),
-                                 mix_ms=tuple(float(m) for m in args.mix_ms.split(",") if m.strip()))
+                                 mix_ms=tuple(float(m) for m in args.mix_ms.split(",") if m.strip()),
+                                 neighbour_ks=tuple(int(k) for k in args.neighbour_ks.split(",") if k.strip()),
+                                 neighbour_ws=tuple(float(w) for w in args.neighbour_ws.split(",") if w.strip()))
             r = run_pipeline(cfg, args.out / f"seed{seed}")
             results.append(r)
-            forced = [n for n in r.preds if n.startswith((f"{TUNED}, tuning loss tau", f"{TUNED}, user-table mix"))
-                      or n == NO_MIX]  # rows for the record: not what validation chose
+            forced = [n for n in r.preds if n.startswith((f"{TUNED}, tuning loss tau", f"{TUNED}, user-table mix",
+                                                          f"{TUNED}, neighbours")) or n in (NO_MIX, NO_NEIGHBOURS)]
+            # (rows for the record: not what validation chose)
             pairs = ((TUNED, POPULATION), (TUNED, POPULATION_ADJUSTED), (TUNED, BEFORE), (PLAIN, POPULATION),
                      *((n, POPULATION) for n in forced))
             up = {f"{a} over {b}": changed_users(r, b, a) for a, b in pairs}

@@ -157,7 +157,9 @@ def intent_summary(data: PreparedIntent, rows: np.ndarray, preds: dict[str, np.n
             f"{'MET' if met else 'MISSED'} ({why})",
             "chosen on validation days: " + ", ".join(
                 f"{n} {f'loss_tau={c.loss_tau:g} ' if getattr(c, 'loss_tau', 0) else ''}k={c.k:g} "
-                f"{'' if getattr(c, 'mix_m', None) is None else f'mix m={c.mix_m:g} '}tau={c.tau:g} "
+                f"{'' if getattr(c, 'mix_m', None) is None else f'mix m={c.mix_m:g} '}"
+                f"{'' if getattr(c, 'neighbours', None) is None else 'neighbours K={} w={:g} '.format(*c.neighbours)}"
+                f"tau={c.tau:g} "
                 f"alpha={c.alpha:g} offsets=[{' '.join(f'{v:.1f}' for v in c.bias)}] "
                 f"(val acc {val_scores[n]['accuracy']:.4f}, macro F1 {val_scores[n]['macro_f1']:.4f}, gap "
                 f"{val_scores[n]['gap']:.4f})" for n, c in choices.items()),

@@ -120,3 +120,18 @@ def tie_profile(y_true: np.ndarray, before: np.ndarray, after: np.ndarray, users
                              minlength=len(n))
         out["same" + (f"_{name}" if name else "")] = differ == 0
     return out
+
+
+def oracle_user_gains(y_true: np.ndarray, base: np.ndarray, candidates: np.ndarray, users: np.ndarray,
+                      n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(user ids, best gain (U,), best candidate (U,))``: each user's largest macro F1 change from ``base``
+    predictions to any of ``candidates`` (G, n) predictions, chosen on these very targets -- an *oracle*, a
+    ceiling on what choosing among those candidates per user could do, never a result. A gain of 0 (candidate
+    -1) when no candidate beats ``base`` for that user."""
+    ids, b = per_user_scores(y_true, base, users, n_classes)
+    gains = np.stack([per_user_scores(y_true, c, users, n_classes)[1]["macro_f1"] - b["macro_f1"]
+                      for c in candidates]) if len(candidates) else np.zeros((0, len(ids)))
+    best = gains.argmax(0) if len(gains) else np.zeros(len(ids), dtype=np.int64)
+    gain = gains.max(0) if len(gains) else np.zeros(len(ids))
+    up = gain > 1e-12
+    return ids, np.where(up, gain, 0.0), np.where(up, best, -1)

@@ -29,6 +29,10 @@
    ``k``). ``m`` (or no mix, which wins ties) is another axis of the tuned row's validation grid; the user tables
    are those of each split (validation: counted on the days before the validation days). The row without it is
    kept as ``tuned, no user-table mix``.
+6. with ``neighbour_ks``, the tuned row's heads may also be tuned on the user's samples plus their ``K`` most similar
+   population users' (weight ``w`` each, :class:`stllm.train.tune_intent.Neighbours`; similarity from the user's
+   training days only), all users at once; ``(K, w)`` (or none, which wins ties) is one more head of the tuned row's
+   validation grid. The row without it is kept as ``tuned, no neighbours``, and each ``(K, w)`` forced for the record.
 With ``heldout_share`` the held-out users' test days are the last share of their active days
 (:func:`stllm.data.intent.with_heldout_share`; population users and so the population model are unchanged).
 Every model predicts the held-out users' later days (checked by :func:`stllm.data.intent.check_heldout`); scoring
@@ -74,6 +78,7 @@ from stllm.train.distill_intent import (
 from stllm.train.train_intent import IntentDataArguments, train_intent
 from stllm.train.train_mem import release_trainer, subsample
 from stllm.train.tune_intent import (
+    Neighbours,
     Posthoc,
     TuneConfig,
     UserLogits,
@@ -92,6 +97,7 @@ NO_SIZING, NO_ADJUSTMENT = "tuned, no history sizing", "tuned, no logit adjustme
 NO_UNLEARNING, PLAIN = "tuned, no unlearning", "tuned, plain (no sizing, no adjustment)"
 NO_BIAS = "tuned, no class offsets"
 NO_MIX = "tuned, no user-table mix"
+NO_NEIGHBOURS = "tuned, no neighbours"
 
 
 @dataclass
@@ -116,6 +122,9 @@ class PipelineConfig:
     loss_taus: tuple[float, ...] = (0,)  # per-user tuning loss, logit-adjusted by these (tune.loss_tau always in)
     alphas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)  # pseudo-counts per intent of the user's prior
     mix_ms: tuple[float, ...] = ()  # tuned row: mix in the user's own table, weight n / (n + m); () = never
+    neighbour_ks: tuple[int, ...] = ()  # tuned row: heads also tuned with K nearest population users; () = never
+    neighbour_ws: tuple[float, ...] = (0.1, 0.3, 0.6)  # each neighbour sample's weight (the user's own: 1)
+    neighbour_cap: int = 128  # each neighbour's latest training samples at most
     select_on: str = "pooled"  # validation macro F1: pooled or mean per user (tune_intent.select_posthoc)
     gap_margin: float | None = 0.0  # tuned rows: validation gap < every baseline's minus this; None = unbounded
     acc_margin: float | None = 0.03  # validation accuracy >= the population model's minus this; None = no floor
@@ -207,7 +216,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | os.PathLike, progress: bool
     population = population_shares(data)  # the population users' training targets: the same in val and test
     scored = {}
     for name, d in (("val", val), ("test", data)):
-        ul = tune_users(student, tokenizer, d, variants, history, population)
+        ul = tune_users(student, tokenizer, d, variants, history, population, neighbour_variants(cfg))
         ul.logits[POPULATION] = run_intent(teacher, collator, d.dataset("user_test", history=history)).numpy()
         scored[name] = (d, ul, d.tables.user_freq[d.log.user[ul.rows]], user_table_of(d, ul.rows, population))
     if not np.array_equal(scored["test"][1].rows, test.rows):
@@ -223,6 +232,18 @@ def tuned_heads(cfg: PipelineConfig) -> dict[float, str]:
     ``cfg.tune.loss_tau`` first (it wins ties), then the others of ``cfg.loss_taus``."""
     rest = [float(t) for t in cfg.loss_taus if float(t) != float(cfg.tune.loss_tau)]
     return {float(cfg.tune.loss_tau): TUNED, **{t: f"{TUNED}, tuning loss tau {t:g}" for t in rest}}
+
+
+def neighbour_name(k: int, w: float) -> str:
+    """The variant (and forced record row) of the tuned row's heads tuned with ``k`` neighbours of weight ``w``."""
+    return f"{TUNED}, neighbours K {int(k)} w {float(w):g}"
+
+
+def neighbour_variants(cfg: PipelineConfig) -> dict[str, tuple[TuneConfig, Neighbours]]:
+    """The neighbour-tuned head variants of ``cfg`` (none without ``neighbour_ks``)."""
+    tune = TuneConfig(**{**cfg.tune.__dict__, "seed": cfg.seed})
+    return {neighbour_name(k, w): (tune, Neighbours(int(k), float(w), cfg.neighbour_cap))
+            for k in cfg.neighbour_ks for w in cfg.neighbour_ws}
 
 
 def mixed_name(m: float) -> str:
@@ -246,9 +267,11 @@ def _posthoc_rows(cfg: PipelineConfig,
     heads = tuned_heads(cfg)  # the tuning-loss tau is chosen with k, tau, alpha (not in the no-adjustment ablation)
     base = {float(cfg.tune.loss_tau): TUNED}
     mixes = (None, *(float(m) for m in cfg.mix_ms))  # the tuned row's user-table mix; None (no mix) wins ties
+    near = {(float(cfg.tune.loss_tau), int(k), float(w)): neighbour_name(k, w)  # after the own heads: they win ties
+            for k in cfg.neighbour_ks for w in cfg.neighbour_ws}
     grid = {  # row: (tuned logits: {loss_tau: variant}, start logits, ks, taus)
         POPULATION_ADJUSTED: ({0.0: POPULATION}, POPULATION, (0,), cfg.taus),
-        TUNED: (heads, "before", cfg.ks, cfg.taus),
+        TUNED: ({**heads, **near}, "before", cfg.ks, cfg.taus),
         NO_SIZING: (heads, "before", (0,), cfg.taus),
         NO_ADJUSTMENT: (base, "before", cfg.ks, (0,)),
         NO_BIAS: (heads, "before", cfg.ks, cfg.taus),
@@ -258,10 +281,12 @@ def _posthoc_rows(cfg: PipelineConfig,
         **{name: ({t: name}, "before", cfg.ks, cfg.taus) for t, name in heads.items() if name != TUNED},
         **({NO_MIX: (heads, "before", cfg.ks, cfg.taus)} if cfg.mix_ms else {}),  # the tuned row as without mix_ms
         **{mixed_name(m): (heads, "before", cfg.ks, cfg.taus) for m in cfg.mix_ms},  # each m forced, for the record
+        **({NO_NEIGHBOURS: (heads, "before", cfg.ks, cfg.taus)} if near else {}),  # the tuned row without neighbours
+        **{name: ({key: name}, "before", cfg.ks, cfg.taus) for key, name in near.items()},  # each (K, w) forced
     }
-    mix_of = {TUNED: mixes, **{mixed_name(m): (float(m),) for m in cfg.mix_ms}}
+    mix_of = {TUNED: mixes, NO_NEIGHBOURS: mixes, **{mixed_name(m): (float(m),) for m in cfg.mix_ms}}
     record = (*(name for name in heads.values() if name != TUNED), *((NO_MIX,) if cfg.mix_ms else ()),
-              *(mixed_name(m) for m in cfg.mix_ms))
+              *(mixed_name(m) for m in cfg.mix_ms), *((NO_NEIGHBOURS,) if near else ()), *near.values())
     bounded, biased = (*BOUNDED, *record), (*BIASED, *record)
     preds = {POPULATION: tl.logits[POPULATION].argmax(-1), BEFORE: tl.logits["before"].argmax(-1)}
     val_scores = {**baseline_table(vd), **{name: intent_scores(y, vl.logits[key].argmax(-1), len(INTENTS))
@@ -279,7 +304,7 @@ def _posthoc_rows(cfg: PipelineConfig,
             y, users, vl.logits[start], {t: vl.logits[v] for t, v in tuned.items()}, vl.n_train, vcounts, ks, taus,
             cfg.alphas, cfg.select_on, max_gap, min_macro, floor if (bias or row in bounded) else None, bias,
             vtable, mix_of.get(row, (None,)))
-        chosen = tl.logits[tuned[choices[row].loss_tau]]
+        chosen = tl.logits[tuned[choices[row].head]]
         preds[row] = posthoc_logits(tl.logits[start], chosen, tl.n_train, tcounts, choices[row], ttable).argmax(-1)
     order = (POPULATION, POPULATION_ADJUSTED, BEFORE, TUNED, NO_SIZING, NO_ADJUSTMENT, NO_BIAS, NO_UNLEARNING, PLAIN,
              *record)

@@ -18,6 +18,13 @@ place), fitted on validation targets under an accuracy floor so macro F1 is not 
 Optionally (``Posthoc.mix_m``, :func:`mix_user`) the sized probabilities are first mixed with the user's own
 smoothed transition table, weight ``n / (n + m)``: a closed-form step that moves users with a handful of targets,
 whom a tuned head barely moves once validation shrinks it.
+
+Neighbour tuning (:class:`Neighbours`, :func:`tune_users` ``neighbours=``): a user's head is tuned on their own
+samples plus, weighted ``w < 1``, the samples of the ``K`` population users most like them (:func:`nearest_users`:
+cosine of smoothed intent-share and transition profiles, :func:`user_profiles`, counted on the user's training days
+only) -- population-to-individual through similar users, so a user with 6-9 targets borrows the habits of users
+like them instead of keeping the population head. All users are tuned at once (:func:`tune_heads_batched`: one
+stacked head per user under ``torch.func.vmap``; Adam is elementwise, so this equals tuning each alone).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stllm.data.intent import INTENTS, IntentCollator, PreparedIntent
+from stllm.data.intent import INTENTS, IntentCollator, IntentDataset, PreparedIntent
 from stllm.eval.intent_metrics import intent_scores, per_user_scores
 from stllm.models.intent import IntentHead, STLlamaForIntent, run_intent
 
@@ -120,10 +127,13 @@ def population_shares(data: PreparedIntent) -> np.ndarray:
 
 
 def tune_users(student: STLlamaForIntent, tokenizer, data: PreparedIntent, configs: dict[str, TuneConfig],
-               history: int = 8, population: np.ndarray | None = None) -> UserLogits:
+               history: int = 8, population: np.ndarray | None = None,
+               neighbours: dict[str, tuple[TuneConfig, Neighbours]] | None = None, chunk: int = 32) -> UserLogits:
     """Each held-out user's head tuned on their ``user_train`` targets under every config of ``configs``, then
     scoring their ``user_test`` targets; ``"before"`` is the student itself. Users without training targets keep
-    the student's head. ``population``: intent shares the logit-adjusted loss's user prior is smoothed towards."""
+    the student's head. ``population``: intent shares the logit-adjusted loss's user prior is smoothed towards.
+    ``neighbours``: more variants, each tuned on the user's samples plus their nearest population users'
+    (:class:`Neighbours`), all users at once (``chunk`` users per batch)."""
     collator = IntentCollator(tokenizer)
     train_ds, test_ds = data.dataset("user_train", history=history), data.dataset("user_test", history=history)
     q_train = run_intent(student, collator, train_ds, what="query")
@@ -143,7 +153,168 @@ def tune_users(student: STLlamaForIntent, tokenizer, data: PreparedIntent, confi
             tuned = tune_head(head, q_train[tr], f_train[tr], y_train[tr], cfg, population)
             with torch.no_grad():
                 logits[name][te] = tuned(q_test[te], f_test[te]).numpy()
+    if neighbours:
+        own = (q_train, f_train, y_train, train_ds.users)
+        logits.update(_neighbour_logits(student, collator, data, history, own, (q_test, f_test, test_ds.users),
+                                        neighbours, before, chunk))
     return UserLogits(test_ds.rows, n_train.astype(np.int64), logits)
+
+
+def _neighbour_logits(student: STLlamaForIntent, collator, data: PreparedIntent, history: int, own: tuple,
+                      test: tuple, neighbours: dict[str, tuple[TuneConfig, Neighbours]], before: np.ndarray,
+                      chunk: int) -> dict[str, np.ndarray]:
+    """Test logits of each neighbour variant (see :func:`tune_users`); the pool users' samples are their latest
+    ``cap`` population-training targets, with the features they have there (leave-one-out)."""
+    q_train, f_train, y_train, train_users = own
+    q_test, f_test, test_users = test
+    users = np.unique(test_users)
+    users = users[np.isin(users, train_users)]
+    out = {name: before.copy() for name in neighbours}
+    if not len(users):
+        return out
+    pool_users, pool_profiles = neighbour_pool(data)
+    t = data.tables
+    k_max = min(max(nb.k for _, nb in neighbours.values()), len(pool_users))
+    near = pool_users[nearest_users(user_profiles(t.user_freq[users], t.user_intent[users], t.pop_intent),
+                                    pool_profiles, k_max)] if k_max else np.zeros((len(users), 0), dtype=np.int64)
+    prow = data.rows_of("population_train")
+    puser = data.log.user[prow]
+    _, first, counts = np.unique(puser, return_index=True, return_counts=True)
+    from_end = np.repeat(counts, counts) - 1 - (np.arange(len(prow)) - np.repeat(first, counts))
+    keep = np.isin(puser, near) & (from_end < max(nb.cap for _, nb in neighbours.values()))
+    q, f, y, pool_of = q_train, f_train, y_train, {}
+    if keep.any():
+        pool = IntentDataset(data.log, prow[keep], data.split, data.tables, history)
+        q = torch.cat([q_train, run_intent(student, collator, pool, what="query")])
+        f = torch.cat([f_train, torch.from_numpy(pool.features)])
+        y = torch.cat([y_train, torch.from_numpy(pool.targets)])
+        pool_at = len(y_train) + np.arange(len(pool))
+        pool_of = {v: pool_at[pool.users == v] for v in np.unique(pool.users)}
+    own_of = [np.flatnonzero(train_users == u) for u in users]
+    test_of = [np.flatnonzero(test_users == u) for u in users]
+    for name, (cfg, nb) in neighbours.items():
+        groups = [np.concatenate([o, *(pool_of[v][-nb.cap:] for v in near[i, :nb.k])]) for i, o in enumerate(own_of)]
+        weights = [np.r_[np.ones(len(o)), np.full(len(g) - len(o), nb.w)] for o, g in zip(own_of, groups)]
+        order = np.argsort([len(g) for g in groups], kind="stable")  # chunks of like sizes: little padding
+        for s in range(0, len(users), chunk):
+            part = order[s:s + chunk]
+            index, weight = _padded([groups[i] for i in part], [weights[i] for i in part])
+            params = tune_heads_batched(student.intent_head, q, f, y, index, weight, cfg)
+            t_index, _ = _padded([test_of[i] for i in part], [np.ones(len(test_of[i])) for i in part])
+            z = batched_head_logits(student.intent_head, params, q_test, f_test, t_index).numpy()
+            for j, i in enumerate(part):
+                out[name][test_of[i]] = z[j, :len(test_of[i])]
+    return out
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Tune on the user's samples plus those of the ``k`` nearest population users, each weighted ``w``; each
+    neighbour brings at most its ``cap`` latest training samples (bounds the cost when a neighbour has thousands)."""
+
+    k: int
+    w: float
+    cap: int = 128
+
+
+def user_profiles(user_freq: np.ndarray, user_intent: np.ndarray, pop_intent: np.ndarray,
+                  alpha: float = 1.0) -> np.ndarray:
+    """``(U, C + C*C)`` each user's intent shares and (last, next) transition shares, each smoothed by ``alpha * C``
+    pseudo-counts spread by the population's (``pop_intent`` (C, C) transition counts): a user with 6-9 targets gets
+    a profile near the population's, with their own counts on top, so similarity is not decided by empty cells."""
+    c = pop_intent.shape[0]
+    joint = np.asarray(pop_intent, dtype=np.float64).reshape(-1) + 1.0
+    joint /= joint.sum()
+    freq = joint.reshape(c, c).sum(0)
+
+    def shares(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        s = np.asarray(counts, dtype=np.float64) + alpha * c * prior
+        return s / s.sum(-1, keepdims=True)
+
+    return np.concatenate([shares(user_freq, freq), shares(user_intent.reshape(len(user_intent), -1), joint)], -1)
+
+
+def nearest_users(query: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
+    """``(n, k)`` indices into ``pool`` (m, D) of each ``query`` (n, D) profile's ``k`` most cosine-similar rows,
+    most similar first (ties: lower index first)."""
+    if not 0 < k <= len(pool):
+        raise ValueError(f"k must be in 1..{len(pool)}, got {k}")
+    qn = query / np.linalg.norm(query, axis=-1, keepdims=True).clip(1e-12)
+    pn = pool / np.linalg.norm(pool, axis=-1, keepdims=True).clip(1e-12)
+    return np.argsort(-(qn @ pn.T), axis=-1, kind="stable")[:, :k]
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (values * weight).sum(-1) / weight.sum(-1).clamp(min=1e-12)
+
+
+def tune_heads_batched(head: IntentHead, query: torch.Tensor, features: torch.Tensor, targets: torch.Tensor,
+                       index: torch.Tensor, weight: torch.Tensor, cfg: TuneConfig) -> dict[str, torch.Tensor]:
+    """One tuned copy of ``head`` per row of ``index`` (U, M): the samples (into ``query``/``features``/``targets``)
+    it is tuned on, ``weight`` (U, M) each one's weight (0: padding). The loss of :func:`tune_head` with weighted
+    means in place of means, summed over users; Adam is elementwise, so each user's head moves as if tuned alone.
+    Returns the stacked parameters ``{name: (U, ...)}`` (:func:`batched_head_logits`)."""
+    if cfg.loss_tau:
+        raise ValueError("batched tuning has no logit-adjusted loss (loss_tau must be 0)")
+    from torch.func import functional_call, vmap
+
+    torch.manual_seed(cfg.seed)
+    u = index.shape[0]
+    start = {n: p.detach() for n, p in head.named_parameters()}
+    params = {n: p.expand(u, *p.shape).clone().requires_grad_(True) for n, p in start.items()}
+    q, x, y = query[index], features[index], targets[index]
+    w = weight.to(q.dtype)
+    with torch.no_grad():
+        pop_probs = F.softmax(head(q.flatten(0, 1), x.flatten(0, 1)), -1).view(*index.shape, -1)
+    conf, top = pop_probs.max(-1)
+    w_unl = conf * (top != y).to(conf.dtype)
+
+    def forward(p: dict[str, torch.Tensor], qu: torch.Tensor, xu: torch.Tensor) -> torch.Tensor:
+        return functional_call(head, p, (qu, xu))
+
+    step = vmap(forward)
+    opt = torch.optim.Adam(params.values(), lr=cfg.lr)
+    for _ in range(cfg.steps):
+        logits = step(params, q, x)
+        ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        loss = _weighted_mean(ce, w)
+        if cfg.unlearning:
+            p_top = F.softmax(logits, -1).gather(-1, top[..., None]).squeeze(-1)
+            loss = loss + cfg.unlearning * _weighted_mean(-w_unl * torch.log1p(-p_top.clamp(max=1 - 1e-6)), w)
+        if cfg.anchor:
+            loss = loss + cfg.anchor * sum(((params[n] - start[n]) ** 2).flatten(1).sum(-1) for n in params)
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+    return {n: p.detach() for n, p in params.items()}
+
+
+def batched_head_logits(head: IntentHead, params: dict[str, torch.Tensor], query: torch.Tensor,
+                        features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(U, M, C)`` logits of each user's stacked head (``params`` of :func:`tune_heads_batched`) on the samples
+    ``index`` (U, M) names (padding entries are computed too; the caller drops them)."""
+    from torch.func import functional_call, vmap
+
+    with torch.no_grad():
+        return vmap(lambda p, qu, xu: functional_call(head, p, (qu, xu)))(params, query[index], features[index])
+
+
+def _padded(groups: list[np.ndarray], weights: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, M)`` index and weight tensors of ragged per-user sample lists (padding: index 0, weight 0)."""
+    m = max(1, max(len(g) for g in groups))
+    index, weight = np.zeros((len(groups), m), dtype=np.int64), np.zeros((len(groups), m))
+    for i, (g, w) in enumerate(zip(groups, weights)):
+        index[i, :len(g)], weight[i, :len(g)] = g, w
+    return torch.from_numpy(index), torch.from_numpy(weight)
+
+
+def neighbour_pool(data: PreparedIntent) -> tuple[np.ndarray, np.ndarray]:
+    """``(pool users, their profiles)``: the population users with training targets, profiled by
+    :func:`user_profiles` of ``data``'s tables (the same in the validation and the real split)."""
+    rows = data.rows_of("population_train")
+    users = np.unique(data.log.user[rows])
+    t = data.tables
+    return users, user_profiles(t.user_freq[users], t.user_intent[users], t.pop_intent)
 
 
 def history_weight(n: np.ndarray, k: float) -> np.ndarray:
@@ -187,6 +358,12 @@ class Posthoc:
     bias: tuple[float, ...] = ()
     loss_tau: float = 0.0
     mix_m: float | None = None  # mix in the user's own table with weight n / (n + mix_m) (:func:`mix_user`); None = off
+    neighbours: tuple[int, float] | None = None  # heads tuned with (K, w) neighbours (:class:`Neighbours`); None = own
+
+    @property
+    def head(self) -> float | tuple[float, int, float]:
+        """The key of the tuned logits this choice reads in :func:`select_posthoc`'s ``tuned``."""
+        return self.loss_tau if self.neighbours is None else (self.loss_tau, *self.neighbours)
 
 
 BIAS_VALUES = tuple(float(v) for v in np.round(np.arange(-1.5, 1.51, 0.1), 2))
@@ -288,7 +465,8 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
     bound is dropped, never bought with a useless model). ``min_accuracy`` is a floor above both: a point below it
     competes only when no point reaches it (then the most accurate wins). With ``class_bias`` every grid point
     also gets its :func:`fit_class_bias` offsets (under ``min_accuracy``). ``tuned`` as ``{loss_tau: logits}``
-    (heads tuned with each logit-adjusted loss) adds ``loss_tau`` to the grid, outermost. Ties go to the first in
+    (heads tuned with each logit-adjusted loss) adds ``loss_tau`` to the grid, outermost; a key ``(loss_tau, K, w)``
+    names heads tuned with neighbours (:class:`Neighbours`; ``Posthoc.neighbours``). Ties go to the first in
     grid order. ``mix_ms`` (with ``user_probs``, each row's user's table) adds :func:`mix_user`'s ``m`` right after
     ``k`` (None: no mix; put it first so ties go to it)."""
     if objective not in SELECTION_OBJECTIVES:
@@ -298,7 +476,8 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
     best, best_key, best_scores = Posthoc(), None, {}
     if any(m is not None for m in mix_ms) and user_probs is None:
         raise ValueError("mix_ms needs user_probs")
-    for (loss_tau, logits), k, m in ((h, k, m) for h in heads.items() for k in ks for m in mix_ms):
+    for (key, logits), k, m in ((h, k, m) for h in heads.items() for k in ks for m in mix_ms):
+        loss_tau, nb = (key[0], (int(key[1]), float(key[2]))) if isinstance(key, tuple) else (key, None)
         sized = mix_user(sized_logits(before, logits, n, k), user_probs, n, m)
         for alpha in alphas:
             log_prior = np.log(user_prior(counts, alpha))
@@ -315,6 +494,6 @@ def select_posthoc(y: np.ndarray, users: np.ndarray, before: np.ndarray, tuned: 
                 key = (floor, ok, score if floor else scores["accuracy"])
                 if best_key is None or key > best_key:
                     best = Posthoc(float(k), float(tau), float(alpha), tuple(bias.tolist()) if class_bias else (),
-                                   float(loss_tau), None if m is None else float(m))
+                                   float(loss_tau), None if m is None else float(m), nb)
                     best_key, best_scores = key, scores
     return best, best_scores

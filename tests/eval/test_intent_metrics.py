@@ -8,6 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from stllm.eval.intent_metrics import (
     gap_target,
     intent_scores,
+    oracle_user_gains,
     per_user_scores,
     score_table,
     tie_profile,
@@ -87,3 +88,14 @@ def test_tie_profile_tells_unmoved_from_chance_ties():
     assert p["tied"].tolist() == [True, True, False]
     assert p["same"].tolist() == [True, False, False] and p["same_other"].tolist() == [True, True, True]
     assert p["n_test"].tolist() == [2, 2, 2]
+
+
+def test_oracle_user_gains_hand_worked():
+    """User 0: targets (0, 0, 1), base predicts 0 everywhere: F1 0.8 for intent 0 and 0 for 1, macro 0.4. Candidate
+    A (0, 0, 1) is perfect (gain 0.6); B predicts 1 everywhere (F1 0 and 0.5, macro 0.25: a loss). User 1 is perfect
+    already: no candidate gains, so 0 and -1."""
+    y, users = np.array([0, 0, 1, 2, 2]), np.array([0, 0, 0, 1, 1])
+    base = np.array([0, 0, 0, 2, 2])
+    cands = np.array([[0, 0, 1, 0, 0], [1, 1, 1, 1, 1]])
+    ids, gain, best = oracle_user_gains(y, base, cands, users, 3)
+    assert ids.tolist() == [0, 1] and gain == pytest.approx([0.6, 0.0]) and best.tolist() == [0, -1]

@@ -22,21 +22,26 @@ from stllm.train.distill_intent import (
 )
 from stllm.train.train_intent import main as train_main
 from stllm.train.tune_intent import (
+    Neighbours,
     Posthoc,
     TuneConfig,
     adjust_logits,
+    batched_head_logits,
     fit_class_bias,
     history_weight,
     mix_user,
+    nearest_users,
     population_shares,
     posthoc_logits,
     select_posthoc,
     sized_logits,
     tune_head,
+    tune_heads_batched,
     tune_users,
     tuning_prior,
     unlearning_term,
     user_prior,
+    user_profiles,
     user_table_of,
     user_table_probs,
 )
@@ -400,6 +405,7 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
     from stllm.train.intent_pipeline import (
         BEFORE,
         NO_MIX,
+        NO_NEIGHBOURS,
         PLAIN,
         POPULATION,
         TUNED,
@@ -432,6 +438,11 @@ def test_pipeline_predicts_every_heldout_target(tmp_path):
     assert [mixed.choices[f"{TUNED}, user-table mix m {m}"].mix_m for m in (1, 10)] == [1.0, 10.0]  # forced
     assert all(c.mix_m is None for n, c in mixed.choices.items() if "mix m" not in n and n != TUNED)
     assert np.array_equal(mixed.preds[NO_MIX], r.preds[TUNED])  # the tuned row as it was without mix_ms
+    near = run_pipeline(PipelineConfig(**{**cfg.__dict__, "neighbour_ks": (1,), "neighbour_ws": (0.5,)}), tmp_path)
+    forced_nb = f"{TUNED}, neighbours K 1 w 0.5"
+    assert len(near.preds) == 11 and near.choices[forced_nb].neighbours == (1, 0.5)
+    assert near.choices[TUNED].neighbours in (None, (1, 0.5)) and near.choices[NO_NEIGHBOURS].neighbours is None
+    assert np.array_equal(near.preds[NO_NEIGHBOURS], r.preds[TUNED])  # the tuned row as it was without neighbours
     shares = population_shares(r.data)
     assert shares.shape == (len(INTENTS),) and shares.sum() == pytest.approx(1) and (shares > 0).all()
     wide = run_pipeline(PipelineConfig(**{**cfg.__dict__, "heldout_share": 0.5}), tmp_path)  # same models reused
@@ -466,3 +477,85 @@ def test_logit_adjust_prior_counts_training_targets_only(tmp_path):
                       DistillConfig(steps=1, batch_size=8, logit_adjust=2.0))
     pool_counts = np.bincount(train_y[0:64:2], minlength=len(INTENTS)) + 1.0
     assert np.allclose(student.config.intent_loss_offsets, 2.0 * np.log(pool_counts / pool_counts.sum()))
+
+
+def test_user_profiles_hand_worked_and_nearest_users_known():
+    """Three intents, an even population (every transition count 1: joint shares 1/9, intent shares 1/3), alpha 1:
+    3 pseudo-counts per part. A thin user with 3 transitions 0 -> 0 has intent part (3+1, 1, 1)/6 and joint part
+    (3+1/3, 1/3, ...)/6. Population: A only ever 0 -> 0, B mostly 0 (0 -> 0 x6, 0 -> 1 x2), C only 1 -> 1, D only
+    2 -> 2: the thin 0-user's nearest are A then B; a user of 2 -> 2 x4 and 1 -> 1 once has D first, then C."""
+    c = 3
+    pop_intent = np.ones((c, c))
+
+    def user(pairs: dict[tuple[int, int], int]) -> tuple[np.ndarray, np.ndarray]:
+        t = np.zeros((c, c))
+        for (a, b), k in pairs.items():
+            t[a, b] = k
+        return t.sum(0), t
+
+    pool = [user({(0, 0): 10}), user({(0, 0): 6, (0, 1): 2}), user({(1, 1): 10}), user({(2, 2): 10})]
+    queries = [user({(0, 0): 3}), user({(2, 2): 4, (1, 1): 1})]
+    prof = user_profiles(np.stack([f for f, _ in queries]), np.stack([t for _, t in queries]), pop_intent)
+    want = np.r_[np.array([4.0, 1.0, 1.0]) / 6, (np.eye(c * c)[0] * 3 + 1 / 3) / 6]
+    assert np.allclose(prof[0], want)
+    pool_prof = user_profiles(np.stack([f for f, _ in pool]), np.stack([t for _, t in pool]), pop_intent)
+    assert nearest_users(prof, pool_prof, 2).tolist() == [[0, 1], [3, 2]]
+    assert nearest_users(pool_prof, pool_prof, 1).ravel().tolist() == [0, 1, 2, 3]  # each its own nearest
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_users(prof, pool_prof, 5)
+
+
+def test_batched_tuning_equals_one_user_at_a_time_and_weights_count_samples():
+    """Three users of 10, 15 and 5 samples tuned at once (padded, weight 0) give each user's :func:`tune_head`
+    head (as log-probabilities: the last layer's bias is softmax-invariant, so Adam's normalised steps move it
+    on rounding noise alone). A sample at weight 2 counts as the same sample twice at weight 1."""
+    torch.manual_seed(0)
+    c = len(INTENTS)
+    head = IntentHead(8, c, 7, 8)
+    q, f, y = torch.randn(30, 8), torch.randn(30, c, 7), torch.randint(0, c, (30,))
+    groups = [np.arange(0, 10), np.arange(10, 25), np.arange(25, 30)]
+    cfg = TuneConfig(steps=30)
+    index = torch.zeros(3, 15, dtype=torch.long)
+    weight = torch.zeros(3, 15)
+    for i, g in enumerate(groups):
+        index[i, :len(g)], weight[i, :len(g)] = torch.from_numpy(g), 1.0
+    params = tune_heads_batched(head, q, f, y, index, weight, cfg)
+    got = batched_head_logits(head, params, q, f, index).log_softmax(-1)
+    for i, g in enumerate(groups):
+        tuned = tune_head(head, q[g], f[g], y[g], cfg)
+        with torch.no_grad():
+            want = tuned(q[g], f[g]).log_softmax(-1)
+        assert torch.allclose(got[i, :len(g)], want, atol=1e-4)
+    twice = tune_heads_batched(head, q, f, y, torch.tensor([[0, 1, 2, 2]]), torch.ones(1, 4), cfg)
+    double = tune_heads_batched(head, q, f, y, torch.tensor([[0, 1, 2]]), torch.tensor([[1.0, 1.0, 2.0]]), cfg)
+    a, b = (batched_head_logits(head, p, q, f, torch.tensor([[0, 1, 2]])).log_softmax(-1) for p in (twice, double))
+    assert torch.allclose(a, b, atol=1e-4)
+    single = tune_heads_batched(head, q, f, y, torch.tensor([[0, 1, 2]]), torch.ones(1, 3), cfg)
+    assert not torch.allclose(batched_head_logits(head, single, q, f, torch.tensor([[0, 1, 2]])).log_softmax(-1),
+                              b, atol=1e-3)  # and the weight does matter
+
+
+def test_tune_users_with_neighbours(ckpt):
+    """No neighbours (K 0) is the per-user tuning; one neighbour at weight 1 moves the users with training targets."""
+    teacher, tok, record = load_intent_checkpoint(ckpt)
+    data = prepare_from_record(record)
+    cfg = TuneConfig(steps=5)
+    out = tune_users(teacher, tok, data, {"tuned": cfg}, neighbours={"k0": (cfg, Neighbours(0, 0.5)),
+                                                                     "k1": (cfg, Neighbours(1, 1.0, cap=16))})
+    lsm = {k: torch.from_numpy(v).log_softmax(-1) for k, v in out.logits.items()}
+    assert torch.allclose(lsm["k0"], lsm["tuned"], atol=1e-4)
+    moved = out.n_train > 0
+    assert moved.any() and not torch.allclose(lsm["k1"][moved], lsm["tuned"][moved], atol=1e-3)
+    assert torch.equal(lsm["k1"][~moved], lsm["before"][~moved])  # no training targets: the student's head
+
+
+def test_select_posthoc_chooses_the_neighbour_heads():
+    """A neighbour-tuned head ``(loss_tau, K, w)`` that predicts the validation targets is chosen and recorded; on a
+    tie the user's own heads (first) win."""
+    y, users = np.array([0, 1, 1, 0]), np.zeros(4)
+    right, wrong = np.eye(2)[y] * 3.0, np.eye(2)[1 - y] * 3.0
+    n, counts = np.full(4, 10), np.tile([5.0, 5.0], (4, 1))
+    got, _ = select_posthoc(y, users, wrong, {0.0: wrong, (0.0, 5, 0.3): right}, n, counts, (0,), (0,))
+    assert got.neighbours == (5, 0.3) and got.head == (0.0, 5, 0.3)
+    tie, _ = select_posthoc(y, users, wrong, {0.0: right, (0.0, 5, 0.3): right}, n, counts, (0,), (0,))
+    assert tie.neighbours is None and tie.head == 0.0
