@@ -9,6 +9,9 @@ the oracle picks per user the best member on test):
 - ``prior adjustment``: ``log p - tau log P_u(intent)`` (user's prior, add-1), ``tau`` in a grid;
 - ``one intent offset``: ``log p + b e_j`` for one intent ``j`` and ``b`` in a grid (a per-user threshold move);
 - ``any of these``: the union.
+For comparison, an honest version of each family: each user's member chosen on their own *validation* days (the end
+of their earlier days, :func:`stllm.data.intent.validation_data`; keep the population model unless a member strictly
+beats it there), then scored on test (users up / tie / down).
 Reads the population model that ``bench/intent_quality.py --models`` left in ``--out/seedK/population``.
 
     python bench/intent_oracle.py --out /tmp/b18e/nb/nyc --seeds 0,4 --heldout_share 0.5
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stllm.data.intent import INTENTS, IntentCollator
-from stllm.eval.intent_metrics import oracle_user_gains, per_user_scores
+from stllm.eval.intent_metrics import oracle_user_gains, per_user_scores, user_changes
 from stllm.models.intent import load_intent_checkpoint, run_intent
 from stllm.train.tune_intent import population_shares, user_prior, user_table_of
 
@@ -51,26 +54,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--heldout_share", type=float, default=None)
     args = ap.parse_args(argv)
-    from stllm.data.intent import prepare_from_record
+    from stllm.data.intent import prepare_from_record, validation_data
 
     c = len(INTENTS)
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         teacher, tok, record = load_intent_checkpoint(args.out / f"seed{seed}" / "population")
         data = prepare_from_record(record, args.heldout_share)
-        ds = data.dataset("user_test", history=int(record.get("history", 8)))
-        logits = run_intent(teacher, IntentCollator(tok), ds).numpy()
-        y, users = ds.targets, ds.users
-        n = np.bincount(data.log.user[data.rows_of("user_train")], minlength=len(data.log.user_ids))[users]
-        table = user_table_of(data, ds.rows, population_shares(data))
-        base = logits.argmax(-1)
+        split = {}
+        for name, d in (("test", data), ("val", validation_data(data))):
+            ds = d.dataset("user_test", history=int(record.get("history", 8)))
+            logits = run_intent(teacher, IntentCollator(tok), ds).numpy()
+            n = np.bincount(d.log.user[d.rows_of("user_train")], minlength=len(d.log.user_ids))[ds.users]
+            table = user_table_of(d, ds.rows, population_shares(d))
+            split[name] = (ds.targets, ds.users, logits.argmax(-1),
+                           families(logits, table, d.tables.user_freq[ds.users], n))
+        y, users, base, test_families = split["test"]
+        vy, vusers, vbase, val_families = split["val"]
         _, per = per_user_scores(y, base, users, c)
         print(f"seed {seed}: {len(per['macro_f1'])} held-out users; population model per-user macro F1 below 1 "
               f"(could improve with perfect predictions): {int((per['macro_f1'] < 1 - 1e-12).sum())}")
-        for name, cands in families(logits, table, data.tables.user_freq[users], n).items():
+        for name, cands in test_families.items():
             _, gain, _ = oracle_user_gains(y, base, cands, users, c)
+            vids, _, vbest = oracle_user_gains(vy, vbase, val_families[name], vusers, c)
+            pick = np.full(len(data.log.user_ids), -1)
+            pick[vids] = vbest
+            chosen = np.where(pick[users] >= 0, cands[np.maximum(pick[users], 0), np.arange(len(y))], base)
+            ch = user_changes(y, base, chosen, users, c)
             print(f"seed {seed}: ORACLE (chosen on test) {name} ({len(cands)} per user): users who can strictly "
-                  f"improve {int((gain > 0).sum())} of {len(gain)}, mean per-user macro F1 gain "
-                  f"{gain.mean():.4f}", flush=True)
+                  f"improve {int((gain > 0).sum())} of {len(gain)}, mean per-user macro F1 gain {gain.mean():.4f}; "
+                  f"chosen per user on validation days instead: users up/tie/down {ch['improved']}/{ch['tied']}/"
+                  f"{ch['worse']}", flush=True)
 
 
 if __name__ == "__main__":
