@@ -9,8 +9,9 @@ Each sampled method runs with ``--seeds`` (mean +- std). ``--generated DATA[:ROW
 days written by ``stllm generate`` / ``stllm eval gen`` for the same requests (``--max_requests`` as they were
 generated). ``--ceiling K`` adds how far real days are from real days (:func:`split_half_jsd`, K random halvings
 of the test days): each half against the other, the per-user Markov's days against each half (and how much its JSD
-moves between the halves), and all training days against the test days. Reads ../shared/data (see each
-PROVENANCE.txt).
+moves between the halves), the chain's days against its own days for the same requests with the next seed (the
+noise of two samples of one model at the table's size), and all training days against the test days. Reads
+../shared/data (see each PROVENANCE.txt).
 
     python bench/activity_quality.py [--data tokyo,nyc] [--seeds 0,1,2] [--max_requests 500] [--ceiling 20] \
         [--generated nyc=runs/gen-nyc/eval/generated_seed0.jsonl ...]
@@ -73,6 +74,8 @@ def print_ceiling(test: list, requests: list, train: list, seeds: list[int], n_s
     real = split_half_jsd(test, n_splits)
     markov = [split_half_jsd(test, n_splits, seed=s, other=generate_days(chain, requests, seed=s)) for s in seeds]
     shift = distribution_jsd(train, test)
+    drawn = [generate_days(chain, requests, seed=s) for s in (*seeds, max(seeds) + 1)]
+    itself = [distribution_jsd(a, b) for a, b in zip(drawn, drawn[1:])]  # same requests, next seed
     print(f"ceiling ({n_splits} random halvings of the {len(test)} test days; mean (SD)):")
     print(f"{'':<36}" + "".join(f"{d:>17}" for d in DISTRIBUTIONS))
     def mean_sd(x: np.ndarray) -> tuple[float, float]:
@@ -84,6 +87,7 @@ def print_ceiling(test: list, requests: list, train: list, seeds: list[int], n_s
         "markov-user vs a real half": [mean_sd(np.stack([m[d] for m in markov])) for d in DISTRIBUTIONS],
         "markov-user |half A - half B|": [mean_sd(np.abs(np.diff(np.concatenate([m[d] for m in markov]), axis=1)))
                                           for d in DISTRIBUTIONS],
+        "markov-user vs itself (next seed)": [mean_sd(np.array([j[d] for j in itself])) for d in DISTRIBUTIONS],
         "all training days vs test days": [(shift[d], 0.0) for d in DISTRIBUTIONS],
     }
     for name, cells in lines.items():
