@@ -198,7 +198,7 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
     of the chosen score's difference to the best point's (``diff_se``, paired resamples) and each distribution's
     bootstrap SD (``sd_<distribution>``). The values after the first of a :data:`LATE` key (``decoder_fixes``: 1
     sets ``repeats``, ``time_gaps`` and ``user_prior_first`` to 1; ``category_prior``) are tried only at the best
-    point of the rest of the grid (by the score with the first values), each combination once."""
+    point of the rest of the grid (by the score with the first values) and its correction, each combination once."""
     if score not in SCORES:
         raise ValueError(f"selection score {score!r}: not among {SCORES}")
     grid = dict(SELECT_GRID if grid is None else grid)
@@ -226,14 +226,14 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
     ref = bootstrap_jsds(markov_days, val, draws, vocab, tile=True)
     rows, settings, boots, distance = [], [], [], []
 
-    def run_point(point: dict) -> None:
+    def run_point(point: dict, kinds: tuple) -> None:
         fields_of = {k: v for k, v in point.items() if k != FIXES}
         if FIXES in point:
             fields_of.update(dict.fromkeys(FIX_FIELDS, float(point[FIXES])))
         plain = replace(base, **fields_of, seed=0, n=draws, category_bias=(), user_category_bias=())
-        expected: dict | None = {} if 3 in corrections else None
+        expected: dict | None = {} if 3 in kinds else None
         first = as_chains(requests, generate_texts(model, tokenizer, record, requests, plain, progress, own, expected))
-        for kind in sorted(set(corrections)):
+        for kind in sorted(set(kinds)):
             s = correction_settings(plain, kind, own, first, split.test, expected)
             days = first if s is plain else as_chains(
                 requests, generate_texts(model, tokenizer, record, requests, s, progress, own))
@@ -270,12 +270,12 @@ def select_sampling(model, tokenizer, record: dict, split: ActivitySplit, base: 
         return int(pool[np.argmin(values_of[pool])])
 
     for values in itertools.product(*early.values()):
-        run_point(dict(zip(early, values)))
+        run_point(dict(zip(early, values)), corrections)
     if any(len(v) > 1 for v in late.values()):
         values_of, _, ok = scored()
         top = rows[best_of(values_of, ok)]
         for values in list(itertools.product(*late.values()))[1:]:
-            run_point({**{k: top[k] for k in early}, **dict(zip(late, values))})
+            run_point({**{k: top[k] for k in early}, **dict(zip(late, values))}, (top[CORRECTION],))
     values_of, resampled, ok = scored()
     best = best_of(values_of, ok)
     for g, r in zip(rows, resampled):

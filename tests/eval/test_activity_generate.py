@@ -236,13 +236,17 @@ def test_late_grid_keys_are_tried_only_at_the_best_point_of_the_rest(checkpoint,
     chosen, rows = select_sampling(model, tok, record, split, SamplingConfig(batch_size=16, max_new_tokens=64,
                                                                              user_prior=0.5), own, progress=False,
                                    max_requests=8, grid={"temperature": (0.7, 1.3), FIXES: (0, 1),
-                                                         "category_prior": (0.0, 1.0)}, score="margin")
-    # 2 points without the late keys, then their 3 other combinations at the better of the two (margin: the lowest)
-    assert [(g["temperature"], g[FIXES], g["category_prior"]) for g in rows[:2]] == [(0.7, 0, 0.0), (1.3, 0, 0.0)]
-    ok = [g for g in rows[:2] if g["valid"] >= 0.95] or rows[:2]
-    top = min(ok, key=lambda g: g["margin"])["temperature"]
-    assert [(g["temperature"], g[FIXES], g["category_prior"]) for g in rows[2:]] == [
-        (top, 0, 1.0), (top, 1, 0.0), (top, 1, 1.0)]
+                                                         "category_prior": (0.0, 1.0), "category_correction": (0, 1)},
+                                   score="margin")
+    # 4 points without the late keys, then their 3 other combinations at the best of them (margin: the lowest) and
+    # its correction only
+    assert [(g["temperature"], g[FIXES], g["category_prior"], g["category_correction"]) for g in rows[:4]] == [
+        (t, 0, 0.0, k) for t in (0.7, 1.3) for k in (0, 1)]
+    ok = [g for g in rows[:4] if g["valid"] >= 0.95] or rows[:4]
+    top = min(ok, key=lambda g: g["margin"])
+    t, k = top["temperature"], top["category_correction"]
+    assert [(g["temperature"], g[FIXES], g["category_prior"], g["category_correction"]) for g in rows[4:]] == [
+        (t, 0, 1.0, k), (t, 1, 0.0, k), (t, 1, 1.0, k)]
     pick = next(g for g in rows if g["chosen"])
     assert (chosen.temperature, chosen.category_prior) == (pick["temperature"], pick["category_prior"])
     assert chosen.repeats == chosen.time_gaps == chosen.user_prior_first == float(pick[FIXES])
