@@ -7,7 +7,8 @@ batched (left padding) and sampled with temperature / top-p under the activity g
 coordinates) no place lies beyond reach of the previous one in the time between them; ``prefer_own`` favours
 the places (or categories) the request's user visited on the days the checkpoint trained on, and the user prior
 (:mod:`stllm.data.activity_prior`) draws a share of lines' places, start times or whole days' lengths from that
-user's trained days. Output: JSONL, one line per generated day (``request`` index, ``sample``, ``user``,
+user's trained days (``stllm generate``, after selection: its trained and validation days, as the baselines
+know them). Output: JSONL, one line per generated day (``request`` index, ``sample``, ``user``,
 ``date``, ``text``), written atomically.
 """
 
