@@ -75,7 +75,9 @@ class STEncoderConfig:
     level_zero: tuple[float, ...] = ()  # per input channel: the scaled value of a zero count
     level_unit: tuple[float, ...] = ()  # per input channel: the scaled size of one count
     level_smoothing: float = 0.25  # counts added per step to both sides of a level ratio (quiet regions)
-    level_scales_correction: bool = False  # the learned correction is multiplied by the level gain too
+    # at inference the learned correction is multiplied by the level gain too: it is learned in the training
+    # period's units and carried to a day of another level (a tenfold quieter day, a tenfold smaller correction)
+    level_scales_correction: bool = False
     normalize: bool = True
     residual: bool = True
     norm_eps: float = 0.1
@@ -310,9 +312,12 @@ class STEncoder(nn.Module):
         if self.config.level_len:
             self.config = replace(self.config, **level_from_scaler(scaler))
 
-    def forward(self, x: torch.Tensor, adj: torch.Tensor | None = None) -> STEncoderOutput:
+    def forward(self, x: torch.Tensor, adj: torch.Tensor | None = None,
+                scale_correction: bool | None = None) -> STEncoderOutput:
         """Encode city windows ``x (W, T, N, C)`` (``T = config.context_length``); ``adj (N, N)`` is
-        required with graph mixing."""
+        required with graph mixing. ``scale_correction`` (default: in eval mode) applies the level gain to the
+        correction when ``config.level_scales_correction`` is on: at inference, not while the correction is
+        learned (a model calling a frozen encoder passes its own mode)."""
         cfg = self.config
         if x.dim() != 4:
             raise ValueError(f"STEncoder expects st_values of shape (W, T, N, C), got {tuple(x.shape)}")
@@ -389,8 +394,9 @@ class STEncoder(nn.Module):
             if self.level_weights is not None:
                 with torch.autocast(x.device.type, enabled=False):
                     anchor = level_anchor(anchor, log_ratios, self.level_weights, loc, scale, cfg)
-                    if cfg.level_scales_correction:  # a tenfold quieter day: a tenfold smaller correction
-                        gain = level_gain(log_ratios, self.level_weights)
+                    if cfg.level_scales_correction and (not self.training if scale_correction is None
+                                                        else scale_correction):  # a tenfold quieter day: a
+                        gain = level_gain(log_ratios, self.level_weights)  # tenfold smaller correction
             k = cfg.out_channels
             correction = forecast.float() if gain is None else forecast.float() * gain[..., :k]
             base = anchor[..., :k] + correction

@@ -264,10 +264,10 @@ class STLlamaForCausalLM(STLlamaPreTrainedModel, GenerationMixin):
         # and in bf16 the closed-form linear correction would lose its precision
         with torch.autocast(x.device.type, enabled=False):
             if self.st_encoder.config.graph_mixing:
-                out = self.st_encoder(x, st_adj)
+                out = self.st_encoder(x, st_adj, scale_correction=not self.training)
                 return STEncoderOutput(*(None if v is None else v[st_window, st_region] for v in out))
             series = x[st_window, :, st_region]  # (P, T, C)
-            out = self.st_encoder(series.transpose(0, 1).unsqueeze(0))
+            out = self.st_encoder(series.transpose(0, 1).unsqueeze(0), scale_correction=not self.training)
         return STEncoderOutput(*(None if v is None else v[0] for v in out))
 
     def slot_layout(

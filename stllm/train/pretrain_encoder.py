@@ -39,7 +39,7 @@ from stllm.data.context import ContextSpec, gather_context
 from stllm.data.scaler import STScaler
 from stllm.data.splits import RegionSplit, SplitRecord, TimeSplit, hold_out_regions, split_record
 from stllm.encoders.io import save_encoder
-from stllm.encoders.level import fit_level_weights, level_from_scaler, level_gain
+from stllm.encoders.level import fit_level_weights, level_from_scaler
 from stllm.encoders.linear import RidgeAccumulator, fit_logistic, logistic_rows
 from stllm.encoders.pretrain import ContextFn, STPretrainObjective, WindowSampler, gather_windows
 from stllm.encoders.st_encoder import (
@@ -224,13 +224,10 @@ def warm_start_linear(encoder: STEncoder, sampler: WindowSampler, max_windows: i
     for i in range(0, len(starts), chunk):
         b = sampler.batch(starts[i : i + chunk])
         xn, anchor, loc, scale, log_ratios = anchor_parts(b.x, cfg)  # the level block left out of xn
-        gain = 1.0
         if encoder.level_weights is not None:  # the anchor the correction is added to: level-scaled
             anchor = level_anchor(anchor, log_ratios, encoder.level_weights, loc, scale, cfg)
-            if cfg.level_scales_correction:  # the correction is multiplied by the gain: fit what it is divided by
-                gain = level_gain(log_ratios, encoder.level_weights)[..., :k]
         y = b.y.permute(0, 2, 1, 3)[..., :k]
-        target = (((y - loc[..., :k]) / scale[..., :k] - anchor[..., :k]) / gain).permute(0, 2, 1, 3)  # (B, H, N, k)
+        target = ((y - loc[..., :k]) / scale[..., :k] - anchor[..., :k]).permute(0, 2, 1, 3)  # (B, H, N, k)
         context, keep = _context_rows(b, xn, k)
         rows = len(keep)
         feats = torch.cat([context, torch.ones(rows, 1)], dim=1)

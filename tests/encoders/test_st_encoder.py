@@ -251,7 +251,7 @@ def test_level_block_needs_weeks_and_the_count_conversion():
 
 
 def test_level_scaled_correction_shrinks_with_the_level_gain():
-    """``level_scales_correction``: the same weights, the learned correction multiplied by the level gain
+    """``level_scales_correction``: the same weights, the learned correction multiplied by the level gain at inference
     (exponent 1 on the recent ratio: how busy the last 12 steps were against the same steps in 4 earlier weeks,
     counted here from the city directly), so a quiet day gets a proportionally smaller correction."""
     import dataclasses
@@ -285,3 +285,12 @@ def test_level_scaled_correction_shrinks_with_the_level_gain():
     torch.testing.assert_close(b.anchor, a.anchor)
     torch.testing.assert_close(b.base - b.anchor, (a.base - a.anchor) * gain, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(b.gain, gain, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # while the correction is learned it is not scaled: training sees the training units
+        c = on(x, scale_correction=False)
+        d = STEncoder(dataclasses.replace(cfg, level_scales_correction=True, dropout=0.0)).train()
+        d.load_state_dict(off.state_dict())
+        d_train, d_eval = d(x), d.eval()(x)
+    assert c.gain is None and d_train.gain is None
+    torch.testing.assert_close(c.base, a.base)
+    torch.testing.assert_close(d_train.base, a.base)
+    torch.testing.assert_close(d_eval.base, b.base)

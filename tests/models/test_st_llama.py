@@ -371,6 +371,7 @@ def test_level_scaled_correction_multiplies_the_heads_correction_by_the_gain():
     model = tiny_model(st_encoder_config=enc_cfg)
     with torch.no_grad():
         model.st_encoder.level_weights.fill_(0.7)
+        torch.nn.init.normal_(model.st_encoder.end_conv_2.weight, std=0.05)  # the encoder's own correction
     torch.nn.init.normal_(model.reg_head.out.weight, std=0.5)
     b = make_batch()
     t = model.st_encoder.config.context_length
@@ -383,4 +384,15 @@ def test_level_scaled_correction_multiplies_the_heads_correction_by_the_gain():
     assert (enc.gain[w, r] - 1).abs().max() > 0.05
     with torch.no_grad():
         expected = (enc.base[w, r] + enc.gain[w, r] * model.reg_head(his, pre)) * enc.scale[w, r] + enc.loc[w, r]
+    torch.testing.assert_close(out.reg_pred, expected)
+    model.st_encoder.requires_grad_(False)  # stage 2: a frozen encoder, kept in eval mode by model.train()
+    model.train()  # training: neither the encoder's nor the head's correction is scaled
+    with torch.no_grad():
+        out = model(**b, output_hidden_states=True)
+        plain = model.st_encoder(b["st_values"], scale_correction=False)
+    assert not model.st_encoder.training and plain.gain is None
+    his, pre = slot_states(model, out, b["input_ids"])
+    with torch.no_grad():
+        expected = (plain.base[w, r] + model.reg_head(his, pre)) * plain.scale[w, r] + plain.loc[w, r]
+    assert (plain.base - enc.base).abs().max() > 1e-3  # the scaled and the unscaled base differ here
     torch.testing.assert_close(out.reg_pred, expected)
