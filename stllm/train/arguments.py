@@ -64,11 +64,11 @@ class ModelArguments:
         default=True, metadata={"help": "Forecast = seasonal anchor (historical average) + learned correction "
                                 "(ablation: false)."})
     st_level_scales_correction: bool = field(
-        default=False, metadata={"help": "Flows with the level block: multiply the encoder's and the heads' learned "
-                                 "correction by the level gain too, so a tenfold quieter day gets a tenfold smaller "
-                                 "correction (off by default: it fixes Manhattan taxi through the 2020 collapse but "
-                                 "costs Manhattan bike 2 percent; taken from --st_encoder_path's config when one is "
-                                 "given)."})
+        default=True, metadata={"help": "Flows with the level block: when the model predicts, multiply the encoder's "
+                                "and the heads' learned correction by the level gain too, so a tenfold quieter day "
+                                "gets a tenfold smaller correction; training learns it unscaled (carries Manhattan "
+                                "taxi through the 2020 collapse; ablation: false; taken from --st_encoder_path's "
+                                "config when one is given)."})
     st_event_logits: bool = field(
         default=True, metadata={"help": "Events: the encoder also holds a logistic regression of 'an event happens' on "
                                 "its normalised context and statistics, fitted at stage 1 (the logistic baseline's "

@@ -400,3 +400,21 @@ def test_an_argument_file_sets_the_fields(tmp_path):
     path.write_text(json.dumps({"output_dir": str(tmp_path / "o"), "synthetic_regions": 9, "max_steps": 4}))
     _, data_args, training_args = parse_args([str(path)])
     assert (data_args.synthetic_regions, training_args.max_steps) == (9, 4)
+
+
+def test_the_level_scaled_correction_is_on_by_default_where_a_level_block_exists():
+    """Flows with week views get the level block and, by default, the gain-scaled correction at inference; events
+    (no level block) and ``--st_level_scales_correction false`` do not."""
+    from stllm.data import synthetic_city
+    from stllm.train.train_mem import encoder_config
+
+    city = synthetic_city(0, n_regions=3, days=21, freq="1h")
+    weeks = ["--context_days", "1", "--context_weeks", "2"]
+    model_args, data_args, _ = parse_args(["--output_dir", "x", *weeks])
+    on = encoder_config(city, data_args, None, model_args)
+    assert on["level_len"] == 24 and on["level_scales_correction"] is True
+    model_args, data_args, _ = parse_args(["--output_dir", "x", *weeks, "--st_level_scales_correction", "false"])
+    assert encoder_config(city, data_args, None, model_args)["level_scales_correction"] is False
+    model_args, data_args, _ = parse_args(["--output_dir", "x", "--context_days", "1", "--context_weeks", "0"])
+    off = encoder_config(city, data_args, None, model_args)
+    assert off["level_len"] == 0 and off["level_scales_correction"] is False
