@@ -205,7 +205,7 @@ class STEncoderOutput(NamedTuple):
     anchor: torch.Tensor | None = None  # (W, N, horizon, C) seasonal anchor, normalised units
     base: torch.Tensor | None = None  # (W, N, horizon, C_out) the forecast in normalised units: anchor + correction
     event_logits: torch.Tensor | None = None  # (W, N, horizon, C_out) logit of P(count > 0) (config.event_logits)
-    gain: torch.Tensor | None = None  # (W, N, 1, C) level gain the corrections are scaled by (level_scales_correction)
+    gain: torch.Tensor | None = None  # (W, N, 1, C) level gain the corrections are scaled by at inference
 
 
 def normalise_context(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -394,9 +394,9 @@ class STEncoder(nn.Module):
             if self.level_weights is not None:
                 with torch.autocast(x.device.type, enabled=False):
                     anchor = level_anchor(anchor, log_ratios, self.level_weights, loc, scale, cfg)
-                    if cfg.level_scales_correction and (not self.training if scale_correction is None
-                                                        else scale_correction):  # a tenfold quieter day: a
-                        gain = level_gain(log_ratios, self.level_weights)  # tenfold smaller correction
+                    scaled = not self.training if scale_correction is None else scale_correction
+                    if cfg.level_scales_correction and scaled:  # a tenfold quieter day: a tenfold smaller correction
+                        gain = level_gain(log_ratios, self.level_weights)
             k = cfg.out_channels
             correction = forecast.float() if gain is None else forecast.float() * gain[..., :k]
             base = anchor[..., :k] + correction
